@@ -1,0 +1,1 @@
+"""gloom: the Python client for gloomd."""

@@ -1,0 +1,1 @@
+"""gloomd: a job distribution daemon speaking the Gloom protocol, on trio."""
