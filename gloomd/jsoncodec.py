@@ -1,0 +1,70 @@
+"""JSON in and out of frames: orjson, with an exact path for big integers.
+
+The protocol promises that ids and bodies survive the trip byte-for-value, and
+ids may be integers beyond 64 bits.  orjson refuses to encode those and, worse,
+silently decodes them as floats.  Both cases are rare, so the fast path stays
+pure orjson and only a payload that *might* hold a long integer (a run of 19 or
+more digits) is decoded by the standard library, which keeps integers exact.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+__all__ = ["DecodeError", "loads", "dumps"]
+
+# 19 digits is the shortest run that can leave the signed 64-bit range
+# (-9223372036854775809); anything shorter orjson decodes exactly.
+_LONG_DIGITS = re.compile(rb"\d{19,}")
+
+
+class DecodeError(ValueError):
+    """The payload is not valid UTF-8 JSON."""
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; orjson rejects them and so must the fallback.
+    raise ValueError(f"invalid JSON constant {name}")
+
+
+def loads(payload: bytes) -> Any:
+    """Decode one frame payload, keeping integers of any size exact."""
+    if _LONG_DIGITS.search(payload) is None:
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(str(exc)) from None
+    try:
+        return json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DecodeError(str(exc)) from None
+
+
+def dumps(obj: Any) -> bytes:
+    """Encode compactly, falling back to the standard library for big integers."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        # Only integers beyond 64 bits (or values that are not JSON at all, which
+        # the fallback rejects with TypeError/ValueError) reach this path.
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+            "utf-8"
+        )
+
+
+def canonical(obj: Any) -> bytes:
+    """Canonical JSON: object keys sorted, so equal values give equal bytes.
+
+    Job types are matched by this, not by Python equality: 1 and 1.0 (and True
+    and 1) are different types on the wire and must stay different here.
+    """
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return json.dumps(
+            obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
