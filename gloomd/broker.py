@@ -1,0 +1,675 @@
+"""The broker: every rule of job routing, as pure state.
+
+No sockets and no clock of its own: the server feeds it decoded payloads from
+peers and the current time, and afterwards collects, from `dirty`, the peers
+that have frames waiting in their `outbox`.  That keeps every rule of the
+protocol testable by calling methods and reading outboxes.
+
+State, and the rules that keep it consistent
+--------------------------------------------
+* A job is WAITING (for jobs named in `after`), QUEUED (in its type's heap),
+  RUNNING (held by exactly one slave) or gone.  `jobs` indexes every job that
+  is not gone by id: that index is what makes an id "taken".
+* A job leaves `jobs` exactly when its master has been answered (result,
+  `job_error`, `job_failed`) or it was removed (cancelled, master left).  So an
+  id is free again at that moment, and every accepted job is answered once.
+* When a running job's master no longer wants it (the master left, or the job
+  timed out), the slave keeps holding it as an *orphan*: the slave is still
+  working and gets no new job until it responds, and that response is acked
+  and dropped.
+* Order within a type: a heap of (-priority, seq, job).  `seq` is the order of
+  acceptance and a requeued job keeps its own, so it goes back ahead of every
+  later job of equal priority.  Removal is lazy (the entry is skipped when
+  popped), with a compaction when dead entries dominate a heap.
+* Idle slaves of a type wait in an ordered set: the one idle longest gets the
+  next job, so idle slaves share work fairly.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from . import messages as m
+from .framing import encode_frame
+
+__all__ = ["Broker", "BrokerLimits", "Job", "MasterPeer", "Peer", "SlavePeer"]
+
+log = logging.getLogger("gloomd.broker")
+
+# Job states.
+WAITING: Final = 0
+QUEUED: Final = 1
+RUNNING: Final = 2
+GONE: Final = 3  # answered or removed: only an orphan's slave still refers to it
+
+OK_FRAME: Final = encode_frame({"ok": True})
+
+JobId = str | int
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerLimits:
+    """The broker's knobs, with the protocol's defaults."""
+
+    max_queued: int = 1_000_000
+    max_retries: int = 3  # a job is failed (CRASH) on its (max_retries + 1)-th loss
+    result_ttl: float = 3600.0  # seconds a detached result (and an outcome) is kept
+    max_results: int = 100_000
+
+
+class Peer:
+    """One connection as the broker sees it: an outbox and nothing of I/O.
+
+    `transport` belongs to the I/O layer, which uses it to find its
+    connection from a dirty peer; the broker never looks at it.
+    """
+
+    __slots__ = ("outbox", "name", "transport", "authenticated")
+
+    def __init__(self, name: str, transport: Any = None) -> None:
+        self.outbox: list[bytes | dict[str, Any]] = []
+        self.name = name
+        self.transport = transport
+        self.authenticated = False
+
+
+class MasterPeer(Peer):
+    __slots__ = ("jobs",)
+
+    def __init__(self, name: str, transport: Any = None) -> None:
+        super().__init__(name, transport)
+        self.jobs: dict[JobId, Job] = {}  # its jobs not yet answered
+
+
+class SlavePeer(Peer):
+    __slots__ = ("queue", "job")
+
+    def __init__(self, name: str, transport: Any = None) -> None:
+        super().__init__(name, transport)
+        self.queue: TypeQueue | None = None  # set by join
+        self.job: Job | None = None  # held job (possibly an orphan)
+
+
+class Job:
+    __slots__ = (
+        "id",
+        "type",
+        "key",
+        "priority",
+        "body",
+        "seq",
+        "master",
+        "detached",
+        "timeout",
+        "attempt",
+        "losses",
+        "state",
+        "deadline",
+        "waiting",
+        "dependents",
+    )
+
+    def __init__(self, msg: m.Submit, seq: int, master: MasterPeer | None) -> None:
+        self.id = msg.id
+        self.type = msg.type
+        self.key = msg.key
+        self.priority = msg.priority
+        self.body = msg.body
+        self.seq = seq
+        self.master = master
+        self.detached = msg.detach
+        self.timeout = msg.timeout
+        self.attempt = 0
+        self.losses = 0
+        self.state = WAITING
+        self.deadline = 0.0
+        self.waiting = 0  # jobs in `after` not yet completed
+        self.dependents: list[Job] | None = None
+
+
+class TypeQueue:
+    """Everything about one job type: its heap, its slaves, its counters."""
+
+    __slots__ = ("type", "key", "heap", "queued", "running", "slaves", "idle")
+
+    def __init__(self, job_type: Any, key: bytes) -> None:
+        self.type = job_type
+        self.key = key
+        self.heap: list[tuple[int, int, Job]] = []
+        self.queued = 0  # live entries of heap
+        self.running = 0  # jobs held by slaves, orphans excluded
+        self.slaves = 0
+        self.idle: OrderedDict[SlavePeer, None] = OrderedDict()
+
+    def is_empty(self) -> bool:
+        return not (self.queued or self.running or self.slaves)
+
+
+class Broker:
+    """Queues, slaves, masters and in-flight jobs; see the module docstring."""
+
+    def __init__(
+        self,
+        limits: BrokerLimits | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.limits = limits or BrokerLimits()
+        self._clock = clock or _zero_clock
+        self.jobs: dict[JobId, Job] = {}
+        self.types: dict[bytes, TypeQueue] = {}
+        self.masters: set[MasterPeer] = set()
+        self.slaves: set[SlavePeer] = set()
+        #: Peers whose outbox gained frames since the I/O layer last looked.
+        self.dirty: set[Peer] = set()
+        #: Set when a new deadline may be earlier than the one the timer waits for.
+        self.timers_changed = False
+        self.queued_total = 0  # QUEUED + WAITING jobs: what the queue cap counts
+        self._seq = 0
+        self._timeouts: list[tuple[float, int, Job]] = []
+        # Detached jobs' final frames, and every job's outcome (for `after`),
+        # both in order of expiry since the TTL is the same for all.
+        self._results: OrderedDict[JobId, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._outcomes: OrderedDict[JobId, tuple[float, bool]] = OrderedDict()
+        self.totals = {"submitted": 0, "completed": 0, "failed": 0, "requeued": 0, "cancelled": 0}
+        self.started = self._clock()
+        self.halted = False
+
+    # ------------------------------------------------------------ connections
+
+    def connect_master(self, name: str, transport: Any = None) -> MasterPeer:
+        peer = MasterPeer(name, transport)
+        self.masters.add(peer)
+        return peer
+
+    def connect_slave(self, name: str, transport: Any = None) -> SlavePeer:
+        peer = SlavePeer(name, transport)
+        self.slaves.add(peer)
+        return peer
+
+    def disconnect(self, peer: Peer) -> None:
+        """The peer's connection is gone, for whatever reason."""
+        self.dirty.discard(peer)
+        if isinstance(peer, SlavePeer):
+            self._drop_slave(peer)
+        elif isinstance(peer, MasterPeer):
+            self._drop_master(peer)
+
+    # ------------------------------------------------------------ frames in
+
+    def receive(self, peer: Peer, payload: bytes) -> None:
+        """Handle one frame payload from `peer`; replies land in outboxes.
+
+        This is the single receive point where a violation becomes the error
+        frame the peer is owed.
+        """
+        try:
+            obj = m.decode_object(payload)
+            if isinstance(peer, SlavePeer):
+                self._slave_message(peer, m.parse_slave(obj, peer.job is not None))
+            else:
+                assert isinstance(peer, MasterPeer)
+                self._master_message(peer, m.parse_master(obj))
+        except m.ProtocolViolation as violation:
+            self._send(peer, violation.frame())
+
+    def _slave_message(self, slave: SlavePeer, msg: m.SlaveMessage) -> None:
+        cls = type(msg)
+        if cls is m.Respond:
+            self._respond(slave, msg.body)  # type: ignore[union-attr]
+        elif cls is m.Progress:
+            self._progress(slave, msg.body)  # type: ignore[union-attr]
+        elif cls is m.Join:
+            self._join(slave, msg)  # type: ignore[arg-type]
+        elif cls is m.Fail:
+            self._fail(slave, msg)  # type: ignore[arg-type]
+        else:  # Auth: the I/O layer enforces tokens; here it is a no-op that says ok
+            self._send(slave, OK_FRAME)
+
+    def _master_message(self, master: MasterPeer, msg: m.MasterMessage) -> None:
+        cls = type(msg)
+        if cls is m.Submit:
+            self.submit(master, msg)  # type: ignore[arg-type]
+        elif cls is m.Cancel:
+            self._cancel(master, msg.id)  # type: ignore[union-attr]
+        elif cls is m.Result:
+            self._result(master, msg.id)  # type: ignore[union-attr]
+        elif cls is m.Stats:
+            self._send(master, {"ok": True, "stats": self.stats()})
+        else:
+            self._send(master, OK_FRAME)
+
+    # ------------------------------------------------------------ output
+
+    def _send(self, peer: Peer, frame: bytes | dict[str, Any]) -> None:
+        peer.outbox.append(frame)
+        self.dirty.add(peer)
+
+    def take_dirty(self) -> list[Peer]:
+        """Hand the I/O layer the peers with frames to write, and forget them."""
+        peers = list(self.dirty)
+        self.dirty.clear()
+        return peers
+
+    def _tell_master(self, job: Job, frame: dict[str, Any]) -> None:
+        master = job.master
+        if master is not None:
+            del master.jobs[job.id]
+            self._send(master, frame)
+
+    # ------------------------------------------------------------ submit
+
+    def submit(self, master: MasterPeer, msg: m.Submit) -> None:
+        job_id = msg.id
+        if self.halted:
+            self._send(master, _halted_frame(job_id))
+            return
+        if job_id in self.jobs:
+            self._send(master, {"error": "id_exists", "reason": job_id})
+            return
+        waiting_on: list[Job] = []
+        failed_dep: JobId | None = None
+        for dep in msg.after:
+            if dep == job_id and type(dep) is type(job_id):
+                self._send(master, {"error": "dependency_cycle", "reason": dep})
+                return
+            live = self.jobs.get(dep)
+            if live is not None:
+                waiting_on.append(live)
+                continue
+            outcome = self._outcomes.get(dep)
+            if outcome is None:
+                self._send(master, {"error": "unknown_dependency", "reason": dep})
+                return
+            if not outcome[1] and failed_dep is None:
+                failed_dep = dep
+        if self.queued_total >= self.limits.max_queued:
+            self._send(master, {"error": "queue_full", "reason": job_id})
+            return
+
+        self._seq += 1
+        job = Job(msg, self._seq, master)
+        self.jobs[job_id] = job
+        master.jobs[job_id] = job
+        self.totals["submitted"] += 1
+        self._send(master, {"ok": True, "id": job_id})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("event=submit master=%s id=%r priority=%d", master.name, job_id, job.priority)
+        if failed_dep is not None:
+            job.state = GONE  # never queued, so nothing to take out
+            self._fail_job(job, "DEPENDENCY")
+        elif waiting_on:
+            job.waiting = len(waiting_on)
+            self.queued_total += 1
+            for dep_job in waiting_on:
+                if dep_job.dependents is None:
+                    dep_job.dependents = []
+                dep_job.dependents.append(job)
+        else:
+            self._enqueue(job)
+
+    def _queue_for(self, job_type: Any, key: bytes) -> TypeQueue:
+        queue = self.types.get(key)
+        if queue is None:
+            queue = self.types[key] = TypeQueue(job_type, key)
+        return queue
+
+    def _enqueue(self, job: Job) -> None:
+        """Hand a ready job to the longest-idle slave of its type, or queue it."""
+        queue = self._queue_for(job.type, job.key)
+        if queue.idle:
+            slave, _ = queue.idle.popitem(last=False)
+            self._assign(slave, queue, job)
+            return
+        job.state = QUEUED
+        heapq.heappush(queue.heap, (-job.priority, job.seq, job))
+        queue.queued += 1
+        self.queued_total += 1
+
+    def _assign(self, slave: SlavePeer, queue: TypeQueue, job: Job) -> None:
+        job.state = RUNNING
+        job.attempt += 1
+        slave.job = job
+        queue.running += 1
+        frame: dict[str, Any] = {
+            "action": "job",
+            "id": job.id,
+            "type": job.type,
+            "body": job.body,
+            "attempt": job.attempt,
+        }
+        if job.timeout is not None:
+            frame["timeout"] = job.timeout
+            job.deadline = self._clock() + job.timeout
+            heapq.heappush(self._timeouts, (job.deadline, job.seq, job))
+            self.timers_changed = True
+        self._send(slave, frame)
+
+    def _slave_ready(self, slave: SlavePeer) -> None:
+        """The slave holds nothing now: give it the best queued job, or idle it."""
+        queue = slave.queue
+        if queue is None:
+            return
+        heap = queue.heap
+        while heap:
+            job = heapq.heappop(heap)[2]
+            if job.state == QUEUED:
+                queue.queued -= 1
+                self.queued_total -= 1
+                self._assign(slave, queue, job)
+                return
+        queue.idle[slave] = None
+
+    # ------------------------------------------------------------ slave actions
+
+    def _join(self, slave: SlavePeer, msg: m.Join) -> None:
+        job = slave.job
+        if job is not None:
+            slave.job = None
+            if job.state == RUNNING:
+                # Put back without counting a loss: the slave gave it up.
+                self._requeue(job, slave.queue)
+        self._leave_queue(slave)
+        queue = self._queue_for(msg.type, msg.key)
+        slave.queue = queue
+        queue.slaves += 1
+        log.info("event=join slave=%s type=%s", slave.name, _short(msg.type))
+        self._send(slave, OK_FRAME)
+        self._slave_ready(slave)
+
+    def _respond(self, slave: SlavePeer, body: Any) -> None:
+        job = slave.job
+        assert job is not None
+        slave.job = None
+        self._send(slave, OK_FRAME)
+        if job.state == RUNNING:
+            assert slave.queue is not None
+            slave.queue.running -= 1
+            self.totals["completed"] += 1
+            self._finish(job, {"id": job.id, "body": body}, ok=True)
+        self._slave_ready(slave)
+
+    def _progress(self, slave: SlavePeer, body: Any) -> None:
+        job = slave.job
+        assert job is not None
+        if job.state == RUNNING and job.master is not None:
+            self._send(job.master, {"id": job.id, "progress": body})
+
+    def _fail(self, slave: SlavePeer, msg: m.Fail) -> None:
+        job = slave.job
+        assert job is not None
+        slave.job = None
+        self._send(slave, OK_FRAME)
+        if job.state == RUNNING:
+            assert slave.queue is not None
+            slave.queue.running -= 1
+            self.totals["failed"] += 1
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "event=failure id=%r category=%s slave=%s", job.id, msg.category, slave.name
+                )
+            frame = {"error": "job_error", "reason": msg.reason, "id": job.id, "category": msg.category}
+            self._finish(job, frame, ok=False)
+        self._slave_ready(slave)
+
+    def _drop_slave(self, slave: SlavePeer) -> None:
+        self.slaves.discard(slave)
+        job = slave.job
+        slave.job = None
+        self._leave_queue(slave)
+        if job is None or job.state != RUNNING:
+            return
+        job.losses += 1
+        if job.losses > self.limits.max_retries:
+            self.totals["failed"] += 1
+            log.info("event=failure id=%r category=CRASH losses=%d", job.id, job.losses)
+            self._orphan(job)
+            self._fail_job(job, "CRASH")
+        else:
+            self.totals["requeued"] += 1
+            log.info("event=requeue id=%r losses=%d slave=%s", job.id, job.losses, slave.name)
+            self._requeue(job, None)
+
+    def _leave_queue(self, slave: SlavePeer) -> None:
+        queue = slave.queue
+        if queue is None:
+            return
+        slave.queue = None
+        queue.slaves -= 1
+        queue.idle.pop(slave, None)
+        self._forget_if_empty(queue)
+
+    def _requeue(self, job: Job, queue: TypeQueue | None) -> None:
+        """A running job goes back, keeping its seq (its place in line)."""
+        if queue is None:
+            queue = self._queue_for(job.type, job.key)
+        queue.running -= 1
+        self._enqueue(job)
+
+    # ------------------------------------------------------------ master actions
+
+    def _cancel(self, master: MasterPeer, job_id: JobId) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or not (job.master is master or job.detached):
+            self._send(master, {"error": "unknown_id", "reason": job_id})
+            return
+        if job.state == RUNNING:
+            self._send(master, {"error": "invalid_state", "reason": "running"})
+            return
+        self.totals["cancelled"] += 1
+        self._send(master, {"ok": True, "id": job_id})
+        frame = {"error": "job_failed", "reason": job_id, "id": job_id, "category": "CANCELLED"}
+        if job.master is master:
+            # The canceller is the submitter: the ack is its answer.
+            del master.jobs[job_id]
+            job.master = None
+        self._remove_queued(job, frame)
+
+    def _result(self, master: MasterPeer, job_id: JobId) -> None:
+        stored = self._results.get(job_id)
+        if stored is not None:
+            self._send(master, stored[1])
+            return
+        job = self.jobs.get(job_id)
+        if job is not None and (job.detached or job.master is master):
+            self._send(master, {"error": "not_ready", "reason": job_id})
+        else:
+            self._send(master, {"error": "unknown_id", "reason": job_id})
+
+    def _drop_master(self, master: MasterPeer) -> None:
+        self.masters.discard(master)
+        jobs = list(master.jobs.values())
+        master.jobs.clear()
+        for job in jobs:
+            job.master = None
+            if job.detached:
+                continue  # belongs to no connection: stays, result kept
+            if job.state == RUNNING:
+                self._orphan(job)
+                self._forget(job, ok=False)
+            else:
+                self._remove_queued(job, None)
+
+    def _remove_queued(self, job: Job, frame: dict[str, Any] | None) -> None:
+        """Take a WAITING or QUEUED job out; `frame` tells its master, if any."""
+        if job.state == QUEUED:
+            queue = self.types[job.key]
+            queue.queued -= 1
+            if queue.queued == 0:
+                queue.heap.clear()  # every entry left is dead
+            elif len(queue.heap) > 64 and len(queue.heap) > 2 * queue.queued:
+                queue.heap = [entry for entry in queue.heap if entry[2].state == QUEUED]
+                heapq.heapify(queue.heap)
+            self._forget_if_empty(queue)
+        self.queued_total -= 1
+        job.state = GONE
+        if frame is not None:
+            self._finish(job, frame, ok=False)
+        else:
+            self._forget(job, ok=False)
+
+    # ------------------------------------------------------------ endings
+
+    def _orphan(self, job: Job) -> None:
+        """A running job nobody waits for any more; its slave keeps it until it answers."""
+        job.state = GONE
+        queue = self.types[job.key]
+        queue.running -= 1
+        self._forget_if_empty(queue)
+
+    def _fail_job(self, job: Job, category: str) -> None:
+        """End, with `job_failed`, a job that no slave is working on for it."""
+        frame = {"error": "job_failed", "reason": job.id, "id": job.id, "category": category}
+        if job.state == WAITING or job.state == QUEUED:
+            self._remove_queued(job, frame)
+        else:
+            self._finish(job, frame, ok=False)
+
+    def _finish(self, job: Job, frame: dict[str, Any], *, ok: bool) -> None:
+        """Answer the job's master and free its id; then release its dependents."""
+        job.state = GONE
+        if job.master is not None:
+            self._tell_master(job, frame)
+            job.master = None
+        if job.detached:
+            self._store_result(job.id, frame)
+        self._forget(job, ok=ok)
+
+    def _forget(self, job: Job, *, ok: bool) -> None:
+        if self.jobs.get(job.id) is job:
+            del self.jobs[job.id]
+        self._record_outcome(job.id, ok)
+        dependents = job.dependents
+        if not dependents:
+            return
+        job.dependents = None
+        for dependent in dependents:
+            if dependent.state != WAITING:
+                continue
+            if ok:
+                dependent.waiting -= 1
+                if dependent.waiting == 0:
+                    self.queued_total -= 1  # _enqueue counts it again if it queues
+                    self._enqueue(dependent)
+            else:
+                self._fail_job(dependent, "DEPENDENCY")
+
+    def _forget_if_empty(self, queue: TypeQueue) -> None:
+        if queue.is_empty() and self.types.get(queue.key) is queue:
+            del self.types[queue.key]
+
+    # ------------------------------------------------------------ time
+
+    def next_deadline(self) -> float:
+        """When `tick` next has something to do (inf if never)."""
+        self.timers_changed = False
+        deadline = float("inf")
+        if self._timeouts:
+            deadline = self._timeouts[0][0]
+        for store in (self._results, self._outcomes):
+            if store:
+                first = next(iter(store.values()))[0]
+                deadline = min(deadline, first)
+        return deadline
+
+    def tick(self, now: float) -> None:
+        """Fire job timeouts and expire stored results that are due."""
+        timeouts = self._timeouts
+        while timeouts and timeouts[0][0] <= now:
+            deadline, _, job = heapq.heappop(timeouts)
+            if job.state == RUNNING and job.deadline == deadline:
+                self._orphan(job)
+                self.totals["failed"] += 1
+                log.info("event=failure id=%r category=TIMEOUT", job.id)
+                frame = {"error": "job_failed", "reason": job.id, "id": job.id, "category": "TIMEOUT"}
+                self._finish(job, frame, ok=False)
+        for store in (self._results, self._outcomes):
+            while store:
+                key, (expires, _) = next(iter(store.items()))
+                if expires > now:
+                    break
+                del store[key]
+
+    def _store_result(self, job_id: JobId, frame: dict[str, Any]) -> None:
+        store = self._results
+        store.pop(job_id, None)
+        store[job_id] = (self._clock() + self.limits.result_ttl, frame)
+        if len(store) > self.limits.max_results:
+            store.popitem(last=False)
+        self.timers_changed = True
+
+    def _record_outcome(self, job_id: JobId, ok: bool) -> None:
+        store = self._outcomes
+        if store.pop(job_id, None) is None and not store:
+            self.timers_changed = True
+        store[job_id] = (self._clock() + self.limits.result_ttl, ok)
+        if len(store) > self.limits.max_results:
+            store.popitem(last=False)
+
+    # ------------------------------------------------------------ shutdown & stats
+
+    def halt(self) -> int:
+        """The daemon is stopping: answer every unanswered job with HALTED.
+
+        Queues are emptied so no slave gets new work, running jobs become
+        orphans (a late respond is acked and dropped), and later submits are
+        refused the same way.  Returns how many jobs were failed.
+        """
+        self.halted = True
+        count = 0
+        for master in list(self.masters):
+            for job in list(master.jobs.values()):
+                self._send(master, _halted_frame(job.id))
+                count += 1
+            master.jobs.clear()
+        for job in self.jobs.values():
+            job.state = GONE
+            job.master = None
+        self.jobs.clear()
+        for queue in self.types.values():
+            queue.heap.clear()
+            queue.queued = queue.running = 0
+        self.queued_total = 0
+        return count
+
+    def stats(self) -> dict[str, Any]:
+        types = [
+            {
+                "type": q.type,
+                "queued": q.queued,
+                "running": q.running,
+                "slaves": q.slaves,
+                "idle": len(q.idle),
+            }
+            for q in self.types.values()
+        ]
+        return {
+            "types": types,
+            "totals": dict(self.totals),
+            "waiting": self.queued_total - sum(q.queued for q in self.types.values()),
+            "connections": {"masters": len(self.masters), "slaves": len(self.slaves)},
+            "uptime_s": round(self._clock() - self.started, 3),
+        }
+
+
+def _halted_frame(job_id: JobId) -> dict[str, Any]:
+    return {"error": "job_failed", "reason": job_id, "id": job_id, "category": "HALTED"}
+
+
+def _zero_clock() -> float:
+    return 0.0
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def iter_frames(outbox: Iterable[bytes | dict[str, Any]]) -> Iterable[bytes]:
+    """Encode an outbox as wire frames (tests and the server share this)."""
+    for item in outbox:
+        yield item if type(item) is bytes else encode_frame(item)

@@ -1,0 +1,165 @@
+"""The `gloomd` command: parse flags, configure logging, run the services.
+
+Every service (the Gloom ports, and when asked the websocket job service and
+the scheduler) is a task in one nursery, so SIGINT/SIGTERM unwinds them all:
+the Gloom server first answers every unanswered job with HALTED, then the
+nursery is cancelled and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .broker import BrokerLimits
+from .config import Config
+from .framing import DEFAULT_MAX_FRAME
+from .server import GloomServer
+
+__all__ = ["main", "build_parser", "config_from_args"]
+
+log = logging.getLogger("gloomd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Config()
+    lim = BrokerLimits()
+    p = argparse.ArgumentParser(
+        prog="gloomd",
+        description="Job distribution daemon speaking the Gloom protocol.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    net = p.add_argument_group("network")
+    net.add_argument("--host", default=d.host, help="address to bind the master and slave ports to")
+    net.add_argument("--master-port", type=int, default=d.master_port, help="port for masters (0: any free)")
+    net.add_argument("--slave-port", type=int, default=d.slave_port, help="port for slaves (0: any free)")
+    caps = p.add_argument_group("limits")
+    caps.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME, help="largest frame payload, bytes")
+    caps.add_argument("--max-queued", type=int, default=lim.max_queued, help="queued jobs in all")
+    caps.add_argument("--max-connections", type=int, default=d.max_connections, help="open connections in all")
+    caps.add_argument("--max-retries", type=int, default=lim.max_retries, help="requeues of a job whose slave was lost")
+    caps.add_argument("--max-outbuf", type=int, default=d.max_outbuf, help="bytes buffered for one connection")
+    caps.add_argument("--result-ttl", type=float, default=lim.result_ttl, help="seconds a detached result is kept")
+    caps.add_argument("--max-results", type=int, default=lim.max_results, help="detached results kept at most")
+    caps.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace, help="seconds to flush at shutdown")
+    ws = p.add_argument_group("websocket job service (wsjobd)")
+    ws.add_argument("--ws-port", type=int, default=None, help="serve wsjobd on this port (off by default)")
+    ws.add_argument("--ws-host", default="127.0.0.1", help="address for the websocket service")
+    ws.add_argument("--jobs-dir", type=Path, default=None, help="directory holding wsjobd job modules")
+    sched = p.add_argument_group("scheduler")
+    sched.add_argument("--schedule", type=Path, default=None, help="TOML file of periodic jobs")
+    sched.add_argument("--schedule-state", type=Path, default=None, help="JSON status file (default: next to the TOML)")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (per-job events are logged at debug)",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config(
+        host=args.host,
+        master_port=args.master_port,
+        slave_port=args.slave_port,
+        max_frame=args.max_frame,
+        max_connections=args.max_connections,
+        max_outbuf=args.max_outbuf,
+        shutdown_grace=args.shutdown_grace,
+        limits=BrokerLimits(
+            max_queued=args.max_queued,
+            max_retries=args.max_retries,
+            result_ttl=args.result_ttl,
+            max_results=args.max_results,
+        ),
+    )
+
+
+def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("max_frame", "max_queued", "max_connections", "max_outbuf", "max_results"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_retries < 0:
+        p.error("--max-retries must not be negative")
+    if args.ws_port is not None and args.jobs_dir is None:
+        p.error("--ws-port needs --jobs-dir")
+
+
+async def serve(args: argparse.Namespace, config: Config) -> None:
+    """Run every configured service until SIGINT or SIGTERM."""
+    # Install the handlers before anything listens, so that a signal that
+    # arrives during start-up still leads to a clean exit.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            server: GloomServer = await nursery.start(GloomServer(config).run)
+            host = config.host
+            ready = f"gloomd ready master={host}:{server.master_port} slave={host}:{server.slave_port}"
+            if args.ws_port is not None:
+                from . import wsjobd
+
+                ws_port = await nursery.start(wsjobd.serve, args.ws_host, args.ws_port, args.jobs_dir)
+                ready += f" ws={args.ws_host}:{ws_port}"
+            if args.schedule is not None:
+                from . import scheduler
+
+                await nursery.start(
+                    _run_scheduler, scheduler, args, _connect_host(host), server.master_port
+                )
+            print(ready, flush=True)
+            async for signum in signals:
+                log.info("event=signal signal=%s", signal.Signals(signum).name)
+                break
+            await server.shutdown()
+            nursery.cancel_scope.cancel()
+
+
+async def _run_scheduler(
+    scheduler: Any, args: argparse.Namespace, host: str, port: int, *, task_status: Any
+) -> None:
+    await scheduler.serve_schedule(
+        args.schedule, state_path=args.schedule_state, master_addr=(host, port), task_status=task_status
+    )
+
+
+def _connect_host(bind_host: str) -> str:
+    """Where an in-process client reaches a daemon bound to `bind_host`."""
+    if bind_host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if bind_host == "::":
+        return "::1"
+    return bind_host
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _validate(parser, args)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    config = config_from_args(args)
+    try:
+        trio.run(serve, args, config)
+    except (OSError, ExceptionGroup) as exc:
+        # Typically a port is taken: say so in one line rather than a traceback.
+        errors = exc.subgroup(OSError) if isinstance(exc, ExceptionGroup) else exc
+        if errors is None:
+            raise
+        log.error("event=fatal error=%s", _first_leaf(errors))
+        return 1
+    return 0
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
