@@ -1,0 +1,98 @@
+"""Start a real `gloomd` process for end-to-end tests, and stop it cleanly.
+
+The daemon prints one `gloomd ready ...` line on stdout once it listens; we
+block on that line (with a timeout) instead of polling or sleeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+READY = re.compile(
+    rb"gloomd ready master=(?P<host>[^ ]+):(?P<master>\d+) slave=[^ ]+:(?P<slave>\d+)(?: ws=[^ ]+:(?P<ws>\d+))?"
+)
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    master_port: int
+    slave_port: int
+    ws_port: int | None
+    ready_line: str
+
+    @property
+    def master_addr(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.master_port)
+
+    @property
+    def slave_addr(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.slave_port)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal the daemon and wait for it to exit; returns its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+
+def _read_ready(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while b"\n" not in buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sel.select(remaining):
+                raise TimeoutError("gloomd did not report ready in time")
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                raise RuntimeError(f"gloomd exited early with status {proc.wait()}")
+            buf += chunk
+    return buf.split(b"\n", 1)[0]
+
+
+@contextlib.contextmanager
+def spawn_gloomd(*extra_args: str, timeout: float = 20.0, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    """Run `python -m gloomd` on free loopback ports for the duration of a block."""
+    args = [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0", *extra_args]
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE if os.environ.get("GLOOMD_TEST_QUIET_LOGS") else None,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        line = _read_ready(proc, timeout)
+        match = READY.search(line)
+        assert match, line
+        ws = match.group("ws")
+        daemon = Daemon(proc, int(match.group("master")), int(match.group("slave")), int(ws) if ws else None, line.decode())
+        yield daemon
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
