@@ -1,0 +1,278 @@
+"""The master side of the protocol as a state machine: bytes in, events out.
+
+Rules it enforces (why the original client needed fixing):
+
+* Replies (acks, error frames, stats, cancel and result answers) come back in
+  request order, so they are matched to the oldest outstanding `Request`.
+* Results, job failures and progress are matched **by id**, never by order.
+  A result may arrive between a submit and its ack, which made Gloom's client
+  read a result where it expected an ack.  Here a submit is known by id from
+  the moment it is sent, so even a result that overtook its own job's ack
+  (possible with other servers) lands on the right job, and the ack that
+  follows does not resurrect it.
+* A ``result`` request's answer has the same shape as a pushed result.  A
+  result-shaped frame is the answer only when the oldest outstanding request
+  is a ``result`` for that very id; when this connection also submitted that
+  detached job, the job is finished with the same outcome, and the duplicate
+  frame that follows finds no job left to finish.
+* gloomd writes a submit's ack before anything else can happen to the job,
+  so a job's own outcome arriving *instead of* its ack (the request at the
+  head of the FIFO is that submit) is the answer to the submit: the daemon
+  refused it while shutting down (``job_failed`` / ``HALTED``).
+* Ids are compared exactly (`id_key`): ``1`` and ``"1"`` are different jobs.
+
+The I/O shells (trio and blocking sockets) feed received bytes to
+`receive_data` and act on the events; they never parse frames themselves.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .errors import GloomError, JobCancelled, JobFailed, ProtocolError, ServerError, error_from_frame
+from ._protocol import Request, RequestQueue, decode_frames, encode, id_key, new_decoder
+
+__all__ = ["Answered", "Finished", "MasterProtocol", "Notice", "Progressed"]
+
+_OUTCOME_ERRORS = ("job_failed", "job_error")
+
+
+@dataclass(frozen=True)
+class Answered:
+    """`request` got its reply (see `request.value` / `request.error`).
+
+    For a successful cancel, `cancelled` is the token of the job it removed.
+    """
+
+    request: Request
+    cancelled: Any = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A job of this connection ended: `body` on success, else `error`.
+
+    `token` is what the shell passed to `submit`, or None when no job of this
+    connection has that id (a duplicate delivery, or a stale one).
+    """
+
+    job_id: Any
+    token: Any
+    body: Any = None
+    error: GloomError | None = None
+
+
+@dataclass(frozen=True)
+class Progressed:
+    """A progress frame for a job of this connection."""
+
+    job_id: Any
+    token: Any
+    value: Any
+
+
+@dataclass(frozen=True)
+class Notice:
+    """An error frame that answers no request (e.g. ``too_many_connections``)."""
+
+    error: ServerError
+
+
+Event = Answered | Finished | Progressed | Notice
+
+
+class MasterProtocol:
+    """Request bookkeeping and frame classification for one master connection."""
+
+    def __init__(self) -> None:
+        self._decoder = new_decoder()
+        self._requests = RequestQueue()
+        # Submits sent but not acked, per id, oldest first.
+        self._unacked: dict[tuple[type, Any], deque[Request]] = {}
+        # Acked submits whose outcome has not arrived.
+        self._live: dict[tuple[type, Any], Request] = {}
+
+    # -- requests ---------------------------------------------------------------
+
+    def submit(
+        self,
+        job_id: Any,
+        type: Any,
+        body: Any,
+        *,
+        priority: Any = 0,
+        timeout: Any = None,
+        detach: bool = False,
+        after: Iterable[Any] | None = None,
+        token: Any = None,
+    ) -> tuple[Request, bytes]:
+        # Gloom's key order first; gloomd's extensions only when used, so a
+        # plain submit is byte-for-byte what Gloom's own client sent.
+        frame: dict[str, Any] = {
+            "action": "submit",
+            "id": job_id,
+            "type": type,
+            "priority": priority,
+            "body": body,
+        }
+        if timeout is not None:
+            frame["timeout"] = timeout
+        if detach:
+            frame["detach"] = True
+        if after is not None:
+            frame["after"] = list(after)
+        request = Request("submit", job_id, token)
+        data = encode(frame)  # before any bookkeeping: an unencodable body changes nothing
+        self._unacked.setdefault(id_key(job_id), deque()).append(request)
+        self._requests.push(request)
+        return request, data
+
+    def cancel(self, job_id: Any) -> tuple[Request, bytes]:
+        return self._simple("cancel", {"action": "cancel", "id": job_id}, job_id)
+
+    def stats(self) -> tuple[Request, bytes]:
+        return self._simple("stats", {"action": "stats"}, None)
+
+    def result(self, job_id: Any) -> tuple[Request, bytes]:
+        return self._simple("result", {"action": "result", "id": job_id}, job_id)
+
+    def _simple(self, kind: str, frame: dict[str, Any], job_id: Any) -> tuple[Request, bytes]:
+        data = encode(frame)
+        request = Request(kind, job_id)
+        self._requests.push(request)
+        return request, data
+
+    # -- receiving --------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        events: list[Event] = []
+        for frame in decode_frames(self._decoder, data):
+            events.extend(self._handle(frame))
+        return events
+
+    def _handle(self, frame: dict[str, Any]) -> list[Event]:
+        if "ok" in frame:
+            return [self._reply(frame)]
+        error = frame.get("error")
+        if error is not None and error not in _OUTCOME_ERRORS:
+            head = self._requests.head()
+            if head is None:
+                return [Notice(ServerError(frame))]
+            self._requests.pop(frame)
+            if head.kind == "submit":
+                self._forget_unacked(head)
+            head.resolve(error=ServerError(frame))
+            return [Answered(head)]
+        if error is not None:
+            failure = error_from_frame(frame)
+            job_id = getattr(failure, "id", None)
+            return self._outcome(job_id, None, failure)
+        if "id" in frame and "progress" in frame:
+            request = self._lookup(frame["id"])
+            token = request.token if request is not None else None
+            return [Progressed(frame["id"], token, frame["progress"])]
+        if "id" in frame and "body" in frame:
+            return self._outcome(frame["id"], frame["body"], None)
+        raise ProtocolError(f"unexpected frame from gloomd: {frame!r:.200}")
+
+    def _reply(self, frame: dict[str, Any]) -> Answered:
+        request = self._requests.pop(frame)
+        if frame.get("ok") is not True:
+            raise ProtocolError(f"unexpected reply to {request.kind}: {frame!r:.200}")
+        if request.kind == "submit":
+            if "id" in frame and id_key(frame["id"]) != id_key(request.job_id):
+                raise ProtocolError(
+                    f"ack for id {frame['id']!r} while waiting for {request.job_id!r}"
+                )
+            self._forget_unacked(request)
+            if not request.settled:  # no outcome overtook the ack
+                self._live[id_key(request.job_id)] = request
+            request.answered = True
+            return Answered(request)
+        if request.kind == "cancel":
+            removed = self._live.pop(id_key(request.job_id), None)
+            request.resolve(True)
+            return Answered(request, cancelled=removed.token if removed is not None else None)
+        if request.kind == "stats":
+            request.resolve(frame.get("stats"))
+            return Answered(request)
+        raise ProtocolError(f"unexpected reply to {request.kind}: {frame!r:.200}")
+
+    def _outcome(self, job_id: Any, body: Any, error: GloomError | None) -> list[Event]:
+        events: list[Event] = []
+        if isinstance(error, JobFailed) and error.category == "CANCELLED":
+            # Another master cancelled this (detached) job.
+            error = JobCancelled(job_id)
+        head = self._requests.head()
+        if head is not None and head.job_id is not None and id_key(head.job_id) == id_key(job_id):
+            if head.kind == "submit":
+                # gloomd acks a submit before anything else can happen to the
+                # job, so an outcome in place of the ack *is* the answer: the
+                # job was never accepted (the daemon is shutting down).
+                self._requests.pop({})
+                self._forget_unacked(head)
+                head.resolve(error=error)
+                return [Answered(head)]
+            if head.kind == "result":
+                self._requests.pop({})
+                head.resolve(body, error)
+                events.append(Answered(head))
+        submit = self._settle(job_id)
+        if submit is not None or not events:
+            token = submit.token if submit is not None else None
+            events.append(Finished(job_id, token, body, error))
+        return events
+
+    def _settle(self, job_id: Any) -> Request | None:
+        """The submit an outcome for `job_id` belongs to, marked as finished."""
+        key = id_key(job_id)
+        request = self._live.pop(key, None)
+        if request is None:
+            for waiting in self._unacked.get(key, ()):
+                if not waiting.settled:
+                    request = waiting
+                    break
+        if request is not None:
+            # Recorded so that the ack that may still follow does not register
+            # the job as live again.
+            request.settled = True
+        return request
+
+    def _lookup(self, job_id: Any) -> Request | None:
+        key = id_key(job_id)
+        request = self._live.get(key)
+        if request is None:
+            waiting = self._unacked.get(key)
+            if waiting:
+                request = waiting[0]
+        return request
+
+    def _forget_unacked(self, request: Request) -> None:
+        key = id_key(request.job_id)
+        waiting = self._unacked.get(key)
+        if waiting is not None:
+            try:
+                waiting.remove(request)
+            except ValueError:
+                pass
+            if not waiting:
+                del self._unacked[key]
+
+    # -- teardown ---------------------------------------------------------------
+
+    def connection_lost(self, error: GloomError) -> tuple[list[Request], list[Any]]:
+        """Fail every outstanding request; return them and the tokens of unfinished jobs."""
+        failed = self._requests.fail_all(error)
+        tokens = [r.token for r in self._live.values()]
+        for waiting in self._unacked.values():
+            tokens.extend(r.token for r in waiting if not r.settled)
+        self._live.clear()
+        self._unacked.clear()
+        return failed, tokens
+
+    @property
+    def outstanding(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._requests.pending)

@@ -1,0 +1,464 @@
+"""The blocking client: `Master`, `Slave` and `Job`, with Gloom's shapes.
+
+Code written for Gloom's Python client keeps working after changing the
+import: same class names, same positional arguments, same `Job` dict with
+`.id`/`.type`/`.body`, same exceptions.  What changes underneath:
+
+* Frames go through the same state machine as the trio client, so a result
+  that arrives before its submit's ack is buffered for `receive()` instead of
+  being mistaken for the ack (Gloom's client raised ProtocolError there).
+* A short read no longer corrupts the stream: partial frames are kept, so a
+  `timeout` that fires mid-frame leaves the connection usable.
+* `timeout=` is the per-call socket timeout as in Gloom, but bounds the whole
+  call, and raises `WaitTimeout` (a `TimeoutError`, as `socket.timeout` was).
+* The slave reconnects with back-off when the daemon goes away, and re-joins.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import deque
+from typing import Any, Iterable, Iterator, Mapping
+
+from ._master_protocol import Answered, Finished, MasterProtocol, Notice
+from ._protocol import Request
+from ._slave_protocol import JobOffered, SlaveProtocol
+from ._slave_protocol import Notice as SlaveNotice
+from ._trio_master import SUBMIT_KEYS, new_job_id
+from .errors import GloomError, ServerError, TransportError, WaitTimeout
+
+__all__ = ["Job", "Master", "Slave"]
+
+_DEFAULT: Any = object()
+_READ_SIZE = 256 * 1024
+
+Address = tuple[str, int]
+
+
+class Job(dict[str, Any]):
+    """A job or result frame, as a dict (Gloom's shape) with attribute access."""
+
+    @property
+    def id(self) -> Any:
+        return self.get("id")
+
+    @property
+    def type(self) -> Any:
+        return self.get("type")
+
+    @property
+    def body(self) -> Any:
+        return self.get("body")
+
+    @property
+    def attempt(self) -> int | None:
+        """Delivery count of a job given to a slave (1 for the first), if sent."""
+        return self.get("attempt")
+
+    @property
+    def timeout(self) -> float | None:
+        """The job's run-time limit in seconds, if it has one."""
+        return self.get("timeout")
+
+
+def _address(addr: Any, port: int | None, default_port: int) -> Address:
+    if isinstance(addr, str):
+        return (addr, default_port if port is None else port)
+    if port is not None:
+        raise TypeError("give either an (host, port) tuple or host and port, not both")
+    host, addr_port = addr
+    return (host, addr_port)
+
+
+class _Connection:
+    """A blocking socket plus deadline bookkeeping shared by Master and Slave."""
+
+    def __init__(self, addr: Address, timeout: float | None) -> None:
+        self.addr = addr
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self.error: GloomError | None = None
+
+    @property
+    def peer(self) -> str:
+        return f"{self.addr[0]}:{self.addr[1]}"
+
+    def open(self) -> None:
+        try:
+            sock = socket.create_connection(self.addr, timeout=self.timeout or 10.0)
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise TransportError(f"cannot reach gloomd at {self.peer}: {reason}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.error = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def deadline(self, timeout: Any) -> float | None:
+        if timeout is _DEFAULT:
+            timeout = self.timeout
+        return None if timeout is None else time.monotonic() + timeout
+
+    def _lost(self, reason: str) -> TransportError:
+        error = TransportError(f"connection to gloomd at {self.peer} {reason}")
+        self.error = error
+        self.close()
+        return error
+
+    def check(self) -> socket.socket:
+        if self.sock is None:
+            raise TransportError(str(self.error or f"not connected to gloomd at {self.peer}"))
+        return self.sock
+
+    def send(self, data: bytes, deadline: float | None) -> None:
+        sock = self.check()
+        try:
+            sock.settimeout(_remaining(deadline))
+            sock.sendall(data)
+        except TimeoutError:
+            # Part of a frame may be out: the stream cannot be trusted any more.
+            raise self._lost("timed out while sending; connection closed") from None
+        except OSError as exc:
+            raise self._lost(f"lost: {exc}") from None
+
+    def recv(self, deadline: float | None) -> bytes:
+        sock = self.check()
+        try:
+            sock.settimeout(_remaining(deadline))
+            data = sock.recv(_READ_SIZE)
+        except TimeoutError:
+            raise WaitTimeout(f"no answer from gloomd at {self.peer} in time") from None
+        except OSError as exc:
+            raise self._lost(f"lost: {exc}") from None
+        if not data:
+            raise self._lost("closed by gloomd")
+        return data
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise WaitTimeout("timed out waiting for gloomd")
+    return left
+
+
+class Master:
+    """A blocking master connection (Gloom's `Master`, extended).
+
+    ``Master()`` connects to 127.0.0.1:9998; ``Master(("host", port))`` or
+    ``Master("host", port)`` elsewhere.  `timeout` is the default time limit
+    of each call, in seconds (None waits forever).
+    """
+
+    def __init__(
+        self,
+        addr: Address | str = ("127.0.0.1", 9998),
+        port: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        self._conn = _Connection(_address(addr, port, 9998), timeout)
+        self._proto = MasterProtocol()
+        self._results: deque[Job | ServerError] = deque()
+        #: Latest progress value per job id still running (progress frames
+        #: never reach `receive`, which returns results only).
+        self.progress: dict[Any, Any] = {}
+        self._conn.open()
+
+    def __enter__(self) -> Master:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection; the daemon drops this master's queued jobs."""
+        self._conn.close()
+
+    disconnect = close  # Gloom's name
+
+    def new_job_id(self) -> str:
+        return new_job_id()
+
+    def submit(
+        self,
+        id: Any = None,
+        type: Any = None,
+        body: Any = None,
+        *,
+        priority: int = 0,
+        job_timeout: float | None = None,
+        detach: bool = False,
+        after: Iterable[Any] | None = None,
+        timeout: Any = _DEFAULT,
+    ) -> Any:
+        """Submit a job and return its id once acked (`ServerError` if refused)."""
+        job_id = self.new_job_id() if id is None else id
+        request, data = self._proto.submit(
+            job_id,
+            type,
+            body,
+            priority=priority,
+            timeout=job_timeout,
+            detach=detach,
+            after=after,
+            token=True,
+        )
+        self._call(request, data, timeout)
+        return job_id
+
+    def receive(self, timeout: Any = _DEFAULT) -> Job:
+        """The next result of this master's jobs, as a `Job` with `.id` and `.body`.
+
+        Results come in completion order.  A failed job raises its `JobFailed`
+        or `JobError` (``.id`` says which job).
+        """
+        deadline = self._conn.deadline(timeout)
+        while not self._results:
+            self._pump(deadline)
+        item = self._results.popleft()
+        if isinstance(item, GloomError):
+            raise item
+        return item
+
+    def do_many(self, jobs: Iterable[Mapping[str, Any]], timeout: Any = _DEFAULT) -> Iterator[Job]:
+        """Submit every job (dicts of `submit`'s arguments), then yield the results
+        as they complete.  The submits are pipelined, not sent one ack at a time.
+        """
+        deadline = self._conn.deadline(timeout)
+        specs = [dict(spec) for spec in jobs]
+        for spec in specs:
+            unknown = spec.keys() - SUBMIT_KEYS - {"job_timeout"}
+            if unknown:
+                raise TypeError(f"unknown submit keys: {', '.join(sorted(unknown))}")
+        requests: list[tuple[Any, Request]] = []
+        frames: list[bytes] = []
+        for spec in specs:
+            job_id = spec.get("id")
+            job_id = self.new_job_id() if job_id is None else job_id
+            request, data = self._proto.submit(
+                job_id,
+                spec.get("type"),
+                spec.get("body"),
+                priority=spec.get("priority", 0),
+                timeout=spec.get("job_timeout", spec.get("timeout")),
+                detach=spec.get("detach", False),
+                after=spec.get("after"),
+                token=True,
+            )
+            requests.append((job_id, request))
+            frames.append(data)
+        self._conn.send(b"".join(frames), deadline)
+        for _, request in requests:
+            while not request.answered:
+                self._pump(deadline)
+        for _, request in requests:
+            if request.error is not None:
+                raise request.error
+        return self._yield_results({_key(job_id) for job_id, _ in requests}, timeout)
+
+    def _yield_results(self, wanted: set[Any], timeout: Any) -> Iterator[Job]:
+        while wanted:
+            job = self.receive(timeout)
+            wanted.discard(_key(job.id))
+            yield job
+
+    def cancel(self, id: Any, timeout: Any = _DEFAULT) -> bool:
+        """Remove a queued job: True, or `ServerError` (running, or unknown)."""
+        value: bool = self._call(*self._proto.cancel(id), timeout)
+        return value
+
+    def stats(self, timeout: Any = _DEFAULT) -> dict[str, Any]:
+        """The daemon's statistics (the inner ``stats`` dict)."""
+        value: dict[str, Any] = self._call(*self._proto.stats(), timeout)
+        return value
+
+    def result(self, id: Any, timeout: Any = _DEFAULT) -> Any:
+        """A detached job's result body (raises its failure, or ``not_ready``)."""
+        return self._call(*self._proto.result(id), timeout)
+
+    def _call(self, request: Request, data: bytes, timeout: Any) -> Any:
+        deadline = self._conn.deadline(timeout)
+        self._conn.send(data, deadline)
+        while not request.answered:
+            self._pump(deadline)
+        if request.error is not None:
+            raise request.error
+        return request.value
+
+    def _pump(self, deadline: float | None) -> None:
+        try:
+            data = self._conn.recv(deadline)
+        except TransportError as exc:
+            self._proto.connection_lost(exc)
+            raise
+        for event in self._proto.receive_data(data):
+            if isinstance(event, Finished):
+                _forget(self.progress, event.job_id)
+                if event.token is None:
+                    continue  # a duplicate of an outcome already delivered
+                if event.error is not None:
+                    self._results.append(event.error)
+                else:
+                    self._results.append(Job(id=event.job_id, body=event.body))
+            elif isinstance(event, Notice):
+                self._conn.error = TransportError(f"gloomd refused the connection: {event.error}")
+            elif isinstance(event, Answered):
+                pass  # the request object now holds its answer
+            elif isinstance(event.job_id, (str, int)):
+                self.progress[event.job_id] = event.value
+
+
+def _key(job_id: Any) -> tuple[type, Any]:
+    return (type(job_id), job_id)
+
+
+def _forget(progress: dict[Any, Any], job_id: Any) -> None:
+    if isinstance(job_id, (str, int)):
+        progress.pop(job_id, None)
+
+
+class Slave:
+    """A blocking slave connection (Gloom's `Slave`, extended).
+
+    `job()` waits for the next job and `respond(body)` answers it.  If the
+    daemon goes away while the slave waits for a job, it reconnects after
+    `reconnect_delay` seconds, doubling up to `max_reconnect_delay`, and
+    re-joins; a job held when the connection died cannot be answered
+    (`TransportError`): the daemon requeues it.
+    """
+
+    def __init__(
+        self,
+        addr: Address | str = ("127.0.0.1", 9999),
+        port: int | None = None,
+        *,
+        timeout: float | None = None,
+        reconnect: bool = True,
+        reconnect_delay: float = 1.0,
+        max_reconnect_delay: float = 30.0,
+    ) -> None:
+        self._conn = _Connection(_address(addr, port, 9999), timeout)
+        self._proto = SlaveProtocol()
+        self._offers: deque[Job] = deque()
+        self._reconnect = reconnect
+        self._delay = reconnect_delay
+        self._max_delay = max_reconnect_delay
+        self._type: Any = _DEFAULT
+        self._generation = 0
+        self._holding: int | None = None  # generation of the connection that gave the current job
+        self.reconnects = 0
+        self._conn.open()
+
+    def __enter__(self) -> Slave:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Job]:
+        while True:
+            yield self.job()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    disconnect = close  # Gloom's name
+
+    def join(self, type: Any, timeout: Any = _DEFAULT) -> bool:
+        """Serve jobs of `type` (re-joined automatically after a reconnect)."""
+        self._type = type
+        self._call(*self._proto.join(type), timeout)
+        return True
+
+    def job(self, timeout: Any = _DEFAULT) -> Job:
+        """Wait for the next job (reconnecting if the daemon went away)."""
+        deadline = self._conn.deadline(timeout)
+        while not self._offers:
+            try:
+                self._pump(deadline)
+            except TransportError:
+                if not self._reconnect:
+                    raise
+                self._reopen(deadline)
+        self._holding = self._generation
+        return self._offers.popleft()
+
+    def respond(self, body: Any = None, timeout: Any = _DEFAULT) -> bool:
+        """Send the current job's result."""
+        self._check_holding()
+        self._holding = None
+        self._call(*self._proto.respond(body), timeout)
+        return True
+
+    def fail(self, category: str = "ERROR", reason: Any = None, timeout: Any = _DEFAULT) -> bool:
+        """Report the current job as failed (``ERROR``, ``TIMEOUT``, ``CRASH``, ``HALTED``)."""
+        self._check_holding()
+        request, data = self._proto.fail(category, reason)
+        self._holding = None
+        self._call(request, data, timeout)
+        return True
+
+    def progress(self, value: Any, timeout: Any = _DEFAULT) -> None:
+        """Send a progress value for the current job (no reply is awaited)."""
+        self._check_holding()
+        self._conn.send(self._proto.progress(value), self._conn.deadline(timeout))
+
+    def _check_holding(self) -> None:
+        if self._holding is not None and self._holding != self._generation:
+            self._holding = None
+            raise TransportError("connection lost while holding the job; the daemon requeues it")
+
+    def _call(self, request: Request, data: bytes, timeout: Any) -> Any:
+        deadline = self._conn.deadline(timeout)
+        self._conn.send(data, deadline)
+        while not request.answered:
+            self._pump(deadline)
+        if request.error is not None:
+            raise request.error
+        return request.value
+
+    def _pump(self, deadline: float | None) -> None:
+        try:
+            data = self._conn.recv(deadline)
+        except TransportError as exc:
+            self._proto.connection_lost(exc)
+            raise
+        for event in self._proto.receive_data(data):
+            if isinstance(event, JobOffered):
+                self._offers.append(Job(event.frame))
+            elif isinstance(event, SlaveNotice):
+                self._conn.error = TransportError(f"gloomd refused the connection: {event.error}")
+
+    def _reopen(self, deadline: float | None) -> None:
+        delay = self._delay
+        self._offers.clear()  # jobs of the dead connection were requeued by the daemon
+        while True:
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise WaitTimeout("gloomd unreachable until the deadline")
+            time.sleep(delay)
+            try:
+                self._conn.open()
+            except TransportError:
+                delay = min(delay * 2, self._max_delay)
+                continue
+            self._proto = SlaveProtocol()
+            self._generation += 1
+            self.reconnects += 1
+            if self._type is not _DEFAULT:
+                try:
+                    self._call(*self._proto.join(self._type), _remaining_timeout(deadline))
+                except TransportError:
+                    continue
+            return
+
+
+def _remaining_timeout(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.001)

@@ -1,0 +1,330 @@
+"""The trio master: `open_master`, `AsyncMaster` and the `Job` handle.
+
+One reader task per connection turns frames into state changes on `Job`
+handles and wakes whoever waits for them; the protocol state machine
+(`MasterProtocol`) decides what each frame means.  Nothing here parses JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Iterable, Mapping
+
+import trio
+
+from ._master_protocol import Answered, Finished, MasterProtocol, Notice, Progressed
+from ._protocol import JobState, Request
+from ._trio_connection import FrameConnection, connect
+from .errors import GloomError, JobCancelled, ServerError, TransportError, WaitTimeout
+
+__all__ = ["AsyncMaster", "Job", "new_job_id", "open_master"]
+
+#: Keys `submit_many` accepts in each job dict (the keyword arguments of `submit`).
+SUBMIT_KEYS = frozenset({"type", "body", "priority", "id", "timeout", "after", "detach"})
+
+_TERMINAL = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+def new_job_id() -> str:
+    """A fresh job id, as Gloom's client made them (upper-case uuid4 hex)."""
+    return uuid.uuid4().hex.upper()
+
+
+class Job:
+    """A submitted job, updated in place by the connection's reader task.
+
+    `state` is ``queued`` once acked, ``running`` after its first progress
+    frame (the protocol does not announce a start), then ``done``, ``failed``
+    or ``cancelled``.  `result` holds the body of a done job, `error` the
+    exception of a failed or cancelled one, `progress` the latest progress
+    value (None before any).
+    """
+
+    def __init__(self, master: AsyncMaster, id: Any, type: Any) -> None:
+        self.id = id
+        self.type = type
+        self.state = JobState.QUEUED
+        self.result: Any = None
+        self.error: GloomError | None = None
+        self.progress: Any = None
+        self._master = master
+        self._seen_progress = False
+        self._refused = False  # the daemon answered the submit with an error
+        self._acked = trio.Event()
+        self._done = trio.Event()
+        self._watchers: list[trio.MemorySendChannel[Any]] = []
+
+    def __repr__(self) -> str:
+        return f"<gloom.Job id={self.id!r} type={self.type!r} state={self.state.value}>"
+
+    @property
+    def done(self) -> bool:
+        """True once the job reached a final state."""
+        return self.state in _TERMINAL
+
+    async def wait(self, timeout: float | None = None) -> Any:
+        """The job's result body, once it has one.
+
+        Raises `JobFailed` / `JobError` if the job failed, `JobCancelled` if
+        it was cancelled, `TransportError` if the connection was lost first,
+        and `WaitTimeout` if `timeout` seconds pass (the job carries on).
+        """
+        if not self._done.is_set():
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                await self._done.wait()
+            if not self._done.is_set():
+                raise WaitTimeout(f"job {self.id!r} not finished after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    async def progress_updates(self) -> AsyncIterator[Any]:
+        """Progress values as they arrive; ends when the job ends.
+
+        Starts with the latest value if one arrived before the call.  Values
+        are buffered per iterator, so a slow consumer sees every one.
+        """
+        if self.done:
+            return
+        send, receive = trio.open_memory_channel[Any](math.inf)
+        self._watchers.append(send)
+        try:
+            if self._seen_progress:
+                yield self.progress
+            async with receive:
+                async for value in receive:
+                    yield value
+        finally:
+            if send in self._watchers:
+                self._watchers.remove(send)
+            send.close()
+
+    async def cancel(self) -> bool:
+        """Cancel this job while it is queued (see `AsyncMaster.cancel`)."""
+        return await self._master.cancel(self.id)
+
+    # -- called by the reader task ---------------------------------------------
+
+    def _on_progress(self, value: Any) -> None:
+        if self.done:
+            return
+        self.progress = value
+        self._seen_progress = True
+        if self.state is JobState.QUEUED:
+            self.state = JobState.RUNNING
+        for watcher in self._watchers:
+            watcher.send_nowait(value)
+
+    def _finish(self, state: JobState, result: Any = None, error: GloomError | None = None) -> None:
+        if self.done:
+            return
+        self.state = state
+        self.result = result
+        self.error = error
+        self._acked.set()
+        self._done.set()
+        for watcher in self._watchers:
+            watcher.close()
+        self._watchers.clear()
+
+
+class AsyncMaster:
+    """A master connection.  Get one with `open_master`."""
+
+    def __init__(self, connection: FrameConnection) -> None:
+        self._conn = connection
+        self._proto = MasterProtocol()
+        self._notice: ServerError | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn.alive
+
+    async def submit(
+        self,
+        type: Any,
+        body: Any,
+        priority: int = 0,
+        id: Any = None,
+        timeout: float | None = None,
+        *,
+        after: Iterable[Any] | None = None,
+        detach: bool = False,
+    ) -> Job:
+        """Submit one job and return its handle once the daemon acked it.
+
+        `timeout` is the job's run-time limit in seconds (the daemon fails it
+        with category TIMEOUT); `after` lists ids that must complete first;
+        `detach` keeps the job alive without this connection (fetch its
+        result with `result`).  Raises `ServerError` if the daemon refused it.
+        """
+        job = self._send_submit(type, body, priority, id, timeout, after, detach)
+        await job._acked.wait()
+        if job._refused and job.error is not None:
+            raise job.error
+        return job
+
+    async def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """Submit many jobs without waiting for each ack; handles in input order.
+
+        Every dict takes the keyword arguments of `submit`.  A job the daemon
+        refused comes back already failed, its `error` the `ServerError`.
+        """
+        specs = [dict(spec) for spec in jobs]
+        for spec in specs:
+            unknown = spec.keys() - SUBMIT_KEYS
+            if unknown:
+                raise TypeError(f"unknown submit keys: {', '.join(sorted(unknown))}")
+            if "type" not in spec:
+                raise TypeError("every job needs a 'type'")
+        handles = [
+            self._send_submit(
+                spec["type"],
+                spec.get("body"),
+                spec.get("priority", 0),
+                spec.get("id"),
+                spec.get("timeout"),
+                spec.get("after"),
+                spec.get("detach", False),
+            )
+            for spec in specs
+        ]
+        for handle in handles:
+            await handle._acked.wait()
+        return handles
+
+    async def cancel(self, id: Any) -> bool:
+        """Remove a queued job.  True, or `ServerError` (``invalid_state`` if it
+        is running, ``unknown_id`` if it is not this master's or is gone)."""
+        value: bool = await self._call(*self._proto.cancel(id))
+        return value
+
+    async def stats(self) -> dict[str, Any]:
+        """The daemon's statistics (the inner ``stats`` dict)."""
+        value: dict[str, Any] = await self._call(*self._proto.stats())
+        return value
+
+    async def result(self, id: Any) -> Any:
+        """A detached job's result body; raises its `JobFailed`/`JobError`, or
+        `ServerError` ``not_ready`` while it is queued or running."""
+        return await self._call(*self._proto.result(id))
+
+    # -- internals ----------------------------------------------------------------
+
+    def _send_submit(
+        self,
+        type: Any,
+        body: Any,
+        priority: Any,
+        id: Any,
+        timeout: Any,
+        after: Iterable[Any] | None,
+        detach: bool,
+    ) -> Job:
+        self._check_open()
+        job_id = new_job_id() if id is None else id
+        job = Job(self, job_id, type)
+        request, data = self._proto.submit(
+            job_id,
+            type,
+            body,
+            priority=priority,
+            timeout=timeout,
+            detach=detach,
+            after=after,
+            token=job,
+        )
+        request.waker = job
+        self._conn.send_nowait(data)
+        return job
+
+    async def _call(self, request: Request, data: bytes) -> Any:
+        self._check_open()
+        event = trio.Event()
+        request.waker = event
+        self._conn.send_nowait(data)
+        await event.wait()
+        if request.error is not None:
+            raise request.error
+        return request.value
+
+    def _check_open(self) -> None:
+        if not self._conn.alive:
+            raise TransportError(str(self._conn.error))
+
+    def _on_data(self, data: bytes) -> None:
+        for event in self._proto.receive_data(data):
+            if isinstance(event, Finished):
+                job = event.token
+                if isinstance(job, Job):
+                    if event.error is None:
+                        job._finish(JobState.DONE, result=event.body)
+                    else:
+                        job._finish(JobState.FAILED, error=event.error)
+            elif isinstance(event, Progressed):
+                if isinstance(event.token, Job):
+                    event.token._on_progress(event.value)
+            elif isinstance(event, Answered):
+                self._wake(event.request)
+                if isinstance(event.cancelled, Job):
+                    cancelled = event.cancelled
+                    cancelled._finish(JobState.CANCELLED, error=JobCancelled(cancelled.id))
+            elif isinstance(event, Notice):
+                # Sent just before the daemon closes on us (too_many_connections):
+                # keep it as the reason the connection ends.
+                self._notice = event.error
+                self._conn.close_with(
+                    TransportError(f"gloomd refused the connection: {event.error}")
+                )
+
+    def _wake(self, request: Request) -> None:
+        waker = request.waker
+        if isinstance(waker, Job):
+            if request.error is not None:
+                waker._refused = True
+                waker._finish(JobState.FAILED, error=request.error)
+            else:
+                waker._acked.set()
+        elif isinstance(waker, trio.Event):
+            waker.set()
+
+    async def _run(self) -> None:
+        error = await self._conn.run(self._on_data)
+        requests, tokens = self._proto.connection_lost(error)
+        for request in requests:
+            self._wake(request)
+        for job in tokens:
+            if isinstance(job, Job):
+                job._finish(JobState.FAILED, error=TransportError(str(error)))
+
+
+@asynccontextmanager
+async def open_master(
+    host: str = "127.0.0.1", port: int = 9998, *, connect_timeout: float | None = 10.0
+) -> AsyncIterator[AsyncMaster]:
+    """Connect to gloomd's master port for the duration of the block.
+
+    Raises `TransportError` at once if the daemon cannot be reached.  Leaving
+    the block closes the connection; gloomd then drops this master's queued
+    jobs (detached ones excepted).
+    """
+    stream = await connect(host, port, connect_timeout)
+    master = AsyncMaster(FrameConnection(stream, f"{host}:{port}"))
+    body_error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(master._run)
+        try:
+            yield master
+        except BaseException as exc:
+            # Re-raised below, outside the nursery, so the caller sees the
+            # exception itself rather than an ExceptionGroup wrapping it.
+            body_error = exc
+        finally:
+            nursery.cancel_scope.cancel()
+    if body_error is not None:
+        try:
+            raise body_error
+        finally:
+            body_error = None

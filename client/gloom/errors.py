@@ -1,0 +1,138 @@
+"""The client's exception tree.
+
+The first four names and their attributes are the original Gloom client's, so
+code written against Gloom keeps catching what it caught before:
+
+    GloomError
+    ├── TransportError      the connection could not be made, or was lost
+    ├── ProtocolError       the peer sent something this client cannot follow
+    ├── ServerError         an error frame: .error, .reason
+    │   └── JobFailed       the job ended badly: .id, .category (job_failed)
+    │       └── JobError    its slave reported the failure: .traceback (job_error)
+    ├── JobCancelled        the job was cancelled before it ran
+    └── WaitTimeout         a wait ran out; the job itself may still succeed
+
+`WaitTimeout` is also a `trio.TooSlowError` (what `trio.fail_after` raises) and
+a `TimeoutError`, which is what Gloom's blocking client let escape from its
+socket (`socket.timeout` is `TimeoutError`), so all three spellings of
+"waited too long" catch it, and none of them catches a job failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+__all__ = [
+    "GloomError",
+    "JobCancelled",
+    "JobError",
+    "JobFailed",
+    "ProtocolError",
+    "ServerError",
+    "TransportError",
+    "WaitTimeout",
+    "error_from_frame",
+]
+
+
+class GloomError(Exception):
+    """Root of every error this client raises on purpose."""
+
+
+class TransportError(GloomError):
+    """The daemon could not be reached, or the connection to it was lost."""
+
+
+class ProtocolError(GloomError):
+    """A frame did not make sense here (undecodable, or out of sequence)."""
+
+
+class ServerError(GloomError):
+    """The daemon answered with an error frame ``{"error": E, "reason": R}``.
+
+    Gloom's client built this from the frame dict, so a dict is still accepted
+    as the only argument; ``ServerError(error, reason)`` is the explicit form.
+    """
+
+    def __init__(self, error: Any = "unknown error", reason: Any = "unknown cause") -> None:
+        if isinstance(error, dict):
+            frame = error
+            error = frame.get("error", "unknown error")
+            reason = frame.get("reason", "unknown cause")
+        super().__init__(error, reason)
+        self.error = error
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.error} -> {self.reason}"
+
+
+class JobFailed(ServerError):
+    """The daemon gave up on a job (``job_failed``): lost slaves, timeout, shutdown, dependency.
+
+    `category` is one of ``CRASH``, ``TIMEOUT``, ``HALTED``, ``DEPENDENCY`` (or,
+    for `JobError`, whatever category the slave reported).
+    """
+
+    def __init__(
+        self, id: Any, category: str | None, reason: Any = None, *, error: str = "job_failed"
+    ) -> None:
+        super().__init__(error, id if reason is None else reason)
+        self.id = id
+        self.category = category
+
+    def __str__(self) -> str:
+        return f"job {self.id!r} failed ({self.category}): {self.reason}"
+
+
+class JobError(JobFailed):
+    """The slave running the job reported a failure (``job_error``).
+
+    `reason` is what the slave sent; `traceback` is its ``traceback`` text when
+    the reason is a dict carrying one (the worker runner sends
+    ``{type, message, traceback}``), else None.
+    """
+
+    def __init__(self, id: Any, category: str | None, reason: Any = None) -> None:
+        super().__init__(id, category, reason, error="job_error")
+        tb = reason.get("traceback") if isinstance(reason, dict) else None
+        self.traceback: str | None = tb if isinstance(tb, str) else None
+
+    def __str__(self) -> str:
+        reason = self.reason
+        if isinstance(reason, dict) and "message" in reason:
+            kind = reason.get("type")
+            reason = f"{kind}: {reason['message']}" if kind else reason["message"]
+        return f"job {self.id!r} error ({self.category}): {reason}"
+
+
+class JobCancelled(GloomError):
+    """The job was cancelled (removed from its queue) before any slave ran it."""
+
+    def __init__(self, id: Any) -> None:
+        super().__init__(id)
+        self.id = id
+
+    def __str__(self) -> str:
+        return f"job {self.id!r} was cancelled"
+
+
+class WaitTimeout(GloomError, trio.TooSlowError, TimeoutError):
+    """A wait ran out of time.  Says nothing about the job, which may still finish."""
+
+
+def error_from_frame(frame: dict[str, Any]) -> ServerError:
+    """The exception an error frame stands for.
+
+    A ``job_failed`` frame from Gloom itself carries only ``reason`` (the id);
+    gloomd adds ``id`` and ``category``.  Both shapes are understood.
+    """
+    error = frame.get("error")
+    if error == "job_failed":
+        job_id = frame["id"] if "id" in frame else frame.get("reason")
+        return JobFailed(job_id, frame.get("category"), frame.get("reason"))
+    if error == "job_error":
+        return JobError(frame.get("id"), frame.get("category"), frame.get("reason"))
+    return ServerError(frame)
