@@ -485,9 +485,14 @@ class Broker:
         jobs = list(master.jobs.values())
         master.jobs.clear()
         for job in jobs:
+            # All first: removing one job can fail its dependents, and those
+            # may be this master's too; nobody is left to tell.
             job.master = None
-            if job.detached:
-                continue  # belongs to no connection: stays, result kept
+        for job in jobs:
+            if job.detached or job.state == GONE:
+                # Detached jobs belong to no connection: they stay.  GONE ones
+                # were failed just now as dependents of an earlier one.
+                continue
             if job.state == RUNNING:
                 self._orphan(job)
                 self._forget(job, ok=False)

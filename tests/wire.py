@@ -26,11 +26,18 @@ def raw_frame(payload: bytes) -> bytes:
 
 
 class Peer:
-    """A trio TCP connection that reads and writes whole frames."""
+    """A trio TCP connection that reads and writes whole frames.
+
+    Every peer opened is remembered in `OPEN` so that the test's teardown
+    (conftest) closes whatever a test left open.
+    """
+
+    OPEN: "list[Peer]" = []
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self._buf = bytearray()
+        Peer.OPEN.append(self)
 
     @classmethod
     async def connect(cls, port: int, host: str = "127.0.0.1") -> "Peer":
@@ -77,6 +84,11 @@ class Peer:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+    @classmethod
+    async def close_all(cls) -> None:
+        while cls.OPEN:
+            await cls.OPEN.pop().aclose()
 
 
 async def join(port: int, job_type: Any) -> Peer:
