@@ -68,14 +68,20 @@ def _read_ready(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
 
 
 @contextlib.contextmanager
-def spawn_gloomd(*extra_args: str, timeout: float = 20.0, env: dict[str, str] | None = None) -> Iterator[Daemon]:
-    """Run `python -m gloomd` on free loopback ports for the duration of a block."""
+def spawn_gloomd(
+    *extra_args: str, timeout: float = 20.0, env: dict[str, str] | None = None, capture_logs: bool = False
+) -> Iterator[Daemon]:
+    """Run `python -m gloomd` on free loopback ports for the duration of a block.
+
+    With `capture_logs`, stderr is a pipe the test reads after `stop()`; keep
+    such tests small, since a full pipe would stall the daemon.
+    """
     args = [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0", *extra_args]
     proc = subprocess.Popen(
         args,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE if os.environ.get("GLOOMD_TEST_QUIET_LOGS") else None,
+        stderr=subprocess.PIPE if capture_logs else None,
         env={**os.environ, **(env or {})},
     )
     try:

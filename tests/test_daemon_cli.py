@@ -1,0 +1,99 @@
+"""The `gloomd` process: start-up, signals, HALTED at shutdown, bad ports."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from .daemon import spawn_gloomd
+from .wire import frame
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def recv_frame(sock: socket.socket) -> dict | None:
+    def read(n: int) -> bytes | None:
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                return None
+            buf += chunk
+        return buf
+
+    header = read(4)
+    if header is None:
+        return None
+    payload = read(struct.unpack(">I", header)[0])
+    assert payload is not None
+    return json.loads(payload)
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return sock
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_shutdown_halts_unanswered_jobs_and_exits_zero(sig: int) -> None:
+    with spawn_gloomd() as daemon:
+        with connect(daemon.slave_port) as slave, connect(daemon.master_port) as master:
+            slave.sendall(frame({"action": "join", "type": "t"}))
+            assert recv_frame(slave) == {"ok": True}
+            for job_id in ("running", "queued"):
+                master.sendall(frame({"action": "submit", "id": job_id, "type": "t", "body": None}))
+                assert recv_frame(master) == {"ok": True, "id": job_id}
+            assert recv_frame(slave)["id"] == "running"  # type: ignore[index]
+            assert daemon.stop(sig) == 0
+            halted = [recv_frame(master), recv_frame(master)]
+            assert sorted(f["id"] for f in halted) == ["queued", "running"]  # type: ignore[index]
+            assert all(f == {"error": "job_failed", "reason": f["id"], "id": f["id"], "category": "HALTED"} for f in halted)  # type: ignore[index]
+            assert recv_frame(master) is None  # then a clean EOF
+            assert recv_frame(slave) is None
+
+
+def test_port_in_use_is_a_one_line_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "gloomd", "--master-port", str(port), "--slave-port", "0"],
+            capture_output=True,
+            timeout=30,
+        )
+    assert proc.returncode == 1
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "event=fatal" in lines[0] and "Address already in use" in lines[0]
+
+
+def test_help_lists_the_limits() -> None:
+    out = subprocess.run([sys.executable, "-m", "gloomd", "--help"], capture_output=True, timeout=30, text=True).stdout
+    for flag in ("--host", "--master-port", "--slave-port", "--max-frame", "--max-queued", "--max-connections", "--log-level"):
+        assert flag in out
+
+
+def test_structured_log_lines() -> None:
+    with spawn_gloomd("--log-level", "debug", capture_logs=True) as daemon:
+        with connect(daemon.slave_port) as slave, connect(daemon.master_port) as master:
+            slave.sendall(frame({"action": "join", "type": "t"}))
+            recv_frame(slave)
+            master.sendall(frame({"action": "submit", "id": 1, "type": "t", "body": None}))
+            recv_frame(master)
+            recv_frame(slave)
+            slave.close()  # lost mid-job: the daemon requeues and logs it
+            requeued = 0
+            while requeued != 1:  # each round trip is bounded by the socket timeout
+                master.sendall(frame({"action": "stats"}))
+                requeued = recv_frame(master)["stats"]["totals"]["requeued"]  # type: ignore[index]
+        assert daemon.stop() == 0
+        assert daemon.proc.stderr is not None
+        log = daemon.proc.stderr.read().decode()
+    for event in ("event=listening", "event=connect role=slave", "event=join", "event=submit", "event=requeue", "event=disconnect", "event=shutdown"):
+        assert event in log, event
