@@ -1,0 +1,230 @@
+"""Scheduled jobs as configuration: validation of one job, and the TOML file.
+
+A job is validated once, when it is added, into a `JobSpec`; the scheduler
+never looks at a raw conf again except to hand it to the `filter_job`
+callback (which is why extra keys such as `roles` are kept).  Checking up
+front is the point: pykit discovered a bad `at` or a missing `args` in the
+job's thread at fire time, possibly weeks later.
+
+The TOML file holds one table per job under `[jobs]`:
+
+    [jobs.cleanup]
+    func = "mypkg.tasks:cleanup"        # "module:attribute"
+    args = [7]
+    every = [1, "day"]
+    at = { hour = 3, minute = 30, second = 0 }
+    timezone = "Europe/Berlin"
+
+    [jobs.report]
+    submit = { type = "report", body = { kind = "hourly" }, priority = 5, timeout = 600 }
+    every = [1, "hour"]
+    at = { minute = 0, second = 0 }
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import pathlib
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .firetime import JobConfigError, Timing, parse_timing
+
+__all__ = [
+    "JobSpec",
+    "SubmitSpec",
+    "build_job",
+    "default_state_path",
+    "describe_timing",
+    "load_schedule_file",
+    "resolve_callable",
+]
+
+_SUBMIT_KEYS = frozenset({"type", "body", "priority", "timeout"})
+
+
+@dataclass(frozen=True)
+class SubmitSpec:
+    """A gloomd job to submit at each fire (Gloom's submit frame, plus gloomd's timeout)."""
+
+    type: Any
+    body: Any = None
+    priority: int = 0
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One validated job.
+
+    Exactly one of `func` and `submit` is set.  `func_ref` keeps the
+    "module:attribute" text of a function named in a file, for display.
+    """
+
+    name: str
+    conf: Mapping[str, Any] = field(repr=False)
+    timing: Timing
+    concurrence_n: int = 1
+    func: Callable[..., Any] | None = None
+    func_ref: str | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    submit: SubmitSpec | None = None
+
+    @property
+    def is_async(self) -> bool:
+        """Awaited in the scheduler's trio run rather than sent to a worker thread."""
+        func = self.func
+        if func is None:
+            return False
+        # inspect sees through functools.partial; a callable object is async
+        # when its __call__ is.
+        return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+            getattr(func, "__call__", None)
+        )
+
+    @property
+    def schedule_key(self) -> str:
+        """What decides the fire times; a reloaded next fire time is kept only if it matches."""
+        return describe_timing(self.timing)
+
+    @property
+    def target(self) -> str:
+        """One-line description of what a fire does."""
+        if self.submit is not None:
+            return f"submit type={self.submit.type!r}"
+        if self.func_ref is not None:
+            return self.func_ref
+        func = self.func
+        return f"{getattr(func, '__module__', '?')}:{getattr(func, '__qualname__', repr(func))}"
+
+
+def describe_timing(timing: Timing) -> str:
+    """`every 1 hour at minute=0,second=0 [Europe/Berlin]`: readable and stable."""
+    n = timing.n
+    text = f"every {n:g} {timing.unit}" if isinstance(n, float) else f"every {n} {timing.unit}"
+    if timing.at:
+        fields = sorted(timing.at, key=lambda item: -"second minute hour day".split().index(item[0]))
+        text += " at " + ",".join(f"{key}={value}" for key, value in fields)
+    return f"{text} [{timing.zone_name or 'local'}]"
+
+
+def resolve_callable(ref: str) -> Callable[..., Any]:
+    """Import "package.module:attribute" (the attribute may be dotted)."""
+    module_name, sep, attr_path = ref.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise JobConfigError(f"func must look like 'package.module:function', got {ref!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise JobConfigError(f"cannot import {module_name!r} for func {ref!r}: {exc}") from exc
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise JobConfigError(f"func {ref!r}: {module_name} has no {attr_path!r}") from None
+    if not callable(obj):
+        raise JobConfigError(f"func {ref!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _parse_submit(raw: Any) -> SubmitSpec:
+    if not isinstance(raw, Mapping):
+        raise JobConfigError(f"submit must be a table with type, body, priority, timeout; got {raw!r}")
+    unknown = set(raw) - _SUBMIT_KEYS
+    if unknown:
+        raise JobConfigError(f"unknown keys in submit: {', '.join(sorted(map(str, unknown)))}")
+    if "type" not in raw:
+        raise JobConfigError("submit needs a type")
+    priority = raw.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise JobConfigError(f"submit.priority must be an integer, got {priority!r}")
+    timeout = raw.get("timeout")
+    if timeout is not None and (
+        not isinstance(timeout, (int, float))
+        or isinstance(timeout, bool)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise JobConfigError(f"submit.timeout must be a positive number, got {timeout!r}")
+    return SubmitSpec(type=raw["type"], body=raw.get("body"), priority=priority, timeout=timeout)
+
+
+def build_job(name: str, conf: Mapping[str, Any], *, resolve_func: bool = True) -> JobSpec:
+    """Validate one job conf (pykit's keys plus `submit`).
+
+    `args` and `kwargs` default to empty (pykit required them and failed at
+    fire time when they were missing).  With `resolve_func=False` a
+    "module:function" string is checked for shape only, so that `gloom
+    schedule list` never imports the jobs' code.
+    """
+    if not isinstance(name, str) or not name:
+        raise JobConfigError(f"job name must be a non-empty string, got {name!r}")
+    if not isinstance(conf, Mapping):
+        raise JobConfigError(f"job {name!r}: conf must be a table, got {conf!r}")
+    try:
+        timing = parse_timing(conf)
+        has_func, has_submit = conf.get("func") is not None, conf.get("submit") is not None
+        if has_func == has_submit:
+            raise JobConfigError("give exactly one of func and submit")
+        concurrence_n = conf.get("concurrence_n", 1)
+        if not isinstance(concurrence_n, int) or isinstance(concurrence_n, bool) or concurrence_n < 1:
+            raise JobConfigError(f"concurrence_n must be a positive integer, got {concurrence_n!r}")
+        args = conf.get("args", [])
+        kwargs = conf.get("kwargs", {})
+        if not isinstance(args, (list, tuple)):
+            raise JobConfigError(f"args must be a list, got {args!r}")
+        if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+            raise JobConfigError(f"kwargs must be a table with string keys, got {kwargs!r}")
+        if has_submit:
+            return JobSpec(
+                name=name, conf=conf, timing=timing, concurrence_n=concurrence_n,
+                submit=_parse_submit(conf["submit"]),
+            )  # fmt: skip
+        func = conf["func"]
+        func_ref = None
+        if isinstance(func, str):
+            func_ref = func
+            if resolve_func:
+                func = resolve_callable(func)
+            elif ":" not in func:
+                raise JobConfigError(f"func must look like 'package.module:function', got {func!r}")
+            else:
+                func = None
+        elif not callable(func):
+            raise JobConfigError(f"func must be callable or 'module:function', got {func!r}")
+        return JobSpec(
+            name=name, conf=conf, timing=timing, concurrence_n=concurrence_n, func=func,
+            func_ref=func_ref, args=tuple(args), kwargs=dict(kwargs),
+        )  # fmt: skip
+    except JobConfigError as exc:
+        # Name the job once, whatever part of it was wrong; keep the class
+        # (NextFireTimeError must stay NextFireTimeError).
+        if str(exc).startswith(f"job {name!r}"):
+            raise
+        raise type(exc)(f"job {name!r}: {exc}") from exc
+
+
+def load_schedule_file(path: pathlib.Path) -> dict[str, dict[str, Any]]:
+    """Read the `[jobs.NAME]` tables of a schedule TOML file (not validated yet)."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise JobConfigError(f"{path}: not valid TOML: {exc}") from exc
+    unknown = set(data) - {"jobs"}
+    if unknown:
+        raise JobConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; put jobs under [jobs.NAME]")
+    jobs = data.get("jobs", {})
+    if not isinstance(jobs, dict) or not all(isinstance(v, dict) for v in jobs.values()):
+        raise JobConfigError(f"{path}: each job must be a [jobs.NAME] table")
+    return jobs
+
+
+def default_state_path(schedule_path: pathlib.Path) -> pathlib.Path:
+    """Where the status of FILE.toml is kept unless told otherwise: FILE.state.json."""
+    return schedule_path.with_suffix(".state.json")
