@@ -1,0 +1,104 @@
+"""`gloom schedule list`: each job's last and next fire time and its last message.
+
+Reads the schedule TOML file and its status file and prints a table; it never
+imports the jobs' code and never talks to a running daemon, so it works on a
+host where the daemon is down (which is when one most wants to look).  Times
+are shown in each job's own zone, since "03:30 Europe/Berlin" is what the
+configuration says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .firetime import JobConfigError, first_fire_ts
+from .schedule_config import build_job, default_state_path, load_schedule_file
+from .scheduler import StateFile
+
+__all__ = ["main", "rows"]
+
+
+def _fmt(ts: float, tz: _dt.tzinfo) -> str:
+    return _dt.datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _ts(info: Any) -> float | None:
+    if isinstance(info, dict) and isinstance(info.get("ts"), (int, float)):
+        return float(info["ts"])
+    return None
+
+
+def rows(
+    schedule: pathlib.Path, state_path: pathlib.Path | None = None, *, now: float | None = None
+) -> list[dict[str, str]]:
+    """One dict per job (name, schedule, target, last, next, running, message).
+
+    A job the scheduler has not evaluated yet (no status, or a status made for
+    a different every/at/timezone) shows the fire time it would get if the
+    scheduler started now, marked "(if started now)".
+    """
+    now = time.time() if now is None else now
+    jobs = load_schedule_file(schedule)
+    status = StateFile(state_path or default_state_path(schedule)).reload() or {}
+    out = []
+    for name, conf in jobs.items():
+        spec = build_job(name, conf, resolve_func=False)
+        tz = spec.timing.tz
+        st = status.get(name)
+        st = st if isinstance(st, dict) else {}
+        last = _ts(st.get("fire_time"))
+        nxt = _ts(st.get("next_fire_time")) if st.get("schedule") == spec.schedule_key else None
+        active = st.get("active_threads")
+        out.append(
+            {
+                "name": name,
+                "schedule": spec.schedule_key,
+                "target": spec.target,
+                "last": _fmt(last, tz) if last is not None else "never",
+                "next": _fmt(nxt, tz)
+                if nxt is not None
+                else f"{_fmt(first_fire_ts(spec.timing, now), tz)} (if started now)",
+                "running": str(len(active)) if isinstance(active, dict) else "0",
+                "message": str(st.get("message", "")),
+            }
+        )
+    return out
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gloom schedule list",
+        description="Show each scheduled job's last and next fire time and its last message.",
+    )
+    parser.add_argument("--schedule", required=True, type=pathlib.Path, help="the schedule TOML file")
+    parser.add_argument(
+        "--schedule-state",
+        type=pathlib.Path,
+        default=None,
+        help="the status file (default: FILE.state.json next to FILE.toml)",
+    )
+    args = parser.parse_args(list(argv))
+    try:
+        table_rows = rows(args.schedule, args.schedule_state)
+    except (OSError, JobConfigError) as exc:
+        print(f"gloom schedule list: {exc}", file=sys.stderr)
+        return 2
+    table = Table(title=str(args.schedule))
+    for column in ("job", "schedule", "does", "last fire", "next fire", "running", "message"):
+        table.add_column(column, overflow="fold")
+    for row in table_rows:
+        table.add_row(
+            row["name"], row["schedule"], row["target"], row["last"], row["next"], row["running"],
+            row["message"],
+        )  # fmt: skip
+    Console(soft_wrap=False).print(table)
+    return 0

@@ -1,0 +1,1 @@
+"""Job functions named by "module:function" in the scheduler tests' TOML files."""
