@@ -1,0 +1,367 @@
+"""One load generator for every system: prints one JSON line per run.
+
+    python -m benchmarks.loadgen --system gloomd --workload throughput
+    python -m benchmarks.loadgen --system gearmand --workload deep-1m
+    python -m benchmarks.loadgen --system beanstalkd --jobs 1000 --window 1 --slaves 1
+
+The orchestrator (this module) starts a fresh server (or attaches to one with
+``--connect``), forks the worker processes and then the master processes (see
+`benchmarks.drivers`), reads the server's CPU time and memory from /proc
+around the run, and reduces the processes' reports to one JSON line.  It does
+nothing itself while the load runs: it blocks on the processes' pipes.
+
+Every result is matched to its job and its body checked; ``lost`` counts jobs
+submitted but never answered before the deadline, ``duplicates`` results
+delivered twice, ``bad_bodies`` results whose body was not the job's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import multiprocessing
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import replace
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import orjson
+
+from . import workloads
+from .drivers import MasterPlan, MasterReport, WorkerPlan, master_main, worker_main
+from .procstat import cpu_seconds, memory_kb
+from .servers import Server, ServerError, installed, start_server
+from .systems import SYSTEMS
+from .workloads import Workload
+
+__all__ = ["run", "main", "RunFailed"]
+
+#: Time the orchestrator allows beyond a run's deadline for reports to arrive.
+GRACE = 15.0
+
+_fork = multiprocessing.get_context("fork")
+
+
+class RunFailed(RuntimeError):
+    """A process could not connect, died, or never answered."""
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    # 1,024 slaves need more descriptors than the usual soft limit; servers
+    # started afterwards inherit the raised limit too.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(target, max(wanted, soft)), hard))
+
+
+def _split(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def _await(pipes: list[Connection], wanted: set[str], until: float) -> dict[int, tuple[str, Any]]:
+    """Wait for one message of a kind in ``wanted`` from every pipe."""
+    got: dict[int, tuple[str, Any]] = {}
+    pending = {id(p): p for p in pipes}
+    while pending:
+        left = until - time.perf_counter()
+        if left <= 0:
+            raise RunFailed(f"no {'/'.join(sorted(wanted))} from {len(pending)} process(es) in time")
+        for p in wait(list(pending.values()), left):
+            try:
+                kind, payload = p.recv()  # type: ignore[union-attr]
+            except EOFError:
+                raise RunFailed("a generator process died") from None
+            if kind == "failed":
+                raise RunFailed(payload)
+            if kind in wanted:
+                got[id(p)] = (kind, payload)
+                del pending[id(p)]
+    return got
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cpu {model}, {platform.system()} {platform.release()}"
+
+
+def run(
+    system: str,
+    work: Workload,
+    *,
+    server: Server | None = None,
+    server_args: list[str] | None = None,
+    worker_procs: int = 1,
+    master_procs: int = 1,
+) -> dict[str, Any]:
+    """Run ``work`` against ``system`` once and return the JSON line's fields.
+
+    With ``server`` given the run uses it (and leaves it running); otherwise a
+    fresh server is started and stopped.
+    """
+    line: dict[str, Any] = {"system": system, "workload": work.name}
+    line.update({k: v for k, v in work.as_dict().items() if k != "name"})
+    _raise_fd_limit(work.slaves + 2 * work.masters + 256)
+    own = server is None
+    if server is None:
+        server = start_server(system, server_args)
+    procs: list[multiprocessing.process.BaseProcess] = []
+    children0 = os.times()
+    try:
+        line.update(_drive(system, work, server, procs, worker_procs, master_procs))
+    except RunFailed as exc:
+        line["error"] = str(exc)
+    finally:
+        for p in procs:
+            p.join(2)
+            if p.is_alive():
+                p.terminate()
+                p.join(2)
+        children1 = os.times()
+        line["generator_cpu_s"] = round(
+            (children1.children_user - children0.children_user)
+            + (children1.children_system - children0.children_system),
+            3,
+        )
+        if own:
+            server.stop()
+    line["server_command"] = " ".join(server.command[-8:]) if server.command else None
+    line["machine"] = _machine()
+    line["when"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return line
+
+
+def _drive(
+    system: str,
+    work: Workload,
+    server: Server,
+    procs: list[multiprocessing.process.BaseProcess],
+    worker_procs: int,
+    master_procs: int,
+) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    deadline = t_start + work.deadline
+    setup_until = t_start + min(work.deadline, 60.0)
+
+    def spawn(target: Any, plan: Any) -> Connection:
+        ours, theirs = _fork.Pipe()
+        p = _fork.Process(target=target, args=(plan, theirs), daemon=True)
+        p.start()
+        theirs.close()
+        procs.append(p)
+        return ours
+
+    worker_pipes = [
+        spawn(worker_main, WorkerPlan(system, server.slave, n, deadline + GRACE, hold=work.deep))
+        for n in _split(work.slaves, max(1, min(worker_procs, work.slaves)))
+        if n
+    ]
+    _await(worker_pipes, {"ready"}, setup_until)
+
+    counts = _split(work.jobs, work.masters)
+    masters: list[tuple[int, int, int]] = []
+    first = 0
+    for index, count in enumerate(counts):
+        masters.append((index, first, count))
+        first += count
+    groups = [masters[i :: max(1, master_procs)] for i in range(max(1, master_procs))]
+    master_pipes = [
+        spawn(
+            master_main,
+            MasterPlan(system, server.master, g, work.window, work.body, deadline, work.deep),
+        )
+        for g in groups
+        if g
+    ]
+    _await(master_pipes, {"ready"}, setup_until)
+
+    pid = server.pid
+    cpu0 = cpu_seconds(pid)
+    rss0 = memory_kb(pid)["VmRSS"]
+    extra: dict[str, Any] = {}
+    t_go = time.perf_counter()
+    for p in master_pipes:
+        p.send("go")
+
+    early: dict[int, tuple[str, Any]] = {}
+    if work.deep:
+        got = _await(master_pipes, {"acked", "report"}, deadline + GRACE)
+        early = {k: v for k, v in got.items() if v[0] == "report"}
+        t_acked = max(v[1] if v[0] == "acked" else v[1].t_acked for v in got.values())
+        rss_queued = memory_kb(pid)["VmRSS"]
+        cpu_queued = cpu_seconds(pid)
+        t_drain = time.perf_counter()
+        for p in worker_pipes:
+            p.send("go")
+        if not early and t_acked > t_go:
+            per_job = (rss_queued - rss0) * 1024 / work.jobs
+            extra.update(
+                submit_per_s=round(work.jobs / (t_acked - t_go)),
+                server_cpu_submit_us_per_job=round((cpu_queued - cpu0) / work.jobs * 1e6, 2),
+                rss_queued_mb=round(rss_queued / 1024, 1),
+                rss_per_queued_job_b=round(per_job),
+                rss_beyond_body_b=round(per_job - work.body),
+            )
+    pending = [p for p in master_pipes if id(p) not in early]
+    reports_raw = dict(early)
+    reports_raw.update(_await(pending, {"report"}, deadline + GRACE))
+    cpu1 = cpu_seconds(pid)
+    mem1 = memory_kb(pid)
+    for p in worker_pipes:
+        try:
+            p.send("stop")
+        except OSError:
+            pass
+    try:
+        worker_reports = [v[1] for v in _await(worker_pipes, {"report"}, time.perf_counter() + 10).values()]
+    except RunFailed as exc:
+        worker_reports = [{"jobs": None, "closed": 0, "errors": [str(exc)]}]
+
+    reports: list[MasterReport] = [v[1] for v in reports_raw.values()]
+    completed = sum(r.completed for r in reports)
+    submitted = sum(r.submitted for r in reports)
+    t_last = max((r.t_last for r in reports), default=t_go)
+    elapsed = t_last - t_go
+    latencies = sorted(x for r in reports for x in r.latencies)
+    p50 = _percentile(latencies, 0.50)
+    p99 = _percentile(latencies, 0.99)
+    errors = [e for r in reports for e in r.errors] + [
+        e for w in worker_reports for e in w["errors"]
+    ]
+    if work.deep and "submit_per_s" in extra and t_last > t_drain:
+        extra["drain_per_s"] = round(completed / (t_last - t_drain))
+    return {
+        "completed": completed,
+        "elapsed_s": round(elapsed, 3),
+        "jobs_per_s": round(completed / elapsed) if elapsed > 0 else None,
+        "p50_ms": None if p50 is None else round(p50 * 1e3, 3),
+        "p99_ms": None if p99 is None else round(p99 * 1e3, 3),
+        "server_cpu_s": round(cpu1 - cpu0, 2),
+        "server_cpu_us_per_job": round((cpu1 - cpu0) / completed * 1e6, 1) if completed else None,
+        "server_rss_start_mb": round(rss0 / 1024, 1),
+        "server_peak_rss_mb": round(mem1["VmHWM"] / 1024, 1),
+        **extra,
+        "lost": submitted - completed,
+        "unsent": work.jobs - submitted,
+        "duplicates": sum(r.duplicates for r in reports),
+        "bad_bodies": sum(r.bad_bodies for r in reports),
+        "unexpected": sum(r.unexpected for r in reports),
+        "deadline_hit": any(r.deadline_hit for r in reports),
+        "worker_jobs": sum(w["jobs"] or 0 for w in worker_reports),
+        # (user, system) CPU seconds of the worker and master processes: the
+        # generator's own cost, to check that it leaves the server its share.
+        "worker_cpu": [sum(w.get("cpu", (0, 0))[i] for w in worker_reports) for i in (0, 1)],
+        "master_cpu": [sum(r.cpu[i] for r in reports) for i in (0, 1)],
+        "errors": errors[:10],
+    }
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.loadgen",
+        description="Drive one system with one workload; print one JSON line.",
+    )
+    ap.add_argument("--system", choices=SYSTEMS, default="gloomd")
+    ap.add_argument("--workload", default="throughput", help="a named workload (see workloads.py)")
+    ap.add_argument("--quick", action="store_true", help="the small size of the named workload")
+    ap.add_argument("--jobs", type=int, help="override: jobs in all")
+    ap.add_argument("--body", type=int, help="override: body bytes")
+    ap.add_argument("--slaves", type=int, help="override: slave/worker connections")
+    ap.add_argument("--masters", type=int, help="override: master/client connections")
+    ap.add_argument("--window", type=int, help="override: jobs in flight per master")
+    ap.add_argument("--deep", action="store_true", help="override: queue everything, then drain")
+    ap.add_argument("--deadline", type=float, help="override: hard limit in seconds for the run")
+    ap.add_argument("--name", help="workload name to report (default: the named workload's)")
+    ap.add_argument("--worker-procs", type=int, default=1)
+    ap.add_argument("--master-procs", type=int, default=1)
+    ap.add_argument(
+        "--server-arg", action="append", default=[], help="extra argument for the server (repeat)"
+    )
+    ap.add_argument(
+        "--connect",
+        metavar="HOST:MASTER_PORT[:SLAVE_PORT]",
+        help="use a running server instead of starting one (needs --server-pid)",
+    )
+    ap.add_argument("--server-pid", type=int, help="pid of the --connect server, for /proc figures")
+    ap.add_argument("--out", help="also append the JSON line to this file")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    work = workloads.get(args.workload, quick=args.quick)
+    overrides = {
+        k: getattr(args, k)
+        for k in ("jobs", "body", "slaves", "masters", "window", "deadline")
+        if getattr(args, k) is not None
+    }
+    if args.deep:
+        overrides["deep"] = True
+    if overrides:
+        work = replace(work, name=args.name or f"{work.name}*", **overrides)
+    elif args.name:
+        work = replace(work, name=args.name)
+    if work.jobs < work.masters or work.jobs <= 0:
+        print("--jobs must be at least the number of masters", file=sys.stderr)
+        return 2
+
+    server = None
+    if args.connect:
+        if args.server_pid is None:
+            print("--connect needs --server-pid (its CPU and memory are read from /proc)", file=sys.stderr)
+            return 2
+        host, mport, *rest = args.connect.split(":")
+        sport = rest[0] if rest else mport  # gearmand and beanstalkd use one port for both
+        server = Server(args.system, None, args.server_pid, (host, int(mport)), (host, int(sport)))
+    elif installed(args.system) is None:
+        line = {"system": args.system, "workload": work.name, "skipped": f"{args.system} is not installed"}
+        _emit(line, args.out)
+        return 3
+    try:
+        line = run(
+            args.system,
+            work,
+            server=server,
+            server_args=args.server_arg,
+            worker_procs=args.worker_procs,
+            master_procs=args.master_procs,
+        )
+    except ServerError as exc:
+        line = {"system": args.system, "workload": work.name, "error": str(exc)}
+    _emit(line, args.out)
+    clean = "error" not in line and not (
+        line.get("lost") or line.get("duplicates") or line.get("bad_bodies") or line.get("unsent")
+    )
+    return 0 if clean else 1
+
+
+def _emit(line: dict[str, Any], out: str | None) -> None:
+    text = orjson.dumps(line).decode()
+    print(text, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
