@@ -1,0 +1,1 @@
+"""A sub-package of the jobs directory: ``func="sub.deep.run"``."""
