@@ -15,10 +15,9 @@ Rules it enforces (why the original client needed fixing):
   is a ``result`` for that very id; when this connection also submitted that
   detached job, the job is finished with the same outcome, and the duplicate
   frame that follows finds no job left to finish.
-* gloomd writes a submit's ack before anything else can happen to the job,
-  so a job's own outcome arriving *instead of* its ack (the request at the
-  head of the FIFO is that submit) is the answer to the submit: the daemon
-  refused it while shutting down (``job_failed`` / ``HALTED``).
+* A shutting-down gloomd answers a submit with ``job_failed`` / ``HALTED``
+  instead of an ack.  Such a frame for the submit at the head of the FIFO is
+  that submit's answer (any other outcome is matched by id as usual).
 * Ids are compared exactly (`id_key`): ``1`` and ``"1"`` are different jobs.
 
 The I/O shells (trio and blocking sockets) feed received bytes to
@@ -207,10 +206,10 @@ class MasterProtocol:
             error = JobCancelled(job_id)
         head = self._requests.head()
         if head is not None and head.job_id is not None and id_key(head.job_id) == id_key(job_id):
-            if head.kind == "submit":
+            if head.kind == "submit" and _is_halted(error):
                 # gloomd acks a submit before anything else can happen to the
-                # job, so an outcome in place of the ack *is* the answer: the
-                # job was never accepted (the daemon is shutting down).
+                # job; a shutting-down daemon answers with HALTED *instead*
+                # of the ack, so that frame is the answer: never accepted.
                 self._requests.pop({})
                 self._forget_unacked(head)
                 head.resolve(error=error)
@@ -276,3 +275,7 @@ class MasterProtocol:
     def outstanding(self) -> int:
         """Requests sent and not yet answered."""
         return len(self._requests.pending)
+
+
+def _is_halted(error: GloomError | None) -> bool:
+    return isinstance(error, JobFailed) and error.category == "HALTED"

@@ -80,26 +80,14 @@ class Job:
             raise self.error
         return self.result
 
-    async def progress_updates(self) -> AsyncIterator[Any]:
+    def progress_updates(self) -> AsyncIterator[Any]:
         """Progress values as they arrive; ends when the job ends.
 
-        Starts with the latest value if one arrived before the call.  Values
-        are buffered per iterator, so a slow consumer sees every one.
+        Subscribes at the call (not at the first ``anext``), starting with the
+        latest value if one arrived before.  Values are buffered per iterator,
+        so a slow consumer still sees every one.
         """
-        if self.done:
-            return
-        send, receive = trio.open_memory_channel[Any](math.inf)
-        self._watchers.append(send)
-        try:
-            if self._seen_progress:
-                yield self.progress
-            async with receive:
-                async for value in receive:
-                    yield value
-        finally:
-            if send in self._watchers:
-                self._watchers.remove(send)
-            send.close()
+        return _ProgressUpdates(self)
 
     async def cancel(self) -> bool:
         """Cancel this job while it is queued (see `AsyncMaster.cancel`)."""
@@ -128,6 +116,37 @@ class Job:
         for watcher in self._watchers:
             watcher.close()
         self._watchers.clear()
+
+
+class _ProgressUpdates:
+    """The iterator behind `Job.progress_updates`.
+
+    A class rather than an async generator: an abandoned generator suspended
+    in a cancelled task is finalized later by the garbage collector, while
+    this needs no finalization at all.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self._pending_latest = job._seen_progress and not job.done
+        self._latest = job.progress
+        send, self._receive = trio.open_memory_channel[Any](math.inf)
+        if job.done:
+            send.close()
+        else:
+            job._watchers.append(send)
+
+    def __aiter__(self) -> _ProgressUpdates:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._pending_latest:
+            self._pending_latest = False
+            await trio.lowlevel.checkpoint()
+            return self._latest
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
 
 
 class AsyncMaster:

@@ -159,10 +159,9 @@ class AsyncSlave:
             if job.alive:
                 return job
 
-    async def jobs(self) -> AsyncIterator[SlaveJob]:
+    def jobs(self) -> AsyncIterator[SlaveJob]:
         """Jobs as they come, forever (or until the connection is lost for good)."""
-        while True:
-            yield await self.next_job()
+        return _Jobs(self)
 
     # -- internals ----------------------------------------------------------------
 
@@ -229,6 +228,20 @@ class AsyncSlave:
                 delay = min(delay * 2, self._max_delay)
                 continue
             return _Link(FrameConnection(stream, f"{self.host}:{self.port}"))
+
+
+class _Jobs:
+    """`AsyncSlave.jobs` as a plain async iterator (nothing to finalize when
+    the loop is abandoned mid-way, unlike an async generator)."""
+
+    def __init__(self, slave: AsyncSlave) -> None:
+        self._slave = slave
+
+    def __aiter__(self) -> _Jobs:
+        return self
+
+    async def __anext__(self) -> SlaveJob:
+        return await self._slave.next_job()
 
 
 @asynccontextmanager

@@ -1,0 +1,319 @@
+"""`gloom submit`, `gloom result`, `gloom cancel` and `gloom stats`.
+
+Results go to stdout as compact JSON, one per line, so the output pipes into
+`jq`; bars, tables and messages go to stderr (the table of `gloom stats` is
+the command's output, so it goes to stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any
+
+import trio
+from rich.console import Console
+from rich.live import Live
+from rich.progress import Progress, TaskID
+
+from gloomd import jsoncodec
+
+from ._render import count_bar, job_bar, progress_fraction, stats_table, stderr_console, to_json
+from ._trio_master import AsyncMaster, Job, open_master
+from .cli import EXIT_FAILED, EXIT_OK, Command, UsageError
+from .errors import GloomError, JobError, ServerError, WaitTimeout
+
+__all__ = ["COMMANDS"]
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return jsoncodec.loads(text.encode("utf-8"))
+    except jsoncodec.DecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _print_result(value: Any) -> None:
+    sys.stdout.write(to_json(value) + "\n")
+    sys.stdout.flush()
+
+
+def _report_failure(error: GloomError) -> None:
+    """One line per failure on stderr, plus the slave's traceback or stderr tail."""
+    print(f"gloom: {error}", file=sys.stderr)
+    if isinstance(error, JobError):
+        detail = error.traceback
+        if detail is None and isinstance(error.reason, dict):
+            tail = error.reason.get("stderr")
+            detail = tail if isinstance(tail, str) and tail else None
+        if detail:
+            print(detail.rstrip("\n"), file=sys.stderr)
+
+
+# -- submit -------------------------------------------------------------------------
+
+
+def _configure_submit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("type", metavar="TYPE", help="job type (a string)")
+    parser.add_argument("body", metavar="BODY", type=_json_arg, help="job body, as JSON")
+    parser.add_argument("--priority", type=int, default=0, help="larger runs first (default 0)")
+    parser.add_argument(
+        "--timeout", type=_positive, default=None, help="job run-time limit in seconds"
+    )
+    parser.add_argument(
+        "--wait-timeout", type=_positive, default=None, help="give up waiting after S seconds"
+    )
+    parser.add_argument(
+        "--detach", action="store_true", help="submit a detached job, print its id and exit"
+    )
+    parser.add_argument("--count", type=_count, default=1, help="submit N copies")
+    parser.add_argument("--id", default=None, help="job id (a string; default: a fresh uuid)")
+    parser.add_argument(
+        "--after",
+        action="append",
+        default=None,
+        metavar="ID",
+        help="run only after job ID completed (repeatable)",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _run_submit(args: argparse.Namespace) -> int:
+    if args.count > 1 and args.id is not None:
+        raise UsageError("--id names one job; it cannot be combined with --count")
+    return trio.run(_submit, args)
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    async with open_master(args.host, args.master_port) as master:
+        specs = [
+            {
+                "type": args.type,
+                "body": args.body,
+                "priority": args.priority,
+                "id": args.id,
+                "timeout": args.timeout,
+                "after": args.after,
+                "detach": args.detach,
+            }
+            for _ in range(args.count)
+        ]
+        if args.count == 1:
+            job = await master.submit(**specs[0])
+            jobs = [job]
+        else:
+            jobs = await master.submit_many(specs)
+        if args.detach:
+            return _print_ids(jobs)
+        console = stderr_console()
+        if args.count == 1:
+            return await _wait_one(jobs[0], args, console)
+        return await _wait_many(jobs, args, console)
+
+
+def _print_ids(jobs: list[Job]) -> int:
+    status = EXIT_OK
+    for job in jobs:
+        if job.error is not None:
+            _report_failure(job.error)
+            status = EXIT_FAILED
+        else:
+            sys.stdout.write(f"{job.id}\n")
+    sys.stdout.flush()
+    return status
+
+
+async def _wait_one(job: Job, args: argparse.Namespace, console: Console) -> int:
+    bar = job_bar(console)
+    with bar if not args.quiet else _nothing():
+        task = bar.add_task(f"{args.type} {job.id}", total=None, note="queued")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_follow_progress, job, bar, task)
+            try:
+                result = await job.wait(args.wait_timeout)
+            except GloomError as exc:
+                nursery.cancel_scope.cancel()
+                error: GloomError | None = exc
+            else:
+                nursery.cancel_scope.cancel()
+                error = None
+        if error is None:
+            bar.update(task, completed=100, total=100, note="done")
+        else:
+            bar.update(task, note=str(job.state))
+    if isinstance(error, WaitTimeout):
+        print(f"gloom: job {job.id} not finished after {args.wait_timeout} s", file=sys.stderr)
+        return EXIT_FAILED
+    if error is not None:
+        _report_failure(error)
+        return EXIT_FAILED
+    _print_result(result)
+    return EXIT_OK
+
+
+async def _follow_progress(job: Job, bar: Progress, task: TaskID) -> None:
+    async for value in job.progress_updates():
+        fraction = progress_fraction(value)
+        if fraction is None:
+            bar.update(task, note=to_json(value)[:40])
+        else:
+            bar.update(task, completed=fraction[0], total=fraction[1], note="running")
+
+
+async def _wait_many(jobs: list[Job], args: argparse.Namespace, console: Console) -> int:
+    bar = count_bar(console)
+    failures: list[GloomError] = []
+    with bar if not args.quiet else _nothing():
+        task = bar.add_task(args.type, total=len(jobs), note="")
+
+        async def wait(job: Job) -> None:
+            try:
+                await job.wait()
+            except GloomError as exc:
+                failures.append(exc)
+                bar.update(task, note=f"{len(failures)} failed")
+            bar.advance(task)
+
+        with trio.move_on_after(math.inf if args.wait_timeout is None else args.wait_timeout):
+            async with trio.open_nursery() as nursery:
+                for job in jobs:
+                    if job.done:
+                        if job.error is not None:
+                            failures.append(job.error)
+                        bar.advance(task)
+                    else:
+                        nursery.start_soon(wait, job)
+    for job in jobs:
+        if job.state.value == "done":
+            _print_result(job.result)
+    for failure in failures:
+        _report_failure(failure)
+    unfinished = sum(1 for job in jobs if not job.done)
+    if unfinished:
+        print(
+            f"gloom: {unfinished} of {len(jobs)} jobs not finished after {args.wait_timeout} s",
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if failures or unfinished else EXIT_OK
+
+
+class _nothing:
+    """Stands in for the bar's context manager under --quiet."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+# -- result, cancel -------------------------------------------------------------------
+
+
+def _configure_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", metavar="ID", help="job id (a string)")
+
+
+def _run_result(args: argparse.Namespace) -> int:
+    async def fetch() -> int:
+        async with open_master(args.host, args.master_port) as master:
+            try:
+                value = await master.result(args.id)
+            except ServerError as exc:
+                if exc.error == "not_ready":
+                    print(f"gloom: job {args.id} is not finished yet", file=sys.stderr)
+                    return EXIT_FAILED
+                if exc.error == "unknown_id":
+                    print(f"gloom: no detached job or kept result {args.id}", file=sys.stderr)
+                    return EXIT_FAILED
+                _report_failure(exc)
+                return EXIT_FAILED
+        _print_result(value)
+        return EXIT_OK
+
+    return trio.run(fetch)
+
+
+def _run_cancel(args: argparse.Namespace) -> int:
+    async def cancel() -> int:
+        async with open_master(args.host, args.master_port) as master:
+            await master.cancel(args.id)
+        print(f"cancelled {args.id}")
+        return EXIT_OK
+
+    return trio.run(cancel)
+
+
+# -- stats ----------------------------------------------------------------------------
+
+
+def _configure_stats(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the raw stats as JSON")
+    parser.add_argument("--watch", action="store_true", help="refresh the table until Ctrl-C")
+    parser.add_argument(
+        "--interval", type=_positive, default=1.0, help="seconds between refreshes (--watch)"
+    )
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    if args.json and args.watch:
+        raise UsageError("--watch draws a table; it cannot be combined with --json")
+    return trio.run(_stats, args)
+
+
+async def _stats(args: argparse.Namespace) -> int:
+    async with open_master(args.host, args.master_port) as master:
+        stats = await master.stats()
+        if args.json:
+            _print_result(stats)
+            return EXIT_OK
+        console = Console()
+        if not args.watch:
+            console.print(stats_table(stats))
+            return EXIT_OK
+        await _watch(master, console, stats, args.interval)
+    return EXIT_OK
+
+
+async def _watch(master: AsyncMaster, console: Console, stats: dict[str, Any], interval: float) -> None:
+    with Live(stats_table(stats), console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                await trio.sleep(interval)
+                live.update(stats_table(await master.stats()), refresh=True)
+        except KeyboardInterrupt:
+            return
+
+
+COMMANDS = [
+    Command(
+        "submit",
+        "submit a job, show its progress and print its result",
+        _configure_submit,
+        _run_submit,
+    ),
+    Command("result", "print the result of a detached job", _configure_id, _run_result),
+    Command("cancel", "cancel a queued job", _configure_id, _run_cancel),
+    Command("stats", "show queues, slaves and totals", _configure_stats, _run_stats),
+]
