@@ -36,6 +36,7 @@ import psutil
 import trio
 
 __all__ = [
+    "CpuReading",
     "DEFAULT_CPU_LOW_THRESHOLD",
     "DEFAULT_MAX_CLIENT_NUMBER",
     "DEFAULT_MEM_LOW_THRESHOLD",
@@ -126,21 +127,23 @@ def check_load(load: SystemLoad, thresholds: Thresholds) -> None:
         )
 
 
-class _CpuReading(NamedTuple):
+class CpuReading(NamedTuple):
+    """Cumulative CPU seconds since boot, all CPUs together: idle, and everything."""
+
     idle: float
     total: float
 
 
-def _cpu_reading() -> _CpuReading:
+def _cpu_reading() -> CpuReading:
     times = psutil.cpu_times()
     total = sum(times)
     # On Linux guest time is already counted inside user/nice; psutil and htop
     # subtract it so it is not counted twice, and so do we.
     total -= getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
-    return _CpuReading(idle=times.idle, total=total)
+    return CpuReading(idle=times.idle, total=total)
 
 
-def cpu_idle_percent(before: _CpuReading, after: _CpuReading) -> float | None:
+def cpu_idle_percent(before: CpuReading, after: CpuReading) -> float | None:
     """Idle share of all CPU time between two readings, in percent (0-100, 1 decimal).
 
     None when no CPU time elapsed between them (the kernel counts in ticks of
@@ -154,7 +157,7 @@ def cpu_idle_percent(before: _CpuReading, after: _CpuReading) -> float | None:
     return round(min(100.0, 100.0 * idle / total), 1)
 
 
-def _read_now() -> tuple[_CpuReading, int]:
+def _read_now() -> tuple[CpuReading, int]:
     return _cpu_reading(), psutil.virtual_memory().available
 
 
@@ -187,7 +190,7 @@ class LoadSampler:
         self._pending: dict[float, _Pending] = {}
         # Zero-window samplings measure since the previous reading of this
         # sampler; before any reading that is "since boot" (all counters zero).
-        self._previous = _CpuReading(idle=0.0, total=0.0)
+        self._previous = CpuReading(idle=0.0, total=0.0)
         self._last_idle: float | None = None
 
     async def sample(self, cpu_window: float) -> tuple[int, float]:
@@ -222,7 +225,7 @@ class LoadSampler:
             if idle is None:
                 idle = self._last_idle
             if idle is None:
-                idle = cpu_idle_percent(_CpuReading(0.0, 0.0), after)
+                idle = cpu_idle_percent(CpuReading(0.0, 0.0), after)
             self._last_idle = idle = idle if idle is not None else 100.0
             pending.result = (mem_available, idle)
             completed = True
