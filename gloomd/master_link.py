@@ -52,6 +52,19 @@ class RemoteJobError(ScheduleError):
         self.frame = frame
 
 
+def _why(exc: OSError) -> str:
+    """The useful part of a connect error ("Connection refused").
+
+    trio wraps the per-address errors in an ExceptionGroup behind a generic
+    "all attempts to connect ... failed".
+    """
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        reasons = {getattr(e, "strerror", None) or str(e) for e in cause.exceptions}
+        return "; ".join(sorted(reasons))
+    return exc.strerror or str(exc)
+
+
 class _Outcome:
     """Where the reader leaves the answer for one id."""
 
@@ -144,8 +157,10 @@ class MasterLink:
         try:
             with trio.fail_after(self.connect_timeout):
                 stream = await trio.open_tcp_stream(self.host, self.port)
-        except (OSError, trio.TooSlowError) as exc:
-            raise MasterLinkError(f"cannot reach gloomd at {where}: {exc or 'timed out'}") from exc
+        except trio.TooSlowError as exc:
+            raise MasterLinkError(f"cannot reach gloomd at {where}: timed out") from exc
+        except OSError as exc:
+            raise MasterLinkError(f"cannot reach gloomd at {where}: {_why(exc)}") from exc
         conn = self._conn = _Connection(stream)
         self._nursery.start_soon(self._read, conn)
         return conn
@@ -191,6 +206,10 @@ class MasterLink:
         result = _Outcome()
         async with self._submit_lock:
             conn = await self._connect()
+            if job_id in conn.results:
+                # gloomd would answer id_exists too; refusing here keeps the
+                # waiting call's result slot from being overwritten.
+                raise SubmitRejected({"error": "id_exists", "reason": job_id})
             ack = _Outcome()
             conn.ack = (job_id, ack)
             conn.results[job_id] = result
@@ -209,7 +228,11 @@ class MasterLink:
             if ack.error is not None:
                 conn.results.pop(job_id, None)
                 raise ack.error
-        await result.done.wait()
+        try:
+            await result.done.wait()
+        finally:
+            if conn.results.get(job_id) is result:  # cancelled while waiting
+                del conn.results[job_id]
         if result.error is not None:
             raise result.error
         return result.value

@@ -93,12 +93,16 @@ def main(argv: Sequence[str]) -> int:
         print(f"gloom schedule list: {exc}", file=sys.stderr)
         return 2
     table = Table(title=str(args.schedule))
-    for column in ("job", "schedule", "does", "last fire", "next fire", "running", "message"):
-        table.add_column(column, overflow="fold")
+    for column, no_wrap in (
+        ("job", True), ("schedule", False), ("does", False), ("last fire", True),
+        ("next fire", True), ("running", True), ("message", False),
+    ):  # fmt: skip
+        table.add_column(column, overflow="fold", no_wrap=no_wrap)
     for row in table_rows:
         table.add_row(
             row["name"], row["schedule"], row["target"], row["last"], row["next"], row["running"],
             row["message"],
         )  # fmt: skip
-    Console(soft_wrap=False).print(table)
+    # Piped into a file or grep, 80 columns would fold every date in two.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 0

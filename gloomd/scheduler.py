@@ -412,7 +412,7 @@ class JobScheduler:
             with self._lock:
                 end = time_info(self._wall_clock(), spec.timing.tz)["string"]
                 self._append_log(spec, st, f"run {run_id} failed at: {end}")
-                st["message"] = f"failed: {''.join(traceback.format_exception_only(exc)).strip()}"
+                st["message"] = f"failed: {type(exc).__name__}: {exc}"
                 st["traceback"] = "".join(traceback.format_exception(exc))
         else:
             with self._lock:

@@ -4,14 +4,15 @@ Rules for this file (as in trio-websocket's tests): anything that sleeps runs
 on `autojump_clock`, so hours of schedule pass in milliseconds; the scheduler
 reads its wall clock from `Wall`, which is trio's clock plus a fixed epoch,
 so fire times can be asserted exactly; state changes are awaited through the
-`dump_status` callback (`Store.wait_until`), never by sleeping.
+`dump_status` callback (`Store.wait_until`), never by sleeping.  Tests whose
+job runs in a worker thread use a manual MockClock instead: with autojump,
+mock hours would pass while the thread runs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from gloomd.firetime import JobConfigError, NextFireTimeError
 from gloomd.scheduler import FILTERED_MESSAGE, JobExistError, JobScheduler
 
 from .schedjobs import tasks
+from .schedjobs.store import Store
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -41,34 +43,6 @@ class Wall:
 
     def __call__(self) -> float:
         return self.base + (trio.current_time() - self.start)
-
-
-class Store:
-    """In-memory dump_status/reload_status with a way to await a condition."""
-
-    def __init__(self, initial: dict[str, Any] | None = None) -> None:
-        self.snapshots: list[dict[str, Any]] = []
-        self.initial = initial
-        self._changed = trio.Event()
-
-    def dump(self, status: dict[str, Any]) -> None:
-        self.snapshots.append(status)
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def reload(self) -> dict[str, Any] | None:
-        return self.initial
-
-    @property
-    def last(self) -> dict[str, Any]:
-        return self.snapshots[-1]
-
-    async def wait_until(self, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        # No trio timeout here: on a MockClock it would fire in mock time while
-        # a worker thread runs.  pytest-timeout bounds the test instead.
-        while not (self.snapshots and pred(self.snapshots[-1])):
-            await self._changed.wait()
-        return self.last
 
 
 class Recorder:
