@@ -9,8 +9,11 @@ nursery is cancelled and the process exits 0.
 from __future__ import annotations
 
 import argparse
+import functools
+import ipaddress
 import logging
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ import trio
 from .broker import BrokerLimits
 from .config import Config
 from .framing import DEFAULT_MAX_FRAME
+from .security import TokenError, load_token, server_ssl_context
 from .server import GloomServer
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -48,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     caps.add_argument("--result-ttl", type=float, default=lim.result_ttl, help="seconds a detached result is kept")
     caps.add_argument("--max-results", type=int, default=lim.max_results, help="detached results kept at most")
     caps.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace, help="seconds to flush at shutdown")
+    caps.add_argument("--max-per-host", type=int, default=d.max_per_host, help="open connections from one address")
+    caps.add_argument("--frame-timeout", type=float, default=d.frame_timeout, help="seconds a started frame may take")
+    caps.add_argument("--auth-timeout", type=float, default=d.auth_timeout, help="seconds to authenticate (and finish TLS)")
+    sec = p.add_argument_group("security")
+    sec.add_argument("--token-file", type=Path, default=None, help="require this shared token (first line of the file); also GLOOMD_TOKEN")
+    sec.add_argument("--tls-cert", type=Path, default=None, help="TLS certificate chain (PEM): every port becomes TLS-only")
+    sec.add_argument("--tls-key", type=Path, default=None, help="TLS private key (PEM)")
     ws = p.add_argument_group("websocket job service (wsjobd)")
     ws.add_argument("--ws-port", type=int, default=None, help="serve wsjobd on this port (off by default)")
     ws.add_argument("--ws-host", default="127.0.0.1", help="address for the websocket service")
@@ -64,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace, token: str | None = None, ssl_context: Any = None) -> Config:
     return Config(
         host=args.host,
         master_port=args.master_port,
@@ -73,6 +84,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_connections=args.max_connections,
         max_outbuf=args.max_outbuf,
         shutdown_grace=args.shutdown_grace,
+        max_per_host=args.max_per_host,
+        frame_timeout=args.frame_timeout,
+        auth_timeout=args.auth_timeout,
+        token=token,
+        ssl_context=ssl_context,
         limits=BrokerLimits(
             max_queued=args.max_queued,
             max_retries=args.max_retries,
@@ -83,13 +99,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for name in ("max_frame", "max_queued", "max_connections", "max_outbuf", "max_results"):
+    for name in ("max_frame", "max_queued", "max_connections", "max_outbuf", "max_results", "max_per_host"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_retries < 0:
         p.error("--max-retries must not be negative")
     if args.ws_port is not None and args.jobs_dir is None:
         p.error("--ws-port needs --jobs-dir")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        p.error("--tls-cert and --tls-key go together")
+    for name in ("frame_timeout", "auth_timeout"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
 
 
 async def serve(args: argparse.Namespace, config: Config) -> None:
@@ -104,7 +125,9 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
             if args.ws_port is not None:
                 from . import wsjobd
 
-                ws_port = await nursery.start(wsjobd.serve, args.ws_host, args.ws_port, args.jobs_dir)
+                ws_port = await nursery.start(
+                    functools.partial(wsjobd.serve, args.ws_host, args.ws_port, args.jobs_dir, token=config.token)
+                )
                 ready += f" ws={args.ws_host}:{ws_port}"
             if args.schedule is not None:
                 from . import scheduler
@@ -128,6 +151,15 @@ async def _run_scheduler(
     )
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _connect_host(bind_host: str) -> str:
     """Where an in-process client reaches a daemon bound to `bind_host`."""
     if bind_host in ("", "0.0.0.0"):
@@ -146,7 +178,19 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    config = config_from_args(args)
+    try:
+        token = load_token(args.token_file)
+        ssl_context = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    except (TokenError, OSError, ssl.SSLError) as exc:
+        log.error("event=fatal error=%s", exc)
+        return 2
+    if token is None and not _is_loopback(args.host):
+        log.warning(
+            "event=insecure host=%s: listening beyond loopback without a token; anyone who can "
+            "reach these ports can submit and take jobs (use --token-file)",
+            args.host,
+        )
+    config = config_from_args(args, token, ssl_context)
     try:
         trio.run(serve, args, config)
     except (OSError, ExceptionGroup) as exc:

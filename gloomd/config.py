@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 
 from .broker import BrokerLimits
@@ -26,4 +27,14 @@ class Config:
     max_outbuf: int = 64 * 1024 * 1024
     #: Seconds the daemon waits, at shutdown, for its last frames to be written.
     shutdown_grace: float = 5.0
+    #: Connections from one peer address; over it: `too_many_connections`.
+    max_per_host: int = 1_000
+    #: Seconds a frame that has started may take to arrive in full (slowloris).
+    frame_timeout: float = 30.0
+    #: Seconds a connection has to authenticate (and finish TLS) when a token is set.
+    auth_timeout: float = 10.0
+    #: Shared secret every connection must present first; None: no authentication.
+    token: str | None = field(default=None, repr=False)
+    #: TLS for every port; None: plaintext.
+    ssl_context: ssl.SSLContext | None = None
     limits: BrokerLimits = field(default_factory=BrokerLimits)

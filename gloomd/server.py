@@ -30,140 +30,18 @@ from typing import Any
 
 import trio
 
-from .broker import Broker, MasterPeer, Peer
+from .broker import OK_FRAME, Broker, MasterPeer, Peer
 from .config import Config
-from .framing import FrameDecoder, FrameTooLarge, FrameTooLargeWithFrames, encode_frame
+from .framing import FrameTooLarge, FrameTooLargeWithFrames, encode_frame
+from .security import auth_frame_ok
+from .transport import Connection, SocketConnection, StreamConnection
 
 __all__ = ["GloomServer"]
 
 log = logging.getLogger("gloomd.server")
 
-RECV_SIZE = 256 * 1024
 #: Seconds a refused connection is given to read its error frame before close.
 REFUSAL_LINGER = 1.0
-
-
-class Connection:
-    """One accepted socket: non-blocking reads and buffered, coalesced writes."""
-
-    __slots__ = (
-        "sock",
-        "name",
-        "role",
-        "peer",
-        "decoder",
-        "outbuf",
-        "max_outbuf",
-        "scope",
-        "closed",
-        "closing",
-        "overflowed",
-        "_writer_lot",
-        "_drained",
-    )
-
-    def __init__(self, sock: socket.socket, name: str, role: str, config: Config) -> None:
-        self.sock = sock
-        self.name = name
-        self.role = role
-        self.peer: Peer | None = None
-        self.decoder = FrameDecoder(config.max_frame)
-        self.outbuf = bytearray()
-        self.max_outbuf = config.max_outbuf
-        self.scope: trio.CancelScope | None = None
-        self.closed = False
-        self.closing = False  # shutting down: half-close once the buffer drains
-        self.overflowed = False
-        self._writer_lot = trio.lowlevel.ParkingLot()
-        self._drained = trio.Event()
-
-    async def receive_some(self) -> bytes:
-        """Next chunk of bytes, b"" at end of stream or on a reset."""
-        sock = self.sock
-        # Try first: by the time a connection's task comes round again, its
-        # peer has usually answered already (measured: waiting first costs
-        # more than the failed recv it saves).
-        try:
-            data = sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            pass
-        except OSError:
-            return b""
-        else:
-            # Data was already there: yield once anyway, so that a busy
-            # connection cannot starve the others (and the flusher runs).
-            await trio.lowlevel.checkpoint()
-            return data
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                data = sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return b""
-            return data
-
-    def write(self, data: bytes) -> None:
-        """Queue `data`, sending as much as the kernel takes right now."""
-        if self.closed:
-            return
-        if self.outbuf:
-            self.outbuf += data
-        else:
-            try:
-                sent = self.sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.abort()
-                return
-            if sent == len(data):
-                return
-            self.outbuf += memoryview(data)[sent:]
-            self._writer_lot.unpark()
-        if len(self.outbuf) > self.max_outbuf:
-            # A peer that does not read would make us hold its frames forever.
-            self.overflowed = True
-            self.abort()
-
-    async def write_loop(self) -> None:
-        """Drain what `write` could not send at once; half-close when told to."""
-        sock = self.sock
-        while True:
-            if not self.outbuf:
-                if self.closing:
-                    try:
-                        sock.shutdown(socket.SHUT_WR)
-                    except OSError:
-                        pass
-                    self._drained.set()
-                    return
-                await self._writer_lot.park()
-                continue
-            await trio.lowlevel.wait_writable(sock)
-            try:
-                sent = sock.send(self.outbuf)
-            except BlockingIOError:
-                continue
-            except OSError:
-                self.abort()
-                return
-            del self.outbuf[:sent]
-
-    def start_closing(self) -> None:
-        """Finish writing what is queued, then send EOF (shutdown path)."""
-        self.closing = True
-        self._writer_lot.unpark()
-
-    async def wait_drained(self) -> None:
-        await self._drained.wait()
-
-    def abort(self) -> None:
-        """Drop the connection now; the reader's cleanup tells the broker."""
-        self.closed = True
-        if self.scope is not None:
-            self.scope.cancel()
 
 
 class GloomServer:
@@ -180,10 +58,11 @@ class GloomServer:
         self.slave_port = 0
         self.broker: Broker | None = None
         self._connections: set[Connection] = set()
+        self._per_host: dict[str, int] = {}
+        self._handshaking = 0  # TLS connections accepted but not yet serving
         self._flush_lot = trio.lowlevel.ParkingLot()
         self._flush_pending = False
         self._timer_lot = trio.lowlevel.ParkingLot()
-        self._timer_deadline = float("inf")
         self._accept_scopes: list[trio.CancelScope] = []
         self._run_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
@@ -206,10 +85,12 @@ class GloomServer:
                 nursery.start_soon(self._flusher)
                 nursery.start_soon(self._timer)
                 log.info(
-                    "event=listening host=%s master_port=%d slave_port=%d",
+                    "event=listening host=%s master_port=%d slave_port=%d tls=%s auth=%s",
                     cfg.host,
                     self.master_port,
                     self.slave_port,
+                    "on" if cfg.ssl_context is not None else "off",
+                    "on" if cfg.token is not None else "off",
                 )
                 task_status.started(self)
         finally:
@@ -242,6 +123,7 @@ class GloomServer:
     async def _accept_loop(self, lsock: socket.socket, role: str) -> None:
         assert self._nursery is not None
         nursery = self._nursery
+        cfg = self.config
         with trio.CancelScope() as scope:
             self._accept_scopes.append(scope)
             while True:
@@ -259,25 +141,75 @@ class GloomServer:
                         break
                     sock.setblocking(False)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
                     name = _peer_name(addr)
-                    if len(self._connections) >= self.config.max_connections:
-                        log.warning("event=refused reason=too_many_connections peer=%s", name)
-                        frame = {"error": "too_many_connections", "reason": self.config.max_connections}
-                        nursery.start_soon(_refuse, sock, encode_frame(frame))
+                    refusal = self._refusal(host)
+                    if refusal is not None:
+                        log.warning("event=refused reason=%s peer=%s", refusal["error"], name)
+                        # Under TLS a plaintext frame would be garbage: just close.
+                        frame = None if cfg.ssl_context is not None else encode_frame(refusal)
+                        nursery.start_soon(_refuse, sock, frame)
                         continue
-                    conn = Connection(sock, name, role, self.config)
-                    self._connections.add(conn)
-                    nursery.start_soon(self._serve, conn)
+                    self._per_host[host] = self._per_host.get(host, 0) + 1
+                    nursery.start_soon(self._serve, sock, name, host, role)
+
+    def _refusal(self, host: str) -> dict[str, Any] | None:
+        cfg = self.config
+        if len(self._connections) + self._handshaking >= cfg.max_connections:
+            return {"error": "too_many_connections", "reason": cfg.max_connections}
+        if self._per_host.get(host, 0) >= cfg.max_per_host:
+            return {"error": "too_many_connections", "reason": cfg.max_per_host}
+        return None
 
     # ------------------------------------------------------------ one connection
 
-    async def _serve(self, conn: Connection) -> None:
+    async def _serve(self, sock: socket.socket, name: str, host: str, role: str) -> None:
+        cfg = self.config
+        try:
+            if cfg.ssl_context is None:
+                conn: Connection = SocketConnection(sock, name, host, role, cfg.max_frame, cfg.max_outbuf)
+            else:
+                conn_or_none = await self._tls_handshake(sock, name, host, role)
+                if conn_or_none is None:
+                    return
+                conn = conn_or_none
+            await self._serve_connection(conn)
+        finally:
+            left = self._per_host[host] - 1
+            if left:
+                self._per_host[host] = left
+            else:
+                del self._per_host[host]
+
+    async def _tls_handshake(self, sock: socket.socket, name: str, host: str, role: str) -> Connection | None:
+        """Wrap in TLS; a client that cannot complete the handshake is closed without a frame."""
+        cfg = self.config
+        assert cfg.ssl_context is not None
+        stream = trio.SSLStream(
+            trio.SocketStream(trio.socket.from_stdlib_socket(sock)), cfg.ssl_context, server_side=True
+        )
+        self._handshaking += 1
+        try:
+            with trio.move_on_after(cfg.auth_timeout):
+                await stream.do_handshake()
+                return StreamConnection(stream, name, host, role, cfg.max_frame, cfg.max_outbuf)
+            log.warning("event=tls_error peer=%s error=handshake_timeout", name)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.warning("event=tls_error peer=%s error=%s", name, _first_cause(exc))
+        finally:
+            self._handshaking -= 1
+        await trio.aclose_forcefully(stream)
+        return None
+
+    async def _serve_connection(self, conn: Connection) -> None:
         broker = self.broker
         assert broker is not None
+        self._connections.add(conn)
         if conn.role == "master":
             conn.peer = broker.connect_master(conn.name, conn)
         else:
             conn.peer = broker.connect_slave(conn.name, conn)
+        conn.authenticated = self.config.token is None
         log.info("event=connect role=%s peer=%s", conn.role, conn.name)
         reason = "closed"
         try:
@@ -296,37 +228,82 @@ class GloomServer:
                 )
             broker.disconnect(conn.peer)
             self._kick()
-            trio.lowlevel.notify_closing(conn.sock)
-            conn.sock.close()
+            conn.close()
             log.info("event=disconnect role=%s peer=%s reason=%s", conn.role, conn.name, reason)
 
     async def _read_loop(self, conn: Connection) -> str:
+        """Read until the peer leaves; returns why, for the disconnect log line.
+
+        Two deadlines bound a connection that sends too little: a frame that
+        has started must complete within `frame_timeout` (slowloris), and a
+        connection must authenticate within `auth_timeout` when a token is set.
+        Outside both, receives are unbounded and cost no timer.
+        """
         broker = self.broker
         assert broker is not None
         peer = conn.peer
         assert peer is not None
+        cfg = self.config
         decoder = conn.decoder
         receive = broker.receive
+        inf = float("inf")
+        auth_deadline = inf if conn.authenticated else trio.current_time() + cfg.auth_timeout
+        frame_deadline = inf
         while True:
-            data = await conn.receive_some()
+            deadline = auth_deadline if auth_deadline < frame_deadline else frame_deadline
+            if deadline == inf:
+                data = await conn.receive_some()
+            else:
+                data = b""
+                with trio.move_on_at(deadline) as timer:
+                    data = await conn.receive_some()
+                if timer.cancelled_caught:
+                    if not conn.authenticated:
+                        return await self._hang_up(conn, {"error": "unauthorized", "reason": "timeout"}, "auth_timeout")
+                    log.warning("event=slow_frame peer=%s pending=%d", conn.name, decoder.pending)
+                    frame = {"error": "frame_timeout", "reason": cfg.frame_timeout}
+                    return await self._hang_up(conn, frame, "frame_timeout")
             if not data:
                 return "eof" if not decoder.pending else "eof_mid_frame"
             try:
                 frames = decoder.feed(data)
             except FrameTooLarge as exc:
                 frames = exc.frames if isinstance(exc, FrameTooLargeWithFrames) else []
-                for payload in frames:
-                    receive(peer, payload)
-                peer.outbox.append({"error": "size_error", "reason": "length too large"})
-                broker.dirty.add(peer)
-                self._flush()
+                if conn.authenticated:
+                    for payload in frames:
+                        receive(peer, payload)
                 log.warning("event=size_error peer=%s length=%d", conn.name, exc.length)
                 # The stream is out of sync: say why, then hang up.
-                await _linger_close(conn)
-                return "size_error"
+                return await self._hang_up(conn, {"error": "size_error", "reason": "length too large"}, "size_error")
+            if decoder.pending:
+                if frames or frame_deadline == inf:
+                    frame_deadline = trio.current_time() + cfg.frame_timeout
+            else:
+                frame_deadline = inf
+            if not frames:
+                continue
+            if not conn.authenticated:
+                if not auth_frame_ok(frames[0], cfg.token or ""):
+                    log.warning("event=unauthorized peer=%s role=%s", conn.name, conn.role)
+                    return await self._hang_up(conn, {"error": "unauthorized", "reason": "auth"}, "unauthorized")
+                conn.authenticated = True
+                auth_deadline = inf
+                peer.outbox.append(OK_FRAME)
+                broker.dirty.add(peer)
+                frames = frames[1:]
             for payload in frames:
                 receive(peer, payload)
             self._flush_slaves()
+
+    async def _hang_up(self, conn: Connection, frame: dict[str, Any], reason: str) -> str:
+        """Send one last error frame, then close the connection."""
+        peer = conn.peer
+        assert peer is not None and self.broker is not None
+        peer.outbox.append(frame)
+        self.broker.dirty.add(peer)
+        self._flush()
+        await _linger_close(conn)
+        return reason
 
     # ------------------------------------------------------------ output and time
 
@@ -435,10 +412,11 @@ async def _linger_close(conn: Connection) -> None:
             pass
 
 
-async def _refuse(sock: socket.socket, frame: bytes) -> None:
+async def _refuse(sock: socket.socket, frame: bytes | None) -> None:
     """Tell a connection we will not serve it why, then close it."""
     try:
-        sock.send(frame)
+        if frame is not None:
+            sock.send(frame)
         sock.shutdown(socket.SHUT_WR)
         with trio.move_on_after(REFUSAL_LINGER):
             while True:
@@ -453,3 +431,8 @@ async def _refuse(sock: socket.socket, frame: bytes) -> None:
     finally:
         trio.lowlevel.notify_closing(sock)
         sock.close()
+
+
+def _first_cause(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__ or exc
+    return str(cause) or type(cause).__name__
