@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import pendulum
+import pendulum.tz
 
 __all__ = [
     "AT_FIELDS",
@@ -111,13 +112,13 @@ def resolve_zone(name: str | None) -> _dt.tzinfo:
     zoneinfo does not, hence the special case.
     """
     if name is None:
-        return pendulum.local_timezone()
+        return pendulum.tz.get_local_timezone()
     if not isinstance(name, str):
         raise JobConfigError(f"timezone must be a string, got {name!r}")
     if name.lower() == "utc":
         return pendulum.UTC
     try:
-        return pendulum.timezone(name)
+        return pendulum.Timezone(name)
     except (ValueError, OSError) as exc:
         raise JobConfigError(f"unknown timezone {name!r}") from exc
 
@@ -227,12 +228,12 @@ def _add_months(wall: _dt.datetime, months: int) -> _dt.datetime:
 
 
 def _write_at(wall: _dt.datetime, at: tuple[tuple[str, int], ...]) -> _dt.datetime:
-    fields: dict[str, int] = {"microsecond": 0}
-    for key, value in at:
-        if key == "day":
-            value = min(value, _days_in_month(wall.year, wall.month))
-        fields[key] = value
-    return wall.replace(**fields)
+    fields = {"day": wall.day, "hour": wall.hour, "minute": wall.minute, "second": wall.second}
+    fields.update(at)
+    day = min(fields["day"], _days_in_month(wall.year, wall.month))
+    return _dt.datetime(
+        wall.year, wall.month, day, fields["hour"], fields["minute"], fields["second"]
+    )
 
 
 def _step_wall(wall: _dt.datetime, unit: str, n: int) -> _dt.datetime:

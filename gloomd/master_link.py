@@ -138,7 +138,9 @@ class MasterLink:
         self._nursery: trio.Nursery | None = None
         self._submit_lock = trio.Lock()
 
-    async def run(self, *, task_status: trio.TaskStatus[MasterLink] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[MasterLink] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Own the reader tasks; cancel this to close the connection."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -221,7 +223,9 @@ class MasterLink:
                 conn.fail_all(MasterLinkError(f"connection to gloomd lost: {exc!r}"))
                 await conn.stream.aclose()
             except trio.TooSlowError:
-                conn.fail_all(MasterLinkError(f"gloomd did not acknowledge within {self.ack_timeout} s"))
+                conn.fail_all(
+                    MasterLinkError(f"gloomd did not acknowledge within {self.ack_timeout} s")
+                )
                 await conn.stream.aclose()
             finally:
                 conn.ack = None

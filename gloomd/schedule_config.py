@@ -44,6 +44,7 @@ __all__ = [
     "resolve_callable",
 ]
 
+_AT_ORDER = ("second", "minute", "hour", "day")
 _SUBMIT_KEYS = frozenset({"type", "body", "priority", "timeout"})
 
 
@@ -83,9 +84,7 @@ class JobSpec:
             return False
         # inspect sees through functools.partial; a callable object is async
         # when its __call__ is.
-        return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
-            getattr(func, "__call__", None)
-        )
+        return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
 
     @property
     def schedule_key(self) -> str:
@@ -108,7 +107,7 @@ def describe_timing(timing: Timing) -> str:
     n = timing.n
     text = f"every {n:g} {timing.unit}" if isinstance(n, float) else f"every {n} {timing.unit}"
     if timing.at:
-        fields = sorted(timing.at, key=lambda item: -"second minute hour day".split().index(item[0]))
+        fields = sorted(timing.at, key=lambda item: -_AT_ORDER.index(item[0]))
         text += " at " + ",".join(f"{key}={value}" for key, value in fields)
     return f"{text} [{timing.zone_name or 'local'}]"
 
@@ -134,7 +133,9 @@ def resolve_callable(ref: str) -> Callable[..., Any]:
 
 def _parse_submit(raw: Any) -> SubmitSpec:
     if not isinstance(raw, Mapping):
-        raise JobConfigError(f"submit must be a table with type, body, priority, timeout; got {raw!r}")
+        raise JobConfigError(
+            f"submit must be a table with type, body, priority, timeout; got {raw!r}"
+        )
     unknown = set(raw) - _SUBMIT_KEYS
     if unknown:
         raise JobConfigError(f"unknown keys in submit: {', '.join(sorted(map(str, unknown)))}")
@@ -172,7 +173,11 @@ def build_job(name: str, conf: Mapping[str, Any], *, resolve_func: bool = True) 
         if has_func == has_submit:
             raise JobConfigError("give exactly one of func and submit")
         concurrence_n = conf.get("concurrence_n", 1)
-        if not isinstance(concurrence_n, int) or isinstance(concurrence_n, bool) or concurrence_n < 1:
+        if (
+            not isinstance(concurrence_n, int)
+            or isinstance(concurrence_n, bool)
+            or concurrence_n < 1
+        ):
             raise JobConfigError(f"concurrence_n must be a positive integer, got {concurrence_n!r}")
         args = conf.get("args", [])
         kwargs = conf.get("kwargs", {})
@@ -218,7 +223,9 @@ def load_schedule_file(path: pathlib.Path) -> dict[str, dict[str, Any]]:
         raise JobConfigError(f"{path}: not valid TOML: {exc}") from exc
     unknown = set(data) - {"jobs"}
     if unknown:
-        raise JobConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; put jobs under [jobs.NAME]")
+        raise JobConfigError(
+            f"{path}: unknown top-level keys {sorted(unknown)}; put jobs under [jobs.NAME]"
+        )
     jobs = data.get("jobs", {})
     if not isinstance(jobs, dict) or not all(isinstance(v, dict) for v in jobs.values()):
         raise JobConfigError(f"{path}: each job must be a [jobs.NAME] table")

@@ -79,7 +79,9 @@ def main(argv: Sequence[str]) -> int:
         prog="gloom schedule list",
         description="Show each scheduled job's last and next fire time and its last message.",
     )
-    parser.add_argument("--schedule", required=True, type=pathlib.Path, help="the schedule TOML file")
+    parser.add_argument(
+        "--schedule", required=True, type=pathlib.Path, help="the schedule TOML file"
+    )
     parser.add_argument(
         "--schedule-state",
         type=pathlib.Path,

@@ -216,7 +216,8 @@ class JobScheduler:
         if reload_status is None:
             return status
         try:
-            loaded = reload_status()
+            # Any: whatever the callback returns is checked below, not trusted.
+            loaded: Any = reload_status()
         except Exception:
             log.exception("reload_status failed; starting with an empty status")
             return status
@@ -240,7 +241,10 @@ class JobScheduler:
                     st[key] = old[key]
             # A next fire time computed for another every/at/timezone would be
             # wrong for this one: recompute from scratch in that case.
-            if _is_time_info(old.get("next_fire_time")) and old.get("schedule") == spec.schedule_key:
+            if (
+                _is_time_info(old.get("next_fire_time"))
+                and old.get("schedule") == spec.schedule_key
+            ):
                 st["next_fire_time"] = old["next_fire_time"]
                 st["schedule"] = spec.schedule_key
             active = old.get("active_threads")
@@ -289,7 +293,9 @@ class JobScheduler:
             except trio.RunFinishedError:
                 pass
 
-    async def run(self, *, task_status: trio.TaskStatus[JobScheduler] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[JobScheduler] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run until cancelled (or `stop()`); for `nursery.start`."""
         if self._token is not None:
             raise RuntimeError("this JobScheduler is already running")
@@ -366,6 +372,7 @@ class JobScheduler:
             st["curr_time"] = time_info(now, spec.timing.tz)
             self._dirty = True
             return first
+        assert nft is not None
         return float(nft["ts"])
 
     def _fire_due(self, spec: JobSpec, st: dict[str, Any], now: float, due: float) -> None:
