@@ -74,14 +74,15 @@ def spawn_gloomd(
     """Run `python -m gloomd` on free loopback ports for the duration of a block.
 
     With `capture_logs`, stderr is a pipe the test reads after `stop()`; keep
-    such tests small, since a full pipe would stall the daemon.
+    such tests small, since a full pipe would stall the daemon.  With
+    GLOOMD_TEST_QUIET_LOGS=1 in `env`, the daemon's log is discarded.
     """
     args = [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0", *extra_args]
     proc = subprocess.Popen(
         args,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE if capture_logs else None,
+        stderr=subprocess.PIPE if capture_logs else (subprocess.DEVNULL if (env or {}).get("GLOOMD_TEST_QUIET_LOGS") else None),
         env={**os.environ, **(env or {})},
     )
     try:

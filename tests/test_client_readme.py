@@ -58,7 +58,7 @@ def promised_python_output(code: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
-    with spawn_gloomd(env={"GLOOMD_TEST_QUIET_LOGS": "1"}) as d:
+    with spawn_gloomd() as d:
         yield d
 
 
