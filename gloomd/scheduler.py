@@ -64,6 +64,7 @@ from .schedule_config import (
 )
 
 __all__ = [
+    "BackgroundWriter",
     "JobConfigError",
     "JobExistError",
     "JobScheduler",
@@ -500,22 +501,44 @@ class StateFile:
         return status
 
 
-def scheduler_from_file(
-    path: pathlib.Path,
-    *,
-    state_path: pathlib.Path | None = None,
-    master_addr: tuple[str, int] | None = None,
-    **kwargs: Any,
-) -> JobScheduler:
-    """A `JobScheduler` for a schedule TOML file, its status kept in `state_path`.
+class BackgroundWriter:
+    """Writes the latest status snapshot in a worker thread, coalescing bursts.
 
-    `state_path` defaults to FILE.state.json next to FILE.toml.
+    In the daemon the scheduler shares its trio run with the broker; an fsync
+    in the event loop would stall every connection for as long as the disk
+    takes.  So `dump_status` only hands the snapshot over, and `run` writes
+    the newest one from a thread; snapshots superseded meanwhile are skipped.
+    The price is a window of a few milliseconds in which a fire has started
+    but is not yet on disk.  On cancellation the last pending snapshot is
+    written before `run` returns.
     """
-    jobs = load_schedule_file(path)
-    state = StateFile(state_path if state_path is not None else default_state_path(path))
-    return JobScheduler(
-        jobs, dump_status=state.dump, reload_status=state.reload, master_addr=master_addr, **kwargs
-    )
+
+    def __init__(self, write: Callable[[StatusDict], None]) -> None:
+        self._write = write
+        self._pending: StatusDict | None = None
+        self._ready = trio.Event()
+
+    def submit(self, status: StatusDict) -> None:
+        self._pending = status
+        self._ready.set()
+
+    def _write_logged(self, status: StatusDict) -> None:
+        try:
+            self._write(status)
+        except Exception:
+            log.exception("writing the schedule state failed")
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready = trio.Event()
+                status, self._pending = self._pending, None
+                if status is not None:
+                    await trio.to_thread.run_sync(self._write_logged, status)
+        finally:
+            if self._pending is not None:
+                self._write_logged(self._pending)
 
 
 async def serve_schedule(
@@ -528,12 +551,24 @@ async def serve_schedule(
     """Run the jobs of a schedule TOML file until cancelled (`gloomd --schedule FILE`).
 
     The status is kept in `state_path`, by default FILE.state.json next to
-    FILE.toml, and reloaded from it at start.  `submit` jobs go to gloomd's
-    master port at `master_addr`.  Raises `JobConfigError` before starting if
-    the file is invalid.
+    FILE.toml (see `default_state_path`), written atomically in a worker
+    thread and reloaded from it at start.  `submit` jobs go to gloomd's master
+    port at `master_addr`.  Raises `JobConfigError` before starting if the
+    file is invalid; `func` modules must be importable (installed, or on
+    PYTHONPATH).
     """
-    scheduler = scheduler_from_file(path, state_path=state_path, master_addr=master_addr)
-    await scheduler.run(task_status=task_status)
+    state = StateFile(state_path if state_path is not None else default_state_path(path))
+    writer = BackgroundWriter(state.dump)
+    scheduler = JobScheduler(
+        load_schedule_file(path),
+        dump_status=writer.submit,
+        reload_status=state.reload,
+        master_addr=master_addr,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        await nursery.start(scheduler.run)
+        task_status.started(scheduler)
 
 
 def schedule_list_main(argv: list[str]) -> int:

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 import pathlib
+import threading
 from typing import Any
 
 import pytest
@@ -16,7 +17,13 @@ import trio.testing
 from gloomd.firetime import JobConfigError, NextFireTimeError
 from gloomd.schedule_config import build_job, default_state_path, load_schedule_file
 from gloomd.schedule_list import rows
-from gloomd.scheduler import JobScheduler, StateFile, schedule_list_main, serve_schedule
+from gloomd.scheduler import (
+    BackgroundWriter,
+    JobScheduler,
+    StateFile,
+    schedule_list_main,
+    serve_schedule,
+)
 
 from .schedjobs import tasks
 
@@ -82,9 +89,15 @@ def test_func_by_name_resolves_nested_attributes() -> None:
 def test_submit_job_needs_a_master_address() -> None:
     with pytest.raises(JobConfigError, match="master_addr"):
         JobScheduler({"r": {"submit": {"type": "report"}, "every": [1, "hour"]}})
-    sched = JobScheduler({"r": {"submit": {"type": "report"}, "every": [1, "hour"]}}, master_addr=("127.0.0.1", 1))
+    sched = JobScheduler(
+        {"r": {"submit": {"type": "report"}, "every": [1, "hour"]}}, master_addr=("127.0.0.1", 1)
+    )
     spec = sched.jobs["r"]
-    assert spec.submit is not None and (spec.submit.body, spec.submit.priority, spec.submit.timeout) == (None, 0, None)
+    assert spec.submit is not None and (
+        spec.submit.body,
+        spec.submit.priority,
+        spec.submit.timeout,
+    ) == (None, 0, None)
 
 
 # --- the TOML file ---------------------------------------------------------------------
@@ -120,7 +133,12 @@ def write(tmp_path: pathlib.Path, text: str, name: str = "jobs.toml") -> pathlib
 def test_load_schedule_file(tmp_path: pathlib.Path) -> None:
     jobs = load_schedule_file(write(tmp_path, SCHEDULE))
     assert list(jobs) == ["nightly", "frequent", "report"]
-    assert jobs["report"]["submit"] == {"type": "report", "body": {"kind": "hourly"}, "priority": 5, "timeout": 600}
+    assert jobs["report"]["submit"] == {
+        "type": "report",
+        "body": {"kind": "hourly"},
+        "priority": 5,
+        "timeout": 600,
+    }
     assert default_state_path(tmp_path / "jobs.toml") == tmp_path / "jobs.state.json"
 
 
@@ -162,18 +180,48 @@ def test_unreadable_state_file_is_ignored(
     assert "starting afresh" in caplog.text
 
 
+async def test_background_writer_coalesces_and_flushes_on_cancel() -> None:
+    gate = threading.Event()
+    caught_up = trio.Event()
+    written: list[dict[str, Any]] = []
+
+    def write(status: dict[str, Any]) -> None:  # runs in a worker thread
+        gate.wait(timeout=20)
+        written.append(status)
+        if status["n"] == 3:
+            trio.from_thread.run_sync(caught_up.set)
+
+    writer = BackgroundWriter(write)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        writer.submit({"n": 1})
+        await trio.testing.wait_all_tasks_blocked()  # the writer is in its thread, at the gate
+        writer.submit({"n": 2})
+        writer.submit({"n": 3})  # supersedes 2 before it is written
+        gate.set()
+        with trio.fail_after(10):
+            await caught_up.wait()
+        writer.submit({"n": 4})
+        nursery.cancel_scope.cancel()  # 4 is still written, on the way out
+    assert written == [{"n": 1}, {"n": 3}, {"n": 4}]
+
+
 # --- serve_schedule across a restart ---------------------------------------------------
 
 
 async def start_and_settle(path: pathlib.Path, **kwargs: Any) -> None:
     """Run serve_schedule until every task is idle, then stop it."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: serve_schedule(path, task_status=task_status, **kwargs))
+        await nursery.start(
+            lambda task_status: serve_schedule(path, task_status=task_status, **kwargs)
+        )
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
 
 
-async def test_serve_schedule_keeps_state_and_does_not_refire_after_restart(tmp_path: pathlib.Path) -> None:
+async def test_serve_schedule_keeps_state_and_does_not_refire_after_restart(
+    tmp_path: pathlib.Path,
+) -> None:
     # Real clock: serve_schedule reads time.time().  The hourly job fires at
     # start-up; a restart a moment later must not fire it again.
     schedule = SCHEDULE.split("[jobs.report]")[0]
@@ -185,11 +233,16 @@ async def test_serve_schedule_keeps_state_and_does_not_refire_after_restart(tmp_
     frequent = state["frequent"]
     assert frequent["next_fire_time"]["ts"] == pytest.approx(frequent["fire_time"]["ts"] + 3600)
     assert frequent["active_threads"] == {} and any("finished" in line for line in frequent["log"])
-    assert state["nightly"]["next_fire_time"]["string"].endswith(("03:30:00+01:00", "03:30:00+02:00"))
+    assert state["nightly"]["next_fire_time"]["string"].endswith(
+        ("03:30:00+01:00", "03:30:00+02:00")
+    )
 
     await start_and_settle(path)
     assert tasks.CALLS == [("record_async", ("frequent",), {})]
-    assert json.loads((tmp_path / "jobs.state.json").read_text())["frequent"]["fire_time"] == frequent["fire_time"]
+    assert (
+        json.loads((tmp_path / "jobs.state.json").read_text())["frequent"]["fire_time"]
+        == frequent["fire_time"]
+    )
 
 
 async def test_serve_schedule_with_explicit_state_path(tmp_path: pathlib.Path) -> None:
@@ -199,7 +252,10 @@ async def test_serve_schedule_with_explicit_state_path(tmp_path: pathlib.Path) -
 
 
 async def test_serve_schedule_refuses_an_invalid_file(tmp_path: pathlib.Path) -> None:
-    path = write(tmp_path, "[jobs.bad]\nfunc = 'tests.schedjobs.tasks:record'\nevery = [1, 'hour']\nat = { hour = 2 }\n")
+    path = write(
+        tmp_path,
+        "[jobs.bad]\nfunc = 'tests.schedjobs.tasks:record'\nevery = [1, 'hour']\nat = { hour = 2 }\n",
+    )
     with pytest.raises(NextFireTimeError):
         await serve_schedule(path)
 
@@ -237,7 +293,9 @@ def test_list_rows_from_state(tmp_path: pathlib.Path) -> None:
     assert table["report"]["target"] == "submit type='report'"
 
 
-def test_list_main_prints_a_table(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_main_prints_a_table(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write(tmp_path, SCHEDULE)
     state = tmp_path / "custom.json"
     StateFile(state).dump({"frequent": {"message": "all good", "fire_time": {"ts": 1e9}}})
@@ -247,6 +305,8 @@ def test_list_main_prints_a_table(tmp_path: pathlib.Path, capsys: pytest.Capture
         assert text in out
 
 
-def test_list_main_reports_a_bad_file(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_main_reports_a_bad_file(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert schedule_list_main(["--schedule", str(tmp_path / "missing.toml")]) == 2
     assert "gloom schedule list:" in capsys.readouterr().err
