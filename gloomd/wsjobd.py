@@ -749,7 +749,7 @@ class WsJobService:
                 now = trio.current_time()
                 if due < now:
                     due += math.ceil((now - due) / interval) * interval
-                with trio.move_on_at(due):
+                with trio.CancelScope(deadline=due):
                     await wakeup.wait()
                 if wakeup.is_set():
                     due = trio.current_time()
@@ -779,8 +779,13 @@ class WsJobService:
         return encode_report(payload)
 
     async def _send(self, ws: WebSocketConnection, text: str) -> None:
-        with trio.fail_after(self._send_timeout):
+        # A bare CancelScope rather than fail_after: this runs once per report
+        # per listener, and fail_after's generator-based context manager costs
+        # several times more.
+        with trio.CancelScope(deadline=trio.current_time() + self._send_timeout) as scope:
             await ws.send_message(text)
+        if scope.cancelled_caught:
+            raise trio.TooSlowError
 
     async def _close(
         self, ws: WebSocketConnection, client: _Client, last: dict[str, Any] | str | None
