@@ -23,6 +23,7 @@ The TOML file holds one table per job under `[jobs]`:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import math
@@ -86,7 +87,7 @@ class JobSpec:
         # when its __call__ is.
         return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
 
-    @property
+    @functools.cached_property
     def schedule_key(self) -> str:
         """What decides the fire times; a reloaded next fire time is kept only if it matches."""
         return describe_timing(self.timing)

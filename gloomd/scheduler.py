@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import heapq
 import inspect
+import itertools
 import logging
 import math
 import os
@@ -158,6 +160,12 @@ class JobScheduler:
         self._lock = threading.RLock()
         self._jobs: dict[str, JobSpec] = {}
         self._status: StatusDict = {}
+        # Scheduling queue: (next fire ts, sequence number, name); see _tick.
+        self._heap: list[tuple[float, int, str]] = []
+        self._due: dict[str, int] = {}
+        self._seq = itertools.count()
+        # Jobs not yet given a next fire time (new, or all of them at start).
+        self._fresh: set[str] = set()
         self._dirty = False
         self._wake = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -168,6 +176,7 @@ class JobScheduler:
         for name, conf in (jobs or {}).items():
             self._jobs[name] = self._build(name, conf)
         self._status = self._reload(reload_status)
+        self._fresh.update(self._jobs)
 
     # --- jobs -------------------------------------------------------------------
 
@@ -192,6 +201,7 @@ class JobScheduler:
                 raise JobExistError(f"job: {name} already exists")
             self._jobs[name] = spec
             self._status[name] = self._new_status()
+            self._fresh.add(name)
             self._dirty = True
         self._poke()
 
@@ -202,6 +212,8 @@ class JobScheduler:
         """
         with self._lock:
             found = self._jobs.pop(name, None) is not None
+            self._due.pop(name, None)
+            self._fresh.discard(name)
             found = self._status.pop(name, None) is not None or found
             self._dirty = self._dirty or found
         self._poke()
@@ -343,38 +355,73 @@ class JobScheduler:
                 await trio.lowlevel.checkpoint()
 
     def _tick(self, now: float) -> float:
-        """Fire every due job; return the earliest next fire time."""
-        earliest = math.inf
-        with self._lock:
-            for name, spec in list(self._jobs.items()):
-                st = self._status.setdefault(name, self._new_status())
-                try:
-                    due = self._due_time(spec, st, now)
-                    if now + _EPSILON >= due:
-                        self._fire_due(spec, st, now, due)
-                except Exception as exc:
-                    # firetime validated the job, so this is a bug or an
-                    # impossible date; keep the other jobs going and retry
-                    # this one in max_sleep rather than spin.
-                    log.exception("scheduling job %s failed", name)
-                    st["message"] = f"scheduling failed: {exc!r}"
-                    st["next_fire_time"] = time_info(now + self.max_sleep, spec.timing.tz)
-                    st["schedule"] = spec.schedule_key
-                    self._dirty = True
-                earliest = min(earliest, st["next_fire_time"]["ts"])
-        return earliest
+        """Fire every due job; return the earliest next fire time.
 
-    def _due_time(self, spec: JobSpec, st: dict[str, Any], now: float) -> float:
-        nft = st.get("next_fire_time")
-        if not _is_time_info(nft) or st.get("schedule") != spec.schedule_key:
-            first = first_fire_ts(spec.timing, now)
-            st["next_fire_time"] = time_info(first, spec.timing.tz)
+        Jobs wait in a heap ordered by next fire time, so a wake-up costs
+        O(log n) per due job instead of a scan of every job (pykit's tick
+        scanned them all every minute).  Heap entries are never updated in
+        place: `_due[name]` holds the sequence number of a job's one valid
+        entry, and the others (the job was deleted, re-added or fired since)
+        are stale and skipped.
+        """
+        with self._lock:
+            for name in self._fresh:
+                spec = self._jobs.get(name)
+                if spec is not None:
+                    st = self._status.setdefault(name, self._new_status())
+                    self._guarded(spec, st, now, self._due_time)
+            self._fresh.clear()
+            heap = self._heap
+            while heap and heap[0][0] <= now + _EPSILON:
+                due, seq, name = heapq.heappop(heap)
+                if self._due.get(name) != seq:
+                    continue
+                spec, st = self._jobs[name], self._status[name]
+                self._guarded(spec, st, now, functools.partial(self._fire_due, due=due))
+            while heap and self._due.get(heap[0][2]) != heap[0][1]:
+                heapq.heappop(heap)
+            if len(heap) > 2 * len(self._due) + 64:  # add/delete churn left many stale entries
+                self._heap = [
+                    (ts, seq, name) for ts, seq, name in heap if self._due.get(name) == seq
+                ]
+                heapq.heapify(self._heap)
+            return self._heap[0][0] if self._heap else math.inf
+
+    def _guarded(
+        self,
+        spec: JobSpec,
+        st: dict[str, Any],
+        now: float,
+        step: Callable[[JobSpec, dict[str, Any], float], None],
+    ) -> None:
+        """Run one scheduling step for a job, then queue it at its next fire time."""
+        try:
+            step(spec, st, now)
+        except Exception as exc:
+            # firetime validated the job, so this is a bug or an impossible
+            # date; keep the other jobs going and retry this one in max_sleep
+            # rather than spin.
+            log.exception("scheduling job %s failed", spec.name)
+            st["message"] = f"scheduling failed: {exc!r}"
+            st["next_fire_time"] = time_info(now + self.max_sleep, spec.timing.tz)
             st["schedule"] = spec.schedule_key
-            st["curr_time"] = time_info(now, spec.timing.tz)
             self._dirty = True
-            return first
-        assert nft is not None
-        return float(nft["ts"])
+        seq = next(self._seq)
+        self._due[spec.name] = seq
+        heapq.heappush(self._heap, (float(st["next_fire_time"]["ts"]), seq, spec.name))
+
+    def _due_time(self, spec: JobSpec, st: dict[str, Any], now: float) -> None:
+        """Make sure a newly scheduled job has a next fire time.
+
+        A reloaded one is kept if it was computed for this same schedule; else
+        the first fire is computed from now.
+        """
+        if _is_time_info(st.get("next_fire_time")) and st.get("schedule") == spec.schedule_key:
+            return
+        st["next_fire_time"] = time_info(first_fire_ts(spec.timing, now), spec.timing.tz)
+        st["schedule"] = spec.schedule_key
+        st["curr_time"] = time_info(now, spec.timing.tz)
+        self._dirty = True
 
     def _fire_due(self, spec: JobSpec, st: dict[str, Any], now: float, due: float) -> None:
         tz = spec.timing.tz
@@ -397,7 +444,10 @@ class JobScheduler:
         st["fire_time"] = now_info
         active = st.setdefault("active_threads", {})
         if len(active) >= spec.concurrence_n:
-            line = f"at time: {now_info['string']}, already have {len(active)} runs for job: {spec.name}; skipped"
+            line = (
+                f"at time: {now_info['string']}, already have {len(active)} runs"
+                f" for job: {spec.name}; skipped"
+            )
             self._append_log(spec, st, line)
             st["message"] = line
             log.warning("%s", line)

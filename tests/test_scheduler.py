@@ -267,6 +267,46 @@ async def test_add_and_delete_while_running(autojump_clock: trio.testing.MockClo
     assert daily.times == approx([wall.base, wall.base + 86400])
 
 
+async def test_delete_then_re_add_fires_once_per_slot(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    wall = Wall("2020-01-01T10:30:00+00:00")
+    rec = Recorder(wall)
+
+    def conf() -> dict[str, Any]:
+        return {"func": rec, "every": [1, "hour"], "at": {"minute": 0, "second": 0}, "timezone": "UTC"}
+
+    sched = JobScheduler({"h": conf()}, wall_clock=wall, max_sleep=1e9)
+    await nursery.start(sched.run)
+    await trio.sleep(60)
+    # The queue now holds the old job's 11:00 entry and the new job's 11:00 entry.
+    sched.delete_job("h")
+    sched.add_job("h", conf())
+    await trio.sleep(90 * 60)
+    assert rec.times == approx([ts("2020-01-01T11:00:00+00:00"), ts("2020-01-01T12:00:00+00:00")])
+
+
+async def test_many_jobs_each_fire_at_their_own_time(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    wall = Wall("2020-01-01T10:00:30+00:00")
+    fired: dict[int, list[float]] = {m: [] for m in range(60)}
+
+    def job_for(minute: int) -> dict[str, Any]:
+        async def job() -> None:
+            fired[minute].append(wall())
+
+        return {"func": job, "every": [1, "hour"], "at": {"minute": minute, "second": 0}, "timezone": "UTC"}
+
+    sched = JobScheduler({f"m{m}": job_for(m) for m in range(60)}, wall_clock=wall, max_sleep=1e9)
+    await nursery.start(sched.run)
+    await trio.sleep(3600)
+    first_hour = ts("2020-01-01T10:00:00+00:00")
+    for minute, times in fired.items():
+        expected = first_hour + minute * 60 + (3600 if minute == 0 else 0)
+        assert times == approx([expected]), minute
+
+
 async def test_add_job_from_another_thread_wakes_the_loop(
     mock_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
