@@ -19,6 +19,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .firetime import JobConfigError, first_fire_ts
 from .schedule_config import build_job, default_state_path, load_schedule_file
@@ -101,10 +102,14 @@ def main(argv: Sequence[str]) -> int:
     ):  # fmt: skip
         table.add_column(column, overflow="fold", no_wrap=no_wrap)
     for row in table_rows:
+        # Text, not markup: "[local]" or a message in brackets must print as is.
         table.add_row(
-            row["name"], row["schedule"], row["target"], row["last"], row["next"], row["running"],
-            row["message"],
-        )  # fmt: skip
+            *(
+                Text(row[key])
+                for key in ("name", "schedule", "target", "last", "next", "running", "message")
+            )
+        )
+
     # Piped into a file or grep, 80 columns would fold every date in two.
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 0

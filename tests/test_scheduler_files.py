@@ -298,10 +298,18 @@ def test_list_main_prints_a_table(
 ) -> None:
     path = write(tmp_path, SCHEDULE)
     state = tmp_path / "custom.json"
-    StateFile(state).dump({"frequent": {"message": "all good", "fire_time": {"ts": 1e9}}})
+    StateFile(state).dump({"frequent": {"message": "[bold]not markup[/bold]", "fire_time": {"ts": 1e9}}})
     assert schedule_list_main(["--schedule", str(path), "--schedule-state", str(state)]) == 0
     out = capsys.readouterr().out
-    for text in ("nightly", "frequent", "report", "all good", "2001-09-09 01:46:40 UTC", "CE"):
+    for text in (
+        "nightly",
+        "frequent",
+        "report",
+        "[bold]not markup[/bold]",
+        "2001-09-09 01:46:40 UTC",
+        "[Europe/Berlin]",
+        "[utc]",
+    ):
         assert text in out
 
 
