@@ -159,9 +159,16 @@ def worker_main(plan: WorkerPlan, pipe: Connection) -> None:
         if now >= plan.deadline:
             note_error(errors, "worker deadline reached")
             break
-        if not announced and (plan.hold or all(w.ready for w in wires_)):
-            pipe.send(("ready", None))
-            announced = True
+        if not announced:
+            if plan.hold or all(w.ready for w in wires_):
+                pipe.send(("ready", None))
+                announced = True
+            elif closed or any(w.errors for w in wires_):
+                # A refused join (e.g. too_many_connections) would otherwise
+                # show up only as a setup timeout.
+                first = next((w.errors[0] for w in wires_ if w.errors), None)
+                pipe.send(("failed", f"worker setup: {first or errors[0]}"))
+                break
         for key, mask in sel.select(min(plan.deadline - now, 1.0)):
             ch = key.data
             if ch is None:

@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -307,8 +308,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # `timeout` and peers.sh stop a run with SIGTERM: unwind so the server we
+    # started is stopped too instead of being left behind.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     work = workloads.get(args.workload, quick=args.quick)
     overrides = {
         k: getattr(args, k)

@@ -89,7 +89,11 @@ def _wait_listening(proc: subprocess.Popen[bytes], port: int, deadline: float) -
 
 
 def _start_gloomd(extra: list[str]) -> Server:
-    cmd = [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0", *extra]
+    cmd = [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0"]
+    # Every generator connection comes from 127.0.0.1, so gloomd's per-address
+    # cap (1,000 by default, a guard against one noisy host) would refuse the
+    # 1,024-slave fan-out.  The peers have no such cap.
+    cmd += ["--max-per-host", "1000000", *extra]
     tmp = tempfile.TemporaryDirectory(prefix="bench-gloomd-")
     log = open(os.path.join(tmp.name, "stderr.log"), "wb")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Run the same workloads against gloomd, gearmand and beanstalkd, side by side.
+#
+#   bash benchmarks/peers.sh                 # every workload, full size (make bench)
+#   QUICK=1 bash benchmarks/peers.sh         # small sizes (make bench-quick)
+#   bash benchmarks/peers.sh --install       # first apt-get install the peers (or INSTALL=1)
+#   bash benchmarks/peers.sh throughput latency   # only these workloads
+#
+# Environment: QUICK=1, INSTALL=1, REPEAT=n (runs per system and workload; the
+# table shows the median), BUDGET=seconds (default 900: the whole run stops
+# starting new work after that; each run also has its own hard deadline),
+# OUT=file (JSON lines; default benchmarks/results/run-<time>.jsonl), PY=python.
+#
+# Every server is started fresh for each run on 127.0.0.1 on a free port and
+# stopped after it (see benchmarks/servers.py).  A peer that is not installed
+# is skipped with a note, never faked.  The systems take turns workload by
+# workload, so a burst of load from elsewhere on the machine hits them alike.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=${QUICK:-0}
+INSTALL=${INSTALL:-0}
+REPEAT=${REPEAT:-}
+BUDGET=${BUDGET:-900}
+WORKLOADS=()
+for arg in "$@"; do
+    case "$arg" in
+        --install) INSTALL=1 ;;
+        --quick) QUICK=1 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -*) echo "peers.sh: unknown option $arg" >&2; exit 2 ;;
+        *) WORKLOADS+=("$arg") ;;
+    esac
+done
+
+if [[ -z "${PY:-}" ]]; then
+    if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+
+if [[ "$INSTALL" == 1 ]]; then
+    SUDO=""
+    [[ $(id -u) == 0 ]] || SUDO=sudo
+    $SUDO apt-get update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y gearman-job-server beanstalkd
+fi
+
+SYSTEMS=(gloomd)
+for peer in gearmand beanstalkd; do
+    if command -v "$peer" >/dev/null 2>&1 || [[ -x /usr/sbin/$peer || -x /usr/bin/$peer ]]; then
+        SYSTEMS+=("$peer")
+    else
+        echo "note: $peer is not installed; skipped (run with --install to add it)" >&2
+    fi
+done
+
+QFLAG=()
+SIZE=full
+if [[ "$QUICK" == 1 ]]; then QFLAG=(--quick); SIZE=quick; fi
+if [[ ${#WORKLOADS[@]} == 0 ]]; then
+    read -r -a WORKLOADS <<<"$("$PY" -c "from benchmarks import workloads; print(' '.join(workloads.names($([[ $QUICK == 1 ]] && echo True || echo False))))")"
+fi
+if [[ -z "$REPEAT" ]]; then REPEAT=1; fi
+
+mkdir -p benchmarks/results
+OUT=${OUT:-benchmarks/results/run-$(date -u +%Y%m%dT%H%M%SZ)-$SIZE.jsonl}
+: >"$OUT"
+echo "systems: ${SYSTEMS[*]}; workloads: ${WORKLOADS[*]}; repeat $REPEAT; budget ${BUDGET}s; results: $OUT" >&2
+
+start=$SECONDS
+for workload in "${WORKLOADS[@]}"; do
+    deadline=$("$PY" -c "from benchmarks import workloads; print(workloads.get('$workload', quick=$([[ $QUICK == 1 ]] && echo True || echo False)).deadline)")
+    for ((i = 1; i <= REPEAT; i++)); do
+        for system in "${SYSTEMS[@]}"; do
+            left=$((BUDGET - (SECONDS - start)))
+            if ((left < 15)); then
+                echo "budget of ${BUDGET}s spent: $system / $workload not run" >&2
+                printf '{"system":"%s","workload":"%s","skipped":"not run: time budget of %ss spent"}\n' \
+                    "$system" "$workload" "$BUDGET" >>"$OUT"
+                continue
+            fi
+            # The run's own deadline, shortened so the whole bench stays in budget.
+            limit=$("$PY" -c "print(min($deadline, $left - 10))")
+            t0=$SECONDS
+            # Exit status 1 means a flagged run (lost/duplicate jobs, failure);
+            # it is recorded in the JSON line and shown by compare, so go on.
+            timeout $((${limit%.*} + 60)) "$PY" -m benchmarks.loadgen --system "$system" \
+                --workload "$workload" "${QFLAG[@]}" --deadline "$limit" --name "$workload" \
+                --out "$OUT" >/dev/null || true
+            echo "  $("$PY" -m benchmarks.compare --last "$OUT") ($((SECONDS - t0)) s)" >&2
+        done
+    done
+done
+
+cp "$OUT" "benchmarks/results/latest-$SIZE.jsonl"
+echo >&2
+"$PY" -m benchmarks.compare "$OUT"
+echo
+echo "JSON lines: $OUT (also benchmarks/results/latest-$SIZE.jsonl)"
+echo "Not compared: the original Gloom (Erlang) cannot be fetched on this machine."
