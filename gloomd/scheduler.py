@@ -125,6 +125,9 @@ class JobScheduler:
         into the caller's conf as 1.
     :param dump_status: called with a snapshot `{name: status}` whenever a
         status changed (after a fire, a finished run, an add or a delete).
+        Treat it as read-only: to keep a dump cheap with many jobs, the
+        entries of jobs that did not change are shared between successive
+        snapshots (never with the live status).
     :param reload_status: called once, here; returns a previous snapshot (or
         None).  It is validated field by field; runs that were active are
         recorded as aborted by the restart.
@@ -166,6 +169,10 @@ class JobScheduler:
         self._seq = itertools.count()
         # Jobs not yet given a next fire time (new, or all of them at start).
         self._fresh: set[str] = set()
+        # Snapshot cache: a deep copy of each job's status, refreshed only for
+        # the jobs in _changed, so a dump costs O(changed jobs), not O(jobs).
+        self._snap: dict[str, dict[str, Any]] = {}
+        self._changed: set[str] = set()
         self._dirty = False
         self._wake = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -177,6 +184,7 @@ class JobScheduler:
             self._jobs[name] = self._build(name, conf)
         self._status = self._reload(reload_status)
         self._fresh.update(self._jobs)
+        self._changed.update(self._jobs)
 
     # --- jobs -------------------------------------------------------------------
 
@@ -202,7 +210,7 @@ class JobScheduler:
             self._jobs[name] = spec
             self._status[name] = self._new_status()
             self._fresh.add(name)
-            self._dirty = True
+            self._touch(name)
         self._poke()
 
     def delete_job(self, name: str) -> None:
@@ -215,6 +223,8 @@ class JobScheduler:
             self._due.pop(name, None)
             self._fresh.discard(name)
             found = self._status.pop(name, None) is not None or found
+            self._changed.discard(name)
+            self._snap.pop(name, None)
             self._dirty = self._dirty or found
         self._poke()
 
@@ -270,13 +280,23 @@ class JobScheduler:
         with self._lock:
             return copy.deepcopy(self._status)
 
+    def _touch(self, name: str) -> None:
+        self._changed.add(name)
+        self._dirty = True
+
     def _dump(self) -> None:
         if not self._dirty:
             return
         self._dirty = False
         if self._dump_status is None:
+            self._changed.clear()
             return
-        snapshot = self.status_snapshot()
+        with self._lock:
+            for name in self._changed:
+                if name in self._status:
+                    self._snap[name] = copy.deepcopy(self._status[name])
+            self._changed.clear()
+            snapshot = {name: self._snap[name] for name in self._status}
         try:
             self._dump_status(snapshot)
         except Exception:
@@ -405,7 +425,7 @@ class JobScheduler:
             st["message"] = f"scheduling failed: {exc!r}"
             st["next_fire_time"] = time_info(now + self.max_sleep, spec.timing.tz)
             st["schedule"] = spec.schedule_key
-            self._dirty = True
+            self._touch(spec.name)
         seq = next(self._seq)
         self._due[spec.name] = seq
         heapq.heappush(self._heap, (float(st["next_fire_time"]["ts"]), seq, spec.name))
@@ -421,14 +441,14 @@ class JobScheduler:
         st["next_fire_time"] = time_info(first_fire_ts(spec.timing, now), spec.timing.tz)
         st["schedule"] = spec.schedule_key
         st["curr_time"] = time_info(now, spec.timing.tz)
-        self._dirty = True
+        self._touch(spec.name)
 
     def _fire_due(self, spec: JobSpec, st: dict[str, Any], now: float, due: float) -> None:
         tz = spec.timing.tz
         # Next first: whatever the fire does, the job cannot get stuck on a stale time.
         st["next_fire_time"] = time_info(resume_fire_ts(spec.timing, due, now), tz)
         st["curr_time"] = time_info(now, tz)
-        self._dirty = True
+        self._touch(spec.name)
         if self._filter is not None:
             try:
                 wanted = self._filter(spec.conf)
@@ -481,7 +501,7 @@ class JobScheduler:
         finally:
             with self._lock:
                 st.get("active_threads", {}).pop(run_id, None)
-                self._dirty = True
+                self._touch(spec.name)
         self._dump()
         self._poke()
 

@@ -68,7 +68,9 @@ def _clear_calls() -> None:
 # --- timing -------------------------------------------------------------------
 
 
-async def test_fires_on_time_without_at(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+async def test_fires_on_time_without_at(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
     wall = Wall()
     rec = Recorder(wall)
     sched = JobScheduler({"j": {"func": rec, "every": [10, "minute"]}}, wall_clock=wall)
@@ -78,7 +80,9 @@ async def test_fires_on_time_without_at(autojump_clock: trio.testing.MockClock, 
     assert rec.times == approx([base, base + 600, base + 1200, base + 1800])
 
 
-async def test_sub_minute_interval_is_honoured(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+async def test_sub_minute_interval_is_honoured(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
     # pykit's one-minute tick fired an every-50-s job once a minute; not here.
     wall = Wall()
     rec = Recorder(wall)
@@ -93,7 +97,12 @@ async def test_at_job_waits_for_its_slot_across_dst(
 ) -> None:
     wall = Wall("2018-03-23T12:00:00+01:00")
     rec = Recorder(wall)
-    conf = {"func": rec, "every": [1, "day"], "at": {"hour": 2, "minute": 30, "second": 0}, "timezone": "Europe/Berlin"}
+    conf = {
+        "func": rec,
+        "every": [1, "day"],
+        "at": {"hour": 2, "minute": 30, "second": 0},
+        "timezone": "Europe/Berlin",
+    }
     sched = JobScheduler({"nightly": conf}, wall_clock=wall, max_sleep=3600)
     await nursery.start(sched.run)
     await trio.sleep(4 * 86400)
@@ -113,7 +122,12 @@ async def test_sync_function_runs_in_a_thread_with_args(
     mock_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     store = Store()
-    conf = {"func": "tests.schedjobs.tasks:record", "args": [1, 2], "kwargs": {"c": 3}, "every": [1, "hour"]}
+    conf = {
+        "func": "tests.schedjobs.tasks:record",
+        "args": [1, 2],
+        "kwargs": {"c": 3},
+        "every": [1, "hour"],
+    }
     sched = JobScheduler({"adder": conf}, dump_status=store.dump, wall_clock=Wall())
     await nursery.start(sched.run)
     st = await store.wait_until(lambda s: any("finished" in line for line in s["adder"]["log"]))
@@ -155,7 +169,9 @@ async def test_failing_function_in_a_thread_is_recorded(
 # --- concurrence_n ------------------------------------------------------------------
 
 
-async def test_concurrence_n_skips_and_logs(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+async def test_concurrence_n_skips_and_logs(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
     wall = Wall()
     store = Store()
     release = trio.Event()
@@ -223,7 +239,9 @@ async def test_filter_that_raises_skips_and_says_why(
     def broken(conf: dict[str, Any]) -> bool:
         raise KeyError("roles")
 
-    sched = JobScheduler({"j": {"func": rec, "every": [1, "hour"]}}, filter_job=broken, wall_clock=wall)
+    sched = JobScheduler(
+        {"j": {"func": rec, "every": [1, "hour"]}}, filter_job=broken, wall_clock=wall
+    )
     await nursery.start(sched.run)
     await trio.sleep(1)
     assert rec.times == []
@@ -238,11 +256,15 @@ def test_filter_job_and_should_job_run_together_is_an_error() -> None:
 # --- add and delete while running ----------------------------------------------------------
 
 
-async def test_add_and_delete_while_running(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+async def test_add_and_delete_while_running(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
     wall = Wall()
     daily, hourly = Recorder(wall), Recorder(wall)
     # max_sleep is huge: only the add itself can wake the loop in time.
-    sched = JobScheduler({"daily": {"func": daily, "every": [1, "day"]}}, wall_clock=wall, max_sleep=1e9)
+    sched = JobScheduler(
+        {"daily": {"func": daily, "every": [1, "day"]}}, wall_clock=wall, max_sleep=1e9
+    )
     await nursery.start(sched.run)
     await trio.sleep(100)
     sched.add_job("hourly", {"func": hourly, "every": [1, "hour"]})
@@ -274,7 +296,12 @@ async def test_delete_then_re_add_fires_once_per_slot(
     rec = Recorder(wall)
 
     def conf() -> dict[str, Any]:
-        return {"func": rec, "every": [1, "hour"], "at": {"minute": 0, "second": 0}, "timezone": "UTC"}
+        return {
+            "func": rec,
+            "every": [1, "hour"],
+            "at": {"minute": 0, "second": 0},
+            "timezone": "UTC",
+        }
 
     sched = JobScheduler({"h": conf()}, wall_clock=wall, max_sleep=1e9)
     await nursery.start(sched.run)
@@ -296,7 +323,12 @@ async def test_many_jobs_each_fire_at_their_own_time(
         async def job() -> None:
             fired[minute].append(wall())
 
-        return {"func": job, "every": [1, "hour"], "at": {"minute": minute, "second": 0}, "timezone": "UTC"}
+        return {
+            "func": job,
+            "every": [1, "hour"],
+            "at": {"minute": minute, "second": 0},
+            "timezone": "UTC",
+        }
 
     sched = JobScheduler({f"m{m}": job_for(m) for m in range(60)}, wall_clock=wall, max_sleep=1e9)
     await nursery.start(sched.run)
@@ -339,14 +371,19 @@ async def run_for(sched: JobScheduler, seconds: float) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_restart_reloads_status_without_double_fire(autojump_clock: trio.testing.MockClock) -> None:
+async def test_restart_reloads_status_without_double_fire(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     store = Store()
     wall = Wall("2020-01-01T10:30:00+00:00")
     rec = Recorder(wall)
     await run_for(JobScheduler({"h": hourly_at(rec)}, store.dump, wall_clock=wall), 45 * 60)
     assert rec.times == approx([ts("2020-01-01T11:00:00+00:00")])
     saved = store.last
-    assert saved["h"]["next_fire_time"] == {"ts": ts("2020-01-01T12:00:00+00:00"), "string": "2020-01-01T12:00:00+00:00"}
+    assert saved["h"]["next_fire_time"] == {
+        "ts": ts("2020-01-01T12:00:00+00:00"),
+        "string": "2020-01-01T12:00:00+00:00",
+    }
     assert saved["h"]["fire_time"]["ts"] == pytest.approx(ts("2020-01-01T11:00:00+00:00"))
 
     # Restart 0.5 s after the 11:00 fire: the reloaded next fire time holds, 11:00 is not fired again.
@@ -359,18 +396,25 @@ async def test_restart_reloads_status_without_double_fire(autojump_clock: trio.t
         assert rec2.times == approx([ts("2020-01-01T12:00:00+00:00")])
 
 
-async def test_restart_of_a_job_without_at_does_not_fire_it_again(autojump_clock: trio.testing.MockClock) -> None:
+async def test_restart_of_a_job_without_at_does_not_fire_it_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     # Without `at` a fresh job fires at once; only the reloaded status stops that.
     store = Store()
     wall = Wall("2020-01-01T10:00:00+00:00")
     rec = Recorder(wall)
-    await run_for(JobScheduler({"j": {"func": rec, "every": [1, "hour"]}}, store.dump, wall_clock=wall), 10 * 60)
+    await run_for(
+        JobScheduler({"j": {"func": rec, "every": [1, "hour"]}}, store.dump, wall_clock=wall),
+        10 * 60,
+    )
     assert rec.times == approx([wall.base])
 
     wall2 = Wall("2020-01-01T10:30:00+00:00")
     rec2 = Recorder(wall2)
     store.initial = store.last
-    sched2 = JobScheduler({"j": {"func": rec2, "every": [1, "hour"]}}, store.dump, store.reload, wall_clock=wall2)
+    sched2 = JobScheduler(
+        {"j": {"func": rec2, "every": [1, "hour"]}}, store.dump, store.reload, wall_clock=wall2
+    )
     await run_for(sched2, 60 * 60)
     assert rec2.times == approx([ts("2020-01-01T11:00:00+00:00")])
 
@@ -390,7 +434,9 @@ async def test_restart_after_downtime_fires_once_then_continues_from_now(
     store = Store(initial=saved)
     wall = Wall("2020-01-01T15:20:00+00:00")
     rec = Recorder(wall)
-    await run_for(JobScheduler({"h": hourly_at(rec)}, store.dump, store.reload, wall_clock=wall), 50 * 60)
+    await run_for(
+        JobScheduler({"h": hourly_at(rec)}, store.dump, store.reload, wall_clock=wall), 50 * 60
+    )
     assert rec.times == approx([wall.base, ts("2020-01-01T16:00:00+00:00")])
 
 
@@ -408,23 +454,31 @@ async def test_changed_schedule_recomputes_instead_of_trusting_the_old_time(
     store = Store(initial=saved)
     wall = Wall("2020-01-01T10:01:00+00:00")
     rec = Recorder(wall)
-    await run_for(JobScheduler({"h": hourly_at(rec)}, store.dump, store.reload, wall_clock=wall), 30 * 60)
+    await run_for(
+        JobScheduler({"h": hourly_at(rec)}, store.dump, store.reload, wall_clock=wall), 30 * 60
+    )
     assert rec.times == []  # the old 10:05 belonged to another schedule; the new one is 11:00
     assert store.last["h"]["next_fire_time"]["ts"] == ts("2020-01-01T11:00:00+00:00")
 
 
-async def test_runs_active_at_shutdown_are_reported_after_restart(autojump_clock: trio.testing.MockClock) -> None:
+async def test_runs_active_at_shutdown_are_reported_after_restart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     store = Store()
     wall = Wall()
 
     async def forever() -> None:
         await trio.sleep_forever()
 
-    await run_for(JobScheduler({"f": {"func": forever, "every": [1, "day"]}}, store.dump, wall_clock=wall), 10)
+    await run_for(
+        JobScheduler({"f": {"func": forever, "every": [1, "day"]}}, store.dump, wall_clock=wall), 10
+    )
     saved = store.last
     (run_id,) = saved["f"]["active_threads"]
     assert run_id.startswith("sched:f:")
-    sched = JobScheduler({"f": {"func": forever, "every": [1, "day"]}}, reload_status=lambda: saved, wall_clock=wall)
+    sched = JobScheduler(
+        {"f": {"func": forever, "every": [1, "day"]}}, reload_status=lambda: saved, wall_clock=wall
+    )
     st = sched.status_snapshot()["f"]
     assert st["active_threads"] == {}
     assert st["message"] == f"runs aborted by restart: {run_id}"
@@ -442,13 +496,21 @@ async def test_runs_active_at_shutdown_are_reported_after_restart(autojump_clock
         {"j": {"next_fire_time": {"ts": True}}},
     ],
 )
-async def test_reloaded_garbage_is_validated_away(autojump_clock: trio.testing.MockClock, garbage: Any) -> None:
+async def test_reloaded_garbage_is_validated_away(
+    autojump_clock: trio.testing.MockClock, garbage: Any
+) -> None:
     wall = Wall()
     rec = Recorder(wall)
     store = Store()
-    sched = JobScheduler({"j": {"func": rec, "every": [1, "hour"]}}, store.dump, lambda: garbage, wall_clock=wall)
+    sched = JobScheduler(
+        {"j": {"func": rec, "every": [1, "hour"]}}, store.dump, lambda: garbage, wall_clock=wall
+    )
     st = sched.status_snapshot()["j"]
-    assert st["active_threads"] == {} and isinstance(st["log"], list) and isinstance(st["message"], str)
+    assert (
+        st["active_threads"] == {}
+        and isinstance(st["log"], list)
+        and isinstance(st["message"], str)
+    )
     assert "next_fire_time" not in st
     await run_for(sched, 1)
     assert rec.times == approx([wall.base])
@@ -463,10 +525,14 @@ def test_reload_status_that_raises_starts_afresh(caplog: pytest.LogCaptureFixtur
     assert "reload_status failed" in caplog.text
 
 
-async def test_dump_gets_a_snapshot_not_the_live_dict(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+async def test_dump_gets_a_snapshot_not_the_live_dict(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
     wall = Wall()
     store = Store()
-    sched = JobScheduler({"j": {"func": Recorder(wall), "every": [1, "minute"]}}, store.dump, wall_clock=wall)
+    sched = JobScheduler(
+        {"j": {"func": Recorder(wall), "every": [1, "minute"]}}, store.dump, wall_clock=wall
+    )
     await nursery.start(sched.run)
     await trio.sleep(150)
     first = store.snapshots[0]
@@ -474,6 +540,24 @@ async def test_dump_gets_a_snapshot_not_the_live_dict(autojump_clock: trio.testi
     first["j"]["log"].append("tampered")
     assert "tampered" not in sched.status_snapshot()["j"]["log"]
     assert store.last["j"]["next_fire_time"]["ts"] == pytest.approx(wall.base + 180)
+    assert "tampered" not in store.last["j"]["log"]
+
+
+async def test_dump_copies_only_the_jobs_that_changed(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    wall = Wall()
+    store = Store()
+    jobs = {"often": {"func": Recorder(wall), "every": [1, "minute"]}}
+    jobs.update({f"idle{i}": {"func": Recorder(wall), "every": [1, "day"]} for i in range(3)})
+    sched = JobScheduler(jobs, store.dump, wall_clock=wall)
+    await nursery.start(sched.run)
+    await trio.sleep(150)
+    before, after = store.snapshots[-3], store.last
+    assert before["often"] is not after["often"]
+    assert before["often"]["next_fire_time"] != after["often"]["next_fire_time"]
+    assert all(before[f"idle{i}"] is after[f"idle{i}"] for i in range(3))  # untouched: shared
+    assert after == sched.status_snapshot()
 
 
 async def test_dump_status_failure_does_not_stop_the_scheduler(
