@@ -589,7 +589,7 @@ class WsJobService:
             # With a host name resolving to several addresses there is one listener
             # each; the first one's port is the answer (all share it unless port 0).
             bound = next(ep.port for ep in server.listeners if not isinstance(ep, str))
-            log.info("wsjobd listening on %s:%d, jobs from %s", host, bound, self.jobs.path)
+            log.info("event=wsjobd_listening host=%s port=%d jobs_dir=%s", host, bound, self.jobs.path)
             task_status.started(bound)
 
     # -- one connection
@@ -607,7 +607,7 @@ class WsJobService:
         # server and every other connection with it, so none may escape.
         try:
             if self._token is not None and not self._authorized(request.path):
-                log.info("wsjobd: refused %s: missing or wrong token", request.remote)
+                log.info("event=wsjobd_unauthorized remote=%s", request.remote)
                 await request.reject(401, body=b"missing or wrong token\n")
                 return
             ws = await request.accept()
@@ -619,7 +619,7 @@ class WsJobService:
         except (ConnectionClosed, trio.TooSlowError):
             pass  # the client went away or stopped reading
         except Exception:
-            log.exception("wsjobd: connection from %s failed", request.remote)
+            log.exception("event=wsjobd_connection_failed remote=%s", request.remote)
 
     async def _converse(self, ws: WebSocketConnection, client: _Client) -> None:
         message = await ws.get_message()
@@ -666,7 +666,7 @@ class WsJobService:
                 check_load(load, request.thresholds)
             func = await trio.to_thread.run_sync(self.jobs.load_function, request.func_parts)
         except (JobError, SystemOverloadError) as exc:
-            log.info("wsjobd: refused a job: %r", exc)
+            log.debug("event=wsjobd_refused err=%s val=%r", type(exc).__name__, exc.args)
             return error_frame(exc)
         # No await between the lookup and the registration: two clients with the
         # same ident can never both start a job.
@@ -674,7 +674,7 @@ class WsJobService:
         if job is None:
             job = self._start(request, func)
         else:
-            log.info("wsjobd: a client attached to job %r", request.ident)
+            log.debug("event=wsjobd_attached ident=%r", request.ident)
         return _Admitted(job, request.report)
 
     # -- jobs
@@ -684,7 +684,7 @@ class WsJobService:
         job = Job(request.ident, request.data, self._trio_token)
         self._running[request.ident_key] = job
         self._nursery.start_soon(self._run_job, request.ident_key, job, func)
-        log.info("wsjobd: started job %r (%s)", request.ident, request.func)
+        log.debug("event=wsjobd_started ident=%r func=%s", request.ident, request.func)
         return job
 
     async def _run_job(self, key: IdentKey, job: Job, func: JobFunction) -> None:
@@ -699,14 +699,16 @@ class WsJobService:
                 )
         except Exception as exc:
             job.err = exc
-            log.info("wsjobd: job %r raised", job.ident, exc_info=exc)
+            # A failing job is the job author's business, and the client is told;
+            # the traceback is kept for whoever debugs the job.
+            log.info("event=wsjobd_job_failed ident=%r", job.ident, exc_info=exc)
         finally:
             # Deduplication lasts while the job runs: a later client with this
             # ident starts a fresh job (pykit's test_same_ident_different_job).
             if self._running.get(key) is job:
                 del self._running[key]
             job._finish()
-            log.info("wsjobd: job %r ended", job.ident)
+            log.debug("event=wsjobd_ended ident=%r", job.ident)
 
     # -- reports
 
@@ -725,7 +727,7 @@ class WsJobService:
                 final = await self._report_text(job, report)
             await self._close(ws, client, final)
         except (ConnectionClosed, trio.TooSlowError):
-            log.debug("wsjobd: listener of job %r went away", job.ident)
+            log.debug("event=wsjobd_listener_gone ident=%r", job.ident)
 
     async def _report_until_done(
         self, ws: WebSocketConnection, job: Job, report: ReportOptions
