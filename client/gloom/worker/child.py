@@ -1,11 +1,15 @@
 """The pool process: resolve the handler once, then run one job at a time.
 
-This module is what runs *inside* each pool process (forked from
-multiprocessing's fork server, never from the trio supervisor).  It talks to
-the supervisor over two pipes with the daemon's own framing (4-byte length,
-JSON), using blocking I/O: a pool process has nothing else to do.
+This module is what runs *inside* each pool process, in a process group of
+its own.  It is loaded without importing the `gloom` package (see
+`pool.BOOTSTRAP`), so it may import only the standard library, `gloomd`'s
+framing and codec, and `handler`; trio is imported only for async handlers.
+It talks to the supervisor over two pipes with the daemon's own framing
+(4-byte length, JSON), using blocking I/O: a pool process has nothing else
+to do.
 
-Messages, supervisor -> process:  ``{"op":"job", id, type, body, attempt, timeout}``,
+Messages, supervisor -> process: ``{"op":"init", spec, sys_path, max_frame}``
+first, then ``{"op":"job", id, type, body, attempt, timeout}``,
 ``{"op":"exit"}``.  Process -> supervisor: ``{"op":"ready","pid"}`` once the
 handler resolved (or ``{"op":"fatal", kind, message}`` and exit), then per
 job any number of ``{"op":"progress","body"}`` and one
@@ -23,12 +27,12 @@ from __future__ import annotations
 
 import inspect
 import os
+import pickle
 import queue
 import signal
 import sys
 import threading
 import traceback
-from multiprocessing.connection import Connection
 from typing import Any
 
 from gloomd import jsoncodec
@@ -142,8 +146,7 @@ def run_job(handler: Handler, frame: dict[str, Any], writer: _Writer, max_frame:
     return data
 
 
-def _read_commands(fd: int, inbox: queue.Queue[dict[str, Any]]) -> None:
-    decoder = FrameDecoder()
+def _read_commands(fd: int, inbox: queue.Queue[dict[str, Any]], decoder: FrameDecoder) -> None:
     while True:
         try:
             data = os.read(fd, 65536)
@@ -161,30 +164,59 @@ def _read_commands(fd: int, inbox: queue.Queue[dict[str, Any]]) -> None:
                 return
 
 
-def child_main(
-    spec: HandlerSpec, commands: Connection, results: Connection, max_frame: int = DEFAULT_MAX_FRAME
-) -> None:
-    """Entry point of a pool process (the target of a multiprocessing Process)."""
-    # Own process group: a timeout kills the job's whole tree with one killpg,
-    # and a Ctrl-C at the terminal reaches the supervisor only.
-    os.setpgid(0, 0)
-    writer = _Writer(results.fileno())
+def child_main(commands_fd: int, results_fd: int) -> int:
+    """Entry point of a pool process; returns its exit status.
+
+    The first message on the command pipe is ``{"op":"init"}`` with the
+    handler path, import path and (pickled) class arguments, the
+    supervisor's ``sys.path`` (so whatever the supervisor could import, the
+    pool can) and the frame limit.
+    """
+    writer = _Writer(results_fd)
+    decoder = FrameDecoder()
+    init: dict[str, Any] | None = None
+    pending: list[bytes] = []
+    while init is None:
+        data = os.read(commands_fd, 65536)
+        if not data:
+            return EXIT_BAD_HANDLER
+        pending.extend(decoder.feed(data))
+        if pending:
+            init = jsoncodec.loads(pending.pop(0))
+    spec = HandlerSpec(
+        init["handler"],
+        tuple(init.get("import_path", ())),
+        pickle.loads(bytes.fromhex(init["class_args"])),
+        pickle.loads(bytes.fromhex(init["class_kwargs"])),
+    )
+    for entry in reversed(init.get("sys_path", [])):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    max_frame = int(init.get("max_frame", DEFAULT_MAX_FRAME))
     try:
         handler = resolve(spec)
     except HandlerError as exc:
         writer.send({"op": "fatal", "kind": type(exc).__name__, "message": str(exc)})
-        sys.exit(EXIT_BAD_HANDLER)
+        return EXIT_BAD_HANDLER
     inbox: queue.Queue[dict[str, Any]] = queue.Queue()
+    for payload in pending:
+        inbox.put(jsoncodec.loads(payload))
     reader = threading.Thread(
-        target=_read_commands, args=(commands.fileno(), inbox), name="gloom-commands", daemon=True
+        target=_read_commands, args=(commands_fd, inbox, decoder), name="gloom-commands", daemon=True
     )
     reader.start()
     writer.send({"op": "ready", "pid": os.getpid()})
     while True:
         message = inbox.get()
         if message.get("op") != "job":
-            break
+            return 0
         writer.send_bytes(run_job(handler, message, writer, max_frame))
-    # Keep the pipe objects alive to here: their finalizers close the fds.
-    commands.close()
-    results.close()
+
+
+def main(argv: list[str]) -> int:
+    commands_fd, results_fd = int(argv[0]), int(argv[1])
+    return child_main(commands_fd, results_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

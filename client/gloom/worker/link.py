@@ -227,6 +227,7 @@ async def open_link(
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     _set_keepalive(stream.socket, heartbeat if heartbeat > 0 else 5.0, liveness)
     link = SlaveLink(stream, f"{host}:{port}", heartbeat, liveness)
+    body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             link._scope = nursery.cancel_scope
@@ -236,9 +237,18 @@ async def open_link(
                 nursery.start_soon(link._heartbeat_loop)
             try:
                 yield link
+            except BaseException as exc:
+                # Re-raised outside the nursery, so callers see their own
+                # exception and not an ExceptionGroup around it.
+                body_error = exc
             finally:
                 link._mark_lost("closed by the runner")
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await stream.aclose()
+    if body_error is not None:
+        try:
+            raise body_error
+        finally:
+            body_error = None

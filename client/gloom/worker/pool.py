@@ -1,27 +1,29 @@
 """Pool processes as the trio supervisor sees them: start, talk, watch, kill.
 
-Processes come from multiprocessing's *fork server*: a clean helper process,
-started once, that forks each pool process for us.  Forking the trio
-supervisor itself would copy its threads, wakeup fds and epoll state into the
-child; spawning a fresh interpreter per process costs ~0.3 s each, which
-would make every crash or timeout replacement slow.  The fork server is
-multiprocessing's own, preloaded with `gloom.worker.child`, so a pool process
-starts in a few milliseconds.
+Each pool process is a fresh interpreter running `child` (see `BOOTSTRAP`),
+started by `trio.lowlevel.open_process` in a process group of its own (so a
+kill reaches everything the job started) with two pipes passed by fd number.
+Not a fork of the supervisor (that would copy trio's threads, wakeup fd and
+epoll state), and not multiprocessing's spawn or fork server either: both
+re-run the user's ``__main__`` in every child, which breaks scripts without
+an ``if __name__ == "__main__"`` guard.  The price is interpreter start-up
+(~0.1 s); the runner hides it where it can (a recycled process's
+successor is started while the process runs its last job).
 
-Nothing here blocks the trio loop: the pipes are non-blocking on our side
-and waited on with `wait_readable`/`wait_writable`; the exit of a process is
-noticed through multiprocessing's sentinel fd, also with `wait_readable`;
-only `Process.start` (a short unix-socket exchange with the fork server, and
-the fork server's own start the first time) runs in a worker thread.
+Nothing here blocks the trio loop: our pipe ends are non-blocking and waited
+on with `wait_readable`/`wait_writable`, and exits come from `Process.wait`.
 """
 
 from __future__ import annotations
 
 import errno
 import math
-import multiprocessing
 import os
+import pickle
 import signal
+import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +32,25 @@ import trio
 from gloomd import jsoncodec
 from gloomd.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 
-from .child import child_main
 from .handler import HandlerError, HandlerImportError, HandlerNotFound, HandlerSpec
 
 __all__ = ["Exited", "PoolProcess", "ProcessFactory", "SpawnFailed"]
 
 _READ_SIZE = 256 * 1024
+
+#: How a pool process starts.  It loads `child` and `handler` as the package
+#: ``_gloom_pool`` straight from this directory instead of ``-m
+#: gloom.worker.child``: importing the `gloom` package pulls in trio and the
+#: whole client, which would triple the start-up time of every process.
+BOOTSTRAP = (
+    "import sys, types\n"
+    "pkg = types.ModuleType('_gloom_pool')\n"
+    "pkg.__path__ = [sys.argv[1]]\n"
+    "sys.modules['_gloom_pool'] = pkg\n"
+    "from _gloom_pool.child import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class SpawnFailed(Exception):
@@ -44,7 +59,7 @@ class SpawnFailed(Exception):
 
 @dataclass(frozen=True)
 class Exited:
-    """The process is gone; `exitcode` is negative for a signal (multiprocessing's rule)."""
+    """The process is gone; `exitcode` is negative for a signal (subprocess's rule)."""
 
     exitcode: int
 
@@ -96,7 +111,10 @@ class PoolProcess:
     async def send(self, message: dict[str, Any]) -> None:
         """Write one message; a process that died meanwhile is not an error here
         (its `Exited` is what the caller will read next)."""
-        view = memoryview(encode_frame(message))
+        await self.send_bytes(encode_frame(message))
+
+    async def send_bytes(self, data: bytes) -> None:
+        view = memoryview(data)
         while view:
             if not self.alive:
                 return
@@ -134,22 +152,21 @@ class PoolProcess:
         while self._drain():
             await trio.lowlevel.wait_readable(self._result_fd)
 
-    async def watch(self) -> None:
+    async def watch(self, on_exit: Callable[[PoolProcess], None] | None = None) -> None:
         """Run for the process's lifetime: deliver its messages, then its exit."""
-        sentinel = self.proc.sentinel
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_loop)
-            await trio.lowlevel.wait_readable(sentinel)
+            code = await self.proc.wait()
             nursery.cancel_scope.cancel()
         # Whatever it wrote before dying is still in the pipe: deliver it first.
         # (Not to end of file: a grandchild may hold the pipe open.)
         self._drain()
-        self.proc.join(0)  # the status is already there: this does not block
-        code = self.proc.exitcode
-        self.exitcode = 255 if code is None else code
+        self.exitcode = code
         self._inbox_send.send_nowait(Exited(self.exitcode))
         self.exited.set()
         self.close()
+        if on_exit is not None:
+            on_exit(self)
 
     def close(self) -> None:
         if self._closed:
@@ -158,9 +175,6 @@ class PoolProcess:
         for fd in (self._command_fd, self._result_fd):
             trio.lowlevel.notify_closing(fd)
             os.close(fd)
-        if not self.alive:
-            trio.lowlevel.notify_closing(self.proc.sentinel)
-            self.proc.close()
 
     # ------------------------------------------------------------ ending it
 
@@ -210,40 +224,60 @@ class PoolProcess:
 class ProcessFactory:
     """Starts pool processes for one handler; `spawn` returns them ready for jobs."""
 
-    def __init__(self, spec: HandlerSpec, nursery: trio.Nursery, *, startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        nursery: trio.Nursery,
+        *,
+        on_exit: Callable[[PoolProcess], None] | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
         self.spec = spec
+        self.on_exit = on_exit
         self.startup_timeout = startup_timeout
         self._nursery = nursery
-        self._lock = trio.Lock()  # Process.start is not safe from two threads at once
-        self._ctx = multiprocessing.get_context("forkserver")
-        # Only effective if the fork server is not running yet in this process.
-        self._ctx.set_forkserver_preload(["gloom.worker.child"])
+        self._init = encode_frame(
+            {
+                "op": "init",
+                "handler": spec.path,
+                "import_path": list(spec.import_path),
+                "class_args": pickle.dumps(tuple(spec.class_args)).hex(),
+                "class_kwargs": pickle.dumps(dict(spec.class_kwargs)).hex(),
+                "sys_path": [p for p in sys.path if p],
+                "max_frame": DEFAULT_MAX_FRAME,
+            }
+        )
+        # The pool must find this very gloomd (framing, codec), whatever the cwd.
+        import gloomd
+
+        gloomd_root = os.path.dirname(os.path.dirname(os.path.abspath(gloomd.__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [gloomd_root, env.get("PYTHONPATH")]))
+        self._env = env
 
     async def spawn(self) -> PoolProcess:
-        ctx = self._ctx
-        command_r, command_w = ctx.Pipe(duplex=False)
-        result_r, result_w = ctx.Pipe(duplex=False)
-        proc = ctx.Process(
-            target=child_main,
-            args=(self.spec, command_r, result_w, DEFAULT_MAX_FRAME),
-            name="gloom-worker",
-        )
+        command_r, command_w = os.pipe()
+        result_r, result_w = os.pipe()
         try:
-            async with self._lock:
-                await trio.to_thread.run_sync(proc.start)
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-c", BOOTSTRAP, _HERE, str(command_r), str(result_w)],
+                pass_fds=(command_r, result_w),
+                stdin=subprocess.DEVNULL,
+                env=self._env,
+                process_group=0,
+            )
         except BaseException:
-            for conn in (command_r, command_w, result_r, result_w):
-                conn.close()
+            for fd in (command_r, command_w, result_r, result_w):
+                os.close(fd)
             raise
         # Our copies of the child's ends must go, or we would never see EOF.
-        command_r.close()
-        result_w.close()
-        pool_proc = PoolProcess(proc, os.dup(command_w.fileno()), os.dup(result_r.fileno()))
-        command_w.close()
-        result_r.close()
-        self._nursery.start_soon(pool_proc.watch)
+        os.close(command_r)
+        os.close(result_w)
+        pool_proc = PoolProcess(proc, command_w, result_r)
+        self._nursery.start_soon(pool_proc.watch, self.on_exit)
         try:
             with trio.fail_after(self.startup_timeout):
+                await pool_proc.send_bytes(self._init)
                 first = await pool_proc.receive()
         except trio.TooSlowError:
             await pool_proc.kill()

@@ -1,0 +1,108 @@
+"""gloom.worker: run a handler for a job type in a supervised process pool.
+
+    gloom.worker.run("resize", "myapp.images:resize", concurrency=4)
+
+or, from trio, ``await nursery.start(partial(gloom.worker.serve, "resize", "myapp.images:resize"))``
+(``task_status`` reports the `Runner` once every slave connection has joined).
+See `run` for the knobs and the README's "Worker runner" section for the rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import trio
+
+from .child import JobContext
+from .handler import HandlerError, HandlerImportError, HandlerNotFound
+from .runner import Runner, RunnerStats, WorkerEvent, WorkerOptions
+
+__all__ = [
+    "HandlerError",
+    "HandlerImportError",
+    "HandlerNotFound",
+    "JobContext",
+    "Runner",
+    "RunnerStats",
+    "WorkerEvent",
+    "WorkerOptions",
+    "run",
+    "serve",
+]
+
+
+async def serve(
+    type: Any,
+    handler: str,
+    *,
+    host: str = "127.0.0.1",
+    slave_port: int = 9999,
+    master_port: int = 9998,
+    concurrency: int | None = None,
+    min: int | None = None,
+    max: int | None = None,
+    timeout: float = 300,
+    grace: float = 10,
+    max_jobs_per_process: int = 1000,
+    import_path: Sequence[str] = (),
+    class_args: Iterable[Any] = (),
+    class_kwargs: Mapping[str, Any] | None = None,
+    burst: bool = False,
+    task_status: trio.TaskStatus[Runner] = trio.TASK_STATUS_IGNORED,
+    **tuning: Any,
+) -> RunnerStats:
+    """Serve jobs of `type` with `handler` until stopped; returns the run's counters.
+
+    :param type: the job type to join (any JSON value).
+    :param handler: ``pkg.mod:func`` or ``pkg.mod:Class.method``; called as
+        ``fn(body)`` or ``fn(body, job)`` (a `JobContext`), sync or ``async def``.
+        A path that does not resolve raises `HandlerNotFound` (or
+        `HandlerImportError`) before anything connects.
+    :param concurrency: pool size; default the number of CPUs.
+    :param min, max: scale between these instead (growth reads the backlog from
+        the daemon's ``stats`` on `master_port`).
+    :param timeout: seconds a job may run, from its start (0 = no limit); a job's
+        own ``timeout`` wins when smaller.  Default 300.
+    :param grace: seconds between SIGTERM and SIGKILL on a timeout, and the
+        time running jobs get to finish at shutdown.  Default 10.
+    :param max_jobs_per_process: recycle a process after this many jobs (1000).
+    :param import_path: directories put in front of ``sys.path`` in the pool.
+    :param class_args, class_kwargs: build the instance of a class handler (fresh per job).
+    :param burst: return once nothing of `type` is queued or running (tests, batch jobs).
+    :param tuning: `WorkerOptions` fields for the finer knobs (heartbeat, liveness,
+        reconnect_delay, scale_interval, idle_grace, crash_backoff, ...).
+
+    Cancelling it drains like SIGTERM: running jobs get `grace` seconds.
+    """
+    options = WorkerOptions(
+        type=type,
+        handler=handler,
+        host=host,
+        slave_port=slave_port,
+        master_port=master_port,
+        concurrency=concurrency,
+        min=min,
+        max=max,
+        timeout=timeout,
+        grace=grace,
+        max_jobs_per_process=max_jobs_per_process,
+        import_path=tuple(import_path),
+        class_args=tuple(class_args),
+        class_kwargs=None if class_kwargs is None else dict(class_kwargs),
+        burst=burst,
+        **tuning,
+    )
+    runner = Runner(options)
+    await runner.run(task_status=task_status)
+    return runner.stats
+
+
+def run(type: Any, handler: str, **kwargs: Any) -> RunnerStats:
+    """Blocking `serve` that also stops on SIGTERM/SIGINT (twice: at once).
+
+    Takes the same keyword arguments as `serve`; see there.
+    """
+    kwargs.setdefault("handle_signals", True)
+    return trio.run(partial(serve, type, handler, **kwargs))

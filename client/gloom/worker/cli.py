@@ -1,0 +1,144 @@
+"""`gloom worker`: the runner from the command line.
+
+Three ways in, one parser: `worker_main(argv)` (a complete program, used by
+``python -m gloom.worker``), `add_worker_parser(subparsers)` (adds ``worker``
+to any argparse subcommand group), and `COMMANDS` for the ``gloom`` command's
+registry, where --host and the ports come from its shared parent parser.
+
+Exit status: 0 after a clean stop (SIGTERM/SIGINT, or --burst done), 2 for
+bad arguments or a handler path that does not resolve, 3 when gloomd cannot
+be reached at startup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from ..errors import TransportError
+from .handler import HandlerError
+
+__all__ = ["COMMANDS", "add_worker_parser", "configure", "run_args", "worker_main"]
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+HELP = "run a handler for a job type in a supervised process pool"
+DESCRIPTION = """\
+Serve jobs of TYPE with HANDLER (pkg.mod:func or pkg.mod:Class.method) in a
+pool of processes, one job per process at a time.  A job that runs past
+--timeout is killed (SIGTERM, then SIGKILL after --grace); SIGTERM or SIGINT
+stop taking jobs and give running ones --grace seconds to finish."""
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+
+
+def configure(parser: argparse.ArgumentParser, *, connection: bool = False) -> None:
+    """Add the worker's options; `connection` adds --host and the ports too."""
+    parser.add_argument("--type", required=True, help="job type to serve (a string)")
+    parser.add_argument("--handler", required=True, metavar="PKG.MOD:FUNC", help="the callable that runs a job")
+    pool = parser.add_argument_group("pool")
+    pool.add_argument("--concurrency", type=int, default=None, metavar="N", help="processes (default: CPU count)")
+    pool.add_argument("--min", type=int, default=None, metavar="N", help="scale between --min and --max")
+    pool.add_argument("--max", type=int, default=None, metavar="N", help="(backlog read from --master-port)")
+    pool.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds per job, 0 = none (default 300)")
+    pool.add_argument("--grace", type=float, default=10.0, metavar="S", help="SIGTERM-to-SIGKILL and shutdown grace (default 10)")
+    pool.add_argument(
+        "--max-jobs-per-process", type=int, default=1000, metavar="N", help="recycle a process after N jobs (default 1000)"
+    )
+    pool.add_argument("--burst", action="store_true", help="exit once nothing of TYPE is queued or running")
+    code = parser.add_argument_group("handler")
+    code.add_argument(
+        "--import-path", action="append", default=[], metavar="DIR", help="prepend DIR to sys.path (repeatable)"
+    )
+    code.add_argument("--class-args", type=_json, default=[], metavar="JSON", help="JSON list for Class(...)")
+    code.add_argument("--class-kwargs", type=_json, default={}, metavar="JSON", help="JSON object for Class(...)")
+    parser.add_argument("--log-level", default="INFO", help="logging level on stderr (default INFO)")
+    if connection:
+        env = os.environ
+        daemon = parser.add_argument_group("daemon")
+        daemon.add_argument("--host", default=env.get("GLOOM_HOST", "127.0.0.1"))
+        daemon.add_argument("--slave-port", type=int, default=int(env.get("GLOOM_SLAVE_PORT", "9999")))
+        daemon.add_argument("--master-port", type=int, default=int(env.get("GLOOM_MASTER_PORT", "9998")))
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """Run the worker for parsed arguments; returns the exit status."""
+    from . import run  # not at import time: keeps `gloom --help` light
+
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if not isinstance(args.class_args, list):
+        print("gloom worker: --class-args must be a JSON list", file=sys.stderr)
+        return EXIT_USAGE
+    if not isinstance(args.class_kwargs, dict):
+        print("gloom worker: --class-kwargs must be a JSON object", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        run(
+            args.type,
+            args.handler,
+            host=args.host,
+            slave_port=args.slave_port,
+            master_port=args.master_port,
+            concurrency=args.concurrency,
+            min=args.min,
+            max=args.max,
+            timeout=args.timeout,
+            grace=args.grace,
+            max_jobs_per_process=args.max_jobs_per_process,
+            import_path=args.import_path,
+            class_args=args.class_args,
+            class_kwargs=args.class_kwargs,
+            burst=args.burst,
+        )
+    except HandlerError as exc:
+        print(f"gloom worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        print(f"gloom worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TransportError as exc:
+        print(f"gloom worker: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+def add_worker_parser(subparsers: Any) -> None:
+    """Add ``worker`` to an argparse subparsers group (sets ``run`` as default)."""
+    parser = subparsers.add_parser("worker", help=HELP, description=DESCRIPTION)
+    configure(parser, connection=True)
+    parser.set_defaults(run=run_args)
+
+
+def worker_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="gloom worker", description=DESCRIPTION)
+    configure(parser, connection=True)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse's usage errors (2) and --help (0)
+        return int(exc.code or 0)
+    return run_args(args)
+
+
+def _registry_commands() -> list[Any]:
+    """The entry for the ``gloom`` command's registry (`gloom.cli.COMMAND_MODULES`)."""
+    from ..cli import Command
+
+    return [Command("worker", HELP, configure, run_args, DESCRIPTION)]
+
+
+COMMANDS = _registry_commands()

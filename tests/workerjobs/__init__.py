@@ -1,0 +1,1 @@
+"""Handlers for the worker-runner tests (they run inside pool processes)."""

@@ -1,0 +1,3 @@
+"""A handler module that fails while being imported."""
+
+raise RuntimeError("this module refuses to import")
