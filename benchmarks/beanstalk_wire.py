@@ -16,7 +16,7 @@ echo into the master's reply tube (``use r<master>`` when it changes),
 from __future__ import annotations
 
 from .bodies import BodyMaker, parse_ids
-from .wire import Result, note_error
+from .wire import Bytes, Result, note_error
 
 __all__ = ["BeanstalkMaster", "BeanstalkWorker", "split_replies", "TTR"]
 
@@ -80,7 +80,7 @@ class BeanstalkMaster:
             puts += b"\r\n"
         self.out[1] += b"reserve\r\n" * count
 
-    def feed(self, channel: int, data: bytes) -> list[Result]:
+    def feed(self, channel: int, data: Bytes) -> list[Result]:
         buf = self._bufs[channel]
         buf += data
         results: list[Result] = []
@@ -121,7 +121,7 @@ class BeanstalkWorker:
     def greet(self) -> bytes:
         return b"watch jobs\r\nignore default\r\nreserve\r\n"
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: Bytes) -> bytes:
         buf = self._buf
         buf += data
         reply = bytearray()

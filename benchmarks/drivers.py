@@ -33,6 +33,9 @@ from .wire import MasterWire, WorkerWire, note_error
 __all__ = ["MasterPlan", "WorkerPlan", "master_main", "worker_main"]
 
 RECV = 256 * 1024
+# Why recv_into: `sock.recv(256 KiB)` allocates a 256 KiB bytes object per
+# call, above glibc's mmap threshold, so every receive also costs an mmap, an
+# mremap and a munmap (seen with strace -c).  One reused buffer avoids all three.
 #: Stop generating submits while this much is still unsent on a connection:
 #: a deep queue must not be built as one 100 MB buffer in the generator.
 HIGH_WATER = 1 << 20
@@ -142,6 +145,8 @@ def worker_main(plan: WorkerPlan, pipe: Connection) -> None:
         pipe.send(("failed", f"worker connect: {exc}"))
         return
     sel.register(pipe, READ, None)
+    rbuf = bytearray(RECV)
+    rview = memoryview(rbuf)
 
     def greet_all() -> None:
         for ch in channels:
@@ -181,20 +186,20 @@ def worker_main(plan: WorkerPlan, pipe: Connection) -> None:
                 continue
             if mask & READ:
                 try:
-                    data = ch.sock.recv(RECV)
+                    n = ch.sock.recv_into(rbuf)
                 except BlockingIOError:
-                    data = None
+                    n = -1
                 except OSError as exc:
                     note_error(errors, f"worker recv: {exc}")
-                    data = b""
-                if data == b"":
+                    n = 0
+                if n == 0:
                     sel.unregister(ch.sock)
                     ch.sock.close()
                     closed += 1
                     note_error(errors, "server closed a worker connection")
                     continue
-                if data:
-                    reply = ch.session.feed(data)
+                if n > 0:
+                    reply = ch.session.feed(rview[:n])
                     if reply:
                         ch.out += reply
                         _flush(sel, ch)
@@ -263,6 +268,8 @@ def master_main(plan: MasterPlan, pipe: Connection) -> None:
     if pipe.recv() != "go":
         return
 
+    rbuf = bytearray(RECV)
+    rview = memoryview(rbuf)
     window = plan.window
     total = sum(s.count for s in sessions)
     remaining = total
@@ -301,13 +308,13 @@ def master_main(plan: MasterPlan, pipe: Connection) -> None:
             s = ch.session
             if mask & READ:
                 try:
-                    data = ch.sock.recv(RECV)
+                    n = ch.sock.recv_into(rbuf)
                 except BlockingIOError:
-                    data = None
+                    n = -1
                 except OSError as exc:
                     note_error(report.errors, f"master recv: {exc}")
-                    data = b""
-                if data == b"":
+                    n = 0
+                if n == 0:
                     note_error(report.errors, f"server closed master {s.wire}")
                     for c in s.chans:
                         if c.sock.fileno() >= 0:
@@ -317,8 +324,8 @@ def master_main(plan: MasterPlan, pipe: Connection) -> None:
                         s.alive = False
                         remaining -= s.count - int(sum(s.done))
                     continue
-                if data:
-                    results = s.wire.feed(ch.index, data)
+                if n > 0:
+                    results = s.wire.feed(ch.index, rview[:n])
                     if results:
                         first = s.first
                         done = s.done

@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 
 from .bodies import BodyMaker, parse_ids
-from .wire import Result, note_error
+from .wire import Bytes, Result, note_error
 
 __all__ = ["GearmanMaster", "GearmanWorker", "packet", "split_packets"]
 
@@ -102,7 +102,7 @@ class GearmanMaster:
             out += _head_pack(REQ, SUBMIT_JOB, len(data))
             out += data
 
-    def feed(self, channel: int, data: bytes) -> list[Result]:
+    def feed(self, channel: int, data: Bytes) -> list[Result]:
         buf = self._buf
         buf += data
         results: list[Result] = []
@@ -138,7 +138,7 @@ class GearmanWorker:
     def greet(self) -> bytes:
         return packet(CAN_DO, FUNCTION) + _GRAB
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: Bytes) -> bytes:
         buf = self._buf
         buf += data
         reply = bytearray()

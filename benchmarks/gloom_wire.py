@@ -11,7 +11,7 @@ import struct
 import orjson
 
 from .bodies import BodyMaker
-from .wire import Result, note_error
+from .wire import Bytes, Result, note_error
 
 __all__ = ["GloomMaster", "GloomWorker", "split_frames", "JOB_TYPE"]
 
@@ -76,7 +76,7 @@ class GloomMaster:
             out += _pack(len(payload))
             out += payload
 
-    def feed(self, channel: int, data: bytes) -> list[Result]:
+    def feed(self, channel: int, data: Bytes) -> list[Result]:
         buf = self._buf
         buf += data
         results: list[Result] = []
@@ -116,7 +116,7 @@ class GloomWorker:
     def greet(self) -> bytes:
         return frame(b'{"action":"join","type":"echo"}')
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: Bytes) -> bytes:
         buf = self._buf
         buf += data
         reply = bytearray()

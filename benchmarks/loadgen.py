@@ -34,7 +34,7 @@ import orjson
 
 from . import workloads
 from .drivers import MasterPlan, MasterReport, WorkerPlan, master_main, worker_main
-from .procstat import cpu_seconds, memory_kb
+from .procstat import cpu_seconds, cpu_times, memory_kb
 from .servers import Server, ServerError, installed, start_server
 from .systems import SYSTEMS
 from .workloads import Workload
@@ -197,7 +197,8 @@ def _drive(
     _await(master_pipes, {"ready"}, setup_until)
 
     pid = server.pid
-    cpu0 = cpu_seconds(pid)
+    user0, sys0 = cpu_times(pid)
+    cpu0 = user0 + sys0
     rss0 = memory_kb(pid)["VmRSS"]
     extra: dict[str, Any] = {}
     t_go = time.perf_counter()
@@ -226,7 +227,8 @@ def _drive(
     pending = [p for p in master_pipes if id(p) not in early]
     reports_raw = dict(early)
     reports_raw.update(_await(pending, {"report"}, deadline + GRACE))
-    cpu1 = cpu_seconds(pid)
+    user1, sys1 = cpu_times(pid)
+    cpu1 = user1 + sys1
     mem1 = memory_kb(pid)
     for p in worker_pipes:
         try:
@@ -259,6 +261,8 @@ def _drive(
         "p99_ms": None if p99 is None else round(p99 * 1e3, 3),
         "server_cpu_s": round(cpu1 - cpu0, 2),
         "server_cpu_us_per_job": round((cpu1 - cpu0) / completed * 1e6, 1) if completed else None,
+        "server_cpu_user_s": round(user1 - user0, 2),
+        "server_cpu_system_s": round(sys1 - sys0, 2),
         "server_rss_start_mb": round(rss0 / 1024, 1),
         "server_peak_rss_mb": round(mem1["VmHWM"] / 1024, 1),
         **extra,

@@ -16,7 +16,10 @@ from typing import Protocol
 
 from .bodies import BodyMaker
 
-__all__ = ["MasterWire", "WorkerWire", "Result"]
+__all__ = ["Bytes", "MasterWire", "WorkerWire", "Result"]
+
+#: What the drivers feed: a view of their reused receive buffer (see drivers.py).
+Bytes = bytes | bytearray | memoryview
 
 #: (job id, body matched the job's expected body)
 Result = tuple[int, bool]
@@ -42,7 +45,7 @@ class MasterWire(Protocol):
     def submit(self, first: int, count: int) -> None:
         """Queue submits for job ids ``first`` .. ``first + count - 1``."""
 
-    def feed(self, channel: int, data: bytes) -> list[Result]:
+    def feed(self, channel: int, data: Bytes) -> list[Result]:
         """Consume bytes received on ``channel``; return the results they completed."""
         ...
 
@@ -58,7 +61,7 @@ class WorkerWire(Protocol):
         """Bytes that register this worker (join / CAN_DO / watch)."""
         ...
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: Bytes) -> bytes:
         """Consume received bytes; return the bytes to send in reply (maybe empty)."""
         ...
 
