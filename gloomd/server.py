@@ -1,24 +1,23 @@
 """The trio layer: sockets in, broker calls, sockets out.  Nothing else.
 
-Why it looks the way it does (each measured; see benchmarks/):
+Why it looks the way it does (each measured; see benchmarks/README.md):
 
 * Every frame of one receive is handled synchronously, with no await inside
   message handling, so a receive holding fifty responds costs one pass.
 * Output is never written from inside the broker.  The broker marks peers
-  dirty; a single flusher task, woken once per scheduling round, encodes each
-  dirty peer's outbox into one buffer and writes it with one `send`.  A slave's
-  ok and its next job leave together, and results from many slaves to one
-  master in the same round leave in one write.
-* Plain non-blocking sockets driven by `wait_readable`/`wait_writable`
-  instead of `SocketStream`: trio's stream layer costs more CPU per job than
-  the whole broker.  A connection's writer task only wakes when the kernel
-  buffer was full; the common case writes directly from the flusher.
-* Transport is kept behind `Connection`'s three operations (`receive_some`,
-  `write`, `close`), so TLS (trio's SSL streams) can sit on the same broker.
+  dirty and the server writes each dirty peer's outbox as one buffer, once
+  per batch: a slave's ok and its next job leave together, and the results
+  from many slaves to one master leave in one write.
+* Plain TCP connections are read by one `Reactor` task over a private epoll
+  set instead of a task per connection (see `gloomd.reactor` for the
+  measurement), and written directly from the flush when the kernel has room.
+* TLS connections (trio's `SSLStream`) keep a reader and a writer task each;
+  they share everything else, `_ingest` above all, with plain ones.
 
-Structure: `run` owns one nursery with the two accept loops, the flusher and
-the timer; every connection is a task in it with its own nursery (reader plus
-writer), so cancelling `run` tears everything down in order.
+Structure: `run` owns one nursery with the two accept loops, the reactor, the
+flusher (for output produced outside a reactor batch: TLS reads, timers,
+shutdown) and the timer; TLS connections are tasks in it too, so cancelling
+`run` tears everything down.
 """
 
 from __future__ import annotations
@@ -30,18 +29,16 @@ from typing import Any
 
 import trio
 
-from .broker import OK_FRAME, Broker, MasterPeer, Peer
+from .broker import OK_FRAME, Broker, MasterPeer
 from .config import Config
 from .framing import FrameTooLarge, FrameTooLargeWithFrames, encode_frame
+from .reactor import LINGER, Reactor
 from .security import auth_frame_ok
-from .transport import Connection, SocketConnection, StreamConnection
+from .transport import INF, Connection, PlainConnection, StreamConnection
 
 __all__ = ["GloomServer"]
 
 log = logging.getLogger("gloomd.server")
-
-#: Seconds a refused connection is given to read its error frame before close.
-REFUSAL_LINGER = 1.0
 
 
 class GloomServer:
@@ -60,6 +57,7 @@ class GloomServer:
         self._connections: set[Connection] = set()
         self._per_host: dict[str, int] = {}
         self._handshaking = 0  # TLS connections accepted but not yet serving
+        self._reactor = Reactor(self)
         self._flush_lot = trio.lowlevel.ParkingLot()
         self._flush_pending = False
         self._timer_lot = trio.lowlevel.ParkingLot()
@@ -80,10 +78,11 @@ class GloomServer:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._run_scope = nursery.cancel_scope
-                nursery.start_soon(self._accept_loop, master_sock, "master")
-                nursery.start_soon(self._accept_loop, slave_sock, "slave")
+                await nursery.start(self._reactor.run)
                 nursery.start_soon(self._flusher)
                 nursery.start_soon(self._timer)
+                nursery.start_soon(self._accept_loop, master_sock, "master")
+                nursery.start_soon(self._accept_loop, slave_sock, "slave")
                 log.info(
                     "event=listening host=%s master_port=%d slave_port=%d tls=%s auth=%s",
                     cfg.host,
@@ -101,15 +100,15 @@ class GloomServer:
     async def shutdown(self) -> None:
         """Stop accepting, fail every unanswered job with HALTED, flush, close.
 
-        Returns once every connection has been written out and closed, or the
-        grace period ran out; `run` then returns.
+        Returns once every connection has been written out and sent EOF, or
+        the grace period ran out; `run` then returns.
         """
         for scope in self._accept_scopes:
             scope.cancel()
         assert self.broker is not None
         halted = self.broker.halt()
         log.info("event=shutdown halted_jobs=%d connections=%d", halted, len(self._connections))
-        self._flush()
+        self.flush()
         with trio.move_on_after(self.config.shutdown_grace):
             for conn in list(self._connections):
                 conn.start_closing()
@@ -117,6 +116,10 @@ class GloomServer:
                 await conn.wait_drained()
         if self._run_scope is not None:
             self._run_scope.cancel()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
 
     # ------------------------------------------------------------ accepting
 
@@ -151,7 +154,21 @@ class GloomServer:
                         nursery.start_soon(_refuse, sock, frame)
                         continue
                     self._per_host[host] = self._per_host.get(host, 0) + 1
-                    nursery.start_soon(self._serve, sock, name, host, role)
+                    if cfg.ssl_context is None:
+                        conn = PlainConnection(
+                            sock,
+                            name,
+                            host,
+                            role,
+                            cfg.max_frame,
+                            cfg.max_outbuf,
+                            self._reactor.set_backlog,
+                            self._reactor.drop,
+                        )
+                        self._admit(conn)
+                        self._reactor.add(conn)
+                    else:
+                        nursery.start_soon(self._serve_tls, sock, name, host, role)
 
     def _refusal(self, host: str) -> dict[str, Any] | None:
         cfg = self.config
@@ -161,47 +178,8 @@ class GloomServer:
             return {"error": "too_many_connections", "reason": cfg.max_per_host}
         return None
 
-    # ------------------------------------------------------------ one connection
-
-    async def _serve(self, sock: socket.socket, name: str, host: str, role: str) -> None:
-        cfg = self.config
-        try:
-            if cfg.ssl_context is None:
-                conn: Connection = SocketConnection(sock, name, host, role, cfg.max_frame, cfg.max_outbuf)
-            else:
-                conn_or_none = await self._tls_handshake(sock, name, host, role)
-                if conn_or_none is None:
-                    return
-                conn = conn_or_none
-            await self._serve_connection(conn)
-        finally:
-            left = self._per_host[host] - 1
-            if left:
-                self._per_host[host] = left
-            else:
-                del self._per_host[host]
-
-    async def _tls_handshake(self, sock: socket.socket, name: str, host: str, role: str) -> Connection | None:
-        """Wrap in TLS; a client that cannot complete the handshake is closed without a frame."""
-        cfg = self.config
-        assert cfg.ssl_context is not None
-        stream = trio.SSLStream(
-            trio.SocketStream(trio.socket.from_stdlib_socket(sock)), cfg.ssl_context, server_side=True
-        )
-        self._handshaking += 1
-        try:
-            with trio.move_on_after(cfg.auth_timeout):
-                await stream.do_handshake()
-                return StreamConnection(stream, name, host, role, cfg.max_frame, cfg.max_outbuf)
-            log.warning("event=tls_error peer=%s error=handshake_timeout", name)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.warning("event=tls_error peer=%s error=%s", name, _first_cause(exc))
-        finally:
-            self._handshaking -= 1
-        await trio.aclose_forcefully(stream)
-        return None
-
-    async def _serve_connection(self, conn: Connection) -> None:
+    def _admit(self, conn: Connection) -> None:
+        """Introduce a connection to the broker and start its clocks."""
         broker = self.broker
         assert broker is not None
         self._connections.add(conn)
@@ -209,101 +187,151 @@ class GloomServer:
             conn.peer = broker.connect_master(conn.name, conn)
         else:
             conn.peer = broker.connect_slave(conn.name, conn)
-        conn.authenticated = self.config.token is None
+        if self.config.token is None:
+            conn.authenticated = True
+        else:
+            conn.auth_deadline = trio.current_time() + self.config.auth_timeout
         log.info("event=connect role=%s peer=%s", conn.role, conn.name)
-        reason = "closed"
-        try:
-            async with trio.open_nursery() as nursery:
-                conn.scope = nursery.cancel_scope
-                nursery.start_soon(conn.write_loop)
-                reason = await self._read_loop(conn)
-                nursery.cancel_scope.cancel()
-        finally:
-            self._connections.discard(conn)
-            conn.closed = True
-            if conn.overflowed:
-                reason = "outbuf_overflow"
-                log.warning(
-                    "event=overflow role=%s peer=%s buffered=%d", conn.role, conn.name, len(conn.outbuf)
-                )
-            broker.disconnect(conn.peer)
-            self._kick()
-            conn.close()
-            log.info("event=disconnect role=%s peer=%s reason=%s", conn.role, conn.name, reason)
 
-    async def _read_loop(self, conn: Connection) -> str:
-        """Read until the peer leaves; returns why, for the disconnect log line.
+    def release(self, conn: Connection, reason: str) -> None:
+        """The connection is over for the broker: requeue, free, log (once)."""
+        if conn.released:
+            return
+        conn.released = True
+        self._connections.discard(conn)
+        self._forget_host(conn.host)
+        if conn.overflowed:
+            reason = "outbuf_overflow"
+            log.warning("event=overflow role=%s peer=%s buffered=%d", conn.role, conn.name, len(conn.outbuf))
+        assert self.broker is not None and conn.peer is not None
+        self.broker.disconnect(conn.peer)
+        self._kick()
+        log.info("event=disconnect role=%s peer=%s reason=%s", conn.role, conn.name, reason)
 
-        Two deadlines bound a connection that sends too little: a frame that
-        has started must complete within `frame_timeout` (slowloris), and a
-        connection must authenticate within `auth_timeout` when a token is set.
-        Outside both, receives are unbounded and cost no timer.
+    # ------------------------------------------------------------ bytes in (both transports)
+
+    def on_data(self, conn: Connection, data: bytes) -> str | None:
+        """Feed received bytes through codec, auth and broker.
+
+        Returns None, or the reason to hang up after the final error frame
+        (already queued): the stream is out of sync, or the peer is refused.
         """
         broker = self.broker
         assert broker is not None
         peer = conn.peer
         assert peer is not None
-        cfg = self.config
         decoder = conn.decoder
+        try:
+            frames = decoder.feed(data)
+        except FrameTooLarge as exc:
+            if conn.authenticated and isinstance(exc, FrameTooLargeWithFrames):
+                for payload in exc.frames:
+                    broker.receive(peer, payload)
+            log.warning("event=size_error peer=%s length=%d", conn.name, exc.length)
+            return self._final(conn, {"error": "size_error", "reason": "length too large"}, "size_error")
+        # Slowloris guard: a frame that has started must finish in time.
+        if decoder.pending:
+            if frames or conn.frame_deadline == INF:
+                conn.frame_deadline = trio.current_time() + self.config.frame_timeout
+        elif conn.frame_deadline != INF:
+            conn.frame_deadline = INF
+        if not frames:
+            return None
+        if not conn.authenticated:
+            if not auth_frame_ok(frames[0], self.config.token or ""):
+                log.warning("event=unauthorized role=%s peer=%s", conn.role, conn.name)
+                return self._final(conn, {"error": "unauthorized", "reason": "auth"}, "unauthorized")
+            conn.authenticated = True
+            conn.auth_deadline = INF
+            peer.outbox.append(OK_FRAME)
+            broker.dirty.add(peer)
+            del frames[0]
         receive = broker.receive
-        inf = float("inf")
-        auth_deadline = inf if conn.authenticated else trio.current_time() + cfg.auth_timeout
-        frame_deadline = inf
-        while True:
-            deadline = auth_deadline if auth_deadline < frame_deadline else frame_deadline
-            if deadline == inf:
-                data = await conn.receive_some()
-            else:
-                data = b""
-                with trio.move_on_at(deadline) as timer:
-                    data = await conn.receive_some()
-                if timer.cancelled_caught:
-                    if not conn.authenticated:
-                        return await self._hang_up(conn, {"error": "unauthorized", "reason": "timeout"}, "auth_timeout")
-                    log.warning("event=slow_frame peer=%s pending=%d", conn.name, decoder.pending)
-                    frame = {"error": "frame_timeout", "reason": cfg.frame_timeout}
-                    return await self._hang_up(conn, frame, "frame_timeout")
-            if not data:
-                return "eof" if not decoder.pending else "eof_mid_frame"
-            try:
-                frames = decoder.feed(data)
-            except FrameTooLarge as exc:
-                frames = exc.frames if isinstance(exc, FrameTooLargeWithFrames) else []
-                if conn.authenticated:
-                    for payload in frames:
-                        receive(peer, payload)
-                log.warning("event=size_error peer=%s length=%d", conn.name, exc.length)
-                # The stream is out of sync: say why, then hang up.
-                return await self._hang_up(conn, {"error": "size_error", "reason": "length too large"}, "size_error")
-            if decoder.pending:
-                if frames or frame_deadline == inf:
-                    frame_deadline = trio.current_time() + cfg.frame_timeout
-            else:
-                frame_deadline = inf
-            if not frames:
-                continue
-            if not conn.authenticated:
-                if not auth_frame_ok(frames[0], cfg.token or ""):
-                    log.warning("event=unauthorized peer=%s role=%s", conn.name, conn.role)
-                    return await self._hang_up(conn, {"error": "unauthorized", "reason": "auth"}, "unauthorized")
-                conn.authenticated = True
-                auth_deadline = inf
-                peer.outbox.append(OK_FRAME)
-                broker.dirty.add(peer)
-                frames = frames[1:]
-            for payload in frames:
-                receive(peer, payload)
-            self._flush_slaves()
+        for payload in frames:
+            receive(peer, payload)
+        return None
 
-    async def _hang_up(self, conn: Connection, frame: dict[str, Any], reason: str) -> str:
-        """Send one last error frame, then close the connection."""
+    def on_deadline(self, conn: Connection) -> str:
+        """The connection's auth or frame deadline passed; queue why, return why."""
+        if not conn.authenticated:
+            log.warning("event=unauthorized role=%s peer=%s reason=timeout", conn.role, conn.name)
+            return self._final(conn, {"error": "unauthorized", "reason": "timeout"}, "auth_timeout")
+        log.warning("event=slow_frame peer=%s pending=%d", conn.name, conn.decoder.pending)
+        return self._final(conn, {"error": "frame_timeout", "reason": self.config.frame_timeout}, "frame_timeout")
+
+    def _final(self, conn: Connection, frame: dict[str, Any], reason: str) -> str:
         peer = conn.peer
         assert peer is not None and self.broker is not None
         peer.outbox.append(frame)
         self.broker.dirty.add(peer)
-        self._flush()
-        await _linger_close(conn)
         return reason
+
+    # ------------------------------------------------------------ TLS connections
+
+    async def _serve_tls(self, sock: socket.socket, name: str, host: str, role: str) -> None:
+        cfg = self.config
+        assert cfg.ssl_context is not None
+        stream = trio.SSLStream(
+            trio.SocketStream(trio.socket.from_stdlib_socket(sock)), cfg.ssl_context, server_side=True
+        )
+        conn = StreamConnection(stream, name, host, role, cfg.max_frame, cfg.max_outbuf)
+        self._handshaking += 1
+        shaken = False
+        try:
+            with trio.move_on_after(cfg.auth_timeout):
+                await stream.do_handshake()
+                shaken = True
+            if not shaken:
+                log.warning("event=tls_error peer=%s error=handshake_timeout", name)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # A plaintext client, or a bad certificate: closed without a frame.
+            log.warning("event=tls_error peer=%s error=%s", name, _first_cause(exc))
+        finally:
+            self._handshaking -= 1
+        if not shaken:
+            self._forget_host(host)
+            await trio.aclose_forcefully(stream)
+            return
+        self._admit(conn)
+        reason = "closed"
+        try:
+            async with trio.open_nursery() as nursery:
+                conn.scope = nursery.cancel_scope
+                nursery.start_soon(conn.write_loop)
+                reason = await self._tls_read_loop(conn)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.release(conn, reason)
+            conn.close()
+
+    def _forget_host(self, host: str) -> None:
+        left = self._per_host.get(host, 1) - 1
+        if left:
+            self._per_host[host] = left
+        else:
+            self._per_host.pop(host, None)
+
+    async def _tls_read_loop(self, conn: StreamConnection) -> str:
+        while True:
+            deadline = conn.deadline
+            data = b""
+            with trio.move_on_at(deadline) as timer:
+                data = await conn.receive_some()
+            if timer.cancelled_caught:
+                reason = self.on_deadline(conn)
+            elif not data:
+                return "eof_mid_frame" if conn.decoder.pending else "eof"
+            else:
+                reason = self.on_data(conn, data)  # type: ignore[assignment]
+                self._kick()
+                if reason is None:
+                    continue
+            # Hang up: write the final frame, wait briefly for it to leave.
+            self.flush()
+            conn.start_closing()
+            with trio.move_on_after(LINGER):
+                await conn.wait_drained()
+            return reason
 
     # ------------------------------------------------------------ output and time
 
@@ -317,40 +345,17 @@ class GloomServer:
         while True:
             await self._flush_lot.park()
             self._flush_pending = False
-            self._flush()
+            self.flush()
 
-    def _flush_slaves(self) -> None:
-        """Write to slaves now; leave masters to the flusher.
-
-        Called after each receive: a slave's next job is what keeps work
-        moving, so it leaves at once, while results to masters wait for the end
-        of the scheduling round, where results from many slaves to one master
-        coalesce into one write.
-        """
+    def flush(self) -> None:
+        """Write each dirty peer's outbox as one buffer."""
         broker = self.broker
         assert broker is not None
         if broker.timers_changed:
             self._timer_lot.unpark()
-        dirty = broker.dirty
-        if not dirty:
+        if not broker.dirty:
             return
-        slaves = [peer for peer in dirty if type(peer) is not MasterPeer]
-        if slaves:
-            dirty.difference_update(slaves)
-            self._write_peers(slaves)
-        if dirty:
-            self._kick()
-
-    def _flush(self) -> None:
-        broker = self.broker
-        assert broker is not None
-        if broker.timers_changed:
-            self._timer_lot.unpark()
-        if broker.dirty:
-            self._write_peers(broker.take_dirty())
-
-    def _write_peers(self, peers: list[Peer]) -> None:
-        for peer in peers:
+        for peer in broker.take_dirty():
             conn: Connection = peer.transport
             out = peer.outbox
             peer.outbox = []
@@ -360,9 +365,7 @@ class GloomServer:
                 item = out[0]
                 conn.write(item if type(item) is bytes else encode_frame(item))
             else:
-                conn.write(
-                    b"".join([item if type(item) is bytes else encode_frame(item) for item in out])
-                )
+                conn.write(b"".join([item if type(item) is bytes else encode_frame(item) for item in out]))
 
     async def _timer(self) -> None:
         """Fire job timeouts and result expiry at the broker's next deadline."""
@@ -373,13 +376,7 @@ class GloomServer:
             with trio.move_on_at(deadline):
                 await self._timer_lot.park()
             broker.tick(trio.current_time())
-            self._flush()
-
-    # ------------------------------------------------------------ introspection
-
-    @property
-    def connection_count(self) -> int:
-        return len(self._connections)
+            self.flush()
 
     def masters(self) -> list[MasterPeer]:
         assert self.broker is not None
@@ -398,27 +395,13 @@ def _peer_name(addr: Any) -> str:
     return str(addr)
 
 
-async def _linger_close(conn: Connection) -> None:
-    """Write what is queued, send EOF, and read until the peer closes (bounded).
-
-    Closing a socket that still has unread input makes the kernel send a
-    reset, which can destroy the error frame we just wrote before the client
-    reads it; so read and discard for a moment first.
-    """
-    conn.start_closing()
-    with trio.move_on_after(REFUSAL_LINGER):
-        await conn.wait_drained()
-        while await conn.receive_some():
-            pass
-
-
 async def _refuse(sock: socket.socket, frame: bytes | None) -> None:
     """Tell a connection we will not serve it why, then close it."""
     try:
         if frame is not None:
             sock.send(frame)
         sock.shutdown(socket.SHUT_WR)
-        with trio.move_on_after(REFUSAL_LINGER):
+        with trio.move_on_after(LINGER):
             while True:
                 await trio.lowlevel.wait_readable(sock)
                 try:
@@ -436,3 +419,4 @@ async def _refuse(sock: socket.socket, frame: bytes | None) -> None:
 def _first_cause(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__ or exc
     return str(cause) or type(cause).__name__
+

@@ -1,22 +1,21 @@
 """Connections: the only place that knows how bytes reach a peer.
 
-The server needs five things from a connection: `receive_some` (async),
-`write` (sync: the flusher must never block), `write_loop` (the task that
-finishes what `write` could not), `start_closing`/`wait_drained` (write out,
-then EOF) and `close`.  Two implementations share that surface:
+Two transports share one surface (`write`, `start_closing`, `wait_drained`,
+`abort`) so the server and the broker never care which one a peer uses:
 
-* `SocketConnection`, plain TCP on a non-blocking socket driven by trio's
-  `wait_readable`/`wait_writable`.  `write` sends straight from the caller
-  when the kernel has room, which is nearly always: no task switch per frame.
-  This is the fast path, and why gloomd does not use `SocketStream` for it.
-* `StreamConnection`, any trio `Stream`, used for TLS (`trio.SSLStream`).
-  Writes are buffered and sent by its writer task, since an SSL stream cannot
-  be written without awaiting.
+* `PlainConnection`: plain TCP on a non-blocking socket.  It has no task of
+  its own; the `Reactor` reads it, and `write` sends straight from the caller
+  when the kernel has room, which is nearly always.  Only a full kernel
+  buffer makes it ask the reactor for a writable event.
+* `StreamConnection`: any trio `Stream`, used for TLS (`trio.SSLStream`),
+  with its own reader task (in the server) and writer task (here), since an
+  SSL stream cannot be read or written without awaiting.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -24,13 +23,14 @@ import trio
 from .broker import Peer
 from .framing import FrameDecoder
 
-__all__ = ["Connection", "SocketConnection", "StreamConnection", "RECV_SIZE"]
+__all__ = ["Connection", "PlainConnection", "StreamConnection", "RECV_SIZE"]
 
 RECV_SIZE = 256 * 1024
+INF = float("inf")
 
 
 class Connection:
-    """State shared by both transports: decoder, output buffer, lifecycle."""
+    """What both transports keep: decoder, output buffer, deadlines, lifecycle."""
 
     __slots__ = (
         "name",
@@ -40,12 +40,13 @@ class Connection:
         "decoder",
         "outbuf",
         "max_outbuf",
-        "scope",
         "closed",
         "closing",
+        "released",
         "overflowed",
         "authenticated",
-        "_writer_lot",
+        "auth_deadline",
+        "frame_deadline",
         "_drained",
     )
 
@@ -57,25 +58,32 @@ class Connection:
         self.decoder = FrameDecoder(max_frame)
         self.outbuf = bytearray()
         self.max_outbuf = max_outbuf
-        self.scope: trio.CancelScope | None = None
-        self.closed = False
-        self.closing = False  # shutting down: EOF once the buffer drains
+        self.closed = False  # no more writes
+        self.closing = False  # write out what is queued, then EOF
+        self.released = False  # the broker has been told this peer is gone
         self.overflowed = False
         self.authenticated = False
-        self._writer_lot = trio.lowlevel.ParkingLot()
+        #: Must authenticate by then (inf: done, or no token configured).
+        self.auth_deadline = INF
+        #: The frame that has started must be complete by then (inf: none started).
+        self.frame_deadline = INF
         self._drained = trio.Event()
 
-    async def receive_some(self) -> bytes:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @property
+    def deadline(self) -> float:
+        return self.auth_deadline if self.auth_deadline < self.frame_deadline else self.frame_deadline
 
     def write(self, data: bytes) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    async def write_loop(self) -> None:  # pragma: no cover - abstract
+    def start_closing(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def close(self) -> None:  # pragma: no cover - abstract
+    def abort(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    async def wait_drained(self) -> None:
+        await self._drained.wait()
 
     def _check_overflow(self) -> None:
         if len(self.outbuf) > self.max_outbuf:
@@ -83,55 +91,35 @@ class Connection:
             self.overflowed = True
             self.abort()
 
-    def start_closing(self) -> None:
-        """Finish writing what is queued, then send EOF (shutdown path)."""
-        self.closing = True
-        self._writer_lot.unpark()
 
-    async def wait_drained(self) -> None:
-        await self._drained.wait()
+class PlainConnection(Connection):
+    """Plain TCP, multiplexed by the reactor; written to directly when possible.
 
-    def abort(self) -> None:
-        """Drop the connection now; the server's cleanup tells the broker."""
-        self.closed = True
-        if self.scope is not None:
-            self.scope.cancel()
+    `on_backlog(conn, waiting)` tells the reactor whether the connection has
+    bytes waiting for the socket to become writable; `on_abort(conn)` asks it
+    to drop the connection.
+    """
 
+    __slots__ = ("sock", "fd", "lingering", "linger_deadline", "_on_backlog", "_on_abort")
 
-class SocketConnection(Connection):
-    """Plain TCP on a non-blocking socket, written to directly when possible."""
-
-    __slots__ = ("sock",)
-
-    def __init__(self, sock: socket.socket, name: str, host: str, role: str, max_frame: int, max_outbuf: int) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        name: str,
+        host: str,
+        role: str,
+        max_frame: int,
+        max_outbuf: int,
+        on_backlog: Callable[[PlainConnection, bool], None],
+        on_abort: Callable[[PlainConnection], None],
+    ) -> None:
         super().__init__(name, host, role, max_frame, max_outbuf)
         self.sock = sock
-
-    async def receive_some(self) -> bytes:
-        """Next chunk of bytes, b"" at end of stream or on a reset."""
-        sock = self.sock
-        # Try first: by the time a connection's task comes round again, its
-        # peer has usually answered already (measured: waiting first costs
-        # more than the failed recv it saves).
-        try:
-            data = sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            pass
-        except OSError:
-            return b""
-        else:
-            # Data was already there: yield once anyway, so that a busy
-            # connection cannot starve the others (and the flusher runs).
-            await trio.lowlevel.checkpoint()
-            return data
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                return sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return b""
+        self.fd = sock.fileno()
+        self.lingering = False  # hung up: discarding input until EOF
+        self.linger_deadline = INF
+        self._on_backlog = on_backlog
+        self._on_abort = on_abort
 
     def write(self, data: bytes) -> None:
         """Queue `data`, sending as much as the kernel takes right now."""
@@ -150,49 +138,57 @@ class SocketConnection(Connection):
             if sent == len(data):
                 return
             self.outbuf += memoryview(data)[sent:]
-            self._writer_lot.unpark()
+            self._on_backlog(self, True)
         self._check_overflow()
 
-    async def write_loop(self) -> None:
-        """Drain what `write` could not send at once; half-close when told to."""
-        sock = self.sock
-        while True:
-            if not self.outbuf:
-                if self.closing:
-                    try:
-                        sock.shutdown(socket.SHUT_WR)
-                    except OSError:
-                        pass
-                    self._drained.set()
-                    return
-                await self._writer_lot.park()
-                continue
-            await trio.lowlevel.wait_writable(sock)
+    def on_writable(self) -> None:
+        """The reactor saw the socket writable: send what is buffered."""
+        if self.outbuf:
             try:
-                sent = sock.send(self.outbuf)
+                sent = self.sock.send(self.outbuf)
             except BlockingIOError:
-                continue
+                return
             except OSError:
                 self.abort()
                 return
             del self.outbuf[:sent]
+            if self.outbuf:
+                return
+        self._on_backlog(self, False)
+        if self.closing:
+            self._send_eof()
 
-    def close(self) -> None:
-        self.closed = True
-        trio.lowlevel.notify_closing(self.sock)
-        self.sock.close()
+    def start_closing(self) -> None:
+        self.closing = True
+        if not self.outbuf:
+            self._send_eof()
+
+    def _send_eof(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self._drained.set()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._on_abort(self)
 
 
 class StreamConnection(Connection):
-    """A trio Stream (TLS): buffered writes, sent by the writer task."""
+    """A trio Stream (TLS): buffered writes, sent by `write_loop`."""
 
-    __slots__ = ("stream",)
+    __slots__ = ("stream", "scope", "_writer_lot")
 
     def __init__(self, stream: trio.abc.Stream, name: str, host: str, role: str, max_frame: int, max_outbuf: int) -> None:
         super().__init__(name, host, role, max_frame, max_outbuf)
         self.stream = stream
+        self.scope: trio.CancelScope | None = None
+        self._writer_lot = trio.lowlevel.ParkingLot()
 
     async def receive_some(self) -> bytes:
+        """Next chunk of bytes, b"" at end of stream or when broken."""
         try:
             return bytes(await self.stream.receive_some(RECV_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -221,15 +217,21 @@ class StreamConnection(Connection):
                 self.abort()
                 return
 
-    def close(self) -> None:
+    def start_closing(self) -> None:
+        self.closing = True
+        self._writer_lot.unpark()
+
+    def abort(self) -> None:
         self.closed = True
-        _close_stream_socket(self.stream)
+        if self.scope is not None:
+            self.scope.cancel()
 
-
-def _close_stream_socket(stream: Any) -> None:
-    """Close the socket under a (possibly wrapped) stream without awaiting."""
-    while hasattr(stream, "transport_stream"):
-        stream = stream.transport_stream
-    sock = getattr(stream, "socket", None)
-    if sock is not None:
-        sock.close()
+    def close(self) -> None:
+        """Close the socket under the stream without awaiting (cleanup path)."""
+        self.closed = True
+        stream: Any = self.stream
+        while hasattr(stream, "transport_stream"):
+            stream = stream.transport_stream
+        sock = getattr(stream, "socket", None)
+        if sock is not None:
+            sock.close()

@@ -1,0 +1,183 @@
+"""One task that reads every plain-TCP connection of a server.
+
+Why not a task per connection?  Measured on the 2-core benchmark machine: a
+trio task that parks in `wait_readable` and is woken again costs about 50 us
+of CPU per wake-up (the scheduler round, an `epoll_ctl` to re-arm the
+one-shot registration, the coroutine switch), against about 30 us for the
+entire recv/handle/send of a job.  With a task per connection the server
+pays that wake-up for every respond of every slave, and it was most of
+gloomd's CPU per job.
+
+So plain connections live in a private, level-triggered epoll set.  This
+task waits (through trio, cancellably, with a deadline) for that set to have
+events, then handles every ready connection synchronously, then flushes all
+output once: one trio wake-up per batch of ready sockets, however many.
+Structure is unchanged from the outside: the reactor is one task in the
+server's nursery, cancelling it closes every socket it holds, and each wait
+has a deadline for the connections' own timeouts (authentication, slow
+frames, lingering after an error).  TLS connections are not here: they keep
+a reader and a writer task each (`gloomd.transport.StreamConnection`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import select
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from .transport import INF, RECV_SIZE, PlainConnection
+
+__all__ = ["Reactor", "ReactorClient"]
+
+_IN = select.EPOLLIN | select.EPOLLRDHUP
+_OUT = select.EPOLLOUT
+_READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+
+#: Seconds a hung-up connection may keep sending before it is closed anyway.
+LINGER = 1.0
+
+
+class ReactorClient(Protocol):
+    """What the reactor needs from the server that owns it."""
+
+    def on_data(self, conn: PlainConnection, data: bytes) -> str | None:
+        """Handle bytes; a returned reason means: hang up (final frame queued)."""
+
+    def on_deadline(self, conn: PlainConnection) -> str:
+        """A connection's deadline passed; queue its final frame, return why."""
+
+    def release(self, conn: PlainConnection, reason: str) -> None:
+        """The peer is gone for the broker (called once per connection)."""
+
+    def flush(self) -> None:
+        """Write every peer's pending output."""
+
+
+class Reactor:
+    def __init__(self, client: ReactorClient, clock: Callable[[], float] = trio.current_time) -> None:
+        self._client = client
+        self._clock = clock
+        self._epoll = select.epoll()
+        self._conns: dict[int, PlainConnection] = {}
+        self._deadlines: list[tuple[float, int, PlainConnection]] = []
+        self._seq = itertools.count()  # tie-breaker: connections do not compare
+        self._wait_scope: trio.CancelScope | None = None  # set while the loop waits
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    # ------------------------------------------------------------ membership
+
+    def add(self, conn: PlainConnection) -> None:
+        self._conns[conn.fd] = conn
+        self._epoll.register(conn.fd, _IN)
+        self._schedule(conn, conn.deadline)
+
+    def set_backlog(self, conn: PlainConnection, waiting: bool) -> None:
+        """Watch for writability only while bytes wait (level-triggered)."""
+        if conn.fd in self._conns:
+            self._epoll.modify(conn.fd, _IN | _OUT if waiting else _IN)
+
+    def drop(self, conn: PlainConnection, reason: str = "closed") -> None:
+        """Forget and close a connection, telling the server first."""
+        conn.closed = True
+        if not conn.released:
+            self._client.release(conn, reason)
+        if self._conns.pop(conn.fd, None) is not None:
+            self._epoll.unregister(conn.fd)
+            conn.sock.close()
+
+    def hang_up(self, conn: PlainConnection, reason: str) -> None:
+        """Release the peer now; write its final frame, then close.
+
+        Closing a socket that still has unread input makes the kernel send
+        a reset, which can destroy the error frame we just wrote before the
+        client reads it; so send EOF once written, discard input until the
+        client closes, and close after at most LINGER seconds.
+        """
+        self._client.flush()  # the final frame leaves before the peer is forgotten
+        self._client.release(conn, reason)
+        conn.lingering = True
+        conn.auth_deadline = conn.frame_deadline = INF
+        conn.linger_deadline = self._clock() + LINGER
+        self._schedule(conn, conn.linger_deadline)
+        conn.start_closing()
+
+    # ------------------------------------------------------------ the loop
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        epoll = self._epoll
+        task_status.started()
+        try:
+            while True:
+                deadline = self._deadlines[0][0] if self._deadlines else INF
+                with trio.move_on_at(deadline) as self._wait_scope:
+                    await trio.lowlevel.wait_readable(epoll)
+                self._wait_scope = None
+                self._poll()
+        finally:
+            for conn in list(self._conns.values()):
+                self.drop(conn, "server_stopped")
+            trio.lowlevel.notify_closing(epoll)
+            epoll.close()
+
+    def _poll(self) -> None:
+        conns = self._conns
+        for fd, events in self._epoll.poll(0):
+            conn = conns.get(fd)
+            if conn is None:
+                continue
+            if events & _OUT:
+                conn.on_writable()
+            if events & _READ_EVENTS and fd in conns:
+                self._readable(conn)
+        if self._deadlines and self._deadlines[0][0] <= self._clock():
+            self._expire()
+        self._client.flush()
+
+    def _readable(self, conn: PlainConnection) -> None:
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if conn.lingering:
+            if not data:
+                self.drop(conn)
+            return
+        if not data:
+            self.drop(conn, "eof_mid_frame" if conn.decoder.pending else "eof")
+            return
+        before = conn.deadline
+        reason = self._client.on_data(conn, data)
+        if reason is not None:
+            self.hang_up(conn, reason)
+        elif conn.deadline != before:
+            self._schedule(conn, conn.deadline)
+
+    # ------------------------------------------------------------ deadlines
+
+    def _schedule(self, conn: PlainConnection, when: float) -> None:
+        if when < INF:
+            heapq.heappush(self._deadlines, (when, next(self._seq), conn))
+            scope = self._wait_scope
+            if scope is not None and when < scope.deadline:
+                scope.deadline = when  # the loop is waiting: wake it in time
+
+    def _expire(self) -> None:
+        now = self._clock()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            when, _, conn = heapq.heappop(heap)
+            if self._conns.get(conn.fd) is not conn:
+                continue  # closed since (and the fd maybe reused)
+            if conn.lingering:
+                if when == conn.linger_deadline:
+                    self.drop(conn)
+            elif when == conn.deadline:
+                self.hang_up(conn, self._client.on_deadline(conn))
