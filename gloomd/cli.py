@@ -133,7 +133,7 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
                 from . import scheduler
 
                 await nursery.start(
-                    _run_scheduler, scheduler, args, _connect_host(host), server.master_port
+                    _run_scheduler, scheduler, args, config, _connect_host(host), server.master_port
                 )
             print(ready, flush=True)
             async for signum in signals:
@@ -144,11 +144,28 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
 
 
 async def _run_scheduler(
-    scheduler: Any, args: argparse.Namespace, host: str, port: int, *, task_status: Any
+    scheduler: Any, args: argparse.Namespace, config: Config, host: str, port: int, *, task_status: Any
 ) -> None:
     await scheduler.serve_schedule(
-        args.schedule, state_path=args.schedule_state, master_addr=(host, port), task_status=task_status
+        args.schedule,
+        state_path=args.schedule_state,
+        master_addr=(host, port),
+        token=config.token,
+        ssl_context=_loopback_client_ssl() if config.ssl_context is not None else None,
+        task_status=task_status,
     )
+
+
+def _loopback_client_ssl() -> ssl.SSLContext:
+    """TLS for the scheduler's connection to its own daemon, in this process.
+
+    It dials this very process over loopback, so there is nobody to
+    authenticate: the certificate (issued for the public name) is not checked.
+    """
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def _is_loopback(host: str) -> bool:

@@ -17,6 +17,7 @@ and every waiting call fails with `MasterLinkError`.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 import trio
@@ -82,7 +83,7 @@ class _Outcome:
 
 
 class _Connection:
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.closed = False
         self.results: dict[Any, _Outcome] = {}
@@ -126,12 +127,23 @@ class MasterLink:
     :param connect_timeout: seconds to wait for the TCP connection.
     :param ack_timeout: seconds to wait for gloomd to acknowledge a submit;
         past it the connection is treated as dead.
+    :param token: sent as the first frame when the daemon requires one.
+    :param ssl_context: speak TLS (the daemon runs with `--tls-cert`).
     """
 
     def __init__(
-        self, host: str, port: int, *, connect_timeout: float = 5.0, ack_timeout: float = 30.0
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float = 5.0,
+        ack_timeout: float = 30.0,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.token = token
+        self.ssl_context = ssl_context
         self.connect_timeout = connect_timeout
         self.ack_timeout = ack_timeout
         self._conn: _Connection | None = None
@@ -158,11 +170,20 @@ class MasterLink:
         where = f"{self.host}:{self.port}"
         try:
             with trio.fail_after(self.connect_timeout):
-                stream = await trio.open_tcp_stream(self.host, self.port)
+                stream: trio.abc.Stream = await trio.open_tcp_stream(self.host, self.port)
+                if self.ssl_context is not None:
+                    stream = trio.SSLStream(stream, self.ssl_context, server_hostname=self.host)
+                    await stream.do_handshake()
+                if self.token is not None:
+                    # The daemon answers {"ok":true} (ignored by dispatch) or
+                    # refuses and closes, which fails the next call clearly.
+                    await stream.send_all(encode_frame({"action": "auth", "token": self.token}))
         except trio.TooSlowError as exc:
             raise MasterLinkError(f"cannot reach gloomd at {where}: timed out") from exc
         except OSError as exc:
             raise MasterLinkError(f"cannot reach gloomd at {where}: {_why(exc)}") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise MasterLinkError(f"cannot reach gloomd at {where}: {exc!r}") from exc
         conn = self._conn = _Connection(stream)
         self._nursery.start_soon(self._read, conn)
         return conn

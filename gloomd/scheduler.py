@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import pathlib
+import ssl
 import threading
 import time
 import traceback
@@ -135,6 +136,8 @@ class JobScheduler:
         skips that fire ("not on this host").  `should_job_run` is accepted as
         an alias, the name pykit's code actually used.
     :param master_addr: gloomd's master `(host, port)`, needed by `submit` jobs.
+    :param master_token: the daemon's shared token, when it requires one.
+    :param master_ssl: TLS context for the master connection, when the daemon uses TLS.
     :param wall_clock: epoch seconds now; `time.time` unless a test drives it.
     :param max_sleep: longest sleep between wall-clock reads, in seconds.
     """
@@ -148,6 +151,8 @@ class JobScheduler:
         *,
         should_job_run: Callable[[Mapping[str, Any]], Any] | None = None,
         master_addr: tuple[str, int] | None = None,
+        master_token: str | None = None,
+        master_ssl: ssl.SSLContext | None = None,
         wall_clock: Callable[[], float] = time.time,
         max_sleep: float = 60.0,
     ) -> None:
@@ -156,6 +161,8 @@ class JobScheduler:
         self._filter = filter_job if filter_job is not None else should_job_run
         self._dump_status = dump_status
         self._master_addr = master_addr
+        self._master_token = master_token
+        self._master_ssl = master_ssl
         self._wall_clock = wall_clock
         self.max_sleep = max_sleep
         # Guards jobs and status against add_job/delete_job from other threads
@@ -340,7 +347,8 @@ class JobScheduler:
                     self._nursery = nursery
                     if self._master_addr is not None:
                         host, port = self._master_addr
-                        self._link = await nursery.start(MasterLink(host, port).run)
+                        link = MasterLink(host, port, token=self._master_token, ssl_context=self._master_ssl)
+                        self._link = await nursery.start(link.run)
                     self._dirty = True
                     task_status.started(self)
                     await self._loop()
@@ -616,6 +624,8 @@ async def serve_schedule(
     *,
     state_path: pathlib.Path | None = None,
     master_addr: tuple[str, int] | None = None,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[JobScheduler] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the jobs of a schedule TOML file until cancelled (`gloomd --schedule FILE`).
@@ -634,6 +644,8 @@ async def serve_schedule(
         dump_status=writer.submit,
         reload_status=state.reload,
         master_addr=master_addr,
+        master_token=token,
+        master_ssl=ssl_context,
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer.run)
