@@ -55,20 +55,26 @@ class Proxy:
                 await changed.wait()
 
     async def _handle(self, client: trio.SocketStream) -> None:
-        server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        try:
+            server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        except BaseException:
+            await trio.aclose_forcefully(client)
+            raise
         pair = _Pair(self.connections, client, server)
         self.connections += 1
         self.pairs.append(pair)
         self._notify()
-        with pair.scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, pair, client, server, True, nursery.cancel_scope)
-                nursery.start_soon(self._pump, pair, server, client, False, nursery.cancel_scope)
-        for stream in (client, server):
+        try:
+            with pair.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump, pair, client, server, True, nursery.cancel_scope)
+                    nursery.start_soon(self._pump, pair, server, client, False, nursery.cancel_scope)
+        finally:
             with trio.CancelScope(shield=True):
-                await stream.aclose()
-        self.pairs.remove(pair)
-        self._notify()
+                for stream in (client, server):
+                    await stream.aclose()
+            self.pairs.remove(pair)
+            self._notify()
 
     async def _pump(
         self, pair: _Pair, source: trio.SocketStream, sink: trio.SocketStream, record: bool, scope: trio.CancelScope

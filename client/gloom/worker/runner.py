@@ -424,6 +424,12 @@ class Runner:
             if slot.proc is None and not await self._spawn_for(slot):
                 return
             while not (self._stopping or slot.retire):
+                if slot.proc is None or not slot.proc.alive:
+                    # Its job was abandoned (link lost) and the process killed:
+                    # join again only with a live process behind the slot.
+                    await self._ready_process(slot)
+                    if slot.proc is None:
+                        break
                 slot.state = "connecting"
                 ended = "lost"
                 try:
