@@ -137,7 +137,7 @@ class TypeQueue:
 
     __slots__ = ("type", "key", "heap", "queued", "running", "slaves", "idle")
 
-    def __init__(self, job_type: Any, key: bytes) -> None:
+    def __init__(self, job_type: Any, key: bytes | str) -> None:
         self.type = job_type
         self.key = key
         self.heap: list[tuple[int, int, Job]] = []
@@ -161,7 +161,7 @@ class Broker:
         self.limits = limits or BrokerLimits()
         self._clock = clock or _zero_clock
         self.jobs: dict[JobId, Job] = {}
-        self.types: dict[bytes, TypeQueue] = {}
+        self.types: dict[bytes | str, TypeQueue] = {}
         self.masters: set[MasterPeer] = set()
         self.slaves: set[SlavePeer] = set()
         #: Peers whose outbox gained frames since the I/O layer last looked.
@@ -312,7 +312,7 @@ class Broker:
         else:
             self._enqueue(job)
 
-    def _queue_for(self, job_type: Any, key: bytes) -> TypeQueue:
+    def _queue_for(self, job_type: Any, key: bytes | str) -> TypeQueue:
         queue = self.types.get(key)
         if queue is None:
             queue = self.types[key] = TypeQueue(job_type, key)

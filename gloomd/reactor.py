@@ -66,6 +66,8 @@ class Reactor:
         self._deadlines: list[tuple[float, int, PlainConnection]] = []
         self._seq = itertools.count()  # tie-breaker: connections do not compare
         self._wait_scope: trio.CancelScope | None = None  # set while the loop waits
+        self._buffer = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buffer)
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -140,12 +142,17 @@ class Reactor:
         self._client.flush()
 
     def _readable(self, conn: PlainConnection) -> None:
+        # One buffer for every connection (reads are handled one at a time),
+        # then a copy of just what arrived: `recv(256 KiB)` would allocate,
+        # zero-fill, shrink and free a fresh 256 KiB block per call, which
+        # showed up as mmap/mremap/munmap and page faults on every read.
         try:
-            data = conn.sock.recv(RECV_SIZE)
+            size = conn.sock.recv_into(self._buffer)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
+            size = 0
+        data = self._view[:size].tobytes()
         if conn.lingering:
             if not data:
                 self.drop(conn)

@@ -61,6 +61,11 @@ def test_types_match_by_canonical_json() -> None:
     assert [f["id"] for f in k.out(s_float)] == ["x"]
     assert [f["id"] for f in k.out(s_obj)] == ["y"]
     assert [f["id"] for f in k.out(s_int)] == ["z"]
+    # A string type never matches a number whose JSON reads the same.
+    s_str = k.slave("1", "str")
+    k.submit(m, "w", job_type="1")
+    assert [f["id"] for f in k.out(s_str)] == ["w"]
+    assert k.out(s_int) == []
 
 
 def test_ids_compare_exactly() -> None:
