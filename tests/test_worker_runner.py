@@ -230,7 +230,7 @@ async def test_recycling_changes_pid_and_loses_nothing(start_worker: StartWorker
     stats = await master.stats()
     assert stats["totals"]["completed"] == 12 and stats["totals"]["requeued"] == 0
     recycled = [e for e in runner.events if e.kind == "recycled"]
-    assert len(recycled) == 4
+    assert len(recycled) == sum(1 for count in per_pid.values() if count == 3) >= 2
     # Each successor was started while its predecessor ran its last job: never
     # more than one spawn per recycle, and the pool is at size afterwards.
     assert runner.stats.spawned == 2 + len(recycled)
@@ -262,6 +262,8 @@ async def test_never_more_jobs_than_processes(
     assert sorted(r["tag"] for r in results) == list(range(6))
     assert runner.stats.max_busy == 2
     # One credit per join plus one per answer: completed jobs + pool size.
+    # (The master can see a result before the runner has read the daemon's ok.)
+    await runner.wait_for(lambda: runner.stats.answers == 6)
     assert runner.stats.credits == 6 + 2
 
 

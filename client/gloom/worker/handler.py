@@ -120,6 +120,8 @@ def resolve(spec: HandlerSpec) -> Handler:
             raise HandlerNotFound(f"handler {spec.path!r}: class {target.__name__!r} has no method {method!r}")
         # Look at the function as it will be bound to an instance.
         probe = getattr(target, method)
+        if not callable(probe):
+            raise HandlerNotFound(f"handler {spec.path!r}: {target.__name__}.{method} is not callable")
         if isinstance(fn, (staticmethod, classmethod)) or not inspect.isfunction(probe):
             call = probe
         else:
