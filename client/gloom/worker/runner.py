@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 import os
 import signal
 from collections.abc import Callable
@@ -54,6 +55,8 @@ RETIRE_TIMEOUT = 5.0
 #: Burst mode re-reads the daemon's stats this often while another runner's
 #: jobs of our type are still running (our own state changes wake it at once).
 BURST_POLL = 0.2
+#: How many events `Runner.events` keeps.
+EVENT_LOG = 10_000
 
 
 @dataclass
@@ -185,10 +188,12 @@ class Runner:
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
         self.stats = RunnerStats()
-        self.events: list[WorkerEvent] = []
+        #: The latest events (bounded: a long-running worker must not grow).
+        self.events: deque[WorkerEvent] = deque(maxlen=EVENT_LOG)
         self.slots: dict[int, Slot] = {}
         #: Every pool process pid this runner started (for orphan checks).
         self.pids_ever: list[int] = []
+        self._procs: set[PoolProcess] = set()  # alive, whatever slot (if any) holds them
         self._type_key = jsoncodec.canonical(options.type)
         self._changed = trio.Event()
         self._stop_event = trio.Event()
@@ -305,6 +310,11 @@ class Runner:
             try:
                 await self._start(task_status)
             finally:
+                # Normally none is left; this catches one caught mid-way by a
+                # cancel (e.g. a successor that finished starting as we stopped).
+                with trio.CancelScope(shield=True):
+                    for proc in list(self._procs):
+                        await proc.kill()
                 proc_nursery.cancel_scope.cancel()
 
     async def _start(self, task_status: trio.TaskStatus[Runner]) -> None:
@@ -394,9 +404,12 @@ class Runner:
     def _register(self, proc: PoolProcess, slot: Slot | None) -> None:
         self.stats.spawned += 1
         self.pids_ever.append(proc.pid)
+        if proc.alive:
+            self._procs.add(proc)
         self._emit("spawned", slot, pid=proc.pid)
 
     def _on_exit(self, proc: PoolProcess) -> None:
+        self._procs.discard(proc)
         self._emit("exited", pid=proc.pid, exitcode=proc.exitcode)
 
     def _add_slot(self, proc: PoolProcess | None) -> Slot:
@@ -573,7 +586,8 @@ class Runner:
         else:
             self._register(proc, slot)
             if self._stopping or slot.retire:
-                await proc.retire(RETIRE_TIMEOUT)
+                with trio.CancelScope(shield=True):
+                    await proc.retire(RETIRE_TIMEOUT)
             else:
                 slot.successor = proc
         finally:
