@@ -342,8 +342,6 @@ class Runner:
                         log.info("event=ready type=%s slots=%d", _short(opts.type), len(self.slots))
                         self._emit("ready", slots=len(self.slots))
                         task_status.started(self)
-                        if self._stopping and not self._stop_event.is_set():
-                            self._stop_event.set()
                         if opts.scaling:
                             aux.start_soon(self._scaler, master)
                         if opts.burst:
@@ -374,8 +372,8 @@ class Runner:
         await stream.aclose()
 
     async def _spawn_initial(self, count: int) -> list[PoolProcess]:
-        """Start the first process alone (it proves the handler resolves and
-        warms the fork server), then the rest side by side."""
+        """Start the first process alone (it proves the handler resolves, so a
+        bad path fails once, not N times), then the rest side by side."""
         assert self._factory is not None
         first = await self._factory.spawn()
         self._register(first, None)
