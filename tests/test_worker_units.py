@@ -179,3 +179,17 @@ async def test_cli_class_args_and_burst(gloomd_server: Any, master: gloom.AsyncM
         done = await trio.run_process(cmd, check=False)
     assert done.returncode == 0
     assert [(await job.wait(1))["count"] for job in jobs] == [7, 7, 7, 7]
+
+
+def test_registers_as_a_gloom_subcommand(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """What the lead wires: ``gloom.worker.cli`` in `gloom.cli.COMMAND_MODULES`."""
+    from gloom import cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "gloom.worker.cli"])
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["worker", "--type", "t", "--handler", "m:f", "--slave-port", "1", "--min", "1", "--max", "3", "--class-args", "[1]"]
+    )
+    assert (args.type, args.handler, args.slave_port, args.min, args.max, args.class_args) == ("t", "m:f", 1, 1, 3, [1])
+    assert cli.main(["worker", "--type", "t", "--handler", "workerjobs.jobs:nope", "--import-path", TESTS_DIR]) == 2
+    assert "has no attribute 'nope'" in capsys.readouterr().err
