@@ -381,14 +381,22 @@ class Broker:
         self._send(slave, OK_FRAME)
         self._slave_ready(slave)
 
-    def _respond(self, slave: SlavePeer, body: Any) -> None:
+    def _hand_back(self, slave: SlavePeer) -> Job | None:
+        """The slave is done with its job (respond or fail): ack, and return
+        the job if its master still wants an answer (None for an orphan)."""
         job = slave.job
         assert job is not None
         slave.job = None
         self._send(slave, OK_FRAME)
-        if job.state == RUNNING:
-            assert slave.queue is not None
-            slave.queue.running -= 1
+        if job.state != RUNNING:
+            return None
+        assert slave.queue is not None
+        slave.queue.running -= 1
+        return job
+
+    def _respond(self, slave: SlavePeer, body: Any) -> None:
+        job = self._hand_back(slave)
+        if job is not None:
             self.totals["completed"] += 1
             self._finish(job, {"id": job.id, "body": body}, ok=True)
         self._slave_ready(slave)
@@ -400,18 +408,10 @@ class Broker:
             self._send(job.master, {"id": job.id, "progress": body})
 
     def _fail(self, slave: SlavePeer, msg: m.Fail) -> None:
-        job = slave.job
-        assert job is not None
-        slave.job = None
-        self._send(slave, OK_FRAME)
-        if job.state == RUNNING:
-            assert slave.queue is not None
-            slave.queue.running -= 1
+        job = self._hand_back(slave)
+        if job is not None:
             self.totals["failed"] += 1
-            if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "event=failure id=%r category=%s slave=%s", job.id, msg.category, slave.name
-                )
+            log.info("event=failure id=%r category=%s slave=%s", job.id, msg.category, slave.name)
             frame = {"error": "job_error", "reason": msg.reason, "id": job.id, "category": msg.category}
             self._finish(job, frame, ok=False)
         self._slave_ready(slave)
