@@ -23,6 +23,7 @@ from .errors import (
     ProtocolError,
     ServerError,
     TransportError,
+    Unauthorized,
     WaitTimeout,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "SlaveJob",
     "SyncJob",
     "TransportError",
+    "Unauthorized",
     "WaitTimeout",
     "new_job_id",
     "open_master",

@@ -21,7 +21,7 @@ from gloomd import jsoncodec
 
 from ._render import count_bar, job_bar, progress_fraction, stats_table, stderr_console, to_json
 from ._trio_master import AsyncMaster, Job, open_master
-from .cli import EXIT_FAILED, EXIT_OK, Command, UsageError
+from .cli import EXIT_FAILED, EXIT_OK, Command, UsageError, connection_security
 from .errors import GloomError, JobError, ServerError, WaitTimeout
 
 __all__ = ["COMMANDS"]
@@ -106,7 +106,7 @@ def _run_submit(args: argparse.Namespace) -> int:
 
 
 async def _submit(args: argparse.Namespace) -> int:
-    async with open_master(args.host, args.master_port) as master:
+    async with open_master(args.host, args.master_port, **connection_security(args)) as master:
         specs = [
             {
                 "type": args.type,
@@ -237,7 +237,7 @@ def _configure_id(parser: argparse.ArgumentParser) -> None:
 
 def _run_result(args: argparse.Namespace) -> int:
     async def fetch() -> int:
-        async with open_master(args.host, args.master_port) as master:
+        async with open_master(args.host, args.master_port, **connection_security(args)) as master:
             try:
                 value = await master.result(args.id)
             except ServerError as exc:
@@ -257,7 +257,7 @@ def _run_result(args: argparse.Namespace) -> int:
 
 def _run_cancel(args: argparse.Namespace) -> int:
     async def cancel() -> int:
-        async with open_master(args.host, args.master_port) as master:
+        async with open_master(args.host, args.master_port, **connection_security(args)) as master:
             await master.cancel(args.id)
         print(f"cancelled {args.id}")
         return EXIT_OK
@@ -283,7 +283,7 @@ def _run_stats(args: argparse.Namespace) -> int:
 
 
 async def _stats(args: argparse.Namespace) -> int:
-    async with open_master(args.host, args.master_port) as master:
+    async with open_master(args.host, args.master_port, **connection_security(args)) as master:
         stats = await master.stats()
         if args.json:
             _print_result(stats)

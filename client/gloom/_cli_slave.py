@@ -29,7 +29,7 @@ import trio
 from gloomd import jsoncodec
 
 from ._trio_slave import SlaveJob, open_slave
-from .cli import EXIT_OK, Command, UsageError
+from .cli import EXIT_OK, Command, UsageError, connection_security
 from .errors import TransportError
 
 __all__ = ["COMMANDS", "command_outcome"]
@@ -63,15 +63,15 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("give the command to run after --, e.g. gloom slave TYPE -- cat")
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
-    return trio.run(_serve_all, args, command)
+    return trio.run(_serve_all, args, command, connection_security(args))
 
 
-async def _serve_all(args: argparse.Namespace, command: list[str]) -> int:
+async def _serve_all(args: argparse.Namespace, command: list[str], security: dict[str, Any]) -> int:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         async with trio.open_nursery() as slaves:
             for _ in range(args.concurrency):
-                await slaves.start(_serve_one, args, command)
+                await slaves.start(_serve_one, args, command, security)
             if not args.quiet:
                 print(
                     f"gloom slave: serving {args.type!r} with {args.concurrency} connection(s)",
@@ -92,9 +92,10 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 async def _serve_one(
     args: argparse.Namespace,
     command: list[str],
+    security: dict[str, Any],
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async with open_slave(args.host, args.slave_port) as slave:
+    async with open_slave(args.host, args.slave_port, **security) as slave:
         await slave.join(args.type)
         task_status.started()
         async for job in slave.jobs():

@@ -158,11 +158,11 @@ class MasterProtocol:
         if error is not None and error not in _OUTCOME_ERRORS:
             head = self._requests.head()
             if head is None:
-                return [Notice(ServerError(frame))]
+                return [Notice(error_from_frame(frame))]
             self._requests.pop(frame)
             if head.kind == "submit":
                 self._forget_unacked(head)
-            head.resolve(error=ServerError(frame))
+            head.resolve(error=error_from_frame(frame))
             return [Answered(head)]
         if error is not None:
             failure = error_from_frame(frame)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import GloomError, ProtocolError, ServerError
+from .errors import GloomError, ProtocolError, ServerError, error_from_frame
 from ._protocol import Request, RequestQueue, decode_frames, encode, new_decoder
 
 __all__ = ["CATEGORIES", "Answered", "JobOffered", "Notice", "SlaveProtocol"]
@@ -82,10 +82,10 @@ class SlaveProtocol:
             elif "error" in frame:
                 head = self._requests.head()
                 if head is None:
-                    events.append(Notice(ServerError(frame)))
+                    events.append(Notice(error_from_frame(frame)))
                 else:
                     self._requests.pop(frame)
-                    head.resolve(error=ServerError(frame))
+                    head.resolve(error=error_from_frame(frame))
                     events.append(Answered(head))
             else:
                 raise ProtocolError(f"unexpected frame from gloomd: {frame!r:.200}")

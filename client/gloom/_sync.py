@@ -16,13 +16,16 @@ import: same class names, same positional arguments, same `Job` dict with
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 import time
 from collections import deque
 from typing import Any, Iterable, Iterator, Mapping
 
 from ._master_protocol import Answered, Finished, MasterProtocol, Notice
 from ._protocol import Request
+from ._security import AuthHandshake, client_ssl_context, resolve_token
 from ._slave_protocol import JobOffered, SlaveProtocol
 from ._slave_protocol import Notice as SlaveNotice
 from ._trio_master import SUBMIT_KEYS, new_job_id
@@ -72,13 +75,27 @@ def _address(addr: Any, port: int | None, default_port: int) -> Address:
 
 
 class _Connection:
-    """A blocking socket plus deadline bookkeeping shared by Master and Slave."""
+    """A blocking socket plus deadline bookkeeping shared by Master and Slave.
 
-    def __init__(self, addr: Address, timeout: float | None) -> None:
+    `open` also does TLS and the auth exchange when configured, so a
+    reconnecting slave is wrapped and authenticated exactly like the first
+    connection was.
+    """
+
+    def __init__(
+        self,
+        addr: Address,
+        timeout: float | None,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
+    ) -> None:
         self.addr = addr
         self.timeout = timeout
+        self.ssl_context = ssl_context
+        self.token = token
         self.sock: socket.socket | None = None
         self.error: GloomError | None = None
+        self._leftover = b""  # bytes read past the auth reply
 
     @property
     def peer(self) -> str:
@@ -91,8 +108,35 @@ class _Connection:
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise TransportError(f"cannot reach gloomd at {self.peer}: {reason}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            if self.ssl_context is not None:
+                try:
+                    sock = self.ssl_context.wrap_socket(sock, server_hostname=self.addr[0])
+                except (OSError, ValueError) as exc:
+                    raise TransportError(f"TLS handshake with gloomd at {self.peer} failed: {exc}") from None
+            self._leftover = b"" if self.token is None else self._authenticate(sock, self.token)
+        except BaseException:
+            sock.close()
+            raise
         self.sock = sock
         self.error = None
+
+    def _authenticate(self, sock: socket.socket, token: str) -> bytes:
+        """Send the auth frame and read its reply (bounded by the connect timeout)."""
+        handshake = AuthHandshake(token)
+        try:
+            sock.settimeout(self.timeout or 10.0)
+            sock.sendall(handshake.request)
+            while True:
+                data = sock.recv(_READ_SIZE)
+                if not data:
+                    raise TransportError(f"gloomd at {self.peer} closed the connection during auth")
+                if handshake.receive_data(data):
+                    return handshake.leftover
+        except TimeoutError:
+            raise TransportError(f"no answer to auth from gloomd at {self.peer}") from None
+        except OSError as exc:
+            raise TransportError(f"connection to gloomd at {self.peer} lost during auth: {exc}") from None
 
     def close(self) -> None:
         if self.sock is not None:
@@ -128,6 +172,9 @@ class _Connection:
 
     def recv(self, deadline: float | None) -> bytes:
         sock = self.check()
+        if self._leftover:
+            data, self._leftover = self._leftover, b""
+            return data
         try:
             sock.settimeout(_remaining(deadline))
             data = sock.recv(_READ_SIZE)
@@ -154,7 +201,9 @@ class Master:
 
     ``Master()`` connects to 127.0.0.1:9998; ``Master(("host", port))`` or
     ``Master("host", port)`` elsewhere.  `timeout` is the default time limit
-    of each call, in seconds (None waits forever).
+    of each call, in seconds (None waits forever).  `token` / `token_file` /
+    $GLOOMD_TOKEN and `ssl_context` / `tls` / `tls_ca` work as for
+    `gloom.open_master`; a refused token raises `Unauthorized`.
     """
 
     def __init__(
@@ -163,8 +212,18 @@ class Master:
         port: int | None = None,
         *,
         timeout: float | None = None,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        tls: bool = False,
+        tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._conn = _Connection(_address(addr, port, 9998), timeout)
+        self._conn = _Connection(
+            _address(addr, port, 9998),
+            timeout,
+            client_ssl_context(ssl_context, tls=tls, tls_ca=tls_ca),
+            resolve_token(token, token_file),
+        )
         self._proto = MasterProtocol()
         self._results: deque[Job | ServerError] = deque()
         #: Latest progress value per job id still running (progress frames
@@ -332,7 +391,9 @@ class Slave:
     daemon goes away while the slave waits for a job, it reconnects after
     `reconnect_delay` seconds, doubling up to `max_reconnect_delay`, and
     re-joins; a job held when the connection died cannot be answered
-    (`TransportError`): the daemon requeues it.
+    (`TransportError`): the daemon requeues it.  Security options as for
+    `Master`; every reconnect authenticates again, and a token refused then
+    raises `Unauthorized` from `job()`.
     """
 
     def __init__(
@@ -344,8 +405,18 @@ class Slave:
         reconnect: bool = True,
         reconnect_delay: float = 1.0,
         max_reconnect_delay: float = 30.0,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        tls: bool = False,
+        tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._conn = _Connection(_address(addr, port, 9999), timeout)
+        self._conn = _Connection(
+            _address(addr, port, 9999),
+            timeout,
+            client_ssl_context(ssl_context, tls=tls, tls_ca=tls_ca),
+            resolve_token(token, token_file),
+        )
         self._proto = SlaveProtocol()
         self._offers: deque[Job] = deque()
         self._reconnect = reconnect

@@ -17,34 +17,123 @@ large writes.
 from __future__ import annotations
 
 import math
+import ssl
 from typing import Callable
 
 import trio
 
+from ._security import AuthHandshake
 from .errors import GloomError, ProtocolError, TransportError
 
-__all__ = ["FrameConnection", "connect"]
+__all__ = ["FrameConnection", "StartedStream", "connect"]
 
 _READ_SIZE = 256 * 1024
 _WRITE_BATCH = 1024 * 1024
 
 
-async def connect(host: str, port: int, timeout: float | None = 10.0) -> trio.SocketStream:
-    """Open a TCP stream to gloomd, turning every failure into `TransportError`."""
+async def connect(
+    host: str,
+    port: int,
+    timeout: float | None = 10.0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    token: str | None = None,
+) -> trio.abc.Stream:
+    """Open a stream to gloomd, in TLS and authenticated when asked.
+
+    Everything (TCP, TLS handshake, auth exchange) shares one `timeout`.  A
+    failure to connect or to complete TLS is a `TransportError`; a refused
+    token is `Unauthorized`.  Bytes that followed the auth reply, if any, are
+    returned first by the stream (see `StartedStream`).
+    """
+    where = f"{host}:{port}"
+    stream: trio.abc.Stream | None = None
+    phase = "connection"
     try:
         with trio.fail_after(math.inf if timeout is None else timeout):
-            return await trio.open_tcp_stream(host, port)
+            stream = await trio.open_tcp_stream(host, port)
+            if ssl_context is not None:
+                phase = "TLS handshake"
+                stream = trio.SSLStream(stream, ssl_context, server_hostname=host)
+                await stream.do_handshake()
+            leftover = b""
+            if token is not None:
+                phase = "auth"
+                leftover = await _authenticate(stream, token, where)
+            return StartedStream(stream, leftover)
     except trio.TooSlowError:
-        raise TransportError(f"cannot reach gloomd at {host}:{port}: timed out") from None
+        await _close_quietly(stream)
+        raise TransportError(f"cannot reach gloomd at {where}: {phase} timed out") from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        await _close_quietly(stream)
+        cause = exc.__cause__ or exc
+        raise TransportError(f"{phase} with gloomd at {where} failed: {cause}") from None
     except OSError as exc:
+        await _close_quietly(stream)
         reason = exc.strerror or str(exc)
-        raise TransportError(f"cannot reach gloomd at {host}:{port}: {reason}") from None
+        raise TransportError(f"cannot reach gloomd at {where}: {reason}") from None
+    except BaseException:
+        await _close_quietly(stream)
+        raise
+
+
+async def _authenticate(stream: trio.abc.Stream, token: str, where: str) -> bytes:
+    """Send the auth frame and wait for its reply; returns bytes read past it."""
+    handshake = AuthHandshake(token)
+    await stream.send_all(handshake.request)
+    while True:
+        data = await stream.receive_some(_READ_SIZE)
+        if not data:
+            # gloomd always says why before closing; silence means something
+            # else hung up (a TLS-only port, a proxy, not gloomd).
+            raise TransportError(f"gloomd at {where} closed the connection during auth")
+        if handshake.receive_data(data):
+            return handshake.leftover
+
+
+async def _close_quietly(stream: trio.abc.Stream | None) -> None:
+    if stream is not None:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+
+
+class StartedStream(trio.abc.Stream):
+    """A connected stream plus the bytes already read from it during auth.
+
+    Wrapping rather than returning a pair keeps `connect`'s callers unchanged:
+    they get a Stream, and the first `receive_some` returns the leftover.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, leftover: bytes = b"") -> None:
+        self.stream = stream
+        self._leftover = leftover
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._leftover:
+            data, self._leftover = self._leftover, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        send_eof = getattr(self.stream, "send_eof", None)
+        if send_eof is not None:
+            await send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 class FrameConnection:
     """One connected stream.  `run` returns the error that ended it."""
 
-    def __init__(self, stream: trio.SocketStream, peer: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, peer: str) -> None:
         self.peer = peer
         self._stream = stream
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[bytes](math.inf)

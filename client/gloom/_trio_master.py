@@ -8,6 +8,8 @@ handles and wakes whoever waits for them; the protocol state machine
 from __future__ import annotations
 
 import math
+import os
+import ssl
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Iterable, Mapping
@@ -16,6 +18,7 @@ import trio
 
 from ._master_protocol import Answered, Finished, MasterProtocol, Notice, Progressed
 from ._protocol import JobState, Request
+from ._security import client_ssl_context, resolve_token
 from ._trio_connection import FrameConnection, connect
 from .errors import GloomError, JobCancelled, ServerError, TransportError, WaitTimeout
 
@@ -321,15 +324,35 @@ class AsyncMaster:
 
 @asynccontextmanager
 async def open_master(
-    host: str = "127.0.0.1", port: int = 9998, *, connect_timeout: float | None = 10.0
+    host: str = "127.0.0.1",
+    port: int = 9998,
+    *,
+    connect_timeout: float | None = 10.0,
+    token: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    tls: bool = False,
+    tls_ca: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[AsyncMaster]:
     """Connect to gloomd's master port for the duration of the block.
 
     Raises `TransportError` at once if the daemon cannot be reached.  Leaving
     the block closes the connection; gloomd then drops this master's queued
     jobs (detached ones excepted).
+
+    Security (both off unless asked for): `token`, else `token_file`'s first
+    line, else $GLOOMD_TOKEN is presented in an auth frame before anything
+    else, and a refusal raises `Unauthorized`.  `ssl_context`, or `tls=True`
+    with an optional CA file `tls_ca`, wraps the connection in TLS with the
+    daemon's certificate checked against `host`.
     """
-    stream = await connect(host, port, connect_timeout)
+    stream = await connect(
+        host,
+        port,
+        connect_timeout,
+        ssl_context=client_ssl_context(ssl_context, tls=tls, tls_ca=tls_ca),
+        token=resolve_token(token, token_file),
+    )
     master = AsyncMaster(FrameConnection(stream, f"{host}:{port}"))
     body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:

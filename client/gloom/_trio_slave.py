@@ -16,6 +16,8 @@ carry the daemon's job-frame extras.
 from __future__ import annotations
 
 import math
+import os
+import ssl
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -23,8 +25,9 @@ import trio
 
 from ._slave_protocol import Answered, JobOffered, Notice, SlaveProtocol
 from ._protocol import Request
+from ._security import client_ssl_context, resolve_token
 from ._trio_connection import FrameConnection, connect
-from .errors import GloomError, ProtocolError, TransportError
+from .errors import GloomError, ProtocolError, TransportError, Unauthorized
 
 __all__ = ["AsyncSlave", "SlaveJob", "open_slave"]
 
@@ -113,6 +116,8 @@ class AsyncSlave:
         reconnect_delay: float,
         max_reconnect_delay: float,
         connect_timeout: float | None,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -121,6 +126,8 @@ class AsyncSlave:
         self._delay = reconnect_delay
         self._max_delay = max_reconnect_delay
         self._connect_timeout = connect_timeout
+        self._ssl_context = ssl_context
+        self._token = token
         self._type: Any = _UNSET
         self._offers_send, self._offers = trio.open_memory_channel[SlaveJob](math.inf)
         self._new_link = trio.Event()
@@ -155,6 +162,8 @@ class AsyncSlave:
             try:
                 job = await self._offers.receive()
             except trio.EndOfChannel:
+                if isinstance(self._closed, Unauthorized):
+                    raise Unauthorized(self._closed.reason) from None
                 raise TransportError(str(self._closed)) from None
             if job.alive:
                 return job
@@ -167,6 +176,8 @@ class AsyncSlave:
 
     async def _current_link(self) -> _Link:
         while not self._link.alive:
+            if isinstance(self._closed, Unauthorized):
+                raise Unauthorized(self._closed.reason)
             if self._closed is not None:
                 raise TransportError(str(self._closed))
             await self._new_link.wait()
@@ -204,11 +215,15 @@ class AsyncSlave:
         while True:
             error = await self._serve(link)
             if not self._reconnect:
-                self._closed = error
-                self._offers_send.close()
-                self._new_link.set()
+                self._stop(error)
                 return
-            link = await self._reconnect_link()
+            try:
+                link = await self._reconnect_link()
+            except Unauthorized as refused:
+                # The daemon came back with another token: retrying cannot
+                # help, so the slave stops and says why.
+                self._stop(refused)
+                return
             self._link = link
             self.reconnects += 1
             event, self._new_link = self._new_link, trio.Event()
@@ -218,12 +233,24 @@ class AsyncSlave:
                 request, data = link.protocol.join(self._type)
                 link.connection.send_nowait(data)
 
+    def _stop(self, error: GloomError) -> None:
+        self._closed = error
+        self._offers_send.close()
+        self._new_link.set()
+
     async def _reconnect_link(self) -> _Link:
+        """A new connection, in TLS and authenticated again as the first one was."""
         delay = self._delay
         while True:
             await trio.sleep(delay)
             try:
-                stream = await connect(self.host, self.port, self._connect_timeout)
+                stream = await connect(
+                    self.host,
+                    self.port,
+                    self._connect_timeout,
+                    ssl_context=self._ssl_context,
+                    token=self._token,
+                )
             except TransportError:
                 delay = min(delay * 2, self._max_delay)
                 continue
@@ -253,6 +280,11 @@ async def open_slave(
     reconnect_delay: float = 1.0,
     max_reconnect_delay: float = 30.0,
     connect_timeout: float | None = 10.0,
+    token: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    tls: bool = False,
+    tls_ca: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[AsyncSlave]:
     """Connect to gloomd's slave port for the duration of the block.
 
@@ -260,8 +292,14 @@ async def open_slave(
     in the address fails fast); later losses are repaired by reconnecting
     after `reconnect_delay` seconds, doubling up to `max_reconnect_delay`.
     With ``reconnect=False`` a loss ends `jobs()` with `TransportError`.
+
+    Security as for `open_master` (`token` / `token_file` / $GLOOMD_TOKEN,
+    `ssl_context` / `tls` / `tls_ca`); every reconnect authenticates again,
+    and a token refused on reconnect ends `jobs()` with `Unauthorized`.
     """
-    stream = await connect(host, port, connect_timeout)
+    context = client_ssl_context(ssl_context, tls=tls, tls_ca=tls_ca)
+    secret = resolve_token(token, token_file)
+    stream = await connect(host, port, connect_timeout, ssl_context=context, token=secret)
     slave = AsyncSlave(
         host,
         port,
@@ -270,6 +308,8 @@ async def open_slave(
         reconnect_delay=reconnect_delay,
         max_reconnect_delay=max_reconnect_delay,
         connect_timeout=connect_timeout,
+        ssl_context=context,
+        token=secret,
     )
     body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:

@@ -27,11 +27,12 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+from ._security import TokenError, client_ssl_context, resolve_token
 from .errors import GloomError, TransportError
 
-__all__ = ["COMMAND_MODULES", "Command", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "Command", "build_parser", "connection_security", "main"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -42,6 +43,8 @@ EXIT_UNREACHABLE = 3
 COMMAND_MODULES: list[str] = [
     "gloom._cli_master",
     "gloom._cli_slave",
+    "gloom._cli_schedule",
+    "gloom.worker.cli",
 ]
 
 
@@ -61,10 +64,12 @@ class UsageError(GloomError):
 
 
 def _connection_options() -> argparse.ArgumentParser:
-    """--host / --master-port / --slave-port, shared by every subcommand.
+    """--host / --master-port / --slave-port and the security options, shared
+    by every subcommand.
 
     Defaults come from GLOOM_HOST, GLOOM_MASTER_PORT and GLOOM_SLAVE_PORT when
-    set, so a shell can point every command at one daemon.
+    set, so a shell can point every command at one daemon; the token comes
+    from --token-file or GLOOMD_TOKEN, the same variable the daemon reads.
     """
     env = os.environ
     parent = argparse.ArgumentParser(add_help=False)
@@ -86,7 +91,42 @@ def _connection_options() -> argparse.ArgumentParser:
         default=int(env.get("GLOOM_SLAVE_PORT", "9999")),
         help="gloomd's slave port (default: %(default)s, or $GLOOM_SLAVE_PORT)",
     )
+    security = parent.add_argument_group("security")
+    security.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=None,
+        help="present the token on FILE's first line (default: $GLOOMD_TOKEN if set)",
+    )
+    security.add_argument(
+        "--tls", action="store_true", help="connect with TLS, checking the daemon's certificate"
+    )
+    security.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=None,
+        help="CA certificate(s) to trust for --tls (implies --tls; default: the system's)",
+    )
     return parent
+
+
+def connection_security(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for `open_master`/`open_slave` from the security options.
+
+    Resolved here, once, so that a bad token file is a usage error (exit 2)
+    before any connection is tried, and so that every subcommand, present or
+    future, connects the same way: ``open_master(host, port, **connection_security(args))``.
+    """
+    try:
+        token = resolve_token(None, getattr(args, "token_file", None))
+        context = client_ssl_context(
+            tls=getattr(args, "tls", False), tls_ca=getattr(args, "tls_ca", None)
+        )
+    except TokenError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:  # unreadable CA file
+        raise UsageError(f"cannot load --tls-ca {args.tls_ca}: {exc.strerror or exc}") from None
+    return {"token": token, "ssl_context": context}
 
 
 def commands() -> list[Command]:

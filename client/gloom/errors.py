@@ -7,6 +7,7 @@ code written against Gloom keeps catching what it caught before:
     ├── TransportError      the connection could not be made, or was lost
     ├── ProtocolError       the peer sent something this client cannot follow
     ├── ServerError         an error frame: .error, .reason
+    │   ├── Unauthorized    the daemon refused this client's token (or its lack of one)
     │   └── JobFailed       the job ended badly: .id, .category (job_failed)
     │       └── JobError    its slave reported the failure: .traceback (job_error)
     ├── JobCancelled        the job was cancelled before it ran
@@ -32,6 +33,7 @@ __all__ = [
     "ProtocolError",
     "ServerError",
     "TransportError",
+    "Unauthorized",
     "WaitTimeout",
     "error_from_frame",
 ]
@@ -67,6 +69,23 @@ class ServerError(GloomError):
 
     def __str__(self) -> str:
         return f"{self.error} -> {self.reason}"
+
+
+class Unauthorized(ServerError):
+    """gloomd refused the connection: ``{"error":"unauthorized","reason":R}``.
+
+    `reason` is ``"auth"`` (wrong or missing token) or ``"timeout"`` (the auth
+    frame came too late).  Kept apart from `TransportError` because retrying
+    cannot help: the token has to change.
+    """
+
+    def __init__(self, reason: Any = "auth") -> None:
+        super().__init__("unauthorized", reason)
+
+    def __str__(self) -> str:
+        if self.reason == "timeout":
+            return "gloomd refused the connection: no auth frame in time (unauthorized)"
+        return "gloomd refused the token (unauthorized): check --token-file or GLOOMD_TOKEN"
 
 
 class JobFailed(ServerError):
@@ -135,4 +154,7 @@ def error_from_frame(frame: dict[str, Any]) -> ServerError:
         return JobFailed(job_id, frame.get("category"), frame.get("reason"))
     if error == "job_error":
         return JobError(frame.get("id"), frame.get("category"), frame.get("reason"))
+    if error == "unauthorized":
+        # A client that sent no token learns it from its first request's reply.
+        return Unauthorized(frame.get("reason", "auth"))
     return ServerError(frame)
