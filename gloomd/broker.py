@@ -227,7 +227,7 @@ class Broker:
             self._join(slave, msg)  # type: ignore[arg-type]
         elif cls is m.Fail:
             self._fail(slave, msg)  # type: ignore[arg-type]
-        else:  # Auth: the I/O layer enforces tokens; here it is a no-op that says ok
+        else:  # Ping, or Auth (the I/O layer enforces tokens): both just say ok
             self._send(slave, OK_FRAME)
 
     def _master_message(self, master: MasterPeer, msg: m.MasterMessage) -> None:
@@ -240,7 +240,7 @@ class Broker:
             self._result(master, msg.id)  # type: ignore[union-attr]
         elif cls is m.Stats:
             self._send(master, {"ok": True, "stats": self.stats()})
-        else:
+        else:  # Ping or Auth
             self._send(master, OK_FRAME)
 
     # ------------------------------------------------------------ output
@@ -301,7 +301,7 @@ class Broker:
             log.debug("event=submit master=%s id=%r priority=%d", master.name, job_id, job.priority)
         if failed_dep is not None:
             job.state = GONE  # never queued, so nothing to take out
-            self._fail_job(job, "DEPENDENCY")
+            self._fail_job(job, "DEPENDENCY", failed_dep)
         elif waiting_on:
             job.waiting = len(waiting_on)
             self.queued_total += 1
@@ -526,9 +526,15 @@ class Broker:
         queue.running -= 1
         self._forget_if_empty(queue)
 
-    def _fail_job(self, job: Job, category: str) -> None:
-        """End, with `job_failed`, a job that no slave is working on for it."""
+    def _fail_job(self, job: Job, category: str, dependency: JobId | None = None) -> None:
+        """End, with `job_failed`, a job that no slave is working on for it.
+
+        A DEPENDENCY failure names the job in `after` that failed, so the
+        master can tell which one (myjobs' `dependency_failure`).
+        """
         frame = {"error": "job_failed", "reason": job.id, "id": job.id, "category": category}
+        if dependency is not None:
+            frame["dependency"] = dependency
         if job.state == WAITING or job.state == QUEUED:
             self._remove_queued(job, frame)
         else:
@@ -561,7 +567,7 @@ class Broker:
                     self.queued_total -= 1  # _enqueue counts it again if it queues
                     self._enqueue(dependent)
             else:
-                self._fail_job(dependent, "DEPENDENCY")
+                self._fail_job(dependent, "DEPENDENCY", job.id)
 
     def _forget_if_empty(self, queue: TypeQueue) -> None:
         if queue.is_empty() and self.types.get(queue.key) is queue:

@@ -29,6 +29,7 @@ __all__ = [
     "Fail",
     "Join",
     "MasterMessage",
+    "Ping",
     "Progress",
     "ProtocolViolation",
     "Respond",
@@ -107,14 +108,19 @@ class Stats(NamedTuple):
     """`{"action":"stats"}`: no fields."""
 
 
+class Ping(NamedTuple):
+    """`{"action":"ping"}` on either port: answered `{"ok":true}`, a liveness check."""
+
+
 class Auth(NamedTuple):
     token: Any
 
 
-SlaveMessage = Union[Join, Respond, Progress, Fail, Auth]
-MasterMessage = Union[Submit, Cancel, Result, Stats, Auth]
+SlaveMessage = Union[Join, Respond, Progress, Fail, Ping, Auth]
+MasterMessage = Union[Submit, Cancel, Result, Stats, Ping, Auth]
 
 _STATS: Final = Stats()
+_PING: Final = Ping()
 
 # Actions of each port, so that one of the other port is told so rather than
 # called unknown.
@@ -175,6 +181,8 @@ def parse_slave(obj: dict[str, Any], holding_job: bool) -> SlaveMessage:
             raise ProtocolViolation("missing_field", "job_type")
         job_type = obj["type"]
         return Join(job_type, _key(job_type))
+    if action == "ping":
+        return _PING
     if action == "auth":
         return Auth(obj.get("token"))
     if type(action) is str and action in _NEEDS_JOB:
@@ -219,6 +227,8 @@ def parse_master(obj: dict[str, Any]) -> MasterMessage:
         return Cancel(job_id) if action == "cancel" else Result(job_id)
     if action == "stats":
         return _STATS
+    if action == "ping":
+        return _PING
     if action == "auth":
         return Auth(obj.get("token"))
     if type(action) is str and action in _SLAVE_ACTIONS:

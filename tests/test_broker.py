@@ -340,8 +340,8 @@ def test_dependency_failure_fails_dependents_without_running() -> None:
     assert k.out(s) == [job_frame("a")]
     assert k.send(s, {"action": "fail", "error": "ERROR", "reason": "x"}) == [{"ok": True}]
     assert k.out(m)[1:] == [
-        {"error": "job_failed", "reason": "b", "id": "b", "category": "DEPENDENCY"},
-        {"error": "job_failed", "reason": "c", "id": "c", "category": "DEPENDENCY"},
+        {"error": "job_failed", "reason": "b", "id": "b", "category": "DEPENDENCY", "dependency": "a"},
+        {"error": "job_failed", "reason": "c", "id": "c", "category": "DEPENDENCY", "dependency": "b"},
     ]
     assert k.broker.queued_total == 0 and k.broker.jobs == {}
 
@@ -358,7 +358,7 @@ def test_dependency_on_finished_jobs_and_rejections() -> None:
     assert k.submit(m, "x", after=["ok"]) == [{"ok": True, "id": "x"}]
     assert k.submit(m, "y", after=["bad"]) == [
         {"ok": True, "id": "y"},
-        {"error": "job_failed", "reason": "y", "id": "y", "category": "DEPENDENCY"},
+        {"error": "job_failed", "reason": "y", "id": "y", "category": "DEPENDENCY", "dependency": "bad"},
     ]
     assert k.submit(m, "z", after=["nope"]) == [{"error": "unknown_dependency", "reason": "nope"}]
     assert k.submit(m, "self", after=["self"]) == [{"error": "dependency_cycle", "reason": "self"}]
@@ -477,3 +477,16 @@ def test_dispatch_order_property(operations) -> None:  # type: ignore[no-untyped
     assert model == {}
     results = [f["id"] for f in k.out(m) if "body" in f]
     assert sorted(results) == sorted(accepted)
+
+
+def test_ping_on_both_ports() -> None:
+    k = Kit()
+    m = k.master()
+    s = k.slave()
+    assert k.send(m, {"action": "ping"}) == [{"ok": True}]
+    assert k.send(s, {"action": "ping"}) == [{"ok": True}]
+    # A slave holding a job may ping too (a heartbeat while it works).
+    k.send(s, {"action": "join", "type": "t"})
+    k.submit(m, 1)
+    assert k.out(s)[0]["id"] == 1
+    assert k.send(s, {"action": "ping"}) == [{"ok": True}]

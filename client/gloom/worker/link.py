@@ -13,8 +13,8 @@ to leave, when to reconnect) and this module only moves frames:
 * liveness: TCP keepalive always, and, when `heartbeat` > 0, a ``ping``
   every `heartbeat` seconds; any inbound frame counts as a sign of life, and
   `liveness` intervals of silence close the link (the runner reconnects).
-  gloomd answers ``ping`` with an error frame (``unknown_type``) as it does
-  any action it does not know, and that answer is all we need.
+  gloomd answers ``ping`` with ``{"ok":true}`` (older daemons, and Gloom,
+  answer with an ``unknown_type`` error frame); either answer is all we need.
 """
 
 from __future__ import annotations
