@@ -242,3 +242,10 @@ async def test_close_mid_frame_is_a_disconnect(gloomd_server: GloomServer) -> No
     with trio.fail_after(5):
         job = await other.recv()
     assert (job["id"], job["attempt"]) == (1, 2)
+
+
+async def test_ping_on_both_ports(gloomd_server: GloomServer) -> None:
+    for port in (gloomd_server.master_port, gloomd_server.slave_port):
+        peer = await Peer.connect(port)
+        await peer.send({"action": "ping"})
+        await expect_raw(peer, b'{"ok":true}')
