@@ -77,6 +77,7 @@ class MasterReport:
     t_go: float = 0.0
     t_acked: float = 0.0
     t_last: float = 0.0
+    t_end: float = 0.0  # when the loop stopped (all answered, or the deadline)
     deadline_hit: bool = False
     cpu: tuple[float, float] = (0.0, 0.0)  # this process's (user, system) seconds
     latencies: array = field(default_factory=lambda: array("d"))
@@ -357,6 +358,7 @@ def master_main(plan: MasterPlan, pipe: Connection) -> None:
             acked_reported = True
             pipe.send(("acked", now))
 
+    report.t_end = time.perf_counter()
     report.submitted = sum(s.next for s in sessions)
     report.completed = len(latencies)
     report.acked = sum(s.wire.acked for s in sessions)

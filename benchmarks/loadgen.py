@@ -24,6 +24,7 @@ import os
 import platform
 import resource
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -106,6 +107,21 @@ def _machine() -> str:
     return f"{os.cpu_count()} cpu {model}, {platform.system()} {platform.release()}"
 
 
+def _revision() -> str | None:
+    """The repository's commit, with ``+dirty`` when gloomd/ has uncommitted changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, timeout=5
+        ).stdout.decode().strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "gloomd"], cwd=root, capture_output=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
 def run(
     system: str,
     work: Workload,
@@ -148,6 +164,8 @@ def run(
             server.stop()
     line["server_command"] = " ".join(server.command[-8:]) if server.command else None
     line["machine"] = _machine()
+    if system == "gloomd":
+        line["revision"] = _revision()
     line["when"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return line
 
@@ -186,13 +204,22 @@ def _drive(
         masters.append((index, first, count))
         first += count
     groups = [masters[i :: max(1, master_procs)] for i in range(max(1, master_procs))]
+    groups = [g for g in groups if g]
     master_pipes = [
         spawn(
             master_main,
-            MasterPlan(system, server.master, g, work.window, work.body, deadline, work.deep),
+            # A deep queue has no window: everything is queued before any slave joins.
+            MasterPlan(
+                system,
+                server.master,
+                g,
+                max(counts) if work.deep else work.window,
+                work.body,
+                deadline,
+                work.deep,
+            ),
         )
         for g in groups
-        if g
     ]
     _await(master_pipes, {"ready"}, setup_until)
 
@@ -209,17 +236,24 @@ def _drive(
     if work.deep:
         got = _await(master_pipes, {"acked", "report"}, deadline + GRACE)
         early = {k: v for k, v in got.items() if v[0] == "report"}
-        t_acked = max(v[1] if v[0] == "acked" else v[1].t_acked for v in got.values())
         rss_queued = memory_kb(pid)["VmRSS"]
         cpu_queued = cpu_seconds(pid)
         t_drain = time.perf_counter()
         for p in worker_pipes:
             p.send("go")
-        if not early and t_acked > t_go:
-            per_job = (rss_queued - rss0) * 1024 / work.jobs
+        # A master that hit the deadline before all its submits were acked
+        # reports instead: the rates then cover the jobs it did queue.
+        queued = sum(
+            v[1].acked if v[0] == "report" else sum(c for _, _, c in g)
+            for g, v in ((g, got[id(p)]) for g, p in zip(groups, master_pipes))
+        )
+        t_queued = max(v[1] if v[0] == "acked" else v[1].t_end for v in got.values())
+        if queued and t_queued > t_go:
+            per_job = (rss_queued - rss0) * 1024 / queued
             extra.update(
-                submit_per_s=round(work.jobs / (t_acked - t_go)),
-                server_cpu_submit_us_per_job=round((cpu_queued - cpu0) / work.jobs * 1e6, 2),
+                queued=queued,
+                submit_per_s=round(queued / (t_queued - t_go)),
+                server_cpu_submit_us_per_job=round((cpu_queued - cpu0) / queued * 1e6, 2),
                 rss_queued_mb=round(rss_queued / 1024, 1),
                 rss_per_queued_job_b=round(per_job),
                 rss_beyond_body_b=round(per_job - work.body),
@@ -251,7 +285,7 @@ def _drive(
     errors = [e for r in reports for e in r.errors] + [
         e for w in worker_reports for e in w["errors"]
     ]
-    if work.deep and "submit_per_s" in extra and t_last > t_drain:
+    if work.deep and "submit_per_s" in extra and t_last > t_drain and completed:
         extra["drain_per_s"] = round(completed / (t_last - t_drain))
     return {
         "completed": completed,
