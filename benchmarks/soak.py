@@ -120,33 +120,39 @@ class Seat:
 
 
 async def slave_seat(server: Server, run: Run, seat: Seat, rng: random.Random) -> None:
+    """Answer jobs; when churned, drop the connection at the next job frame,
+    unanswered half the time (the daemon must requeue it), else right after
+    answering it (the answer may or may not beat the reset: either is legal)."""
     join = frame(b'{"action":"join","type":"soak"}')
     while not run.done.is_set():
         stream = await trio.open_tcp_stream(*server.slave)
         await stream.send_all(join)
         buf = bytearray()
-        holding = False
         try:
             while True:
-                if seat.kill and (not holding or rng.random() < 0.5):
-                    seat.kill = False
-                    run.kills += 1
-                    run.killed_holding += holding
-                    _abort(stream)
-                    break
                 data = await stream.receive_some(1 << 16)
                 if not data:
                     return
                 buf += data
                 out = []
+                dropped = False
                 for payload in split_frames(buf):
-                    if payload.startswith(b'{"action":"job"'):
-                        job_id = _loads(payload)["id"]
-                        holding = True
-                        if seat.kill:
-                            break  # drop it unanswered
-                        out.append(frame(b'{"action":"respond","body":%d}' % job_id))
-                        holding = False
+                    if not payload.startswith(b'{"action":"job"'):
+                        continue
+                    answer = frame(b'{"action":"respond","body":%d}' % _loads(payload)["id"])
+                    if seat.kill:
+                        seat.kill = False
+                        run.kills += 1
+                        if rng.random() < 0.5:
+                            run.killed_holding += 1
+                        else:
+                            await stream.send_all(b"".join(out) + answer)
+                        _abort(stream)
+                        dropped = True
+                        break
+                    out.append(answer)
+                if dropped:
+                    break
                 if out:
                     await stream.send_all(b"".join(out))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
