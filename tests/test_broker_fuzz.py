@@ -268,7 +268,7 @@ class BrokerMachine(RuleBasedStateMachine):
                 if not dep.deps:
                     dep.state = "queued"
             else:
-                self.end(dep, failed(dep.id, "DEPENDENCY"), ok=False)
+                self.end(dep, failed(dep.id, "DEPENDENCY", dependency=job.id), ok=False)
 
     def queued_total(self) -> int:
         return sum(1 for j in self.live.values() if j.state in ("waiting", "queued"))
@@ -309,7 +309,7 @@ class BrokerMachine(RuleBasedStateMachine):
         if key(job_id) in self.live:
             return {"error": "id_exists", "reason": job_id}
         waiting_on: list[MJob] = []
-        failed_dep = False
+        failed_dep: Any = None
         for dep in after:
             if key(dep) == key(job_id):
                 return {"error": "dependency_cycle", "reason": dep}
@@ -320,15 +320,16 @@ class BrokerMachine(RuleBasedStateMachine):
             outcome = self.outcomes.get(key(dep))
             if outcome is None:
                 return {"error": "unknown_dependency", "reason": dep}
-            failed_dep = failed_dep or not outcome[1]
+            if not outcome[1] and failed_dep is None:
+                failed_dep = dep
         if self.queued_total() >= MAX_QUEUED:
             return {"error": "queue_full", "reason": job_id}
         job = MJob(job_id, job_type, body, priority, self.seq, slot, detach, timeout)
         self.live[key(job_id)] = job
         self.masters[slot].pending[key(job_id)] = job
         self.totals["submitted"] += 1
-        if failed_dep:
-            self.end(job, failed(job_id, "DEPENDENCY"), ok=False)
+        if failed_dep is not None:
+            self.end(job, failed(job_id, "DEPENDENCY", dependency=failed_dep), ok=False)
         elif waiting_on:
             job.state = "waiting"
             for dep in waiting_on:
@@ -487,6 +488,7 @@ class BrokerMachine(RuleBasedStateMachine):
             st.sampled_from(BAD_MASTER).map(lambda f: ("master", f)),
             st.sampled_from(BAD_SLAVE).map(lambda f: ("slave", f)),
             st.just(("any", {"action": "auth", "token": "t"})),
+            st.just(("any", {"action": "ping"})),
             bad_payloads.map(lambda p: ("any", p)),
         ),
     )
@@ -506,7 +508,7 @@ class BrokerMachine(RuleBasedStateMachine):
             self.broker.receive(peer, content)
         else:
             self.send(peer, content)
-        if content == {"action": "auth", "token": "t"}:
+        if content in ({"action": "auth", "token": "t"}, {"action": "ping"}):
             assert self.take(peer) == [{"ok": True}]
             self.finish_step()
             return
@@ -622,8 +624,8 @@ class BrokerMachine(RuleBasedStateMachine):
             assert not master.pending  # every accepted job was answered
 
 
-def failed(job_id: Any, category: str) -> dict[str, Any]:
-    return {"error": "job_failed", "reason": job_id, "id": job_id, "category": category}
+def failed(job_id: Any, category: str, **extra: Any) -> dict[str, Any]:
+    return {"error": "job_failed", "reason": job_id, "id": job_id, "category": category, **extra}
 
 
 BrokerMachine.TestCase.settings = settings(

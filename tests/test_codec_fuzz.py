@@ -44,7 +44,7 @@ DOCUMENTED = {
     "dependency_cycle", "unknown_dependency", "job_failed", "job_error",
 }
 
-ACTIONS = ["submit", "cancel", "result", "stats", "join", "respond", "progress", "fail", "auth", "nope", ""]
+ACTIONS = ["submit", "cancel", "result", "stats", "join", "respond", "progress", "fail", "auth", "ping", "nope", ""]
 
 scalars = st.one_of(
     st.none(),
