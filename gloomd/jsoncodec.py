@@ -34,17 +34,45 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid JSON constant {name}")
 
 
+#: Deepest nesting accepted.  orjson reads up to 1024 levels but writes at most
+#: 254, and the standard library's writer dies of RecursionError near 1000:
+#: a value we could read but not write back (as a job body, a type, an echoed
+#: action) would fail later, far from the frame that carried it.
+MAX_DEPTH = 254
+
+
 def loads(payload: bytes) -> Any:
     """Decode one frame payload, keeping integers of any size exact."""
     if len(payload) < 19 or _LONG_RUN not in payload.translate(_DIGITS_TO_ZERO):
         try:
-            return orjson.loads(payload)
+            obj = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(str(exc)) from None
-    try:
-        return json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise DecodeError(str(exc)) from None
+    else:
+        try:
+            obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise DecodeError(str(exc)) from None
+    # Only a payload with that many brackets can be that deep: two C scans
+    # keep the walk off the hot path.
+    if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
+        raise DecodeError(f"nested deeper than {MAX_DEPTH} levels")
+    return obj
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of a decoded value, without recursion."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        deepest = max(deepest, level)
+        stack.extend((item, level + 1) for item in value)
+    return deepest
 
 
 def dumps(obj: Any) -> bytes:

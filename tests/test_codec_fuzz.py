@@ -15,6 +15,8 @@ for a long, freshly seeded run.
 
 from __future__ import annotations
 
+import json
+
 import os
 import struct
 from typing import Any
@@ -183,12 +185,6 @@ def test_whole_way_in(stream: list[bytes], cut: int) -> None:
 # ------------------------------------------------------------------ found by fuzzing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gloomd bug: orjson decodes up to 1024 levels of nesting, but the stdlib "
-    "fallback encoder hits RecursionError near 1000, which escapes Broker.receive and "
-    "stops the whole server (fix proposed to the lead: reject depth > 512 in jsoncodec.loads)",
-)
 @pytest.mark.parametrize("where", ['{"action":%s}', '{"action":"join","type":%s}'])
 def test_deeply_nested_frame_is_refused_not_fatal(where: str) -> None:
     depth = 1000
@@ -196,5 +192,26 @@ def test_deeply_nested_frame_is_refused_not_fatal(where: str) -> None:
     payload = (where % nested).encode()
     broker = Broker()
     peer = broker.connect_master("m") if "join" not in where else broker.connect_slave("s")
-    broker.receive(peer, payload)  # raises RecursionError today
-    assert [raw for raw in iter_frames(peer.outbox)]
+    broker.receive(peer, payload)  # it used to raise RecursionError and stop the server
+    (reply,) = [json.loads(raw[4:]) for raw in iter_frames(peer.outbox)]
+    assert reply["error"] == "invalid_json"
+
+
+@pytest.mark.parametrize("depth", [253, 254])
+def test_nesting_limit_is_what_the_encoder_can_write_back(depth: int) -> None:
+    # The frame object is one level; a body of 253 makes a 254-deep frame,
+    # the most orjson can write back (as the job frame to the slave).
+    body = "[" * depth + "]" * depth
+    payload = ('{"action":"submit","id":1,"type":"t","body":%s}' % body).encode()
+    broker = Broker()
+    master = broker.connect_master("m")
+    slave = broker.connect_slave("s")
+    broker.receive(slave, b'{"action":"join","type":"t"}')
+    broker.receive(master, payload)
+    replies = [json.loads(raw[4:]) for raw in iter_frames(master.outbox)]
+    if depth <= 253:
+        assert replies == [{"ok": True, "id": 1}]
+        job = [json.loads(raw[4:]) for raw in iter_frames(slave.outbox)][-1]
+        assert json.dumps(job["body"]) == json.dumps(json.loads(body))
+    else:
+        assert replies[0]["error"] == "invalid_json"
