@@ -558,6 +558,9 @@ class Broker:
         if not dependents:
             return
         job.dependents = None
+        if ok and len(dependents) > 1:
+            # Released together, they must reach idle slaves in queue order.
+            dependents.sort(key=_queue_order)
         for dependent in dependents:
             if dependent.state != WAITING:
                 continue
@@ -665,6 +668,10 @@ class Broker:
             "connections": {"masters": len(self.masters), "slaves": len(self.slaves)},
             "uptime_s": round(self._clock() - self.started, 3),
         }
+
+
+def _queue_order(job: Job) -> tuple[int, int]:
+    return (-job.priority, job.seq)
 
 
 def _halted_frame(job_id: JobId) -> dict[str, Any]:

@@ -490,3 +490,17 @@ def test_ping_on_both_ports() -> None:
     k.submit(m, 1)
     assert k.out(s)[0]["id"] == 1
     assert k.send(s, {"action": "ping"}) == [{"ok": True}]
+
+
+def test_dependents_released_together_go_out_in_priority_order() -> None:
+    k = Kit()
+    m = k.master()
+    s = k.slave("t", "s")
+    k.submit(m, "gate")
+    for job_id, prio in [("low", 0), ("high", 9), ("mid", 5)]:
+        k.submit(m, job_id, priority=prio, after=["gate"])
+    idle = [k.slave("t", f"idle{i}") for i in range(3)]
+    assert k.out(s)[0]["id"] == "gate"
+    k.send(s, {"action": "respond", "body": None})  # s re-idles after the others
+    got = [[f["id"] for f in k.out(p) if f.get("action") == "job"] for p in idle]
+    assert got == [["high"], ["mid"], ["low"]]
