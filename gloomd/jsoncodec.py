@@ -41,38 +41,69 @@ def _reject_constant(name: str) -> Any:
 MAX_DEPTH = 254
 
 
+#: Payloads up to this size are pre-scanned (two fast C passes); larger ones
+#: are checked by walking the decoded value, whose cost follows the number of
+#: values rather than the number of bytes (a 64 KiB string is one value).
+_SCAN_LIMIT = 4096
+
+
 def loads(payload: bytes) -> Any:
     """Decode one frame payload, keeping integers of any size exact."""
+    if len(payload) > _SCAN_LIMIT:
+        return _loads_large(payload)
     if len(payload) < 19 or _LONG_RUN not in payload.translate(_DIGITS_TO_ZERO):
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise DecodeError(str(exc)) from None
+        obj = _orjson_loads(payload)
     else:
-        try:
-            obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise DecodeError(str(exc)) from None
-    # Only a payload with that many brackets can be that deep: two C scans
-    # keep the walk off the hot path.
-    if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
+        obj = _exact_loads(payload)
+    # Only a payload with that many brackets can be that deep.
+    if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH and _shape(obj)[0] > MAX_DEPTH:
         raise DecodeError(f"nested deeper than {MAX_DEPTH} levels")
     return obj
 
 
-def _depth(obj: Any) -> int:
-    """Nesting depth of a decoded value, without recursion."""
+def _loads_large(payload: bytes) -> Any:
+    # orjson decodes an integer beyond 64 bits as a float, so a decoded value
+    # without floats is exact; with floats, decode again exactly.  (A long
+    # digit run inside a string, e.g. a hex body, no longer costs a slow
+    # decode, as it did with the byte scan.)
+    obj = _orjson_loads(payload)
+    depth, has_float = _shape(obj)
+    if depth > MAX_DEPTH:
+        raise DecodeError(f"nested deeper than {MAX_DEPTH} levels")
+    return _exact_loads(payload) if has_float else obj
+
+
+def _orjson_loads(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(str(exc)) from None
+
+
+def _exact_loads(payload: bytes) -> Any:
+    try:
+        return json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DecodeError(str(exc)) from None
+
+
+def _shape(obj: Any) -> tuple[int, bool]:
+    """Nesting depth of a decoded value, and whether it holds a float; no recursion."""
     deepest = 0
+    has_float = False
     stack = [(obj, 1)]
     while stack:
         value, level = stack.pop()
         if isinstance(value, dict):
             value = value.values()
         elif not isinstance(value, list):
+            if type(value) is float:
+                has_float = True
             continue
-        deepest = max(deepest, level)
+        if level > deepest:
+            deepest = level
         stack.extend((item, level + 1) for item in value)
-    return deepest
+    return deepest, has_float
 
 
 def dumps(obj: Any) -> bytes:

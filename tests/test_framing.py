@@ -116,3 +116,25 @@ def test_arbitrary_bytes_never_crash_the_decoder(data: bytes) -> None:
         return
     consumed = sum(4 + len(f) for f in frames)
     assert consumed + decoder.pending == len(data)
+
+
+def test_large_payloads_keep_big_integers_exact() -> None:
+    filler = "ab12" * 2000  # over the pre-scan size, with digit runs inside a string
+    for obj in (
+        {"body": filler, "id": 2**70},
+        {"body": filler, "n": [1.5, -(2**65), 3]},
+        {"body": "1234567890123456789012345" * 400},
+    ):
+        payload = encode_frame(obj)[4:]
+        assert len(payload) > 4096
+        got = jsoncodec.loads(payload)
+        assert got == obj
+        assert [type(v) for v in got.values()] == [type(v) for v in obj.values()]
+
+
+@pytest.mark.parametrize("size", [100, 10_000])
+def test_too_deep_is_refused_small_or_large(size: int) -> None:
+    deep = "[" * 300 + "]" * 300
+    payload = ('{"pad":"%s","v":%s}' % ("x" * size, deep)).encode()
+    with pytest.raises(jsoncodec.DecodeError):
+        jsoncodec.loads(payload)
