@@ -162,7 +162,7 @@ def run(
         )
         if own:
             server.stop()
-    line["server_command"] = " ".join(server.command[-8:]) if server.command else None
+    line["server_command"] = " ".join(server.command) if server.command else None
     line["machine"] = _machine()
     if system == "gloomd":
         line["revision"] = _revision()

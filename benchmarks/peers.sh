@@ -9,7 +9,8 @@
 # Environment: QUICK=1, INSTALL=1, REPEAT=n (runs per system and workload, deep
 # queues excepted; the table shows the median), BUDGET=seconds (default 900: the whole run stops
 # starting new work after that; each run also has its own hard deadline),
-# OUT=file (JSON lines; default benchmarks/results/run-<time>.jsonl), PY=python.
+# OUT=file (JSON lines; default benchmarks/results/run-<time>.jsonl), PY=python,
+# GLOOMD_ARGS / GEARMAND_ARGS / BEANSTALKD_ARGS (extra server flags, default none).
 #
 # Every server is started fresh for each run on 127.0.0.1 on a free port and
 # stopped after it (see benchmarks/servers.py).  A peer that is not installed
@@ -56,7 +57,9 @@ done
 QFLAG=()
 SIZE=full
 if [[ "$QUICK" == 1 ]]; then QFLAG=(--quick); SIZE=quick; fi
+ALL=0
 if [[ ${#WORKLOADS[@]} == 0 ]]; then
+    ALL=1
     read -r -a WORKLOADS <<<"$("$PY" -c "from benchmarks import workloads; print(' '.join(workloads.names($([[ $QUICK == 1 ]] && echo True || echo False))))")"
 fi
 if [[ -z "$REPEAT" ]]; then REPEAT=1; fi
@@ -83,20 +86,30 @@ for workload in "${WORKLOADS[@]}"; do
             fi
             # The run's own deadline, shortened so the whole bench stays in budget.
             limit=$("$PY" -c "print(min($deadline, $left - 10))")
+            # Extra server flags per system: GLOOMD_ARGS, GEARMAND_ARGS, BEANSTALKD_ARGS
+            # (e.g. GEARMAND_ARGS=--hashtable-buckets=1000003 for deep queues).
+            var="${system^^}_ARGS"
+            sargs=()
+            for a in ${!var:-}; do sargs+=("--server-arg=$a"); done
             t0=$SECONDS
             # Exit status 1 means a flagged run (lost/duplicate jobs, failure);
             # it is recorded in the JSON line and shown by compare, so go on.
             timeout $((${limit%.*} + 60)) "$PY" -m benchmarks.loadgen --system "$system" \
                 --workload "$workload" "${QFLAG[@]}" --deadline "$limit" --name "$workload" \
-                --out "$OUT" >/dev/null || true
+                "${sargs[@]}" --out "$OUT" >/dev/null || true
             echo "  $("$PY" -m benchmarks.compare --last "$OUT") ($((SECONDS - t0)) s)" >&2
         done
     done
 done
 
-cp "$OUT" "benchmarks/results/latest-$SIZE.jsonl"
 echo >&2
 "$PY" -m benchmarks.compare "$OUT"
 echo
-echo "JSON lines: $OUT (also benchmarks/results/latest-$SIZE.jsonl)"
+if [[ $ALL == 1 ]]; then
+    # Only a run of every workload replaces the last complete record.
+    cp "$OUT" "benchmarks/results/latest-$SIZE.jsonl"
+    echo "JSON lines: $OUT (also benchmarks/results/latest-$SIZE.jsonl)"
+else
+    echo "JSON lines: $OUT"
+fi
 echo "Not compared: the original Gloom (Erlang) cannot be fetched on this machine."
