@@ -9,6 +9,8 @@ See `run` for the knobs and the README's "Worker runner" section for the rules.
 
 from __future__ import annotations
 
+import os
+import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -50,6 +52,11 @@ async def serve(
     class_args: Iterable[Any] = (),
     class_kwargs: Mapping[str, Any] | None = None,
     burst: bool = False,
+    token: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    tls: bool = False,
+    tls_ca: str | os.PathLike[str] | None = None,
     task_status: trio.TaskStatus[Runner] = trio.TASK_STATUS_IGNORED,
     **tuning: Any,
 ) -> RunnerStats:
@@ -71,6 +78,15 @@ async def serve(
     :param import_path: directories put in front of ``sys.path`` in the pool.
     :param class_args, class_kwargs: build the instance of a class handler (fresh per job).
     :param burst: return once nothing of `type` is queued or running (tests, batch jobs).
+    :param token, token_file: the daemon's shared token, presented on every
+        connection the runner opens: `token`, else `token_file`'s first line,
+        else $GLOOMD_TOKEN, else none (as `gloom.open_master`).  A refusal
+        raises `gloom.Unauthorized`, at startup or when a reconnect is refused
+        (then running jobs first get `grace` seconds, as on SIGTERM).
+    :param ssl_context, tls, tls_ca: TLS for every connection: `ssl_context`,
+        or with `tls=True` the default client context trusting `tls_ca` (a CA
+        file, which implies `tls`) or the system's CAs.  A certificate that does
+        not verify is a `gloom.TransportError` at startup.
     :param tuning: `WorkerOptions` fields for the finer knobs (heartbeat, liveness,
         reconnect_delay, scale_interval, idle_grace, crash_backoff, ...).
 
@@ -92,6 +108,11 @@ async def serve(
         class_args=tuple(class_args),
         class_kwargs=None if class_kwargs is None else dict(class_kwargs),
         burst=burst,
+        token=token,
+        token_file=token_file,
+        ssl_context=ssl_context,
+        tls=tls,
+        tls_ca=tls_ca,
         **tuning,
     )
     runner = Runner(options)

@@ -3,11 +3,14 @@
 Three ways in, one parser: `worker_main(argv)` (a complete program, used by
 ``python -m gloom.worker``), `add_worker_parser(subparsers)` (adds ``worker``
 to any argparse subcommand group), and `COMMANDS` for the ``gloom`` command's
-registry, where --host and the ports come from its shared parent parser.
+registry, where --host, the ports and the security options (--token-file,
+--tls, --tls-ca) come from its shared parent parser.
 
-Exit status: 0 after a clean stop (SIGTERM/SIGINT, or --burst done), 2 for
-bad arguments or a handler path that does not resolve, 3 when gloomd cannot
-be reached at startup.
+Exit status: 0 after a clean stop (SIGTERM/SIGINT, or --burst done), 1 when
+gloomd refuses the token (at startup, or on a reconnect), 2 for bad arguments,
+an unusable token file or CA file, or a handler path that does not resolve,
+3 when gloomd cannot be reached at startup (a TLS certificate that does not
+verify included).
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import os
 import sys
 from typing import Any
 
-from ..errors import TransportError
+from ..errors import TransportError, Unauthorized
 from .handler import HandlerError
 
 __all__ = ["COMMANDS", "add_worker_parser", "configure", "run_args", "worker_main"]
 
 EXIT_OK = 0
+EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
@@ -44,7 +48,8 @@ def _json(text: str) -> Any:
 
 
 def configure(parser: argparse.ArgumentParser, *, connection: bool = False) -> None:
-    """Add the worker's options; `connection` adds --host and the ports too."""
+    """Add the worker's options; `connection` adds --host, the ports and the
+    security options too (the ``gloom`` command's parent parser has them)."""
     parser.add_argument("--type", required=True, help="job type to serve (a string)")
     parser.add_argument("--handler", required=True, metavar="PKG.MOD:FUNC", help="the callable that runs a job")
     pool = parser.add_argument_group("pool")
@@ -70,10 +75,17 @@ def configure(parser: argparse.ArgumentParser, *, connection: bool = False) -> N
         daemon.add_argument("--host", default=env.get("GLOOM_HOST", "127.0.0.1"))
         daemon.add_argument("--slave-port", type=int, default=int(env.get("GLOOM_SLAVE_PORT", "9999")))
         daemon.add_argument("--master-port", type=int, default=int(env.get("GLOOM_MASTER_PORT", "9998")))
+        security = parser.add_argument_group("security")
+        security.add_argument(
+            "--token-file", metavar="FILE", default=None, help="present the token on FILE's first line (default: $GLOOMD_TOKEN)"
+        )
+        security.add_argument("--tls", action="store_true", help="connect with TLS, checking the daemon's certificate")
+        security.add_argument("--tls-ca", metavar="FILE", default=None, help="CA certificate(s) for --tls (implies --tls)")
 
 
 def run_args(args: argparse.Namespace) -> int:
     """Run the worker for parsed arguments; returns the exit status."""
+    from ..cli import UsageError, connection_security
     from . import run  # not at import time: keeps `gloom --help` light
 
     logging.basicConfig(
@@ -86,6 +98,13 @@ def run_args(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if not isinstance(args.class_kwargs, dict):
         print("gloom worker: --class-kwargs must be a JSON object", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        # Token and CA resolved once, before the pool starts: a missing token
+        # file is a usage error, not a worker that starts and cannot connect.
+        security = connection_security(args)
+    except UsageError as exc:
+        print(f"gloom worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         run(
@@ -104,6 +123,7 @@ def run_args(args: argparse.Namespace) -> int:
             class_args=args.class_args,
             class_kwargs=args.class_kwargs,
             burst=args.burst,
+            **security,
         )
     except HandlerError as exc:
         print(f"gloom worker: {exc}", file=sys.stderr)
@@ -111,6 +131,9 @@ def run_args(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"gloom worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Unauthorized as exc:
+        print(f"gloom worker: {exc} (gloomd at {args.host}:{args.slave_port})", file=sys.stderr)
+        return EXIT_REFUSED
     except TransportError as exc:
         print(f"gloom worker: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

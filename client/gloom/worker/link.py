@@ -10,6 +10,9 @@ to leave, when to reconnect) and this module only moves frames:
   waits on its own slot in a FIFO; ``job`` frames go to a channel;
 * frames are queued to one writer task, so a cancelled caller can never leave
   half a frame on the socket, and the request FIFO matches the wire order;
+* security: the connection is made by the client's `connect`, so TLS and
+  the auth exchange are the same as `open_master`/`open_slave`'s; a refused
+  token surfaces as `Unauthorized` from `open_link` itself, before any join;
 * liveness: TCP keepalive always, and, when `heartbeat` > 0, a ``ping``
   every `heartbeat` seconds; any inbound frame counts as a sign of life, and
   `liveness` intervals of silence close the link (the runner reconnects).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import math
 import socket
+import ssl
 from collections import deque
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -30,7 +34,10 @@ import trio
 from gloomd import jsoncodec
 from gloomd.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameTooLarge, encode_frame
 
-__all__ = ["LEAVING_TYPE", "LinkLost", "SlaveLink", "open_link"]
+from .._trio_connection import StartedStream, connect
+from ..errors import Unauthorized
+
+__all__ = ["LEAVING_TYPE", "LinkLost", "SlaveLink", "open_link", "socket_stream", "tune_socket"]
 
 #: The type a leaving slot re-joins so the daemon takes back any job already
 #: on its way to us, without counting it as lost (a re-join puts a held job
@@ -38,6 +45,9 @@ __all__ = ["LEAVING_TYPE", "LinkLost", "SlaveLink", "open_link"]
 LEAVING_TYPE: Any = ["gloom.worker", "leaving"]
 
 _READ_SIZE = 256 * 1024
+#: Seconds a closing TLS link may spend sending its close_notify; a daemon
+#: that stopped reading must not hold the runner (the transport is closed anyway).
+_CLOSE_TIMEOUT = 1.0
 
 
 class LinkLost(Exception):
@@ -62,10 +72,37 @@ def _set_keepalive(sock: Any, interval: float, liveness: int) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
+def socket_stream(stream: trio.abc.Stream) -> trio.SocketStream | None:
+    """The TCP stream under `connect`'s wrappers (auth leftover, then TLS).
+
+    Socket options belong to the TCP socket whatever is layered on top of it,
+    so they are set there; None for a stream with no socket (a test's memory
+    stream), which then simply goes without them.
+    """
+    while True:
+        if isinstance(stream, trio.SocketStream):
+            return stream
+        if isinstance(stream, StartedStream):
+            stream = stream.stream
+        elif isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        else:
+            return None
+
+
+def tune_socket(stream: trio.abc.Stream, keepalive_interval: float, liveness: int) -> None:
+    """NODELAY (small frames must not wait for Nagle) and TCP keepalive."""
+    tcp = socket_stream(stream)
+    if tcp is None:
+        return
+    tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    _set_keepalive(tcp.socket, keepalive_interval, liveness)
+
+
 class SlaveLink:
     """A connected slave link; use through `open_link`."""
 
-    def __init__(self, stream: trio.SocketStream, peer: str, heartbeat: float, liveness: int) -> None:
+    def __init__(self, stream: trio.abc.Stream, peer: str, heartbeat: float, liveness: int) -> None:
         self.peer = peer
         self.heartbeat = heartbeat
         self.liveness = liveness
@@ -83,6 +120,10 @@ class SlaveLink:
 
     async def join(self, job_type: Any) -> None:
         reply = await self.request({"action": "join", "type": job_type})
+        if reply.get("error") == "unauthorized":
+            # A daemon that wants a token from a runner that has none answers
+            # the first frame so; like a refused token, retrying cannot help.
+            raise Unauthorized(reply.get("reason", "auth"))
         if not reply.get("ok"):
             raise LinkLost(f"gloomd refused join: {reply!r:.200}")
 
@@ -216,16 +257,20 @@ async def open_link(
     heartbeat: float = 5.0,
     liveness: int = 3,
     connect_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
+    token: str | None = None,
 ) -> AsyncIterator[SlaveLink]:
     """Connect to the slave port; the link's tasks live as long as the block.
 
-    `OSError` / `trio.TooSlowError` if it cannot connect.  Leaving the block
-    closes the connection (a job still held is then requeued by the daemon).
+    `ssl_context` wraps the connection in TLS (the certificate checked against
+    `host`); `token` is presented in an auth frame before anything else.  Raises
+    `TransportError` if it cannot connect (TCP, TLS or the auth exchange, all
+    within `connect_timeout`) and `Unauthorized` if the token is refused.
+    Leaving the block closes the connection (a job still held is then requeued
+    by the daemon).
     """
-    with trio.fail_after(connect_timeout):
-        stream = await trio.open_tcp_stream(host, port)
-    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    _set_keepalive(stream.socket, heartbeat if heartbeat > 0 else 5.0, liveness)
+    stream = await connect(host, port, connect_timeout, ssl_context=ssl_context, token=token)
+    tune_socket(stream, heartbeat if heartbeat > 0 else 5.0, liveness)
     link = SlaveLink(stream, f"{host}:{port}", heartbeat, liveness)
     body_error: BaseException | None = None
     try:
@@ -246,7 +291,10 @@ async def open_link(
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
-            await stream.aclose()
+            with trio.move_on_after(_CLOSE_TIMEOUT):
+                await stream.aclose()
+            # A cancelled aclose still closes the transport; this makes sure.
+            await trio.aclose_forcefully(stream)
     if body_error is not None:
         try:
             raise body_error

@@ -18,6 +18,11 @@ Rules the code below keeps (each one is a bug of EventMQ or myjobs, fixed):
 * **Leaving without losing.**  A slot that stops taking jobs (shutdown,
   scale-down) re-joins a type nobody uses before it closes, so a job already
   on its way is put back by the daemon without counting as a loss.
+* **A refused token is final.**  Every connection (the start-up probe, each
+  slot's link, the master connection for scaling and burst) uses the same
+  TLS context and token.  Reconnecting cannot fix a token the daemon refuses,
+  so a refusal stops the runner (running jobs get `grace`) and `run` raises
+  `Unauthorized`, instead of retrying forever.
 * **Kill for real.**  Timeouts SIGTERM the job's process group and SIGKILL it
   after `grace`; shutdown lets running jobs finish until `grace` runs out and
   then SIGKILLs them; no pool process outlives `run`.
@@ -27,9 +32,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 import os
 import signal
+import ssl
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,8 +43,11 @@ from typing import Any
 import trio
 
 from gloomd import jsoncodec
+from gloomd.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameTooLarge, encode_frame
 
-from ..errors import TransportError
+from .._security import client_ssl_context, resolve_token
+from .._trio_connection import connect
+from ..errors import GloomError, TransportError, Unauthorized
 from . import scaling
 from .handler import HandlerError, HandlerSpec, split_path
 from .link import LinkLost, SlaveLink, open_link
@@ -88,8 +97,19 @@ class WorkerOptions:
     max_crash_backoff: float = 30.0
     connect_timeout: float = 10.0
     handle_signals: bool = False
+    #: Security, as for `gloom.open_master`: `token`, else `token_file`'s first
+    #: line, else $GLOOMD_TOKEN; `ssl_context`, else `tls`/`tls_ca`.  Resolved
+    #: once here, so a bad token file fails before anything starts, and every
+    #: connection of the run presents the same credentials.
+    token: str | None = field(default=None, repr=False)
+    token_file: str | os.PathLike[str] | None = None
+    ssl_context: ssl.SSLContext | None = None
+    tls: bool = False
+    tls_ca: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
+        self.token = resolve_token(self.token, self.token_file)
+        self.ssl_context = client_ssl_context(self.ssl_context, tls=self.tls, tls_ca=self.tls_ca)
         split_path(self.handler)  # a malformed path is a HandlerNotFound right away
         self.import_path = tuple(os.path.abspath(p) for p in self.import_path)
         self.class_args = tuple(self.class_args)
@@ -204,6 +224,8 @@ class Runner:
         self._factory: ProcessFactory | None = None
         self._slot_nursery: trio.Nursery | None = None
         self._aux_nursery: trio.Nursery | None = None
+        #: An error that ended the run from inside (a refused token): raised by `run`.
+        self.fatal: BaseException | None = None
 
     # ------------------------------------------------------------ observing
 
@@ -287,6 +309,8 @@ class Runner:
             except BaseException as exc:
                 error = _unwrap(exc)
             guard.cancel_scope.cancel()
+        if error is None:
+            error = self.fatal
         if error is not None:
             try:
                 raise error
@@ -362,14 +386,44 @@ class Runner:
         )
 
     async def _probe(self) -> None:
-        """Fail fast when the daemon is not there at startup (later losses reconnect)."""
+        """Fail fast when the daemon is not there, or will not have us, at
+        startup (later losses reconnect).
+
+        One full exchange, not just a TCP connect: a plaintext client on a
+        TLS-only port, or one without a token on a daemon that wants one, gets
+        its connection accepted and then closed, which only a reply can tell.
+        ``ping`` is answered on the slave port by gloomd (an error frame from
+        older daemons is an answer too).
+        """
         opts = self.options
+        where = f"{opts.host}:{opts.slave_port}"
+        # A plaintext hello on a TLS-only port is closed (or reset) unanswered.
+        hint = "" if opts.ssl_context is not None else " (is it TLS-only? try --tls)"
         try:
-            with trio.fail_after(opts.connect_timeout):
-                stream = await trio.open_tcp_stream(opts.host, opts.slave_port)
-        except (OSError, trio.TooSlowError) as exc:
-            raise TransportError(f"cannot reach gloomd's slave port at {opts.host}:{opts.slave_port}: {exc}") from None
-        await stream.aclose()
+            stream = await connect(
+                opts.host, opts.slave_port, opts.connect_timeout, ssl_context=opts.ssl_context, token=opts.token
+            )
+        except TransportError as exc:
+            # "cannot reach ..." is TCP itself failing; anything later (a close
+            # during auth) is what a TLS-only port does to plaintext.
+            if not hint or str(exc).startswith("cannot reach"):
+                raise
+            raise TransportError(f"{exc}{hint}") from None
+        try:
+            with trio.move_on_after(opts.connect_timeout) as scope:
+                await stream.send_all(encode_frame({"action": "ping"}))
+                reply = await _read_frame(stream)
+            if scope.cancelled_caught:
+                raise TransportError(f"gloomd at {where} did not answer a ping in {opts.connect_timeout:g} s")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise TransportError(f"gloomd at {where} dropped the start-up check ({exc}){hint}") from None
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+        if reply is None:
+            raise TransportError(f"gloomd at {where} closed the connection without a reply{hint}")
+        if isinstance(reply, dict) and reply.get("error") == "unauthorized":
+            raise Unauthorized(reply.get("reason", "auth"))
 
     async def _spawn_initial(self, count: int) -> list[PoolProcess]:
         """Start the first process alone (it proves the handler resolves, so a
@@ -450,6 +504,8 @@ class Runner:
                         heartbeat=opts.heartbeat,
                         liveness=opts.liveness,
                         connect_timeout=opts.connect_timeout,
+                        ssl_context=opts.ssl_context,
+                        token=opts.token,
                     ) as link:
                         slot.link = link
                         await link.join(opts.type)
@@ -462,7 +518,12 @@ class Runner:
                                 returned = await link.leave()
                                 self.stats.returned += returned
                     reason = link.lost
-                except (OSError, trio.TooSlowError, LinkLost) as exc:
+                except Unauthorized as exc:
+                    # The daemon's token changed under us: no retry can help.
+                    slot.link = None
+                    self._refused(slot, exc)
+                    break
+                except (OSError, trio.TooSlowError, LinkLost, GloomError) as exc:
                     reason = str(exc)
                 slot.link = None
                 if ended == "leave" or self._stopping or slot.retire:
@@ -482,6 +543,14 @@ class Runner:
                 slot.proc = slot.successor = None
                 del self.slots[slot.id]
                 self._emit("slot_closed", slot)
+
+    def _refused(self, slot: Slot | None, error: Unauthorized) -> None:
+        """Stop the run because the daemon refused our token; `run` raises it."""
+        log.error("event=unauthorized slot=%s reason=%s", None if slot is None else slot.id, error.reason)
+        self._emit("unauthorized", slot, reason=error.reason)
+        if self.fatal is None:
+            self.fatal = error
+        self.stop()
 
     async def _serve_link(self, slot: Slot, link: SlaveLink) -> str:
         """Take and run jobs until told to leave ("leave") or the link dies ("lost")."""
@@ -793,4 +862,28 @@ class _no_master:
 def _open_master(opts: WorkerOptions) -> Any:
     from .. import open_master
 
-    return open_master(opts.host, opts.master_port, connect_timeout=opts.connect_timeout)
+    return open_master(
+        opts.host,
+        opts.master_port,
+        connect_timeout=opts.connect_timeout,
+        token=opts.token,
+        ssl_context=opts.ssl_context,
+    )
+
+
+async def _read_frame(stream: trio.abc.Stream) -> Any:
+    """One decoded frame from `stream`, or None if it closed first."""
+    decoder = FrameDecoder(DEFAULT_MAX_FRAME)
+    while True:
+        data = await stream.receive_some(64 * 1024)
+        if not data:
+            return None
+        try:
+            payloads = decoder.feed(data)
+        except FrameTooLarge as exc:
+            raise TransportError(f"gloomd's reply is not a frame: {exc}") from None
+        if payloads:
+            try:
+                return jsoncodec.loads(payloads[0])
+            except jsoncodec.DecodeError as exc:
+                raise TransportError(f"gloomd's reply is not JSON: {exc}") from None
