@@ -73,7 +73,8 @@ def _await(pipes: list[Connection], wanted: set[str], until: float) -> dict[int,
     while pending:
         left = until - time.perf_counter()
         if left <= 0:
-            raise RunFailed(f"no {'/'.join(sorted(wanted))} from {len(pending)} process(es) in time")
+            kinds = "/".join(sorted(wanted))
+            raise RunFailed(f"no {kinds} from {len(pending)} process(es) in time")
         for p in wait(list(pending.values()), left):
             try:
                 kind, payload = p.recv()  # type: ignore[union-attr]
@@ -115,7 +116,10 @@ def _revision() -> str | None:
             ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, timeout=5
         ).stdout.decode().strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "gloomd"], cwd=root, capture_output=True, timeout=5
+            ["git", "status", "--porcelain", "--", "gloomd"],
+            cwd=root,
+            capture_output=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -270,7 +274,8 @@ def _drive(
         except OSError:
             pass
     try:
-        worker_reports = [v[1] for v in _await(worker_pipes, {"report"}, time.perf_counter() + 10).values()]
+        got_workers = _await(worker_pipes, {"report"}, time.perf_counter() + 10)
+        worker_reports = [v[1] for v in got_workers.values()]
     except RunFailed as exc:
         worker_reports = [{"jobs": None, "closed": 0, "errors": [str(exc)]}]
 
@@ -374,13 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     if args.connect:
         if args.server_pid is None:
-            print("--connect needs --server-pid (its CPU and memory are read from /proc)", file=sys.stderr)
+            print("--connect needs --server-pid (CPU and memory come from /proc)", file=sys.stderr)
             return 2
         host, mport, *rest = args.connect.split(":")
         sport = rest[0] if rest else mport  # gearmand and beanstalkd use one port for both
         server = Server(args.system, None, args.server_pid, (host, int(mport)), (host, int(sport)))
     elif installed(args.system) is None:
-        line = {"system": args.system, "workload": work.name, "skipped": f"{args.system} is not installed"}
+        skipped = f"{args.system} is not installed"
+        line = {"system": args.system, "workload": work.name, "skipped": skipped}
         _emit(line, args.out)
         return 3
     try:

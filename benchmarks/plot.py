@@ -28,7 +28,10 @@ def _good(line: dict[str, Any]) -> bool:
     return not any(line.get(k) for k in ("error", "skipped", "lost", "duplicates", "bad_bodies"))
 
 
-def _series(lines: list[dict[str, Any]], xs: dict[str, int], key: str, system: str) -> tuple[list[int], list[float]]:
+def _series(
+    lines: list[dict[str, Any]], xs: dict[str, int], key: str, system: str
+) -> tuple[list[int], list[float]]:
+    """Median of ``key`` per x for ``system``, from clean runs only."""
     points: dict[int, list[float]] = {}
     for line in lines:
         x = xs.get(line.get("workload", ""))
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is needed for the plot: .venv/bin/pip install matplotlib", file=sys.stderr)
+        print("the plot needs matplotlib: .venv/bin/pip install matplotlib", file=sys.stderr)
         return 2
     lines = load(args.files)
     systems = [s for s in SYSTEMS if any(line.get("system") == s for line in lines)]

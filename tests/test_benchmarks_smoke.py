@@ -25,7 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.timeout(60)
 
 
-def loadgen(*args: str, script: str | None = None, timeout: float = 45) -> tuple[int, dict[str, Any]]:
+def loadgen(
+    *args: str, script: str | None = None, timeout: float = 45
+) -> tuple[int, dict[str, Any]]:
     cmd = [sys.executable, script] if script else [sys.executable, "-m", "benchmarks.loadgen"]
     done = subprocess.run(
         [*cmd, *args], cwd=ROOT, capture_output=True, timeout=timeout, check=False
