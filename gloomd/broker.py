@@ -209,11 +209,10 @@ class Broker:
         """
         try:
             obj = m.decode_object(payload)
-            if isinstance(peer, SlavePeer):
+            if type(peer) is SlavePeer:
                 self._slave_message(peer, m.parse_slave(obj, peer.job is not None))
             else:
-                assert isinstance(peer, MasterPeer)
-                self._master_message(peer, m.parse_master(obj))
+                self._master_message(peer, m.parse_master(obj))  # type: ignore[arg-type]
         except m.ProtocolViolation as violation:
             self._send(peer, violation.frame())
 

@@ -51,12 +51,20 @@ def loads(payload: bytes) -> Any:
     """Decode one frame payload, keeping integers of any size exact."""
     if len(payload) > _SCAN_LIMIT:
         return _loads_large(payload)
-    if len(payload) < 19 or _LONG_RUN not in payload.translate(_DIGITS_TO_ZERO):
+    # `.find`, not `in`: `bytes in bytes` first tries the argument as an int
+    # and raises (then clears) a TypeError every time, which cost more than
+    # the search itself.
+    if len(payload) < 19 or payload.translate(_DIGITS_TO_ZERO).find(_LONG_RUN) < 0:
         obj = _orjson_loads(payload)
     else:
         obj = _exact_loads(payload)
-    # Only a payload with that many brackets can be that deep.
-    if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH and _shape(obj)[0] > MAX_DEPTH:
+    # Only a payload with that many brackets (so at least twice that many
+    # bytes) can be that deep.
+    if (
+        len(payload) > 2 * MAX_DEPTH
+        and payload.count(b"[") + payload.count(b"{") > MAX_DEPTH
+        and _shape(obj)[0] > MAX_DEPTH
+    ):
         raise DecodeError(f"nested deeper than {MAX_DEPTH} levels")
     return obj
 
