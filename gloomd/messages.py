@@ -176,6 +176,12 @@ def parse_slave(obj: dict[str, Any], holding_job: bool) -> SlaveMessage:
     if "action" not in obj:
         raise ProtocolViolation("missing_field", "type")  # Gloom's wording
     action = obj["action"]
+    if action == "respond":  # first: one per job, the hot path
+        if not holding_job:
+            raise ProtocolViolation("invalid_state", "not_processing")
+        if "body" not in obj:
+            raise ProtocolViolation("missing_field", "body")
+        return Respond(obj["body"])
     if action == "join":
         if "type" not in obj:
             raise ProtocolViolation("missing_field", "job_type")
@@ -188,10 +194,6 @@ def parse_slave(obj: dict[str, Any], holding_job: bool) -> SlaveMessage:
     if type(action) is str and action in _NEEDS_JOB:
         if not holding_job:
             raise ProtocolViolation("invalid_state", "not_processing")
-        if action == "respond":
-            if "body" not in obj:
-                raise ProtocolViolation("missing_field", "body")
-            return Respond(obj["body"])
         if action == "progress":
             if "body" not in obj:
                 raise ProtocolViolation("missing_field", "body")
