@@ -97,3 +97,18 @@ def test_structured_log_lines() -> None:
         log = daemon.proc.stderr.read().decode()
     for event in ("event=listening", "event=connect role=slave", "event=join", "event=submit", "event=requeue", "event=disconnect", "event=shutdown"):
         assert event in log, event
+
+
+def test_gc_policy_freezes_startup_heap_and_defers_full_collections() -> None:
+    code = (
+        "import gc; from gloomd.cli import _tune_gc; _tune_gc(); "
+        "print(gc.get_threshold()[2], gc.get_freeze_count() > 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["1000000", "True"]
+
+
+def test_gc_interval_must_be_positive() -> None:
+    proc = subprocess.run([sys.executable, "-m", "gloomd", "--gc-interval", "0"], capture_output=True, timeout=30)
+    assert proc.returncode == 2
+    assert b"--gc-interval must be positive" in proc.stderr
