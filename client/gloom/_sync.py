@@ -196,7 +196,26 @@ def _remaining(deadline: float | None) -> float | None:
     return left
 
 
-class Master:
+class _Endpoint:
+    """What the blocking master and slave share: a request sent, then frames
+    pumped until its answer arrives (each subclass handles what else comes)."""
+
+    _conn: _Connection
+
+    def _pump(self, deadline: float | None) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _call(self, request: Request, data: bytes, timeout: Any) -> Any:
+        deadline = self._conn.deadline(timeout)
+        self._conn.send(data, deadline)
+        while not request.answered:
+            self._pump(deadline)
+        if request.error is not None:
+            raise request.error
+        return request.value
+
+
+class Master(_Endpoint):
     """A blocking master connection (Gloom's `Master`, extended).
 
     ``Master()`` connects to 127.0.0.1:9998; ``Master(("host", port))`` or
@@ -343,15 +362,6 @@ class Master:
         """A detached job's result body (raises its failure, or ``not_ready``)."""
         return self._call(*self._proto.result(id), timeout)
 
-    def _call(self, request: Request, data: bytes, timeout: Any) -> Any:
-        deadline = self._conn.deadline(timeout)
-        self._conn.send(data, deadline)
-        while not request.answered:
-            self._pump(deadline)
-        if request.error is not None:
-            raise request.error
-        return request.value
-
     def _pump(self, deadline: float | None) -> None:
         try:
             data = self._conn.recv(deadline)
@@ -384,7 +394,7 @@ def _forget(progress: dict[Any, Any], job_id: Any) -> None:
         progress.pop(job_id, None)
 
 
-class Slave:
+class Slave(_Endpoint):
     """A blocking slave connection (Gloom's `Slave`, extended).
 
     `job()` waits for the next job and `respond(body)` answers it.  If the
@@ -486,15 +496,6 @@ class Slave:
         if self._holding is not None and self._holding != self._generation:
             self._holding = None
             raise TransportError("connection lost while holding the job; the daemon requeues it")
-
-    def _call(self, request: Request, data: bytes, timeout: Any) -> Any:
-        deadline = self._conn.deadline(timeout)
-        self._conn.send(data, deadline)
-        while not request.answered:
-            self._pump(deadline)
-        if request.error is not None:
-            raise request.error
-        return request.value
 
     def _pump(self, deadline: float | None) -> None:
         try:

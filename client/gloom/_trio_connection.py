@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import ssl
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from typing import Callable
 
 import trio
@@ -209,3 +211,27 @@ class FrameConnection:
     def close_with(self, error: GloomError) -> None:
         """Remember why the connection is being closed (e.g. a server notice)."""
         self._fail(error)
+
+
+@asynccontextmanager
+async def running_beside(task: Callable[[], Awaitable[object]]) -> AsyncIterator[None]:
+    """Run `task` while the caller's block runs; cancel it when the block ends.
+
+    An exception from the block is re-raised as itself, outside the nursery,
+    so callers of `open_master`/`open_slave` see their own exception rather
+    than an ExceptionGroup wrapping it.
+    """
+    body_error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(task)
+        try:
+            yield
+        except BaseException as exc:
+            body_error = exc
+        finally:
+            nursery.cancel_scope.cancel()
+    if body_error is not None:
+        try:
+            raise body_error
+        finally:
+            body_error = None

@@ -19,7 +19,7 @@ import trio
 from ._master_protocol import Answered, Finished, MasterProtocol, Notice, Progressed
 from ._protocol import JobState, Request
 from ._security import client_ssl_context, resolve_token
-from ._trio_connection import FrameConnection, connect
+from ._trio_connection import FrameConnection, connect, running_beside
 from .errors import GloomError, JobCancelled, ServerError, TransportError, WaitTimeout
 
 __all__ = ["AsyncMaster", "Job", "new_job_id", "open_master"]
@@ -354,19 +354,5 @@ async def open_master(
         token=resolve_token(token, token_file),
     )
     master = AsyncMaster(FrameConnection(stream, f"{host}:{port}"))
-    body_error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(master._run)
-        try:
-            yield master
-        except BaseException as exc:
-            # Re-raised below, outside the nursery, so the caller sees the
-            # exception itself rather than an ExceptionGroup wrapping it.
-            body_error = exc
-        finally:
-            nursery.cancel_scope.cancel()
-    if body_error is not None:
-        try:
-            raise body_error
-        finally:
-            body_error = None
+    async with running_beside(master._run):
+        yield master

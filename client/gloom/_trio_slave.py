@@ -26,7 +26,7 @@ import trio
 from ._slave_protocol import Answered, JobOffered, Notice, SlaveProtocol
 from ._protocol import Request
 from ._security import client_ssl_context, resolve_token
-from ._trio_connection import FrameConnection, connect
+from ._trio_connection import FrameConnection, connect, running_beside
 from .errors import GloomError, ProtocolError, TransportError, Unauthorized
 
 __all__ = ["AsyncSlave", "SlaveJob", "open_slave"]
@@ -311,20 +311,6 @@ async def open_slave(
         ssl_context=context,
         token=secret,
     )
-    body_error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(slave._run)
-        try:
-            yield slave
-        except BaseException as exc:
-            # Re-raised outside the nursery: callers see their own exception,
-            # not an ExceptionGroup around it.
-            body_error = exc
-        finally:
-            nursery.cancel_scope.cancel()
-    if body_error is not None:
-        try:
-            raise body_error
-        finally:
-            body_error = None
+    async with running_beside(slave._run):
+        yield slave
 
