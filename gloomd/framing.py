@@ -72,7 +72,9 @@ class FrameDecoder:
         """Bytes held of a frame not yet complete."""
         return self._have
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | bytearray) -> list[bytes]:
+        if type(data) is not bytes:
+            data = bytes(data)  # trio streams may hand over a bytearray
         if self._chunks:
             self._chunks.append(data)
             self._have += len(data)

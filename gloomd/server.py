@@ -312,6 +312,7 @@ class GloomServer:
             self._per_host.pop(host, None)
 
     async def _tls_read_loop(self, conn: StreamConnection) -> str:
+        reason: str | None
         while True:
             deadline = conn.deadline
             data = b""
@@ -322,7 +323,7 @@ class GloomServer:
             elif not data:
                 return "eof_mid_frame" if conn.decoder.pending else "eof"
             else:
-                reason = self.on_data(conn, data)  # type: ignore[assignment]
+                reason = self.on_data(conn, data)
                 self._kick()
                 if reason is None:
                     continue

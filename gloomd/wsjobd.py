@@ -407,7 +407,7 @@ class JobsDirectory:
         if defined_in != self.package and not defined_in.startswith(self.package + "."):
             # Imported into a job module from elsewhere (`from shutil import rmtree`).
             raise LoadingError(f"{module_path}.{name} is not defined in the jobs directory")
-        return func  # type: ignore[no-any-return]
+        return func
 
 
 # ------------------------------------------------------------------------------ jobs

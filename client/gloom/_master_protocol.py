@@ -145,7 +145,7 @@ class MasterProtocol:
 
     # -- receiving --------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray) -> list[Event]:
         events: list[Event] = []
         for frame in decode_frames(self._decoder, data):
             events.extend(self._handle(frame))

@@ -102,7 +102,7 @@ def new_decoder() -> FrameDecoder:
     return FrameDecoder(DEFAULT_MAX_FRAME)
 
 
-def decode_frames(decoder: FrameDecoder, data: bytes) -> list[dict[str, Any]]:
+def decode_frames(decoder: FrameDecoder, data: bytes | bytearray) -> list[dict[str, Any]]:
     """Frames in `data` as dicts; anything else means we lost the thread."""
     try:
         payloads = decoder.feed(data)

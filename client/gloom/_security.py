@@ -85,7 +85,7 @@ class AuthHandshake:
         self._buf = bytearray()
         self.leftover = b""
 
-    def receive_data(self, data: bytes) -> bool:
+    def receive_data(self, data: bytes | bytearray) -> bool:
         self._buf += data
         if len(self._buf) < 4:
             return False

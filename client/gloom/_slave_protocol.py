@@ -67,7 +67,7 @@ class SlaveProtocol:
         self._requests.push(request)
         return request, data
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray) -> list[Event]:
         events: list[Event] = []
         for frame in decode_frames(self._decoder, data):
             if frame.get("action") == "job":

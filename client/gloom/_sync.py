@@ -244,7 +244,7 @@ class Master(_Endpoint):
             resolve_token(token, token_file),
         )
         self._proto = MasterProtocol()
-        self._results: deque[Job | ServerError] = deque()
+        self._results: deque[Job | GloomError] = deque()
         #: Latest progress value per job id still running (progress frames
         #: never reach `receive`, which returns results only).
         self.progress: dict[Any, Any] = {}

@@ -180,7 +180,7 @@ class FrameConnection:
                 self._fail(TransportError(f"gloomd at {self.peer} closed the connection"))
                 return
             try:
-                on_data(data)
+                on_data(bytes(data))  # a stream may hand over a bytearray
             except ProtocolError as exc:
                 self._fail(exc)
                 return

@@ -780,7 +780,7 @@ class Runner:
         low, high = opts.bounds
         while not self._stopping:
             await self._sleep_unless_stopping(opts.scale_interval)
-            if self._stopping:
+            if self.stopping:  # the property: mypy would keep the loop's narrowing of _stopping
                 return
             entry = self._queue_entry(await master.stats())
             queued = entry["queued"] if entry else 0
@@ -813,7 +813,7 @@ class Runner:
             await self.wait_for(
                 lambda: self._stopping or all(s.state == "idle" for s in self.slots.values())
             )
-            if self._stopping:
+            if self.stopping:  # the property: mypy would keep the loop's narrowing of _stopping
                 return
             changed = self._changed
             entry = self._queue_entry(await master.stats())
