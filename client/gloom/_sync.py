@@ -29,7 +29,7 @@ from ._security import AuthHandshake, client_ssl_context, resolve_token
 from ._slave_protocol import JobOffered, SlaveProtocol
 from ._slave_protocol import Notice as SlaveNotice
 from ._trio_master import SUBMIT_KEYS, new_job_id
-from .errors import GloomError, ServerError, TransportError, WaitTimeout
+from .errors import GloomError, TransportError, WaitTimeout
 
 __all__ = ["Job", "Master", "Slave"]
 
