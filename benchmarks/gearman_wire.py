@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import struct
 
-from .bodies import BodyMaker, parse_ids
-from .wire import Bytes, Result, note_error
+from .bodies import parse_ids
+from .wire import Bytes, OneSocketMaster, Result, note_error
 
 __all__ = ["GearmanMaster", "GearmanWorker", "packet", "split_packets"]
 
@@ -71,7 +71,7 @@ def split_packets(buf: bytearray) -> list[tuple[int, bytes]]:
     return packets
 
 
-class GearmanMaster:
+class GearmanMaster(OneSocketMaster):
     """One client connection submitting foreground jobs to function ``echo``.
 
     The unique id is the job id: gearmand merges jobs that share a unique id,
@@ -79,19 +79,7 @@ class GearmanMaster:
     Results are matched by the ids inside the echoed body (see bodies.py).
     """
 
-    __slots__ = ("master", "bodies", "channels", "out", "acked", "errors", "_buf")
-
-    def __init__(self, master: int, bodies: BodyMaker) -> None:
-        self.master = master
-        self.bodies = bodies
-        self.channels = 1
-        self.out = [bytearray()]
-        self.acked = 0
-        self.errors: list[str] = []
-        self._buf = bytearray()
-
-    def greet(self) -> None:
-        return None
+    __slots__ = ()
 
     def submit(self, first: int, count: int) -> None:
         make = self.bodies.make

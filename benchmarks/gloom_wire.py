@@ -10,8 +10,7 @@ import struct
 
 import orjson
 
-from .bodies import BodyMaker
-from .wire import Bytes, Result, note_error
+from .wire import Bytes, OneSocketMaster, Result, note_error
 
 __all__ = ["GloomMaster", "GloomWorker", "split_frames", "JOB_TYPE"]
 
@@ -45,22 +44,10 @@ def frame(payload: bytes) -> bytes:
     return _pack(len(payload)) + payload
 
 
-class GloomMaster:
+class GloomMaster(OneSocketMaster):
     """One master connection.  Job ids are integers; the body is a JSON string."""
 
-    __slots__ = ("master", "bodies", "channels", "out", "acked", "errors", "_buf")
-
-    def __init__(self, master: int, bodies: BodyMaker) -> None:
-        self.master = master
-        self.bodies = bodies
-        self.channels = 1
-        self.out = [bytearray()]
-        self.acked = 0
-        self.errors: list[str] = []
-        self._buf = bytearray()
-
-    def greet(self) -> None:
-        return None
+    __slots__ = ()
 
     def submit(self, first: int, count: int) -> None:
         make = self.bodies.make

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from .bodies import BodyMaker
 
-__all__ = ["Bytes", "MasterWire", "WorkerWire", "Result"]
+__all__ = ["Bytes", "MasterWire", "OneSocketMaster", "WorkerWire", "Result"]
 
 #: What the drivers feed: a view of their reused receive buffer (see drivers.py).
 Bytes = bytes | bytearray | memoryview
@@ -78,3 +78,22 @@ def note_error(errors: list[str], text: object) -> None:
     """Keep the first few errors only: a broken run must not fill memory with them."""
     if len(errors) < 20:
         errors.append(str(text)[:300])
+
+
+class OneSocketMaster:
+    """State shared by the masters that submit and read results on one socket
+    (gloomd, gearmand); beanstalkd's needs a second one and keeps its own."""
+
+    __slots__ = ("master", "bodies", "channels", "out", "acked", "errors", "_buf")
+
+    def __init__(self, master: int, bodies: BodyMaker) -> None:
+        self.master = master
+        self.bodies = bodies
+        self.channels = 1
+        self.out = [bytearray()]
+        self.acked = 0
+        self.errors: list[str] = []
+        self._buf = bytearray()
+
+    def greet(self) -> None:
+        return None
