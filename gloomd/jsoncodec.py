@@ -121,9 +121,7 @@ def dumps(obj: Any) -> bytes:
     except orjson.JSONEncodeError:
         # Only integers beyond 64 bits (or values that are not JSON at all, which
         # the fallback rejects with TypeError/ValueError) reach this path.
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-            "utf-8"
-        )
+        return _exact_dumps(obj, sort_keys=False)
 
 
 def canonical(obj: Any) -> bytes:
@@ -135,6 +133,11 @@ def canonical(obj: Any) -> bytes:
     try:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:
-        return json.dumps(
-            obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
+        return _exact_dumps(obj, sort_keys=True)
+
+
+def _exact_dumps(obj: Any, *, sort_keys: bool) -> bytes:
+    """The standard library's encoder, with orjson's output conventions."""
+    return json.dumps(
+        obj, separators=(",", ":"), sort_keys=sort_keys, ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")

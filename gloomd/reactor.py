@@ -71,9 +71,6 @@ class Reactor:
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
 
-    def __len__(self) -> int:
-        return len(self._conns)
-
     # ------------------------------------------------------------ membership
 
     def add(self, conn: PlainConnection) -> None:

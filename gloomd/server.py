@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from .broker import OK_FRAME, Broker, MasterPeer
+from .broker import OK_FRAME, Broker
 from .config import Config
 from .framing import FrameTooLarge, FrameTooLargeWithFrames, encode_frame
 from .reactor import LINGER, Reactor
@@ -116,10 +116,6 @@ class GloomServer:
                 await conn.wait_drained()
         if self._run_scope is not None:
             self._run_scope.cancel()
-
-    @property
-    def connection_count(self) -> int:
-        return len(self._connections)
 
     # ------------------------------------------------------------ accepting
 
@@ -378,10 +374,6 @@ class GloomServer:
                 await self._timer_lot.park()
             broker.tick(trio.current_time())
             self.flush()
-
-    def masters(self) -> list[MasterPeer]:
-        assert self.broker is not None
-        return list(self.broker.masters)
 
 
 def _listen(host: str, port: int) -> socket.socket:
