@@ -164,8 +164,11 @@ class Broker:
         self.types: dict[bytes | str, TypeQueue] = {}
         self.masters: set[MasterPeer] = set()
         self.slaves: set[SlavePeer] = set()
-        #: Peers whose outbox gained frames since the I/O layer last looked.
-        self.dirty: set[Peer] = set()
+        #: Peers whose outbox gained frames since the I/O layer last looked,
+        #: in the order they gained them (a dict as an ordered set): the I/O
+        #: layer writes them in that order, so the broker decides who hears
+        #: first (see `submit` and `_respond`).
+        self.dirty: dict[Peer, None] = {}
         #: Set when a new deadline may be earlier than the one the timer waits for.
         self.timers_changed = False
         self.queued_total = 0  # QUEUED + WAITING jobs: what the queue cap counts
@@ -193,7 +196,7 @@ class Broker:
 
     def disconnect(self, peer: Peer) -> None:
         """The peer's connection is gone, for whatever reason."""
-        self.dirty.discard(peer)
+        self.dirty.pop(peer, None)
         if isinstance(peer, SlavePeer):
             self._drop_slave(peer)
         elif isinstance(peer, MasterPeer):
@@ -214,7 +217,7 @@ class Broker:
             else:
                 self._master_message(peer, m.parse_master(obj))  # type: ignore[arg-type]
         except m.ProtocolViolation as violation:
-            self._send(peer, violation.frame())
+            self.send(peer, violation.frame())
 
     def _slave_message(self, slave: SlavePeer, msg: m.SlaveMessage) -> None:
         cls = type(msg)
@@ -227,7 +230,7 @@ class Broker:
         elif cls is m.Fail:
             self._fail(slave, msg)  # type: ignore[arg-type]
         else:  # Ping, or Auth (the I/O layer enforces tokens): both just say ok
-            self._send(slave, OK_FRAME)
+            self.send(slave, OK_FRAME)
 
     def _master_message(self, master: MasterPeer, msg: m.MasterMessage) -> None:
         cls = type(msg)
@@ -238,15 +241,18 @@ class Broker:
         elif cls is m.Result:
             self._result(master, msg.id)  # type: ignore[union-attr]
         elif cls is m.Stats:
-            self._send(master, {"ok": True, "stats": self.stats()})
+            self.send(master, {"ok": True, "stats": self.stats()})
         else:  # Ping or Auth
-            self._send(master, OK_FRAME)
+            self.send(master, OK_FRAME)
 
     # ------------------------------------------------------------ output
 
-    def _send(self, peer: Peer, frame: bytes | dict[str, Any]) -> None:
+    def send(self, peer: Peer, frame: bytes | dict[str, Any]) -> None:
+        """Queue a frame for a peer (the I/O layer uses this for its own
+        frames: authentication and final errors)."""
         peer.outbox.append(frame)
-        self.dirty.add(peer)
+        self.dirty[peer] = None
+
 
     def take_dirty(self) -> list[Peer]:
         """Hand the I/O layer the peers with frames to write, and forget them."""
@@ -258,23 +264,23 @@ class Broker:
         master = job.master
         if master is not None:
             del master.jobs[job.id]
-            self._send(master, frame)
+            self.send(master, frame)
 
     # ------------------------------------------------------------ submit
 
     def submit(self, master: MasterPeer, msg: m.Submit) -> None:
         job_id = msg.id
         if self.halted:
-            self._send(master, _halted_frame(job_id))
+            self.send(master, _halted_frame(job_id))
             return
         if job_id in self.jobs:
-            self._send(master, {"error": "id_exists", "reason": job_id})
+            self.send(master, {"error": "id_exists", "reason": job_id})
             return
         waiting_on: list[Job] = []
         failed_dep: JobId | None = None
         for dep in msg.after:
             if dep == job_id and type(dep) is type(job_id):
-                self._send(master, {"error": "dependency_cycle", "reason": dep})
+                self.send(master, {"error": "dependency_cycle", "reason": dep})
                 return
             live = self.jobs.get(dep)
             if live is not None:
@@ -282,12 +288,12 @@ class Broker:
                 continue
             outcome = self._outcomes.get(dep)
             if outcome is None:
-                self._send(master, {"error": "unknown_dependency", "reason": dep})
+                self.send(master, {"error": "unknown_dependency", "reason": dep})
                 return
             if not outcome[1] and failed_dep is None:
                 failed_dep = dep
         if self.queued_total >= self.limits.max_queued:
-            self._send(master, {"error": "queue_full", "reason": job_id})
+            self.send(master, {"error": "queue_full", "reason": job_id})
             return
 
         self._seq += 1
@@ -295,21 +301,27 @@ class Broker:
         self.jobs[job_id] = job
         master.jobs[job_id] = job
         self.totals["submitted"] += 1
-        self._send(master, {"ok": True, "id": job_id})
         if log.isEnabledFor(logging.DEBUG):
             log.debug("event=submit master=%s id=%r priority=%d", master.name, job_id, job.priority)
+        ack = {"ok": True, "id": job_id}
+        if failed_dep is None and not waiting_on:
+            # Hand it on before acking: a waiting slave's frame is on the
+            # job's latency path and the ack is not, and peers are written
+            # in the order they were told.
+            self._enqueue(job)
+            self.send(master, ack)
+            return
+        self.send(master, ack)
         if failed_dep is not None:
             job.state = GONE  # never queued, so nothing to take out
             self._fail_job(job, "DEPENDENCY", failed_dep)
-        elif waiting_on:
+        else:
             job.waiting = len(waiting_on)
             self.queued_total += 1
             for dep_job in waiting_on:
                 if dep_job.dependents is None:
                     dep_job.dependents = []
                 dep_job.dependents.append(job)
-        else:
-            self._enqueue(job)
 
     def _queue_for(self, job_type: Any, key: bytes | str) -> TypeQueue:
         queue = self.types.get(key)
@@ -346,7 +358,7 @@ class Broker:
             job.deadline = self._clock() + job.timeout
             heapq.heappush(self._timeouts, (job.deadline, job.seq, job))
             self.timers_changed = True
-        self._send(slave, frame)
+        self.send(slave, frame)
 
     def _slave_ready(self, slave: SlavePeer) -> None:
         """The slave holds nothing now: give it the best queued job, or idle it."""
@@ -377,16 +389,19 @@ class Broker:
         slave.queue = queue
         queue.slaves += 1
         log.info("event=join slave=%s type=%s", slave.name, _short(msg.type))
-        self._send(slave, OK_FRAME)
+        self.send(slave, OK_FRAME)
         self._slave_ready(slave)
 
     def _hand_back(self, slave: SlavePeer) -> Job | None:
-        """The slave is done with its job (respond or fail): ack, and return
-        the job if its master still wants an answer (None for an orphan)."""
+        """The slave is done with its job (respond or fail): return the job
+        if its master still wants an answer (None for an orphan).
+
+        The caller answers the master first and acks the slave after: the
+        result is on the job's latency path, the slave's ok is not.
+        """
         job = slave.job
         assert job is not None
         slave.job = None
-        self._send(slave, OK_FRAME)
         if job.state != RUNNING:
             return None
         assert slave.queue is not None
@@ -398,13 +413,14 @@ class Broker:
         if job is not None:
             self.totals["completed"] += 1
             self._finish(job, {"id": job.id, "body": body}, ok=True)
+        self.send(slave, OK_FRAME)
         self._slave_ready(slave)
 
     def _progress(self, slave: SlavePeer, body: Any) -> None:
         job = slave.job
         assert job is not None
         if job.state == RUNNING and job.master is not None:
-            self._send(job.master, {"id": job.id, "progress": body})
+            self.send(job.master, {"id": job.id, "progress": body})
 
     def _fail(self, slave: SlavePeer, msg: m.Fail) -> None:
         job = self._hand_back(slave)
@@ -413,6 +429,7 @@ class Broker:
             log.info("event=failure id=%r category=%s slave=%s", job.id, msg.category, slave.name)
             frame = {"error": "job_error", "reason": msg.reason, "id": job.id, "category": msg.category}
             self._finish(job, frame, ok=False)
+        self.send(slave, OK_FRAME)
         self._slave_ready(slave)
 
     def _drop_slave(self, slave: SlavePeer) -> None:
@@ -454,13 +471,13 @@ class Broker:
     def _cancel(self, master: MasterPeer, job_id: JobId) -> None:
         job = self.jobs.get(job_id)
         if job is None or not (job.master is master or job.detached):
-            self._send(master, {"error": "unknown_id", "reason": job_id})
+            self.send(master, {"error": "unknown_id", "reason": job_id})
             return
         if job.state == RUNNING:
-            self._send(master, {"error": "invalid_state", "reason": "running"})
+            self.send(master, {"error": "invalid_state", "reason": "running"})
             return
         self.totals["cancelled"] += 1
-        self._send(master, {"ok": True, "id": job_id})
+        self.send(master, {"ok": True, "id": job_id})
         frame = {"error": "job_failed", "reason": job_id, "id": job_id, "category": "CANCELLED"}
         if job.master is master:
             # The canceller is the submitter: the ack is its answer.
@@ -471,13 +488,13 @@ class Broker:
     def _result(self, master: MasterPeer, job_id: JobId) -> None:
         stored = self._results.get(job_id)
         if stored is not None:
-            self._send(master, stored[1])
+            self.send(master, stored[1])
             return
         job = self.jobs.get(job_id)
         if job is not None and (job.detached or job.master is master):
-            self._send(master, {"error": "not_ready", "reason": job_id})
+            self.send(master, {"error": "not_ready", "reason": job_id})
         else:
-            self._send(master, {"error": "unknown_id", "reason": job_id})
+            self.send(master, {"error": "unknown_id", "reason": job_id})
 
     def _drop_master(self, master: MasterPeer) -> None:
         self.masters.discard(master)
@@ -636,7 +653,7 @@ class Broker:
         count = 0
         for master in list(self.masters):
             for job in list(master.jobs.values()):
-                self._send(master, _halted_frame(job.id))
+                self.send(master, _halted_frame(job.id))
                 count += 1
             master.jobs.clear()
         for job in self.jobs.values():

@@ -16,6 +16,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import orjson
+
 from . import jsoncodec
 
 __all__ = [
@@ -36,6 +38,7 @@ HEADER = 4
 _LENGTH = struct.Struct(">I")
 _unpack_from = _LENGTH.unpack_from
 _pack = _LENGTH.pack
+_orjson_dumps = orjson.dumps
 
 
 class FrameTooLarge(Exception):
@@ -56,7 +59,7 @@ class FrameDecoder:
     close from a close in the middle of a frame, and to time out slow senders.
     """
 
-    __slots__ = ("_chunks", "_have", "_need", "max_frame")
+    __slots__ = ("_chunks", "pending", "_need", "max_frame")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
@@ -64,25 +67,22 @@ class FrameDecoder:
         # complete: re-joining on every receive would make a large frame that
         # arrives in many small reads cost quadratic time.
         self._chunks: list[bytes] = []
-        self._have = 0
+        #: Bytes held of a frame not yet complete (an attribute, not a
+        #: property: the server reads it after every receive).
+        self.pending = 0
         self._need = 0  # bytes the partial frame needs in all (0: header not yet known)
-
-    @property
-    def pending(self) -> int:
-        """Bytes held of a frame not yet complete."""
-        return self._have
 
     def feed(self, data: bytes | bytearray) -> list[bytes]:
         if type(data) is not bytes:
             data = bytes(data)  # trio streams may hand over a bytearray
         if self._chunks:
             self._chunks.append(data)
-            self._have += len(data)
-            if self._have < self._need:
+            self.pending += len(data)
+            if self.pending < self._need:
                 return []
             data = b"".join(self._chunks)
             self._chunks = []
-            self._have = self._need = 0
+            self.pending = self._need = 0
         frames: list[bytes] = []
         end = len(data)
         pos = 0
@@ -102,7 +102,7 @@ class FrameDecoder:
         if pos < end:
             rest = data[pos:] if pos else data
             self._chunks.append(rest)
-            self._have = len(rest)
+            self.pending = len(rest)
         return frames
 
 
@@ -125,5 +125,8 @@ def encode_payload(payload: bytes) -> bytes:
 
 def encode_frame(obj: Any) -> bytes:
     """Encode one message (a dict) as a complete frame."""
-    payload = jsoncodec.dumps(obj)
+    try:
+        payload = _orjson_dumps(obj)  # `jsoncodec.dumps`, less one call per frame
+    except orjson.JSONEncodeError:
+        payload = jsoncodec.dumps(obj)
     return _pack(len(payload)) + payload

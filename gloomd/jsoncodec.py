@@ -39,6 +39,7 @@ def _reject_constant(name: str) -> Any:
 #: a value we could read but not write back (as a job body, a type, an echoed
 #: action) would fail later, far from the frame that carried it.
 MAX_DEPTH = 254
+_DEEP_PAYLOAD = 2 * MAX_DEPTH
 
 
 #: Payloads up to this size are pre-scanned (two fast C passes); larger ones
@@ -49,19 +50,23 @@ _SCAN_LIMIT = 4096
 
 def loads(payload: bytes) -> Any:
     """Decode one frame payload, keeping integers of any size exact."""
-    if len(payload) > _SCAN_LIMIT:
+    size = len(payload)
+    if size > _SCAN_LIMIT:
         return _loads_large(payload)
     # `.find`, not `in`: `bytes in bytes` first tries the argument as an int
     # and raises (then clears) a TypeError every time, which cost more than
     # the search itself.
-    if len(payload) < 19 or payload.translate(_DIGITS_TO_ZERO).find(_LONG_RUN) < 0:
-        obj = _orjson_loads(payload)
+    if size < 19 or payload.translate(_DIGITS_TO_ZERO).find(_LONG_RUN) < 0:
+        try:
+            obj = orjson.loads(payload)  # `_orjson_loads` inlined: every frame passes here
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(str(exc)) from None
     else:
         obj = _exact_loads(payload)
     # Only a payload with that many brackets (so at least twice that many
     # bytes) can be that deep.
     if (
-        len(payload) > 2 * MAX_DEPTH
+        size > _DEEP_PAYLOAD
         and payload.count(b"[") + payload.count(b"{") > MAX_DEPTH
         and _shape(obj)[0] > MAX_DEPTH
     ):

@@ -55,8 +55,8 @@ class ReactorClient(Protocol):
     def release(self, conn: PlainConnection, reason: str) -> None:
         """The peer is gone for the broker (called once per connection)."""
 
-    def flush(self) -> None:
-        """Write every peer's pending output."""
+    def flush(self, urgent_only: bool = False) -> None:
+        """Write every peer's pending output (or only what cannot wait)."""
 
 
 class Reactor:
@@ -67,7 +67,7 @@ class Reactor:
         self._conns: dict[int, PlainConnection] = {}
         self._deadlines: list[tuple[float, int, PlainConnection]] = []
         self._seq = itertools.count()  # tie-breaker: connections do not compare
-        self._wait_scope: trio.CancelScope | None = None  # set while the loop waits
+        self._wait_scope: trio.CancelScope | None = None  # the scope of the waits, while it lives
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
 
@@ -115,18 +115,29 @@ class Reactor:
         task_status.started()
         try:
             while True:
-                deadline = self._deadlines[0][0] if self._deadlines else INF
-                with trio.move_on_at(deadline) as self._wait_scope:
-                    await trio.lowlevel.wait_readable(epoll)
+                # One cancel scope per deadline that fires, not one per wait:
+                # entering and leaving a scope cost about 20 us of CPU per
+                # wake-up (measured), as much as handling a job.  `_schedule`
+                # moves the deadline earlier when a connection needs it; a
+                # stale (later-cancelled) deadline only costs one extra lap.
+                first = self._deadlines[0][0] if self._deadlines else INF
+                with trio.CancelScope(deadline=first) as self._wait_scope:
+                    while True:
+                        await trio.lowlevel.wait_readable(epoll)
+                        # While sockets keep being ready, go round without
+                        # trio: a non-blocking poll costs one syscall, a trio
+                        # wake-up several plus the scheduler.  Bounded, then a
+                        # checkpoint, so other tasks (TLS, timers, accept) are
+                        # never starved; `wait_readable` is a checkpoint too.
+                        for _ in range(BUSY_ROUNDS):
+                            if not self._poll():
+                                break
+                        else:
+                            self._client.flush()
+                            await trio.lowlevel.checkpoint()
                 self._wait_scope = None
-                # While sockets keep being ready, go round without trio: a
-                # non-blocking poll costs one syscall, a trio wake-up several
-                # plus the scheduler.  Bounded, then a checkpoint, so other
-                # tasks (TLS, timers, accept) are never starved.
-                for _ in range(BUSY_ROUNDS):
-                    if not self._poll():
-                        break
-                await trio.lowlevel.checkpoint()
+                self._expire()
+                self._client.flush()
         finally:
             for conn in list(self._conns.values()):
                 self.drop(conn, "server_stopped")
@@ -134,7 +145,15 @@ class Reactor:
             epoll.close()
 
     def _poll(self) -> bool:
-        """Handle every ready socket once, then flush; False if none was ready."""
+        """Handle every ready socket once, then flush; False if none was ready.
+
+        While sockets keep being ready only slaves handed a job are written:
+        they sit idle until it arrives, while a master's results and acks
+        (and a slave's lone ok) can gather over the rounds of a busy spell
+        and leave in one send when it ends (the round that finds nothing
+        ready, or the last one).  Measured on the throughput workload: a
+        quarter fewer sends per job.
+        """
         conns = self._conns
         ready = self._epoll.poll(0)
         for fd, events in ready:
@@ -145,9 +164,7 @@ class Reactor:
                 conn.on_writable()
             if events & _READ_EVENTS and fd in conns:
                 self._readable(conn)
-        if self._deadlines and self._deadlines[0][0] <= self._clock():
-            self._expire()
-        self._client.flush()
+        self._client.flush(urgent_only=bool(ready))
         return bool(ready)
 
     def _readable(self, conn: PlainConnection) -> None:
@@ -169,12 +186,14 @@ class Reactor:
         if not data:
             self.drop(conn, "eof_mid_frame" if conn.decoder.pending else "eof")
             return
-        before = conn.deadline
+        # Only the frame deadline can move here (authenticating clears the
+        # other); attributes, not the `deadline` property, on this hot path.
+        before = conn.frame_deadline
         reason = self._client.on_data(conn, data)
         if reason is not None:
             self.hang_up(conn, reason)
-        elif conn.deadline != before:
-            self._schedule(conn, conn.deadline)
+        elif conn.frame_deadline != before:
+            self._schedule(conn, conn.frame_deadline)
 
     # ------------------------------------------------------------ deadlines
 

@@ -69,7 +69,9 @@ class GloomServer:
 
     async def run(self, *, task_status: trio.TaskStatus[GloomServer] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        self.broker = Broker(cfg.limits, clock=trio.current_time)
+        # The run's clock itself: `trio.current_time` reaches the same method
+        # through three more calls, and the broker reads it once per job.
+        self.broker = Broker(cfg.limits, clock=trio.lowlevel.current_clock().current_time)
         master_sock = _listen(cfg.host, cfg.master_port)
         slave_sock = _listen(cfg.host, cfg.slave_port)
         self.master_port = master_sock.getsockname()[1]
@@ -239,8 +241,7 @@ class GloomServer:
                 return self._final(conn, {"error": "unauthorized", "reason": "auth"}, "unauthorized")
             conn.authenticated = True
             conn.auth_deadline = INF
-            peer.outbox.append(OK_FRAME)
-            broker.dirty.add(peer)
+            broker.send(peer, OK_FRAME)
             del frames[0]
         receive = broker.receive
         for payload in frames:
@@ -258,8 +259,7 @@ class GloomServer:
     def _final(self, conn: Connection, frame: dict[str, Any], reason: str) -> str:
         peer = conn.peer
         assert peer is not None and self.broker is not None
-        peer.outbox.append(frame)
-        self.broker.dirty.add(peer)
+        self.broker.send(peer, frame)
         return reason
 
     # ------------------------------------------------------------ TLS connections
@@ -344,8 +344,13 @@ class GloomServer:
             self._flush_pending = False
             self.flush()
 
-    def flush(self) -> None:
-        """Write each dirty peer's outbox as one buffer."""
+    def flush(self, urgent_only: bool = False) -> None:
+        """Write each dirty peer's outbox as one buffer.
+
+        `urgent_only` writes just the slaves that are handed a job and
+        keeps everything else (masters' acks and results, a slave's lone
+        ok) for the flush that ends the busy spell; see `Reactor._poll`.
+        """
         broker = self.broker
         assert broker is not None
         if broker.timers_changed:
@@ -355,6 +360,9 @@ class GloomServer:
         for peer in broker.take_dirty():
             conn: Connection = peer.transport
             out = peer.outbox
+            if urgent_only and (conn.role == "master" or (len(out) == 1 and out[0] is OK_FRAME)):
+                broker.dirty[peer] = None  # still to write
+                continue
             peer.outbox = []
             if conn.closed:
                 continue

@@ -46,7 +46,7 @@ class Kit:
         """Decode and clear the frames waiting for `peer`."""
         frames = [jsoncodec.loads(f[4:]) for f in iter_frames(peer.outbox)]
         peer.outbox.clear()
-        self.broker.dirty.discard(peer)
+        self.broker.dirty.pop(peer, None)
         return frames
 
     def submit(self, master: Peer, job_id: Any, job_type: Any = "t", priority: int = 0, body: Any = None, **extra: Any) -> list[Any]:
