@@ -179,6 +179,26 @@ async def test_reconnects_to_a_restarted_daemon(nursery: trio.Nursery, start_wor
         assert await (await m.submit("w", [1])).wait(10) == [1]
 
 
+async def test_scaling_rides_out_a_daemon_restart(
+    nursery: trio.Nursery, start_worker: StartWorker, gate: Gate
+) -> None:
+    """The scaler's master connection comes back with the daemon, as the links do."""
+    async with trio.open_nursery() as first_run:
+        first: GloomServer = await first_run.start(GloomServer(Config(master_port=0, slave_port=0)).run)
+        ports = {"master_port": first.master_port, "slave_port": first.slave_port}
+        runner = await start_worker("gated", server=first, min=1, max=3, scale_interval=0.05, idle_grace=60)
+        first_run.cancel_scope.cancel()
+    await runner.wait_for(lambda: any(e.kind == "link_lost" for e in runner.events))
+    second: GloomServer = await nursery.start(GloomServer(Config(**ports)).run)
+    async with gloom.open_master("127.0.0.1", second.master_port) as m:
+        jobs = await m.submit_many([{"type": "w", "body": gate.body(tag=i)} for i in range(3)])
+        running = [await gate.next() for _ in range(3)]  # three at once: it grew again
+        assert runner.size() == 3 and len({a.pid for a in running}) == 3
+        for arrival in running:
+            await arrival.release()
+        assert sorted(r["tag"] for r in [await j.wait(10) for j in jobs]) == [0, 1, 2]
+
+
 async def test_leaving_hands_back_an_unstarted_job_without_a_loss(
     gloomd_server: Any, master: gloom.AsyncMaster
 ) -> None:

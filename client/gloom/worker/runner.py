@@ -36,7 +36,7 @@ import os
 import signal
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -349,28 +349,31 @@ class Runner:
         procs = await self._spawn_initial(low)
         try:
             await self._probe()
-            master_cm = _open_master(opts) if (opts.scaling or opts.burst) else _no_master()
-            async with master_cm as master:
-                async with trio.open_nursery() as aux:
-                    self._aux_nursery = aux
-                    if opts.handle_signals:
-                        aux.start_soon(self._signals)
-                    async with trio.open_nursery() as slot_nursery:
-                        self._slot_nursery = slot_nursery
-                        for proc in procs:
-                            self._add_slot(proc)
-                        procs = []
-                        await self.wait_for(
-                            lambda: self._stopping or all(s.state == "idle" for s in self.slots.values())
-                        )
-                        log.info("event=ready type=%s slots=%d", _short(opts.type), len(self.slots))
-                        self._emit("ready", slots=len(self.slots))
-                        task_status.started(self)
-                        if opts.scaling:
-                            aux.start_soon(self._scaler, master)
-                        if opts.burst:
-                            aux.start_soon(self._burst, master)
-                    aux.cancel_scope.cancel()
+            if opts.scaling or opts.burst:
+                # Fail fast on a master port that is wrong or refuses us; once
+                # running, scaling and burst ride out a daemon restart.
+                async with _open_master(opts) as master:
+                    await master.stats()
+            async with trio.open_nursery() as aux:
+                self._aux_nursery = aux
+                if opts.handle_signals:
+                    aux.start_soon(self._signals)
+                async with trio.open_nursery() as slot_nursery:
+                    self._slot_nursery = slot_nursery
+                    for proc in procs:
+                        self._add_slot(proc)
+                    procs = []
+                    await self.wait_for(
+                        lambda: self._stopping or all(s.state == "idle" for s in self.slots.values())
+                    )
+                    log.info("event=ready type=%s slots=%d", _short(opts.type), len(self.slots))
+                    self._emit("ready", slots=len(self.slots))
+                    task_status.started(self)
+                    if opts.scaling:
+                        aux.start_soon(self._scaler)
+                    if opts.burst:
+                        aux.start_soon(self._burst)
+                aux.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 for proc in procs:
@@ -775,40 +778,72 @@ class Runner:
                 return dict(entry)
         return None
 
-    async def _scaler(self, master: Any) -> None:
-        opts = self.options
-        low, high = opts.bounds
+    async def _with_daemon(self, body: Callable[[Any], Awaitable[None]]) -> None:
+        """Run `body(master)` over a master connection until it returns or the
+        runner stops, connecting again after the daemon is lost.
+
+        Scaling and burst mode thereby outlive a daemon restart the way the slot
+        links do.  Each connection is opened and closed in this one frame, so
+        its reader task nests inside the caller's cancel scopes as trio needs.
+        A refused token is not a lost daemon and still raises.
+        """
         while not self._stopping:
-            await self._sleep_unless_stopping(opts.scale_interval)
+            try:
+                async with _open_master(self.options) as master:
+                    await body(master)
+                    return
+            except TransportError as exc:
+                log.info("event=stats_unavailable error=%s", exc)
+                await self._sleep_unless_stopping(self.options.reconnect_delay)
+
+    async def _scaler(self) -> None:
+        await self._with_daemon(self._scale_loop)
+
+    async def _scale_loop(self, master: Any) -> None:
+        while not self._stopping:
+            await self._sleep_unless_stopping(self.options.scale_interval)
             if self.stopping:  # the property: mypy would keep the loop's narrowing of _stopping
                 return
-            entry = self._queue_entry(await master.stats())
-            queued = entry["queued"] if entry else 0
-            idle = [(s.id, s.idle_since) for s in self.slots.values() if s.state == "idle" and not s.retire]
-            decision = scaling.plan(
-                size=self.size(),
-                queued=queued,
-                idle=idle,
-                now=trio.current_time(),
-                minimum=low,
-                maximum=high,
-                idle_grace=opts.idle_grace,
-            )
-            if decision.grow:
-                log.info("event=scale_up by=%d queued=%d size=%d", decision.grow, queued, self.size())
-                self._emit("scale_up", by=decision.grow, queued=queued)
-                for _ in range(decision.grow):
-                    self._add_slot(None)
-            elif decision.shrink is not None:
-                slot = self.slots[decision.shrink]
-                log.info("event=scale_down slot=%d size=%d", slot.id, self.size())
-                slot.retire = True
-                self._emit("scale_down", slot)
-                if slot.idle_scope is not None:
-                    slot.idle_scope.cancel()
+            self._scale(await master.stats())
 
-    async def _burst(self, master: Any) -> None:
-        """Stop once nothing of our type is queued or running anywhere."""
+    def _scale(self, stats: dict[str, Any]) -> None:
+        """One scaling decision from one reading of the daemon's stats."""
+        opts = self.options
+        low, high = opts.bounds
+        entry = self._queue_entry(stats)
+        queued = entry["queued"] if entry else 0
+        idle = [(s.id, s.idle_since) for s in self.slots.values() if s.state == "idle" and not s.retire]
+        decision = scaling.plan(
+            size=self.size(),
+            queued=queued,
+            idle=idle,
+            now=trio.current_time(),
+            minimum=low,
+            maximum=high,
+            idle_grace=opts.idle_grace,
+        )
+        if decision.grow:
+            log.info("event=scale_up by=%d queued=%d size=%d", decision.grow, queued, self.size())
+            self._emit("scale_up", by=decision.grow, queued=queued)
+            for _ in range(decision.grow):
+                self._add_slot(None)
+        elif decision.shrink is not None:
+            slot = self.slots[decision.shrink]
+            log.info("event=scale_down slot=%d size=%d", slot.id, self.size())
+            slot.retire = True
+            self._emit("scale_down", slot)
+            if slot.idle_scope is not None:
+                slot.idle_scope.cancel()
+
+    async def _burst(self) -> None:
+        await self._with_daemon(self._burst_loop)
+
+    async def _burst_loop(self, master: Any) -> None:
+        """Stop once nothing of our type is queued or running anywhere.
+
+        While the daemon cannot be reached that cannot be known, so the runner
+        keeps serving until `_with_daemon` has it back.
+        """
         while not self._stopping:
             await self.wait_for(
                 lambda: self._stopping or all(s.state == "idle" for s in self.slots.values())
@@ -849,14 +884,6 @@ async def _cancel_when_dead(proc: PoolProcess, scope: trio.CancelScope) -> None:
 def _short(value: Any, limit: int = 80) -> str:
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _no_master:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 def _open_master(opts: WorkerOptions) -> Any:
