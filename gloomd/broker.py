@@ -48,6 +48,9 @@ RUNNING: Final = 2
 GONE: Final = 3  # answered or removed: only an orphan's slave still refers to it
 
 OK_FRAME: Final = encode_frame({"ok": True})
+INF: Final = float("inf")
+#: Size of the timeout heap below which stale entries are never swept.
+_TIMEOUTS_MIN: Final = 1024
 
 JobId = str | int
 
@@ -169,11 +172,19 @@ class Broker:
         #: layer writes them in that order, so the broker decides who hears
         #: first (see `submit` and `_respond`).
         self.dirty: dict[Peer, None] = {}
-        #: Set when a new deadline may be earlier than the one the timer waits for.
+        #: Set when a new deadline is earlier than the one the timer waits for
+        #: (`_timer_at`, from `next_deadline`).  Only then: jobs with the same
+        #: timeout or results with the same TTL expire in the order they were
+        #: made, so a wake-up per job would find nothing to do.
         self.timers_changed = False
+        self._timer_at = INF
         self.queued_total = 0  # QUEUED + WAITING jobs: what the queue cap counts
         self._seq = 0
+        # Running jobs' deadlines, deleted lazily: a finished job's entry stays
+        # until it comes up, or until stale entries are half the heap (see
+        # `_push_timeout`), which bounds what finished jobs keep alive.
         self._timeouts: list[tuple[float, int, Job]] = []
+        self._timeouts_cap = _TIMEOUTS_MIN
         # Detached jobs' final frames, and every job's outcome (for `after`),
         # both in order of expiry since the TTL is the same for all.
         self._results: OrderedDict[JobId, tuple[float, dict[str, Any]]] = OrderedDict()
@@ -356,8 +367,7 @@ class Broker:
         if job.timeout is not None:
             frame["timeout"] = job.timeout
             job.deadline = self._clock() + job.timeout
-            heapq.heappush(self._timeouts, (job.deadline, job.seq, job))
-            self.timers_changed = True
+            self._push_timeout(job)
         self.send(slave, frame)
 
     def _slave_ready(self, slave: SlavePeer) -> None:
@@ -595,16 +605,35 @@ class Broker:
     # ------------------------------------------------------------ time
 
     def next_deadline(self) -> float:
-        """When `tick` next has something to do (inf if never)."""
+        """When `tick` next has something to do (inf if never).
+
+        The caller (the timer) sleeps until then, so it needs waking only for
+        an earlier deadline: see `timers_changed`.
+        """
         self.timers_changed = False
-        deadline = float("inf")
+        deadline = INF
         if self._timeouts:
             deadline = self._timeouts[0][0]
         for store in (self._results, self._outcomes):
             if store:
                 first = next(iter(store.values()))[0]
                 deadline = min(deadline, first)
+        self._timer_at = deadline
         return deadline
+
+    def _arm(self, when: float) -> None:
+        if when < self._timer_at:
+            self.timers_changed = True
+
+    def _push_timeout(self, job: Job) -> None:
+        timeouts = self._timeouts
+        if len(timeouts) >= self._timeouts_cap:
+            # In place: `tick` may be iterating this very list.
+            timeouts[:] = [e for e in timeouts if e[2].state == RUNNING and e[2].deadline == e[0]]
+            heapq.heapify(timeouts)
+            self._timeouts_cap = max(_TIMEOUTS_MIN, 2 * len(timeouts))
+        heapq.heappush(timeouts, (job.deadline, job.seq, job))
+        self._arm(job.deadline)
 
     def tick(self, now: float) -> None:
         """Fire job timeouts and expire stored results that are due."""
@@ -627,16 +656,18 @@ class Broker:
     def _store_result(self, job_id: JobId, frame: dict[str, Any]) -> None:
         store = self._results
         store.pop(job_id, None)
-        store[job_id] = (self._clock() + self.limits.result_ttl, frame)
+        expires = self._clock() + self.limits.result_ttl
+        store[job_id] = (expires, frame)
         if len(store) > self.limits.max_results:
             store.popitem(last=False)
-        self.timers_changed = True
+        self._arm(expires)
 
     def _record_outcome(self, job_id: JobId, ok: bool) -> None:
         store = self._outcomes
-        if store.pop(job_id, None) is None and not store:
-            self.timers_changed = True
-        store[job_id] = (self._clock() + self.limits.result_ttl, ok)
+        store.pop(job_id, None)
+        expires = self._clock() + self.limits.result_ttl
+        store[job_id] = (expires, ok)
+        self._arm(expires)
         if len(store) > self.limits.max_results:
             store.popitem(last=False)
 

@@ -210,6 +210,55 @@ def test_timeout_counts_from_dispatch_not_submit() -> None:
     assert k.out(m)[-1]["category"] == "TIMEOUT"
 
 
+def test_timer_is_woken_only_for_an_earlier_deadline() -> None:
+    """Jobs with one timeout expire in dispatch order: no wake-up per job."""
+    k = Kit()
+    b = k.broker
+    m = k.master()
+    slaves = [k.slave("t", name=f"s{i}") for i in range(3)]
+    assert b.next_deadline() == float("inf")
+    k.submit(m, "a", timeout=10)
+    assert b.timers_changed and b.next_deadline() == 10
+    k.clock.now = 1
+    k.submit(m, "b", timeout=10)  # due at 11, after the 10 the timer sleeps to
+    assert not b.timers_changed
+    k.submit(m, "c", timeout=2)  # due at 3: the timer must wake sooner
+    assert b.timers_changed and b.next_deadline() == 3
+    k.send(slaves[0], {"action": "respond", "body": 1})
+    assert not b.timers_changed  # its outcome (kept for `after`) expires in an hour
+
+
+def test_timer_is_woken_for_the_first_outcome_only() -> None:
+    k = Kit()
+    b = k.broker
+    m = k.master()
+    s = k.slave("t")
+    assert b.next_deadline() == float("inf")
+    k.submit(m, "a")
+    k.send(s, {"action": "respond", "body": 1})
+    assert b.timers_changed and b.next_deadline() == 3600
+    k.submit(m, "b")
+    k.send(s, {"action": "respond", "body": 1})
+    assert not b.timers_changed
+
+
+def test_finished_jobs_do_not_pile_up_behind_their_timeouts() -> None:
+    """A finished job's timeout entry is deleted lazily, but not kept for
+    the whole timeout: memory stays bounded by the running jobs."""
+    k = Kit()
+    m = k.master()
+    s = k.slave("t")
+    for i in range(5000):
+        k.submit(m, i, timeout=3600)
+        k.out(s)
+        k.send(s, {"action": "respond", "body": i})
+    assert len(k.broker._timeouts) <= 1024
+    k.out(m)
+    k.submit(m, "last", timeout=3600)
+    k.tick(3600.5)
+    assert k.out(m)[-1] == {"error": "job_failed", "reason": "last", "id": "last", "category": "TIMEOUT"}
+
+
 def test_progress_and_fail_reach_the_master() -> None:
     k = Kit()
     m = k.master()
