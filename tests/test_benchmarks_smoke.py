@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.latency_floor import compare, forwarder_latency
 from benchmarks.servers import installed
 
 from .daemon import spawn_gloomd
@@ -92,6 +93,21 @@ def test_deadline_stops_a_run_whose_jobs_are_never_served() -> None:
     assert rc == 1
     assert line["deadline_hit"] is True
     assert (line["completed"], line["lost"], line["unsent"]) == (0, 10, 40)
+
+
+def test_latency_floor_compare_runs_every_contender_cleanly() -> None:
+    """The yardstick behind the latency floor in benchmarks/README.md: both
+    forwarders serve the generator's latency workload with every job answered."""
+    summary = compare(rounds=1, jobs=100)
+    names = [s["contender"] for s in summary]
+    assert names[:3] == ["floor-epoll", "floor-trio", "gloomd"]
+    assert ("beanstalkd" in names) == (installed("beanstalkd") is not None)
+    for row in summary:
+        assert row["p50_ms"] > 0 and len(row["p50_each"]) == 1
+        assert (row["vs_beanstalkd"] is not None) == ("beanstalkd" in names)
+    line = forwarder_latency(True, 200)
+    assert line["window"] == 1
+    assert_clean(line, 200)
 
 
 @pytest.mark.parametrize("system", ["gearmand", "beanstalkd"])
