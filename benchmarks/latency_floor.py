@@ -40,7 +40,6 @@ import json
 import select
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -48,18 +47,17 @@ from typing import Any
 
 import orjson
 
-from .servers import installed
+from .gloom_wire import frame, split_frames
+from .servers import installed, start_reporting
 
 __all__ = ["Forwarder", "compare", "forwarder_latency", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
-_LEN = struct.Struct(">I")
-_OK = _LEN.pack(11) + b'{"ok":true}'
+_OK = frame(b'{"ok":true}')
 
 
 def _frame(obj: Any) -> bytes:
-    payload = orjson.dumps(obj)
-    return _LEN.pack(len(payload)) + payload
+    return frame(orjson.dumps(obj))
 
 
 class Forwarder:
@@ -111,13 +109,8 @@ class Forwarder:
             sock.close()
             return
         pending += self._view[:size]
-        pos = 0
-        while len(pending) - pos >= 4:
-            (length,) = _LEN.unpack_from(pending, pos)
-            if len(pending) - pos - 4 < length:
-                break
-            msg = orjson.loads(bytes(pending[pos + 4 : pos + 4 + length]))
-            pos += 4 + length
+        for payload in split_frames(pending):
+            msg = orjson.loads(payload)
             if role == "master":
                 self._submit(sock, msg)
             elif msg["action"] == "join":
@@ -125,7 +118,6 @@ class Forwarder:
                 self.idle.append(sock)
             else:
                 self._respond(sock, fd, msg)
-        del pending[:pos]
 
     def _submit(self, master: socket.socket, msg: dict[str, Any]) -> None:
         job_id = msg["id"]
@@ -182,18 +174,10 @@ def _latency_run(args: list[str], jobs: int) -> dict[str, Any]:
 
 def forwarder_latency(use_trio: bool, jobs: int) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "benchmarks.latency_floor", "serve", *(["--trio"] if use_trio else [])]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        words = dict(w.split("=", 1) for w in proc.stdout.readline().decode().split() if "=" in w)
-        mport, sport = words["master"].rsplit(":", 1)[1], words["slave"].rsplit(":", 1)[1]
-        connect = ["--system", "gloomd", "--connect", f"127.0.0.1:{mport}:{sport}", "--server-pid", str(proc.pid)]
+    with start_reporting("floor", cmd, cwd=ROOT) as server:
+        (host, mport), (_, sport) = server.master, server.slave
+        connect = ["--system", "gloomd", "--connect", f"{host}:{mport}:{sport}", "--server-pid", str(server.pid)]
         return _latency_run(connect, jobs)
-    finally:
-        proc.kill()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def compare(rounds: int, jobs: int) -> list[dict[str, Any]]:

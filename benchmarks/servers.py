@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["Server", "ServerError", "start_server", "installed"]
+__all__ = ["Server", "ServerError", "start_reporting", "start_server", "installed"]
 
 READY_TIMEOUT = 20.0
 
@@ -94,9 +94,15 @@ def _start_gloomd(extra: list[str]) -> Server:
     # cap (1,000 by default, a guard against one noisy host) would refuse the
     # 1,024-slave fan-out.  The peers have no such cap.
     cmd += ["--max-per-host", "1000000", *extra]
-    tmp = tempfile.TemporaryDirectory(prefix="bench-gloomd-")
+    return start_reporting("gloomd", cmd)
+
+
+def start_reporting(system: str, cmd: list[str], cwd: str | os.PathLike[str] | None = None) -> Server:
+    """Start `cmd`, a server that prints gloomd's ready line with the ports it
+    bound (gloomd itself, or `benchmarks.latency_floor serve`)."""
+    tmp = tempfile.TemporaryDirectory(prefix=f"bench-{system}-")
     log = open(os.path.join(tmp.name, "stderr.log"), "wb")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
     log.close()
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
@@ -119,13 +125,13 @@ def _start_gloomd(extra: list[str]) -> Server:
         with open(os.path.join(tmp.name, "stderr.log"), "rb") as f:
             err = f.read()[-2000:].decode(errors="replace")
         tmp.cleanup()
-        raise ServerError(f"gloomd did not report ready (stdout {line!r}); stderr:\n{err}")
+        raise ServerError(f"{system} did not report ready (stdout {line!r}); stderr:\n{err}")
 
     def addr(text: str) -> tuple[str, int]:
         host, port = text.rsplit(":", 1)
         return host, int(port)
 
-    return Server("gloomd", proc, proc.pid, addr(words["master"]), addr(words["slave"]), cmd, tmp)
+    return Server(system, proc, proc.pid, addr(words["master"]), addr(words["slave"]), cmd, tmp)
 
 
 def _start_peer(system: str, binary: str, extra: list[str]) -> Server:
