@@ -33,7 +33,6 @@ import importlib
 import importlib.machinery
 import importlib.util
 import inspect
-import json
 import keyword
 import logging
 import math
@@ -60,6 +59,7 @@ from gloomd.load import (
     Thresholds,
     check_load,
 )
+from gloomd.report_encoding import encode_report
 
 __all__ = [
     "InvalidMessageError",
@@ -127,20 +127,6 @@ class JobFailedError(JobError):
 def error_frame(exc: Exception) -> dict[str, Any]:
     """pykit's error shape: the class name and the exception's args as a list."""
     return {"err": type(exc).__name__, "val": list(exc.args)}
-
-
-def encode_report(payload: Any) -> str:
-    """Encode one outgoing frame the way pykit's utfjson did.
-
-    Same separators and unescaped non-ASCII as pykit, so old clients comparing
-    raw text keep working.  A job may put anything in its data dict; values JSON
-    cannot hold are sent as their repr rather than killing the listener.
-
-    Called on the event loop while a job thread may be mutating nested values:
-    the C encoder never runs Python code for JSON-native values, so it holds the
-    GIL throughout and sees a consistent picture.
-    """
-    return json.dumps(payload, ensure_ascii=False, default=repr)
 
 
 # ----------------------------------------------------------------- parsing, sans-IO
