@@ -213,7 +213,9 @@ def parse_timing(conf: Mapping[str, Any]) -> Timing:
             raise JobConfigError(f"unknown key {key!r} in at; expected {', '.join(AT_FIELDS)}")
         low, high = _AT_RANGE[key]
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise JobConfigError(f"at.{key} must be an integer in {low}..{high}, got {short_repr(value)}")
+            raise JobConfigError(
+                f"at.{key} must be an integer in {low}..{high}, got {short_repr(value)}"
+            )
         if _FIELD_RANK[key] >= _UNIT_RANK[unit]:
             raise NextFireTimeError(
                 f"at.{key} with every {list(every)!r} can never advance: "

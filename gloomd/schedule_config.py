@@ -228,7 +228,9 @@ def build_job(name: str, conf: Mapping[str, Any], *, resolve_func: bool = True) 
         if not isinstance(args, (list, tuple)):
             raise JobConfigError(f"args must be a list, got {short_repr(args)}")
         if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-            raise JobConfigError(f"kwargs must be a table with string keys, got {short_repr(kwargs)}")
+            raise JobConfigError(
+                f"kwargs must be a table with string keys, got {short_repr(kwargs)}"
+            )
         if has_submit:
             return JobSpec(
                 name=name, conf=conf, timing=timing, concurrence_n=concurrence_n,
@@ -245,7 +247,9 @@ def build_job(name: str, conf: Mapping[str, Any], *, resolve_func: bool = True) 
             else:
                 func = None
         elif not callable(func):
-            raise JobConfigError(f"func must be callable or 'module:function', got {short_repr(func)}")
+            raise JobConfigError(
+                f"func must be callable or 'module:function', got {short_repr(func)}"
+            )
         return JobSpec(
             name=name, conf=conf, timing=timing, concurrence_n=concurrence_n, func=func,
             func_ref=func_ref, args=tuple(args), kwargs=dict(kwargs),

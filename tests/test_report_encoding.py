@@ -31,7 +31,10 @@ def strict(text: str) -> Any:
 
 def test_pykit_format_is_kept_for_json_values() -> None:
     # pykit's utfjson: default separators, non-ASCII as is; odd values as their repr.
-    assert encode_report({"a": "ü", "b": [1, 2.5], "c": None}) == '{"a": "ü", "b": [1, 2.5], "c": null}'
+    assert (
+        encode_report({"a": "ü", "b": [1, 2.5], "c": None})
+        == '{"a": "ü", "b": [1, 2.5], "c": null}'
+    )
     assert encode_report({"s": {1}}) == '{"s": "{1}"}'
     assert encode_report("80%") == '"80%"'
 
@@ -72,7 +75,14 @@ def test_values_json_cannot_write_become_null_or_text() -> None:
     decoded = strict(encode_report(payload))
     assert decoded["big"] is None
     assert decoded["cycle"] == {"n": 1, "self": None}
-    assert decoded["keys"] == {"1": "a", "null": "b", "false": "c", "2.5": "d", "(1, 2)": "e", "inf": "f"}
+    assert decoded["keys"] == {
+        "1": "a",
+        "null": "b",
+        "false": "c",
+        "2.5": "d",
+        "(1, 2)": "e",
+        "inf": "f",
+    }
     assert decoded["broken"] == "<unrepresentable BrokenRepr: RuntimeError>"
     assert decoded["inf"] is None
     depth, node = 0, decoded["deep"]

@@ -79,7 +79,10 @@ def test_the_ceiling_keeps_fire_times_representable_for_millennia() -> None:
         ({"type": "t", "timeout": float("nan")}, "submit.timeout"),
         ({"type": "t", "timeout": float("inf")}, "submit.timeout"),
         ({"type": "t", "timeout": MAX_INTERVAL_SECONDS + 1}, "at most 316224000"),
-        ({"type": "t", "body": {"x": [1, float("inf")]}}, "submit.body holds inf, which JSON cannot carry"),
+        (
+            {"type": "t", "body": {"x": [1, float("inf")]}},
+            "submit.body holds inf, which JSON cannot carry",
+        ),
         ({"type": "t", "body": float("nan")}, "submit.body holds nan"),
         ({"type": ["a", float("-inf")]}, "submit.type holds -inf"),
     ],
@@ -99,8 +102,13 @@ def test_deep_submit_body_is_refused() -> None:
 
 
 def test_concurrence_n_has_a_ceiling() -> None:
-    assert build_job("j", {"func": print, "every": [1, "hour"], "concurrence_n": 1000}).concurrence_n == 1000
-    with pytest.raises(JobConfigError, match="job 'j': concurrence_n must be an integer from 1 to 1000"):
+    assert (
+        build_job("j", {"func": print, "every": [1, "hour"], "concurrence_n": 1000}).concurrence_n
+        == 1000
+    )
+    with pytest.raises(
+        JobConfigError, match="job 'j': concurrence_n must be an integer from 1 to 1000"
+    ):
         build_job("j", {"func": print, "every": [1, "hour"], "concurrence_n": 1001})
 
 
@@ -113,13 +121,22 @@ def write(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ('every = [1000000000000, "day"]', "job 'bad': every \\[1000000000000, 'day'\\] is out of range"),
+        (
+            'every = [1000000000000, "day"]',
+            "job 'bad': every \\[1000000000000, 'day'\\] is out of range",
+        ),
         ('every = [1e-9, "second"]', "job 'bad': every \\[1e-09, 'second'\\] is out of range"),
         ('every = [inf, "hour"]', "job 'bad': every needs a positive number, got inf"),
         ('every = [nan, "hour"]', "job 'bad': every needs a positive number, got nan"),
-        ('every = [1, "hour"]\nsubmit = { type = "t", body = { x = 1e400 } }', "submit.body holds inf"),
+        (
+            'every = [1, "hour"]\nsubmit = { type = "t", body = { x = 1e400 } }',
+            "submit.body holds inf",
+        ),
         ('every = [1, "hour"]\nsubmit = { type = "t", timeout = inf }', "submit.timeout"),
-        ('every = [1, "hour"]\nsubmit = { type = "t", priority = 99999999999999999999 }', "submit.priority"),
+        (
+            'every = [1, "hour"]\nsubmit = { type = "t", priority = 99999999999999999999 }',
+            "submit.priority",
+        ),
     ],
 )
 async def test_schedule_file_out_of_range_fails_before_the_scheduler_starts(
@@ -133,7 +150,9 @@ async def test_schedule_file_out_of_range_fails_before_the_scheduler_starts(
 
 def test_an_integer_too_long_for_python_is_a_toml_error(tmp_path: pathlib.Path) -> None:
     # tomllib lets a plain ValueError through for it; before, so did we.
-    path = write(tmp_path, f'[jobs.bad]\nsubmit = {{ type = "t" }}\nevery = [{"9" * 5000}, "second"]\n')
+    path = write(
+        tmp_path, f'[jobs.bad]\nsubmit = {{ type = "t" }}\nevery = [{"9" * 5000}, "second"]\n'
+    )
     with pytest.raises(JobConfigError, match="not valid TOML"):
         load_schedule_file(path)
 
@@ -145,7 +164,8 @@ def test_gloomd_with_an_out_of_range_schedule_exits_instead_of_logging_for_ever(
     # "scheduling job huge failed" with a traceback every minute.
     path = write(tmp_path, '[jobs.huge]\nsubmit = { type = "t" }\nevery = [1000000000000, "day"]\n')
     done = subprocess.run(
-        [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0", "--schedule", str(path)],
+        [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0",
+         "--schedule", str(path)],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert done.returncode != 0
@@ -161,7 +181,9 @@ def test_fire_ts_range_accepts(value: float) -> None:
     assert is_fire_ts(value)
 
 
-@pytest.mark.parametrize("value", [-1, MAX_TS + 1, 1e300, float("inf"), float("nan"), 10**400, True, "1", None])
+@pytest.mark.parametrize(
+    "value", [-1, MAX_TS + 1, 1e300, float("inf"), float("nan"), 10**400, True, "1", None]
+)
 def test_fire_ts_range_refuses(value: Any) -> None:
     assert not is_fire_ts(value)
 
@@ -170,10 +192,16 @@ def _status_with_next_fire(ts: float) -> dict[str, Any]:
     return {"job": {"next_fire_time": {"ts": ts, "string": "?"}, "schedule": "every 1 hour [UTC]"}}
 
 
-def test_a_next_fire_time_past_year_9999_in_the_status_file_is_recomputed(tmp_path: pathlib.Path) -> None:
+def test_a_next_fire_time_past_year_9999_in_the_status_file_is_recomputed(
+    tmp_path: pathlib.Path,
+) -> None:
     state = tmp_path / "jobs.state.json"
     state.write_text(json.dumps(_status_with_next_fire(1e300)))
-    path = write(tmp_path, '[jobs.job]\nfunc = "tests.schedjobs.tasks:record"\nevery = [1, "hour"]\ntimezone = "UTC"\n')
+    path = write(
+        tmp_path,
+        '[jobs.job]\nfunc = "tests.schedjobs.tasks:record"\n'
+        'every = [1, "hour"]\ntimezone = "UTC"\n',
+    )
     # `gloom schedule list`: before, fromtimestamp(1e300) failed and the listing with it.
     (row,) = rows(path, state, now=1.7e9)
     assert row["next"].endswith("(if started now)")
