@@ -34,6 +34,7 @@ measured window by --duration; the daemon is stopped with SIGTERM at the end.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -89,11 +90,19 @@ def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def start_daemon(jobs_dir: str, server: str) -> tuple[subprocess.Popen[bytes], int, int, int]:
-    """Start the server process; master and slave ports are 0 for a bare wsjobd."""
+def start_daemon(
+    jobs_dir: str, server: str, clients: int
+) -> tuple[subprocess.Popen[bytes], int, int, int]:
+    """Start the server process; master and slave ports are 0 for a bare wsjobd.
+
+    Every client runs its own job, so the caps on jobs and connections are
+    raised to the client count: this measures report timeliness, not the caps.
+    """
     if server == "gloomd":
         command = [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0",
-                   "--ws-port", "0", "--jobs-dir", jobs_dir, "--log-level", "warning"]
+                   "--ws-port", "0", "--jobs-dir", jobs_dir, "--log-level", "warning",
+                   "--ws-max-jobs", str(max(clients, 1)),
+                   "--ws-max-connections", str(clients + 16)]
     else:
         command = [sys.executable, os.path.abspath(__file__), "--serve-wsjobd", jobs_dir]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
@@ -112,11 +121,13 @@ def start_daemon(jobs_dir: str, server: str) -> tuple[subprocess.Popen[bytes], i
 def serve_wsjobd(jobs_dir: str) -> None:
     """The service alone, as the daemon would run it (``--server wsjobd``)."""
     from gloomd.wsjobd import serve
+    from gloomd.wslimits import WsLimits
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
-                port = await nursery.start(serve, HOST, 0, jobs_dir)
+                limits = WsLimits(max_connections=100_000, max_jobs=100_000)
+                port = await nursery.start(functools.partial(serve, limits=limits), HOST, 0, jobs_dir)
                 print(f"wsjobd ready ws={HOST}:{port}", flush=True)
                 async for _ in signals:
                     break
@@ -198,7 +209,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         jobs_dir.mkdir()
         (jobs_dir / "bench.py").write_text(JOB_MODULE)
         stop_file = str(Path(tmp) / "stop")
-        proc, master_port, slave_port, ws_port = start_daemon(str(jobs_dir), args.server)
+        proc, master_port, slave_port, ws_port = start_daemon(str(jobs_dir), args.server, args.clients)
         daemon = psutil.Process(proc.pid)
         try:
             return await measure(args, master_port, slave_port, ws_port, stop_file, daemon)

@@ -26,6 +26,7 @@ from .config import Config
 from .framing import DEFAULT_MAX_FRAME
 from .security import TokenError, load_token, server_ssl_context
 from .server import GloomServer
+from .wslimits import WsLimits, positive_float, positive_int
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -67,6 +68,28 @@ def build_parser() -> argparse.ArgumentParser:
     ws.add_argument("--ws-port", type=int, default=None, help="serve wsjobd on this port (off by default)")
     ws.add_argument("--ws-host", default="127.0.0.1", help="address for the websocket service")
     ws.add_argument("--jobs-dir", type=Path, default=None, help="directory holding wsjobd job modules")
+    wsd = WsLimits()
+    ws.add_argument(
+        "--ws-max-connections", type=positive_int, default=wsd.max_connections,
+        help="open websocket connections, handshakes included; lowered at start to fit the"
+        " descriptor budget (README)",
+    )  # fmt: skip
+    ws.add_argument(
+        "--ws-max-jobs", type=positive_int, default=wsd.max_jobs,
+        help="websocket jobs running at once; over it: SystemOverloadError",
+    )  # fmt: skip
+    ws.add_argument(
+        "--ws-idle-timeout", type=positive_float, default=wsd.idle_timeout,
+        help="seconds a websocket may stay open without sending its job description",
+    )  # fmt: skip
+    ws.add_argument(
+        "--ws-handshake-timeout", type=positive_float, default=wsd.handshake_timeout,
+        help="seconds from accept to a complete websocket handshake",
+    )  # fmt: skip
+    ws.add_argument(
+        "--ws-max-message", type=positive_int, default=wsd.max_message,
+        help="largest websocket message, bytes (over it: close 1009)",
+    )  # fmt: skip
     sched = p.add_argument_group("scheduler")
     sched.add_argument("--schedule", type=Path, default=None, help="TOML file of periodic jobs")
     sched.add_argument("--schedule-state", type=Path, default=None, help="JSON status file (default: next to the TOML)")
@@ -136,7 +159,10 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
                 from . import wsjobd
 
                 ws_port = await nursery.start(
-                    functools.partial(wsjobd.serve, args.ws_host, args.ws_port, args.jobs_dir, token=config.token)
+                    functools.partial(
+                        wsjobd.serve, args.ws_host, args.ws_port, args.jobs_dir,
+                        token=config.token, limits=_ws_limits(args, config),
+                    )  # fmt: skip
                 )
                 ready += f" ws={args.ws_host}:{ws_port}"
             if args.schedule is not None:
@@ -164,6 +190,32 @@ async def _run_scheduler(
         token=config.token,
         ssl_context=_loopback_client_ssl() if config.ssl_context is not None else None,
         task_status=task_status,
+    )
+
+
+def _ws_limits(args: argparse.Namespace, config: Config) -> WsLimits:
+    """The websocket caps, the connection cap fitted to the descriptor budget now.
+
+    Called once the Gloom ports listen, so their descriptors count as open.
+    """
+    from .wslimits import connection_cap, process_descriptors
+
+    nofile, open_now = process_descriptors()
+    cap = connection_cap(
+        args.ws_max_connections, nofile=nofile, open_descriptors=open_now,
+        gloom_connections=config.max_connections, max_jobs=args.ws_max_jobs,
+    )  # fmt: skip
+    if cap < args.ws_max_connections:
+        log.warning(
+            "event=wsjobd_cap_lowered max_connections=%d requested=%d nofile=%d",
+            cap, args.ws_max_connections, nofile,
+        )  # fmt: skip
+    return WsLimits(
+        max_connections=cap,
+        idle_timeout=args.ws_idle_timeout,
+        handshake_timeout=args.ws_handshake_timeout,
+        max_jobs=args.ws_max_jobs,
+        max_message=args.ws_max_message,
     )
 
 

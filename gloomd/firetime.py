@@ -48,6 +48,10 @@ import pendulum.tz
 
 __all__ = [
     "AT_FIELDS",
+    "MAX_INTERVAL_SECONDS",
+    "MAX_MONTHS",
+    "MAX_TS",
+    "MIN_INTERVAL_SECONDS",
     "UNITS",
     "JobConfigError",
     "NextFireTimeError",
@@ -56,10 +60,12 @@ __all__ = [
     "Timing",
     "first_fire_ts",
     "get_next_fire_time",
+    "is_fire_ts",
     "next_fire_ts",
     "parse_timing",
     "resolve_zone",
     "resume_fire_ts",
+    "short_repr",
     "time_info",
     "wall_time",
 ]
@@ -94,6 +100,43 @@ class TimeInfo(TypedDict):
 
 UNITS = ("second", "minute", "hour", "day", "week", "month")
 _FIXED_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+
+#: The range of `every`.  Outside it a job passed validation but could never
+#: fire: `[1e-9, "second"]` adds less than a float's resolution to today's
+#: timestamp (the next fire time equals the last one), and `[10**12, "day"]`
+#: lands beyond the year 9999 that datetimes can show.  Both logged a traceback
+#: every minute, for ever.  The floor is the same as the websocket service's
+#: shortest report interval; the ceiling, ten years and some days, keeps every
+#: fire time for the next seven millennia representable.
+MIN_INTERVAL_SECONDS = 0.01
+MAX_INTERVAL_SECONDS = 3660 * 86400
+MAX_MONTHS = 120
+#: Latest epoch second a datetime can show (9999-12-31T23:59:59 UTC).
+MAX_TS = 253402300799.0
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """repr() for an error message: at most `limit` characters, and never an error.
+
+    A TOML file can hold an integer of thousands of digits, whose repr is a
+    wall of text, or fails outright past Python's 4,300-digit conversion limit.
+    """
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<an integer of {value.bit_length()} bits>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_fire_ts(value: Any) -> bool:
+    """A number that can be a fire time: finite, from the epoch to the year 9999.
+
+    Timestamps read back from a status file are checked with this: one outside
+    the range would make the scheduler wait for ever, or a listing fail to print it.
+    """
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return 0 <= value <= MAX_TS  # False for NaN; inf and huge ints are out of range
 
 #: `at` fields, finest first, with their allowed ranges.
 AT_FIELDS = ("second", "minute", "hour", "day")
@@ -150,12 +193,14 @@ def parse_timing(conf: Mapping[str, Any]) -> Timing:
     """
     every = conf.get("every")
     if not isinstance(every, (list, tuple)) or len(every) != 2:
-        raise JobConfigError(f"every must be [n, unit], got {every!r}")
+        raise JobConfigError(f"every must be [n, unit], got {short_repr(every)}")
     n, unit = every
     if unit not in _UNIT_RANK:
         raise JobConfigError(f"unknown unit {unit!r} in every; expected one of {', '.join(UNITS)}")
-    if not _is_number(n) or not math.isfinite(n) or n <= 0:
-        raise JobConfigError(f"every needs a positive number, got {n!r}")
+    # isfinite only for floats: an integer too big for a float would raise OverflowError.
+    if not _is_number(n) or (isinstance(n, float) and not math.isfinite(n)) or n <= 0:
+        raise JobConfigError(f"every needs a positive number, got {short_repr(n)}")
+    _check_interval(every, n, unit)
 
     raw_at = conf.get("at")
     if raw_at is None:
@@ -168,7 +213,9 @@ def parse_timing(conf: Mapping[str, Any]) -> Timing:
             raise JobConfigError(f"unknown key {key!r} in at; expected {', '.join(AT_FIELDS)}")
         low, high = _AT_RANGE[key]
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise JobConfigError(f"at.{key} must be an integer in {low}..{high}, got {value!r}")
+            raise JobConfigError(
+                f"at.{key} must be an integer in {low}..{high}, got {short_repr(value)}"
+            )
         if _FIELD_RANK[key] >= _UNIT_RANK[unit]:
             raise NextFireTimeError(
                 f"at.{key} with every {list(every)!r} can never advance: "
@@ -188,6 +235,22 @@ def parse_timing(conf: Mapping[str, Any]) -> Timing:
     zone_name = conf.get("timezone")
     tz = resolve_zone(zone_name)
     return Timing(n=n, unit=unit, at=tuple(at), zone_name=zone_name, tz=tz)
+
+
+def _check_interval(every: Any, n: int | float, unit: str) -> None:
+    """`every` within MIN_INTERVAL_SECONDS..MAX_INTERVAL_SECONDS (months: 1..MAX_MONTHS)."""
+    if unit == "month":
+        # Whole months only (checked by the caller); n < 1 is a fraction.
+        if n <= MAX_MONTHS:
+            return
+    else:
+        seconds = n * _FIXED_SECONDS[unit]  # exact for ints, however large
+        if MIN_INTERVAL_SECONDS <= seconds <= MAX_INTERVAL_SECONDS:
+            return
+    raise JobConfigError(
+        f"every {short_repr(list(every))} is out of range: from {MIN_INTERVAL_SECONDS:g} seconds"
+        f" to {MAX_INTERVAL_SECONDS // 86400} days ({MAX_MONTHS} months)"
+    )
 
 
 # --- wall-clock helpers -------------------------------------------------------

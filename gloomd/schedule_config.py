@@ -33,9 +33,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .firetime import JobConfigError, Timing, parse_timing
+from .firetime import MAX_INTERVAL_SECONDS, JobConfigError, Timing, parse_timing, short_repr
+from .jsoncodec import MAX_DEPTH
 
 __all__ = [
+    "MAX_CONCURRENCE_N",
+    "MAX_SUBMIT_TIMEOUT",
+    "PRIORITY_RANGE",
     "JobSpec",
     "SubmitSpec",
     "build_job",
@@ -47,6 +51,17 @@ __all__ = [
 
 _AT_ORDER = ("second", "minute", "hour", "day")
 _SUBMIT_KEYS = frozenset({"type", "body", "priority", "timeout"})
+
+# The ranges of a job's numeric fields (`every` and `at` have theirs in
+# firetime).  TOML gives integers of any size and the floats inf and nan; a
+# value outside these ranges is refused when the file is loaded, naming the
+# job, instead of failing at every fire.
+#: Runs of one job at the same time.
+MAX_CONCURRENCE_N = 1000
+#: A Gloom priority travels as a JSON integer; gloomd compares it as a signed 64-bit one.
+PRIORITY_RANGE = (-(2**63), 2**63 - 1)
+#: Seconds; the same ceiling as `every`: a timeout beyond it can only be a mistake.
+MAX_SUBMIT_TIMEOUT = float(MAX_INTERVAL_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -135,7 +150,7 @@ def resolve_callable(ref: str) -> Callable[..., Any]:
 def _parse_submit(raw: Any) -> SubmitSpec:
     if not isinstance(raw, Mapping):
         raise JobConfigError(
-            f"submit must be a table with type, body, priority, timeout; got {raw!r}"
+            f"submit must be a table with type, body, priority, timeout; got {short_repr(raw)}"
         )
     unknown = set(raw) - _SUBMIT_KEYS
     if unknown:
@@ -143,17 +158,42 @@ def _parse_submit(raw: Any) -> SubmitSpec:
     if "type" not in raw:
         raise JobConfigError("submit needs a type")
     priority = raw.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise JobConfigError(f"submit.priority must be an integer, got {priority!r}")
+    low, high = PRIORITY_RANGE
+    if not isinstance(priority, int) or isinstance(priority, bool) or not low <= priority <= high:
+        raise JobConfigError(
+            f"submit.priority must be an integer from -2**63 to 2**63-1, got {short_repr(priority)}"
+        )
     timeout = raw.get("timeout")
     if timeout is not None and (
         not isinstance(timeout, (int, float))
         or isinstance(timeout, bool)
-        or not math.isfinite(timeout)
-        or timeout <= 0
+        or not 0 < timeout <= MAX_SUBMIT_TIMEOUT  # False for NaN
     ):
-        raise JobConfigError(f"submit.timeout must be a positive number, got {timeout!r}")
+        raise JobConfigError(
+            f"submit.timeout must be a number of seconds above 0 and at most"
+            f" {MAX_SUBMIT_TIMEOUT:.0f}, got {short_repr(timeout)}"
+        )
+    for key in ("type", "body"):
+        if key in raw:
+            _check_wire_value(f"submit.{key}", raw[key])
     return SubmitSpec(type=raw["type"], body=raw.get("body"), priority=priority, timeout=timeout)
+
+
+def _check_wire_value(where: str, value: Any) -> None:
+    """Refuse what the Gloom wire cannot carry: inf and nan, and nesting past MAX_DEPTH.
+
+    (TOML writes inf, nan, and 1e400 which it reads as inf; JSON has none of them.)
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise JobConfigError(f"{where} holds {short_repr(item)}, which JSON cannot carry")
+        if isinstance(item, Mapping | list | tuple):
+            if depth > MAX_DEPTH:
+                raise JobConfigError(f"{where} is nested deeper than {MAX_DEPTH} levels")
+            children = item.values() if isinstance(item, Mapping) else item
+            stack.extend((child, depth + 1) for child in children)
 
 
 def build_job(name: str, conf: Mapping[str, Any], *, resolve_func: bool = True) -> JobSpec:
@@ -167,7 +207,7 @@ def build_job(name: str, conf: Mapping[str, Any], *, resolve_func: bool = True) 
     if not isinstance(name, str) or not name:
         raise JobConfigError(f"job name must be a non-empty string, got {name!r}")
     if not isinstance(conf, Mapping):
-        raise JobConfigError(f"job {name!r}: conf must be a table, got {conf!r}")
+        raise JobConfigError(f"job {name!r}: conf must be a table, got {short_repr(conf)}")
     try:
         timing = parse_timing(conf)
         has_func, has_submit = conf.get("func") is not None, conf.get("submit") is not None
@@ -177,15 +217,20 @@ def build_job(name: str, conf: Mapping[str, Any], *, resolve_func: bool = True) 
         if (
             not isinstance(concurrence_n, int)
             or isinstance(concurrence_n, bool)
-            or concurrence_n < 1
+            or not 1 <= concurrence_n <= MAX_CONCURRENCE_N
         ):
-            raise JobConfigError(f"concurrence_n must be a positive integer, got {concurrence_n!r}")
+            raise JobConfigError(
+                f"concurrence_n must be an integer from 1 to {MAX_CONCURRENCE_N},"
+                f" got {short_repr(concurrence_n)}"
+            )
         args = conf.get("args", [])
         kwargs = conf.get("kwargs", {})
         if not isinstance(args, (list, tuple)):
-            raise JobConfigError(f"args must be a list, got {args!r}")
+            raise JobConfigError(f"args must be a list, got {short_repr(args)}")
         if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-            raise JobConfigError(f"kwargs must be a table with string keys, got {kwargs!r}")
+            raise JobConfigError(
+                f"kwargs must be a table with string keys, got {short_repr(kwargs)}"
+            )
         if has_submit:
             return JobSpec(
                 name=name, conf=conf, timing=timing, concurrence_n=concurrence_n,
@@ -202,7 +247,9 @@ def build_job(name: str, conf: Mapping[str, Any], *, resolve_func: bool = True) 
             else:
                 func = None
         elif not callable(func):
-            raise JobConfigError(f"func must be callable or 'module:function', got {func!r}")
+            raise JobConfigError(
+                f"func must be callable or 'module:function', got {short_repr(func)}"
+            )
         return JobSpec(
             name=name, conf=conf, timing=timing, concurrence_n=concurrence_n, func=func,
             func_ref=func_ref, args=tuple(args), kwargs=dict(kwargs),
@@ -220,7 +267,9 @@ def load_schedule_file(path: pathlib.Path) -> dict[str, dict[str, Any]]:
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:
+        # TOMLDecodeError, or the plain ValueError tomllib lets through for an
+        # integer past Python's 4,300-digit conversion limit.
         raise JobConfigError(f"{path}: not valid TOML: {exc}") from exc
     unknown = set(data) - {"jobs"}
     if unknown:

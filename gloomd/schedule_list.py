@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .firetime import JobConfigError, first_fire_ts
+from .firetime import JobConfigError, first_fire_ts, is_fire_ts
 from .schedule_config import build_job, default_state_path, load_schedule_file
 from .scheduler import StateFile
 
@@ -33,7 +33,8 @@ def _fmt(ts: float, tz: _dt.tzinfo) -> str:
 
 
 def _ts(info: Any) -> float | None:
-    if isinstance(info, dict) and isinstance(info.get("ts"), (int, float)):
+    # Out of range (a damaged or hand-edited status file): not printable, so unknown.
+    if isinstance(info, dict) and is_fire_ts(info.get("ts")):
         return float(info["ts"])
     return None
 

@@ -55,6 +55,7 @@ from .firetime import (
     ScheduleError,
     first_fire_ts,
     get_next_fire_time,
+    is_fire_ts,
     resume_fire_ts,
     time_info,
 )
@@ -106,12 +107,8 @@ def _short(value: Any, limit: int = 200) -> str:
 
 
 def _is_time_info(value: Any) -> bool:
-    return (
-        isinstance(value, dict)
-        and isinstance(value.get("ts"), (int, float))
-        and not isinstance(value.get("ts"), bool)
-        and math.isfinite(value["ts"])
-    )
+    # A reloaded next fire time in the year 30000 would park the job for ever.
+    return isinstance(value, dict) and is_fire_ts(value.get("ts"))
 
 
 class JobScheduler:

@@ -19,6 +19,11 @@ The module reads top to bottom in the order a request travels:
 5. :class:`WsJobService`: trio-websocket I/O, one task per connection, one task
    per job, reports scheduled per listener; :func:`serve` wraps it for the CLI.
 
+Every cap and timeout (connections, handshake, idle, running jobs, message
+size) comes from :class:`gloomd.wslimits.WsLimits`; that module also holds the
+descriptor budget the connection cap must fit in.  Frames are encoded by
+:mod:`gloomd.report_encoding`, which never sends anything but JSON.
+
 Threads: a plain ``def`` job runs in a worker thread (as in pykit), an ``async
 def`` job runs in the service's nursery.  Everything else that could block
 (importing job modules, psutil) also runs in threads, so the event loop only ever
@@ -33,7 +38,6 @@ import importlib
 import importlib.machinery
 import importlib.util
 import inspect
-import json
 import keyword
 import logging
 import math
@@ -44,14 +48,19 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from types import ModuleType
 from typing import Any, TypeAlias
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    wrap_server_stream,
+)
 
 from gloomd import jsoncodec
+from gloomd.lograte import RateLimitedLog
 from gloomd.load import (
     LoadSampler,
     LoadSamplingError,
@@ -60,8 +69,11 @@ from gloomd.load import (
     Thresholds,
     check_load,
 )
+from gloomd.report_encoding import encode_report
+from gloomd.wslimits import WsLimits
 
 __all__ = [
+    "IdleTimeoutError",
     "InvalidMessageError",
     "InvalidProgressError",
     "Job",
@@ -87,16 +99,20 @@ MAX_CPU_SAMPLE_INTERVAL = 10.0
 # encode and send reports in a tight loop for one client; below this floor the
 # reports simply come as fast as the floor allows.
 MIN_REPORT_INTERVAL = 0.01
-# How long a client may take over the opening and the closing handshake, and how
-# long one report may sit unsent (a client that stopped reading) before the
-# connection is dropped.
-HANDSHAKE_TIMEOUT = 10.0
+# How long a client may take over the closing handshake, and how long one report
+# may sit unsent (a client that stopped reading) before the connection is
+# dropped.  The opening handshake's limit is WsLimits.handshake_timeout.
 CLOSE_TIMEOUT = 5.0
 SEND_TIMEOUT = 30.0
-# pykit gave every job its own thread.  We cap plain-function jobs at the default
-# max_client_number so a flood cannot exhaust the process, without making the
-# 41st job wait for trio's default 40-thread limiter.
-DEFAULT_MAX_JOB_THREADS = 1000
+# The answer to a connection over WsLimits.max_connections, written at once
+# without reading the request, so the refusal costs no descriptor-time.
+_TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n"
+)
+# Writing ~140 bytes to a socket just accepted only fills its empty send buffer;
+# the bound is there so a refusal can never hold up the accept loop.
+_REFUSE_SEND_TIMEOUT = 0.5
 
 
 # --------------------------------------------------------------------------- errors
@@ -124,23 +140,13 @@ class JobFailedError(JobError):
     """Sent, never raised: the job function raised; args[0] is "ExcType: message"."""
 
 
+class IdleTimeoutError(JobError):
+    """Sent, never raised: no job description came within WsLimits.idle_timeout."""
+
+
 def error_frame(exc: Exception) -> dict[str, Any]:
     """pykit's error shape: the class name and the exception's args as a list."""
     return {"err": type(exc).__name__, "val": list(exc.args)}
-
-
-def encode_report(payload: Any) -> str:
-    """Encode one outgoing frame the way pykit's utfjson did.
-
-    Same separators and unescaped non-ASCII as pykit, so old clients comparing
-    raw text keep working.  A job may put anything in its data dict; values JSON
-    cannot hold are sent as their repr rather than killing the listener.
-
-    Called on the event loop while a job thread may be mutating nested values:
-    the C encoder never runs Python code for JSON-native values, so it holds the
-    GIL throughout and sees a consistent picture.
-    """
-    return json.dumps(payload, ensure_ascii=False, default=repr)
 
 
 # ----------------------------------------------------------------- parsing, sans-IO
@@ -454,13 +460,24 @@ class Job:
         self.data = data
         self.ctx: dict[str, Any] = {}
         self.err: BaseException | None = None
-        self.progress_available = ProgressAvailable(self)
         self.done = False
         self.finished = trio.Event()
         self._trio_token = trio_token
         self._wakeups: set[trio.Event] = set()
         # Coalesces report_now() bursts from a thread into one loop callback.
         self._wake_scheduled = False
+
+    @property
+    def progress_available(self) -> ProgressAvailable:
+        """pykit's event, made on demand.
+
+        Stored, it would be a reference cycle (job -> event -> job): a finished
+        job, with the client's whole description in ``data``, would then wait
+        for a full garbage collection (every --gc-interval, 300 s) instead of
+        being freed when its last reference goes.  Measured: 600 finished 1 MB
+        jobs of clients that hung up kept the daemon at 708 MB.
+        """
+        return ProgressAvailable(self)
 
     def report_now(self) -> None:
         """Ask every listener for an immediate report (callable from any thread)."""
@@ -522,6 +539,86 @@ class _Admitted:
     report: ReportOptions
 
 
+class _CappedListener(trio.abc.Listener[trio.SocketStream]):
+    """A TCP listener that hands out at most ``max_connections`` streams at a time.
+
+    The count starts at ``accept``, before any handshake, because a connection
+    holds its descriptor from then on; the service's stream handler gives the
+    slot back when the stream closes.  A connection over the cap is answered
+    with HTTP 503 and closed in the accept loop itself, so refusing a flood
+    never holds more than one extra descriptor.
+    """
+
+    def __init__(self, inner: trio.SocketListener, service: WsJobService) -> None:
+        self._inner = inner
+        self._service = service
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self._inner.socket
+
+    async def accept(self) -> trio.SocketStream:
+        service = self._service
+        while True:
+            stream = await self._inner.accept()
+            if service._open_connections < service.limits.max_connections:
+                service._open_connections += 1
+                return stream
+            await service._refuse_connection(stream)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _HangUpWatch(trio.abc.Stream):
+    """The connection's stream, calling ``on_hang_up`` when the peer closes or resets it.
+
+    trio-websocket waits for the opening handshake's request even after its
+    reader saw the peer hang up, so a client that connects and leaves would
+    keep its slot (and its descriptor) until the handshake timeout; ten
+    thousand of those a second would fill any cap.  The service points
+    ``on_hang_up`` at the handshake's cancel scope instead.  Costs one call
+    per receive.
+    """
+
+    __slots__ = ("_stream", "on_hang_up")
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self.on_hang_up: Callable[[], None] | None = None
+
+    def _hung_up(self) -> None:
+        if self.on_hang_up is not None:
+            self.on_hang_up()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._hung_up()
+            raise
+        if not data:
+            self._hung_up()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _remote(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
 class WsJobService:
     """The websocket job service; ``await nursery.start(service.run, host, port)``.
 
@@ -529,8 +626,8 @@ class WsJobService:
         :class:`JobsDirectory`).
     :param token: when not None, the upgrade request must carry ``?token=<token>``
         (URL-encoded); anything else is refused with HTTP 401.
-    :param max_job_threads: how many plain-function jobs may run at once; further
-        ones wait for a thread (their listeners still get reports).
+    :param limits: the connection cap, the handshake and idle timeouts, the cap
+        on running jobs and the message size (see :class:`gloomd.wslimits.WsLimits`).
     :param send_timeout: seconds one report may take to send before the client is
         considered stuck and dropped.
     """
@@ -540,23 +637,40 @@ class WsJobService:
         jobs_dir: str | os.PathLike[str],
         *,
         token: str | None = None,
-        max_job_threads: int = DEFAULT_MAX_JOB_THREADS,
+        limits: WsLimits = WsLimits(),
         send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         self.jobs = JobsDirectory(jobs_dir)
+        self.limits = limits
         self._token = token
         self._send_timeout = send_timeout
-        self._job_threads = trio.CapacityLimiter(max_job_threads)
+        # Jobs are capped as a whole (limits.max_jobs, refused over it), so every
+        # admitted plain-function job gets its thread at once.
+        self._job_threads = trio.CapacityLimiter(limits.max_jobs)
         self._running: dict[IdentKey, Job] = {}
         self._client_number = 0
+        # Accepted TCP connections, handshakes included (what limits.max_connections caps).
+        self._open_connections = 0
         self._nursery: trio.Nursery | None = None
         self._sampler: LoadSampler | None = None
         self._trio_token: trio.lowlevel.TrioToken | None = None
+        # Lines a client can cause by connecting go through here (lograte's docstring).
+        self._events = RateLimitedLog(log)
 
     @property
     def client_number(self) -> int:
         """Open websocket connections whose close has not begun (pykit's count)."""
         return self._client_number
+
+    @property
+    def open_connections(self) -> int:
+        """Accepted TCP connections not yet closed, the ones in their handshake included."""
+        return self._open_connections
+
+    @property
+    def running_jobs(self) -> int:
+        """Jobs started and not yet ended (what limits.max_jobs caps)."""
+        return len(self._running)
 
     def running_job(self, ident: Any) -> Job | None:
         """The job running under `ident`, if any (for tests and introspection)."""
@@ -575,24 +689,71 @@ class WsJobService:
             self._nursery = nursery
             self._sampler = LoadSampler(nursery)
             self._trio_token = trio.lowlevel.current_trio_token()
-            server = await nursery.start(
-                partial(
-                    serve_websocket,
-                    self._handle_connection,
-                    host,
-                    port,
-                    None,
-                    connect_timeout=HANDSHAKE_TIMEOUT,
-                    disconnect_timeout=CLOSE_TIMEOUT,
-                )
-            )
+            listeners = [
+                _CappedListener(listener, self)
+                for listener in await trio.open_tcp_listeners(port, host=host)
+            ]
+            await nursery.start(trio.serve_listeners, self._serve_stream, listeners)
             # With a host name resolving to several addresses there is one listener
             # each; the first one's port is the answer (all share it unless port 0).
-            bound = next(ep.port for ep in server.listeners if not isinstance(ep, str))
-            log.info("event=wsjobd_listening host=%s port=%d jobs_dir=%s", host, bound, self.jobs.path)
+            bound = listeners[0].socket.getsockname()[1]
+            log.info(
+                "event=wsjobd_listening host=%s port=%d jobs_dir=%s max_connections=%d"
+                " max_jobs=%d",
+                host, bound, self.jobs.path, self.limits.max_connections, self.limits.max_jobs,
+            )  # fmt: skip
             task_status.started(bound)
 
     # -- one connection
+
+    async def _refuse_connection(self, stream: trio.SocketStream) -> None:
+        remote = _remote(stream)
+        with trio.move_on_after(_REFUSE_SEND_TIMEOUT):
+            try:
+                await stream.send_all(_TOO_MANY_CONNECTIONS)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        await stream.aclose()
+        self._events.log(
+            logging.WARNING, "wsjobd_too_many_connections", "remote=%s cap=%d",
+            remote, self.limits.max_connections,
+        )  # fmt: skip
+
+    async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        """One accepted connection, from the opening handshake to the closed socket.
+
+        trio-websocket's own server does the same in ``WebSocketServer``; doing
+        it here lets the connection count start at accept (:class:`_CappedListener`)
+        and end only when the descriptor is closed.  Nothing may escape: an
+        exception here would tear down the listener and every connection.
+        """
+        remote = _remote(stream)
+        watched = _HangUpWatch(stream)
+        try:
+            async with trio.open_nursery() as nursery:
+                request: WebSocketRequest | None = None
+                with trio.move_on_after(self.limits.handshake_timeout) as handshake:
+                    watched.on_hang_up = handshake.cancel
+                    request = await wrap_server_stream(
+                        nursery, watched, max_message_size=self.limits.max_message
+                    )
+                watched.on_hang_up = None
+                if request is not None:
+                    await self._handle_connection(request, remote)
+                elif trio.current_time() >= handshake.deadline:
+                    self._events.log(
+                        logging.INFO, "wsjobd_handshake_timeout", "remote=%s seconds=%g",
+                        remote, self.limits.handshake_timeout,
+                    )  # fmt: skip
+                # Ends trio-websocket's reader task, whatever state it is in.
+                nursery.cancel_scope.cancel()
+        except Exception:
+            self._events.log(
+                logging.ERROR, "wsjobd_connection_failed", "remote=%s", remote, exc_info=True
+            )
+        finally:
+            self._open_connections -= 1
+            await stream.aclose()
 
     def _authorized(self, target: str) -> bool:
         assert self._token is not None
@@ -602,30 +763,39 @@ class WsJobService:
             return False
         return hmac.compare_digest(given[0].encode("utf-8"), self._token.encode("utf-8"))
 
-    async def _handle_connection(self, request: WebSocketRequest) -> None:
-        # An exception escaping this handler would tear down trio-websocket's
-        # server and every other connection with it, so none may escape.
+    async def _handle_connection(self, request: WebSocketRequest, remote: str) -> None:
+        if self._token is not None and not self._authorized(request.path):
+            self._events.log(logging.INFO, "wsjobd_unauthorized", "remote=%s", remote)
+            await request.reject(401, body=b"missing or wrong token\n")
+            return
+        ws = await request.accept()
+        client = _Client(self)
         try:
-            if self._token is not None and not self._authorized(request.path):
-                log.info("event=wsjobd_unauthorized remote=%s", request.remote)
-                await request.reject(401, body=b"missing or wrong token\n")
-                return
-            ws = await request.accept()
-            client = _Client(self)
-            try:
-                await self._converse(ws, client)
-            finally:
-                client.release()
+            await self._converse(ws, client, remote)
         except (ConnectionClosed, trio.TooSlowError):
             pass  # the client went away or stopped reading
-        except Exception:
-            log.exception("event=wsjobd_connection_failed remote=%s", request.remote)
+        finally:
+            client.release()
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await ws.aclose()
 
-    async def _converse(self, ws: WebSocketConnection, client: _Client) -> None:
-        message = await ws.get_message()
+    async def _converse(self, ws: WebSocketConnection, client: _Client, remote: str) -> None:
+        message: str | bytes | None = None
+        with trio.move_on_after(self.limits.idle_timeout):
+            message = await ws.get_message()
+        if message is None:
+            self._events.log(
+                logging.INFO, "wsjobd_idle_timeout", "remote=%s seconds=%g",
+                remote, self.limits.idle_timeout,
+            )  # fmt: skip
+            timeout = f"{self.limits.idle_timeout:g}"
+            await self._close(
+                ws, client, error_frame(IdleTimeoutError(f"no job description within {timeout} s"))
+            )
+            return
         # Admission is not tied to the connection: a client may send its job and
         # hang up at once (pykit's tests do), and the job must still start.
-        outcome = await self._admit(message)
+        outcome = await self._admit(message, remote)
         if not isinstance(outcome, _Admitted):
             await self._close(ws, client, outcome)
             return
@@ -650,7 +820,7 @@ class WsJobService:
             if not client.closing:
                 watching.cancel()
 
-    async def _admit(self, message: str | bytes) -> _Admitted | dict[str, Any]:
+    async def _admit(self, message: str | bytes, remote: str) -> _Admitted | dict[str, Any]:
         """Validate, check the load, load the function, then start or attach."""
         assert self._sampler is not None
         try:
@@ -669,12 +839,24 @@ class WsJobService:
             log.debug("event=wsjobd_refused err=%s val=%r", type(exc).__name__, exc.args)
             return error_frame(exc)
         # No await between the lookup and the registration: two clients with the
-        # same ident can never both start a job.
+        # same ident can never both start a job, nor two clients the last free slot.
         job = self._running.get(request.ident_key)
-        if job is None:
-            job = self._start(request, func)
-        else:
+        if job is not None:
             log.debug("event=wsjobd_attached ident=%r", request.ident)
+        elif len(self._running) >= self.limits.max_jobs:
+            # Attaching is still fine: it starts nothing.  Refused rather than
+            # queued, so a flood costs no memory for jobs that are not running.
+            self._events.log(
+                logging.WARNING, "wsjobd_too_many_jobs", "remote=%s cap=%d",
+                remote, self.limits.max_jobs,
+            )  # fmt: skip
+            return error_frame(
+                SystemOverloadError(
+                    f"running_jobs: {len(self._running)} is at the limit: {self.limits.max_jobs}"
+                )
+            )
+        else:
+            job = self._start(request, func)
         return _Admitted(job, request.report)
 
     # -- jobs
@@ -698,10 +880,13 @@ class WsJobService:
                     func, job, limiter=self._job_threads, abandon_on_cancel=True
                 )
         except Exception as exc:
-            job.err = exc
             # A failing job is the job author's business, and the client is told;
-            # the traceback is kept for whoever debugs the job.
-            log.info("event=wsjobd_job_failed ident=%r", job.ident, exc_info=exc)
+            # the traceback is kept for whoever debugs the job (at most a burst
+            # of them per window: a client can make a failing job fail at will).
+            self._events.log(logging.INFO, "wsjobd_job_failed", "ident=%r", job.ident, exc_info=exc)
+            # The traceback's frames hold `job`: kept in job.err, it would make
+            # a cycle that only a full garbage collection frees.
+            job.err = exc.with_traceback(None)
         finally:
             # Deduplication lasts while the job runs: a later client with this
             # ident starts a fresh job (pykit's test_same_ident_different_job).
@@ -811,6 +996,7 @@ async def serve(
     jobs_dir: str | os.PathLike[str],
     *,
     token: str | None = None,
+    limits: WsLimits = WsLimits(),
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the websocket job service until cancelled (what ``gloomd --ws-port`` starts).
@@ -818,6 +1004,6 @@ async def serve(
     ``task_status.started(bound_port)`` is called once it is listening, so
     ``port=0`` works with ``await nursery.start(serve, host, 0, jobs_dir)``.
     """
-    service = WsJobService(jobs_dir, token=token)
+    service = WsJobService(jobs_dir, token=token, limits=limits)
     await service.run(host, port, task_status=task_status)
 

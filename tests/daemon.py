@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 READY = re.compile(
@@ -69,13 +69,18 @@ def _read_ready(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
 
 @contextlib.contextmanager
 def spawn_gloomd(
-    *extra_args: str, timeout: float = 20.0, env: dict[str, str] | None = None, capture_logs: bool = False
+    *extra_args: str,
+    timeout: float = 20.0,
+    env: dict[str, str] | None = None,
+    capture_logs: bool = False,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[Daemon]:
     """Run `python -m gloomd` on free loopback ports for the duration of a block.
 
     With `capture_logs`, stderr is a pipe the test reads after `stop()`; keep
     such tests small, since a full pipe would stall the daemon.  With
     GLOOMD_TEST_QUIET_LOGS=1 in `env`, the daemon's log is discarded.
+    `preexec_fn` runs in the child before gloomd (e.g. to lower a resource limit).
     """
     args = [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0", *extra_args]
     proc = subprocess.Popen(
@@ -84,6 +89,7 @@ def spawn_gloomd(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE if capture_logs else (subprocess.DEVNULL if (env or {}).get("GLOOMD_TEST_QUIET_LOGS") else None),
         env={**os.environ, **(env or {})},
+        preexec_fn=preexec_fn,
     )
     try:
         line = _read_ready(proc, timeout)

@@ -267,7 +267,8 @@ def timings(draw: st.DrawFn) -> dict[str, Any]:
     if at or unit == "month":
         n: int | float = draw(st.integers(1, 40))
     else:
-        n = draw(st.one_of(st.integers(1, 500), st.floats(0.001, 500)))
+        # From the documented floor, MIN_INTERVAL_SECONDS (0.01 s), upwards.
+        n = draw(st.one_of(st.integers(1, 500), st.floats(0.01, 500)))
     conf: dict[str, Any] = {"every": [n, unit], "timezone": draw(st.sampled_from(ZONES))}
     if at:
         conf["at"] = at
