@@ -23,11 +23,22 @@ State, and the rules that keep it consistent
   popped), with a compaction when dead entries dominate a heap.
 * Idle slaves of a type wait in an ordered set: the one idle longest gets the
   next job, so idle slaves share work fairly.
+* Every operation checks everything that can fail before it changes anything
+  (and encodes the frames it will send first), so an exception cannot leave
+  the state half-changed; the I/O layer then drops the peer (issue 18).
+
+Memory (issue 18): frames are encoded when queued (`send`), so each peer's
+pending output is known in bytes: the I/O layer stops reading a peer whose
+output is past a high-water mark, and a peer sent more than `max_outbox` bytes
+between two writes is marked `overflowed` and dropped.  Stored results and
+outcomes are capped in bytes as well as in count, and `stats` lists at most
+`max_stats_types` types, summarising the rest.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -55,6 +66,12 @@ _TIMEOUTS_MIN: Final = 1024
 JobId = str | int
 
 
+#: What one entry of the result or outcome store costs besides its id and
+#: frame, for the byte caps: the OrderedDict slot and link, the tuple, the
+#: float (measured with tracemalloc: 230-250 bytes per entry).
+STORE_ENTRY_BYTES: Final = 256
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerLimits:
     """The broker's knobs, with the protocol's defaults."""
@@ -63,19 +80,43 @@ class BrokerLimits:
     max_retries: int = 3  # a job is failed (CRASH) on its (max_retries + 1)-th loss
     result_ttl: float = 3600.0  # seconds a detached result (and an outcome) is kept
     max_results: int = 100_000
+    #: Bytes of stored detached results (encoded frames, plus STORE_ENTRY_BYTES each).
+    max_result_bytes: int = 256 * 1024 * 1024
+    #: Bytes of stored outcomes (ids, plus STORE_ENTRY_BYTES each).
+    max_outcome_bytes: int = 32 * 1024 * 1024
+    #: Rows of per-type stats in one answer; the rest are summed in `types_omitted`.
+    max_stats_types: int = 1000
+    #: Characters of a string id (digits of an integer one).
+    max_id: int = 1024
+    #: Characters of a string type (bytes of any other type's canonical JSON).
+    max_type: int = 1024
+    #: Ids in one submit's `after`.
+    max_after: int = 1000
+    #: Keys and values in one frame.
+    max_values: int = 262_144
+
+    def caps(self) -> m.Caps:
+        return m.Caps(self.max_id, self.max_type, self.max_after, self.max_values)
 
 
 class Peer:
     """One connection as the broker sees it: an outbox and nothing of I/O.
 
     `transport` belongs to the I/O layer, which uses it to find its
-    connection from a dirty peer; the broker never looks at it.
+    connection from a dirty peer (and clears it when the connection is
+    gone, so that the two do not keep each other alive); the broker never
+    looks at it.
     """
 
-    __slots__ = ("outbox", "name", "transport", "authenticated")
+    __slots__ = ("outbox", "pending", "overflowed", "name", "transport", "authenticated")
 
     def __init__(self, name: str, transport: Any = None) -> None:
+        #: Encoded frames not yet handed to the I/O layer (tests may add dicts).
         self.outbox: list[bytes | dict[str, Any]] = []
+        #: Bytes in `outbox`: what the I/O layer weighs against its high-water mark.
+        self.pending = 0
+        #: Sent more than `max_outbox` bytes between two writes: to be dropped.
+        self.overflowed = False
         self.name = name
         self.transport = transport
         self.authenticated = False
@@ -160,8 +201,12 @@ class Broker:
         self,
         limits: BrokerLimits | None = None,
         clock: Callable[[], float] | None = None,
+        max_outbox: int = 64 * 1024 * 1024,
     ) -> None:
         self.limits = limits or BrokerLimits()
+        self._caps = self.limits.caps()
+        self._max_values = self._caps.max_values
+        self._max_outbox = max_outbox
         self._clock = clock or _zero_clock
         self.jobs: dict[JobId, Job] = {}
         self.types: dict[bytes | str, TypeQueue] = {}
@@ -179,6 +224,12 @@ class Broker:
         self.timers_changed = False
         self._timer_at = INF
         self.queued_total = 0  # QUEUED + WAITING jobs: what the queue cap counts
+        # Sums over every type, kept as they change so that a stats answer
+        # costs its rows, not the number of types (100,000 types made each
+        # stats request cost 70 ms): RUNNING jobs are len(jobs) - queued_total.
+        self.waiting_total = 0  # WAITING jobs
+        self.joined = 0  # slaves that have joined a type
+        self.idle_total = 0  # slaves waiting for a job
         self._seq = 0
         # Running jobs' deadlines, deleted lazily: a finished job's entry stays
         # until it comes up, or until stale entries are half the heap (see
@@ -187,8 +238,12 @@ class Broker:
         self._timeouts_cap = _TIMEOUTS_MIN
         # Detached jobs' final frames, and every job's outcome (for `after`),
         # both in order of expiry since the TTL is the same for all.
-        self._results: OrderedDict[JobId, tuple[float, dict[str, Any]]] = OrderedDict()
+        # Results are kept encoded: a `result` request sends the same bytes
+        # object, however many times it is asked for.
+        self._results: OrderedDict[JobId, tuple[float, bytes]] = OrderedDict()
         self._outcomes: OrderedDict[JobId, tuple[float, bool]] = OrderedDict()
+        self.result_bytes = 0
+        self.outcome_bytes = 0
         self.totals = {"submitted": 0, "completed": 0, "failed": 0, "requeued": 0, "cancelled": 0}
         self.started = self._clock()
         self.halted = False
@@ -208,6 +263,8 @@ class Broker:
     def disconnect(self, peer: Peer) -> None:
         """The peer's connection is gone, for whatever reason."""
         self.dirty.pop(peer, None)
+        peer.outbox = []
+        peer.pending = 0
         if isinstance(peer, SlavePeer):
             self._drop_slave(peer)
         elif isinstance(peer, MasterPeer):
@@ -222,11 +279,11 @@ class Broker:
         frame the peer is owed.
         """
         try:
-            obj = m.decode_object(payload)
+            obj = m.decode_object(payload, self._max_values)
             if type(peer) is SlavePeer:
-                self._slave_message(peer, m.parse_slave(obj, peer.job is not None))
+                self._slave_message(peer, m.parse_slave(obj, peer.job is not None, self._caps))
             else:
-                self._master_message(peer, m.parse_master(obj))  # type: ignore[arg-type]
+                self._master_message(peer, m.parse_master(obj, self._caps))  # type: ignore[arg-type]
         except m.ProtocolViolation as violation:
             self.send(peer, violation.frame())
 
@@ -252,7 +309,7 @@ class Broker:
         elif cls is m.Result:
             self._result(master, msg.id)  # type: ignore[union-attr]
         elif cls is m.Stats:
-            self.send(master, {"ok": True, "stats": self.stats()})
+            self.send(master, {"ok": True, "stats": self.stats(msg)})  # type: ignore[arg-type]
         else:  # Ping or Auth
             self.send(master, OK_FRAME)
 
@@ -260,8 +317,21 @@ class Broker:
 
     def send(self, peer: Peer, frame: bytes | dict[str, Any]) -> None:
         """Queue a frame for a peer (the I/O layer uses this for its own
-        frames: authentication and final errors)."""
-        peer.outbox.append(frame)
+        frames: authentication and final errors).
+
+        Encoded now, not at the flush: replies to a whole receive used to be
+        built as dicts and encoded together, and only then weighed against
+        the output cap (issue 18: 460 bytes of stats requests cost 610 MB).
+        """
+        data = frame if type(frame) is bytes else encode_frame(frame)
+        pending = peer.pending + len(data)
+        if pending > self._max_outbox:
+            # Sent more than it reads: what is already queued goes out, the
+            # rest is dropped with the peer at the next flush.
+            peer.overflowed = True
+        else:
+            peer.pending = pending
+            peer.outbox.append(data)
         self.dirty[peer] = None
 
 
@@ -271,7 +341,7 @@ class Broker:
         self.dirty.clear()
         return peers
 
-    def _tell_master(self, job: Job, frame: dict[str, Any]) -> None:
+    def _tell_master(self, job: Job, frame: bytes | dict[str, Any]) -> None:
         master = job.master
         if master is not None:
             del master.jobs[job.id]
@@ -329,6 +399,7 @@ class Broker:
         else:
             job.waiting = len(waiting_on)
             self.queued_total += 1
+            self.waiting_total += 1
             for dep_job in waiting_on:
                 if dep_job.dependents is None:
                     dep_job.dependents = []
@@ -345,6 +416,7 @@ class Broker:
         queue = self._queue_for(job.type, job.key)
         if queue.idle:
             slave, _ = queue.idle.popitem(last=False)
+            self.idle_total -= 1
             self._assign(slave, queue, job)
             return
         job.state = QUEUED
@@ -353,22 +425,27 @@ class Broker:
         self.queued_total += 1
 
     def _assign(self, slave: SlavePeer, queue: TypeQueue, job: Job) -> None:
-        job.state = RUNNING
-        job.attempt += 1
-        slave.job = job
-        queue.running += 1
+        # The frame and the deadline first: they are what could fail.
         frame: dict[str, Any] = {
             "action": "job",
             "id": job.id,
             "type": job.type,
             "body": job.body,
-            "attempt": job.attempt,
+            "attempt": job.attempt + 1,
         }
-        if job.timeout is not None:
-            frame["timeout"] = job.timeout
-            job.deadline = self._clock() + job.timeout
+        timeout = job.timeout
+        if timeout is not None:
+            frame["timeout"] = timeout
+            deadline = self._clock() + timeout
+        data = encode_frame(frame)
+        job.state = RUNNING
+        job.attempt += 1
+        slave.job = job
+        queue.running += 1
+        if timeout is not None:
+            job.deadline = deadline
             self._push_timeout(job)
-        self.send(slave, frame)
+        self.send(slave, data)
 
     def _slave_ready(self, slave: SlavePeer) -> None:
         """The slave holds nothing now: give it the best queued job, or idle it."""
@@ -384,6 +461,7 @@ class Broker:
                 self._assign(slave, queue, job)
                 return
         queue.idle[slave] = None
+        self.idle_total += 1
 
     # ------------------------------------------------------------ slave actions
 
@@ -398,6 +476,7 @@ class Broker:
         queue = self._queue_for(msg.type, msg.key)
         slave.queue = queue
         queue.slaves += 1
+        self.joined += 1
         log.info("event=join slave=%s type=%s", slave.name, _short(msg.type))
         self.send(slave, OK_FRAME)
         self._slave_ready(slave)
@@ -419,10 +498,14 @@ class Broker:
         return job
 
     def _respond(self, slave: SlavePeer, body: Any) -> None:
+        held = slave.job
+        assert held is not None
+        # Encoded before anything changes (see the module docstring).
+        result = encode_frame({"id": held.id, "body": body}) if held.state == RUNNING else b""
         job = self._hand_back(slave)
         if job is not None:
             self.totals["completed"] += 1
-            self._finish(job, {"id": job.id, "body": body}, ok=True)
+            self._finish(job, result, ok=True)
         self.send(slave, OK_FRAME)
         self._slave_ready(slave)
 
@@ -433,11 +516,15 @@ class Broker:
             self.send(job.master, {"id": job.id, "progress": body})
 
     def _fail(self, slave: SlavePeer, msg: m.Fail) -> None:
+        held = slave.job
+        assert held is not None
+        frame = encode_frame(
+            {"error": "job_error", "reason": msg.reason, "id": held.id, "category": msg.category}
+        )
         job = self._hand_back(slave)
         if job is not None:
             self.totals["failed"] += 1
             log.info("event=failure id=%r category=%s slave=%s", job.id, msg.category, slave.name)
-            frame = {"error": "job_error", "reason": msg.reason, "id": job.id, "category": msg.category}
             self._finish(job, frame, ok=False)
         self.send(slave, OK_FRAME)
         self._slave_ready(slave)
@@ -466,7 +553,10 @@ class Broker:
             return
         slave.queue = None
         queue.slaves -= 1
-        queue.idle.pop(slave, None)
+        self.joined -= 1
+        if slave in queue.idle:
+            del queue.idle[slave]
+            self.idle_total -= 1
         self._forget_if_empty(queue)
 
     def _requeue(self, job: Job, queue: TypeQueue | None) -> None:
@@ -527,7 +617,9 @@ class Broker:
 
     def _remove_queued(self, job: Job, frame: dict[str, Any] | None) -> None:
         """Take a WAITING or QUEUED job out; `frame` tells its master, if any."""
-        if job.state == QUEUED:
+        if job.state == WAITING:
+            self.waiting_total -= 1
+        elif job.state == QUEUED:
             queue = self.types[job.key]
             queue.queued -= 1
             if queue.queued == 0:
@@ -566,14 +658,16 @@ class Broker:
         else:
             self._finish(job, frame, ok=False)
 
-    def _finish(self, job: Job, frame: dict[str, Any], *, ok: bool) -> None:
+    def _finish(self, job: Job, frame: bytes | dict[str, Any], *, ok: bool) -> None:
         """Answer the job's master and free its id; then release its dependents."""
+        if job.detached and type(frame) is not bytes:
+            frame = encode_frame(frame)  # once, for the master and the store
         job.state = GONE
         if job.master is not None:
             self._tell_master(job, frame)
             job.master = None
         if job.detached:
-            self._store_result(job.id, frame)
+            self._store_result(job.id, frame)  # type: ignore[arg-type]
         self._forget(job, ok=ok)
 
     def _forget(self, job: Job, *, ok: bool) -> None:
@@ -594,6 +688,7 @@ class Broker:
                 dependent.waiting -= 1
                 if dependent.waiting == 0:
                     self.queued_total -= 1  # _enqueue counts it again if it queues
+                    self.waiting_total -= 1
                     self._enqueue(dependent)
             else:
                 self._fail_job(dependent, "DEPENDENCY", job.id)
@@ -641,35 +736,56 @@ class Broker:
         while timeouts and timeouts[0][0] <= now:
             deadline, _, job = heapq.heappop(timeouts)
             if job.state == RUNNING and job.deadline == deadline:
+                frame = encode_frame(
+                    {"error": "job_failed", "reason": job.id, "id": job.id, "category": "TIMEOUT"}
+                )
                 self._orphan(job)
                 self.totals["failed"] += 1
                 log.info("event=failure id=%r category=TIMEOUT", job.id)
-                frame = {"error": "job_failed", "reason": job.id, "id": job.id, "category": "TIMEOUT"}
                 self._finish(job, frame, ok=False)
-        for store in (self._results, self._outcomes):
-            while store:
-                key, (expires, _) = next(iter(store.items()))
-                if expires > now:
-                    break
-                del store[key]
+        results = self._results
+        while results:
+            key, (expires, frame) = next(iter(results.items()))
+            if expires > now:
+                break
+            del results[key]
+            self.result_bytes -= len(frame) + STORE_ENTRY_BYTES
+        outcomes = self._outcomes
+        while outcomes:
+            key, (expires, _) = next(iter(outcomes.items()))
+            if expires > now:
+                break
+            del outcomes[key]
+            self.outcome_bytes -= _id_bytes(key)
 
-    def _store_result(self, job_id: JobId, frame: dict[str, Any]) -> None:
+    def _store_result(self, job_id: JobId, frame: bytes) -> None:
         store = self._results
-        store.pop(job_id, None)
+        old = store.pop(job_id, None)
+        if old is not None:
+            self.result_bytes -= len(old[1]) + STORE_ENTRY_BYTES
         expires = self._clock() + self.limits.result_ttl
         store[job_id] = (expires, frame)
-        if len(store) > self.limits.max_results:
-            store.popitem(last=False)
+        self.result_bytes += len(frame) + STORE_ENTRY_BYTES
+        limits = self.limits
+        while len(store) > limits.max_results or self.result_bytes > limits.max_result_bytes:
+            _, (_, dropped) = store.popitem(last=False)  # the oldest first
+            self.result_bytes -= len(dropped) + STORE_ENTRY_BYTES
         self._arm(expires)
 
     def _record_outcome(self, job_id: JobId, ok: bool) -> None:
         store = self._outcomes
-        store.pop(job_id, None)
+        # `_id_bytes`, inlined: every job ends here.
+        size = (len(job_id) if type(job_id) is str else job_id.bit_length() // 8) + STORE_ENTRY_BYTES  # type: ignore[union-attr]
+        if store.pop(job_id, None) is not None:
+            self.outcome_bytes -= size
         expires = self._clock() + self.limits.result_ttl
         store[job_id] = (expires, ok)
+        self.outcome_bytes += size
         self._arm(expires)
-        if len(store) > self.limits.max_results:
-            store.popitem(last=False)
+        limits = self.limits
+        while len(store) > limits.max_results or self.outcome_bytes > limits.max_outcome_bytes:
+            dropped, _ = store.popitem(last=False)
+            self.outcome_bytes -= _id_bytes(dropped)
 
     # ------------------------------------------------------------ shutdown & stats
 
@@ -695,26 +811,61 @@ class Broker:
             queue.heap.clear()
             queue.queued = queue.running = 0
         self.queued_total = 0
+        self.waiting_total = 0
         return count
 
-    def stats(self) -> dict[str, Any]:
-        types = [
-            {
-                "type": q.type,
-                "queued": q.queued,
-                "running": q.running,
-                "slaves": q.slaves,
-                "idle": len(q.idle),
+    def stats(self, request: m.Stats = m.Stats()) -> dict[str, Any]:
+        """The stats answer: a row per type, at most `max_stats_types` of them.
+
+        Past the cap, the first rows (oldest types first) are listed and the
+        others summed in `types_omitted`, from running sums, so the answer
+        costs its rows whatever the number of types; `{"action":"stats",
+        "type":T}` asks for one type's row (none if T has no queue).
+        """
+        queues = self.types
+        omitted: dict[str, int] | None = None
+        if request.key is not None:
+            queue = queues.get(request.key)
+            rows = [] if queue is None else [_row(queue)]
+        elif len(queues) <= self.limits.max_stats_types:
+            rows = [_row(q) for q in queues.values()]
+        else:
+            rows = [_row(q) for q in itertools.islice(queues.values(), self.limits.max_stats_types)]
+            omitted = {
+                "types": len(queues) - len(rows),
+                "queued": self.queued_total - self.waiting_total,
+                "running": len(self.jobs) - self.queued_total,
+                "slaves": self.joined,
+                "idle": self.idle_total,
             }
-            for q in self.types.values()
-        ]
-        return {
-            "types": types,
-            "totals": dict(self.totals),
-            "waiting": self.queued_total - sum(q.queued for q in self.types.values()),
-            "connections": {"masters": len(self.masters), "slaves": len(self.slaves)},
-            "uptime_s": round(self._clock() - self.started, 3),
-        }
+            for row in rows:
+                for name in ("queued", "running", "slaves", "idle"):
+                    omitted[name] -= row[name]
+        answer: dict[str, Any] = {"types": rows}
+        if omitted is not None:
+            answer["types_omitted"] = omitted
+        answer["totals"] = dict(self.totals)
+        answer["waiting"] = self.waiting_total
+        answer["connections"] = {"masters": len(self.masters), "slaves": len(self.slaves)}
+        answer["uptime_s"] = round(self._clock() - self.started, 3)
+        return answer
+
+
+def _row(queue: TypeQueue) -> dict[str, Any]:
+    return {
+        "type": queue.type,
+        "queued": queue.queued,
+        "running": queue.running,
+        "slaves": queue.slaves,
+        "idle": len(queue.idle),
+    }
+
+
+def _id_bytes(job_id: JobId) -> int:
+    """What an outcome entry costs, for the byte cap: the id and the entry."""
+    if isinstance(job_id, str):
+        return len(job_id) + STORE_ENTRY_BYTES
+    return job_id.bit_length() // 8 + STORE_ENTRY_BYTES
 
 
 def _queue_order(job: Job) -> tuple[int, int]:

@@ -198,7 +198,13 @@ class Result(NamedTuple):
 
 
 class Stats(NamedTuple):
-    """`{"action":"stats"}`: no fields."""
+    """`{"action":"stats"}`, or `{"action":"stats","type":T}` for one type's row.
+
+    `key` is None for every type (T may be null, whose key is b"null").
+    """
+
+    type: Any = None
+    key: bytes | str | None = None
 
 
 class Ping(NamedTuple):
@@ -320,6 +326,9 @@ def parse_master(obj: dict[str, Any], caps: Caps = DEFAULT_CAPS) -> MasterMessag
             raise ProtocolViolation("invalid_type", "id")
         return Cancel(job_id) if action == "cancel" else Result(job_id)
     if action == "stats":
+        if "type" in obj:
+            job_type = obj["type"]
+            return Stats(job_type, _key(job_type, caps))
         return _STATS
     if action == "ping":
         return _PING

@@ -71,7 +71,9 @@ class GloomServer:
         cfg = self.config
         # The run's clock itself: `trio.current_time` reaches the same method
         # through three more calls, and the broker reads it once per job.
-        self.broker = Broker(cfg.limits, clock=trio.lowlevel.current_clock().current_time)
+        self.broker = Broker(
+            cfg.limits, clock=trio.lowlevel.current_clock().current_time, max_outbox=cfg.max_outbuf
+        )
         master_sock = _listen(cfg.host, cfg.master_port)
         slave_sock = _listen(cfg.host, cfg.slave_port)
         self.master_port = master_sock.getsockname()[1]
@@ -198,10 +200,15 @@ class GloomServer:
         conn.released = True
         self._connections.discard(conn)
         self._forget_host(conn.host)
-        if conn.overflowed:
-            reason = "outbuf_overflow"
-            log.warning("event=overflow role=%s peer=%s buffered=%d", conn.role, conn.name, len(conn.outbuf))
         assert self.broker is not None and conn.peer is not None
+        if conn.overflowed or conn.peer.overflowed:
+            reason = "outbuf_overflow"
+            log.warning(
+                "event=overflow role=%s peer=%s buffered=%d",
+                conn.role,
+                conn.name,
+                len(conn.outbuf) + conn.peer.pending,
+            )
         self.broker.disconnect(conn.peer)
         self._kick()
         log.info("event=disconnect role=%s peer=%s reason=%s", conn.role, conn.name, reason)
@@ -236,7 +243,7 @@ class GloomServer:
         if not frames:
             return None
         if not conn.authenticated:
-            if not auth_frame_ok(frames[0], self.config.token or ""):
+            if not auth_frame_ok(frames[0], self.config.token or "", broker.limits.max_values):
                 log.warning("event=unauthorized role=%s peer=%s", conn.role, conn.name)
                 return self._final(conn, {"error": "unauthorized", "reason": "auth"}, "unauthorized")
             conn.authenticated = True
@@ -363,14 +370,18 @@ class GloomServer:
             if urgent_only and (conn.role == "master" or (len(out) == 1 and out[0] is OK_FRAME)):
                 broker.dirty[peer] = None  # still to write
                 continue
+            # Encoded already (`Broker.send`), so this only joins bytes.
             peer.outbox = []
+            peer.pending = 0
             if conn.closed:
                 continue
-            if len(out) == 1:
-                item = out[0]
-                conn.write(item if type(item) is bytes else encode_frame(item))
+            if peer.overflowed:
+                conn.overflowed = True
+                conn.abort()
+            elif len(out) == 1:
+                conn.write(out[0])  # type: ignore[arg-type]
             else:
-                conn.write(b"".join([item if type(item) is bytes else encode_frame(item) for item in out]))
+                conn.write(b"".join(out))  # type: ignore[arg-type]
 
     async def _timer(self) -> None:
         """Fire job timeouts and result expiry at the broker's next deadline."""
