@@ -47,6 +47,7 @@ from typing import Any, Final
 
 from . import messages as m
 from .framing import encode_frame
+from .logbudget import LogBudget
 
 __all__ = ["Broker", "BrokerLimits", "Job", "MasterPeer", "Peer", "SlavePeer"]
 
@@ -94,6 +95,9 @@ class BrokerLimits:
     max_after: int = 1000
     #: Keys and values in one frame.
     max_values: int = 262_144
+    #: Log lines per second one connection may cause, and the burst it may save up.
+    log_rate: float = 10.0
+    log_burst: int = 100
 
     def caps(self) -> m.Caps:
         return m.Caps(self.max_id, self.max_type, self.max_after, self.max_values)
@@ -108,7 +112,7 @@ class Peer:
     looks at it.
     """
 
-    __slots__ = ("outbox", "pending", "overflowed", "name", "transport", "authenticated")
+    __slots__ = ("outbox", "pending", "overflowed", "name", "transport", "authenticated", "logs")
 
     def __init__(self, name: str, transport: Any = None) -> None:
         #: Encoded frames not yet handed to the I/O layer (tests may add dicts).
@@ -120,6 +124,7 @@ class Peer:
         self.name = name
         self.transport = transport
         self.authenticated = False
+        self.logs = LogBudget()
 
 
 class MasterPeer(Peer):
@@ -265,6 +270,8 @@ class Broker:
         self.dirty.pop(peer, None)
         peer.outbox = []
         peer.pending = 0
+        if peer.logs.suppressed:
+            log.info("event=log_suppressed peer=%s lines=%d", peer.name, peer.logs.suppressed)
         if isinstance(peer, SlavePeer):
             self._drop_slave(peer)
         elif isinstance(peer, MasterPeer):
@@ -477,7 +484,8 @@ class Broker:
         slave.queue = queue
         queue.slaves += 1
         self.joined += 1
-        log.info("event=join slave=%s type=%s", slave.name, _short(msg.type))
+        if self._may_log(slave):
+            log.info("event=join slave=%s type=%s", slave.name, _short(msg.type))
         self.send(slave, OK_FRAME)
         self._slave_ready(slave)
 
@@ -524,7 +532,8 @@ class Broker:
         job = self._hand_back(slave)
         if job is not None:
             self.totals["failed"] += 1
-            log.info("event=failure id=%r category=%s slave=%s", job.id, msg.category, slave.name)
+            if self._may_log(slave):
+                log.info("event=failure id=%r category=%s slave=%s", job.id, msg.category, slave.name)
             self._finish(job, frame, ok=False)
         self.send(slave, OK_FRAME)
         self._slave_ready(slave)
@@ -739,9 +748,11 @@ class Broker:
                 frame = encode_frame(
                     {"error": "job_failed", "reason": job.id, "id": job.id, "category": "TIMEOUT"}
                 )
+                master = job.master
                 self._orphan(job)
                 self.totals["failed"] += 1
-                log.info("event=failure id=%r category=TIMEOUT", job.id)
+                if master is None or self._may_log(master):
+                    log.info("event=failure id=%r category=TIMEOUT", job.id)
                 self._finish(job, frame, ok=False)
         results = self._results
         while results:
@@ -786,6 +797,11 @@ class Broker:
         while len(store) > limits.max_results or self.outcome_bytes > limits.max_outcome_bytes:
             dropped, _ = store.popitem(last=False)
             self.outcome_bytes -= _id_bytes(dropped)
+
+    def _may_log(self, peer: Peer) -> bool:
+        """May `peer` cause one more log line now?  (See `LogBudget`.)"""
+        limits = self.limits
+        return peer.logs.allow(self._clock(), limits.log_rate, limits.log_burst, peer.name)
 
     # ------------------------------------------------------------ shutdown & stats
 
