@@ -17,12 +17,17 @@ server's nursery, cancelling it closes every socket it holds, and each wait
 has a deadline for the connections' own timeouts (authentication, slow
 frames, lingering after an error).  TLS connections are not here: they keep
 a reader and a writer task each (`gloomd.transport.StreamConnection`).
+
+Each connection is also a boundary (issue 18): an exception raised while
+handling its input or output is logged, answered `internal_error` where the
+stream allows, and ends that connection only; every other one is served on.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import select
 from collections.abc import Callable
 from typing import Protocol
@@ -32,6 +37,8 @@ import trio
 from .transport import INF, RECV_SIZE, PlainConnection
 
 __all__ = ["Reactor", "ReactorClient"]
+
+log = logging.getLogger("gloomd.server")
 
 _IN = select.EPOLLIN | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT
@@ -51,6 +58,9 @@ class ReactorClient(Protocol):
 
     def on_deadline(self, conn: PlainConnection) -> str:
         """A connection's deadline passed; queue its final frame, return why."""
+
+    def internal_error(self, conn: PlainConnection, exc: Exception) -> str:
+        """Handling `conn` raised: log, queue `internal_error`, return why to hang up."""
 
     def release(self, conn: PlainConnection, reason: str) -> None:
         """The peer is gone for the broker (called once per connection)."""
@@ -108,6 +118,16 @@ class Reactor:
         self._schedule(conn, conn.linger_deadline)
         conn.start_closing()
 
+    def _crashed(self, conn: PlainConnection, exc: Exception) -> None:
+        """Handling `conn` raised: end it alone (the boundary of issue 18)."""
+        try:
+            reason = self._client.internal_error(conn, exc)
+            if not conn.closed:
+                self.hang_up(conn, reason)
+        except Exception:
+            log.exception("event=internal_error peer=%s stage=hang_up", conn.name)
+            self.drop(conn, "internal_error")
+
     # ------------------------------------------------------------ the loop
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -160,10 +180,13 @@ class Reactor:
             conn = conns.get(fd)
             if conn is None:
                 continue
-            if events & _OUT:
-                conn.on_writable()
-            if events & _READ_EVENTS and fd in conns:
-                self._readable(conn)
+            try:
+                if events & _OUT:
+                    conn.on_writable()
+                if events & _READ_EVENTS and fd in conns:
+                    self._readable(conn)
+            except Exception as exc:
+                self._crashed(conn, exc)
         self._client.flush(urgent_only=bool(ready))
         return bool(ready)
 
@@ -211,8 +234,11 @@ class Reactor:
             when, _, conn = heapq.heappop(heap)
             if self._conns.get(conn.fd) is not conn:
                 continue  # closed since (and the fd maybe reused)
-            if conn.lingering:
-                if when == conn.linger_deadline:
-                    self.drop(conn)
-            elif when == conn.deadline:
-                self.hang_up(conn, self._client.on_deadline(conn))
+            try:
+                if conn.lingering:
+                    if when == conn.linger_deadline:
+                        self.drop(conn)
+                elif when == conn.deadline:
+                    self.hang_up(conn, self._client.on_deadline(conn))
+            except Exception as exc:
+                self._crashed(conn, exc)

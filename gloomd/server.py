@@ -18,6 +18,14 @@ Structure: `run` owns one nursery with the two accept loops, the reactor, the
 flusher (for output produced outside a reactor batch: TLS reads, timers,
 shutdown) and the timer; TLS connections are tasks in it too, so cancelling
 `run` tears everything down.
+
+No frame may stop the daemon (issue 18).  Each connection is a boundary: an
+exception raised while handling its input or output is logged once
+(`event=internal_error`, with the traceback), answered
+`{"error":"internal_error","reason":...}` where the stream allows, and ends
+that connection alone; the reactor (plain TCP) and the TLS tasks catch it,
+`internal_error` below answers it.  The broker validates before it mutates,
+so what it was doing leaves no half-changed state behind.
 """
 
 from __future__ import annotations
@@ -126,7 +134,6 @@ class GloomServer:
     async def _accept_loop(self, lsock: socket.socket, role: str) -> None:
         assert self._nursery is not None
         nursery = self._nursery
-        cfg = self.config
         with trio.CancelScope() as scope:
             self._accept_scopes.append(scope)
             while True:
@@ -142,33 +149,43 @@ class GloomServer:
                             log.warning("event=accept_error error=%s", exc)
                             await trio.sleep(0.1)
                         break
-                    sock.setblocking(False)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
-                    name = _peer_name(addr)
-                    refusal = self._refusal(host)
-                    if refusal is not None:
-                        log.warning("event=refused reason=%s peer=%s", refusal["error"], name)
-                        # Under TLS a plaintext frame would be garbage: just close.
-                        frame = None if cfg.ssl_context is not None else encode_frame(refusal)
-                        nursery.start_soon(_refuse, sock, frame)
-                        continue
-                    self._per_host[host] = self._per_host.get(host, 0) + 1
-                    if cfg.ssl_context is None:
-                        conn = PlainConnection(
-                            sock,
-                            name,
-                            host,
-                            role,
-                            cfg.max_frame,
-                            cfg.max_outbuf,
-                            self._reactor.set_backlog,
-                            self._reactor.drop,
-                        )
-                        self._admit(conn)
-                        self._reactor.add(conn)
-                    else:
-                        nursery.start_soon(self._serve_tls, sock, name, host, role)
+                    try:
+                        self._accepted(sock, addr, role, nursery)
+                    except Exception as exc:
+                        # A connection reset before we saw it, or a bug: it
+                        # costs this connection only, never the accept loop.
+                        log.error("event=internal_error stage=accept error=%r", exc, exc_info=exc)
+                        sock.close()
+
+    def _accepted(self, sock: socket.socket, addr: Any, role: str, nursery: trio.Nursery) -> None:
+        cfg = self.config
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
+        name = _peer_name(addr)
+        refusal = self._refusal(host)
+        if refusal is not None:
+            log.warning("event=refused reason=%s peer=%s", refusal["error"], name)
+            # Under TLS a plaintext frame would be garbage: just close.
+            frame = None if cfg.ssl_context is not None else encode_frame(refusal)
+            nursery.start_soon(_refuse, sock, frame)
+            return
+        self._per_host[host] = self._per_host.get(host, 0) + 1
+        if cfg.ssl_context is None:
+            conn = PlainConnection(
+                sock,
+                name,
+                host,
+                role,
+                cfg.max_frame,
+                cfg.max_outbuf,
+                self._reactor.set_backlog,
+                self._reactor.drop,
+            )
+            self._admit(conn)
+            self._reactor.add(conn)
+        else:
+            nursery.start_soon(self._serve_tls, sock, name, host, role)
 
     def _refusal(self, host: str) -> dict[str, Any] | None:
         cfg = self.config
@@ -209,9 +226,27 @@ class GloomServer:
                 conn.name,
                 len(conn.outbuf) + conn.peer.pending,
             )
-        self.broker.disconnect(conn.peer)
+        try:
+            self.broker.disconnect(conn.peer)
+        except Exception as exc:
+            log.error("event=internal_error stage=disconnect peer=%s", conn.name, exc_info=exc)
         self._kick()
         log.info("event=disconnect role=%s peer=%s reason=%s", conn.role, conn.name, reason)
+
+    def internal_error(self, conn: Connection, exc: Exception) -> str:
+        """Handling `conn` raised `exc`: log it once, queue the error frame,
+        and return the reason to hang up.  Only this connection ends."""
+        log.error(
+            "event=internal_error role=%s peer=%s error=%s",
+            conn.role,
+            conn.name,
+            type(exc).__name__,
+            exc_info=exc,
+        )
+        peer = conn.peer
+        if peer is not None and not conn.released and self.broker is not None:
+            self.broker.send(peer, {"error": "internal_error", "reason": type(exc).__name__})
+        return "internal_error"
 
     # ------------------------------------------------------------ bytes in (both transports)
 
@@ -272,6 +307,13 @@ class GloomServer:
     # ------------------------------------------------------------ TLS connections
 
     async def _serve_tls(self, sock: socket.socket, name: str, host: str, role: str) -> None:
+        try:
+            await self._serve_tls_connection(sock, name, host, role)
+        except Exception as exc:
+            # The boundary of a TLS connection: whatever escaped ends it alone.
+            log.error("event=internal_error role=%s peer=%s stage=tls", role, name, exc_info=exc)
+
+    async def _serve_tls_connection(self, sock: socket.socket, name: str, host: str, role: str) -> None:
         cfg = self.config
         assert cfg.ssl_context is not None
         stream = trio.SSLStream(
@@ -317,19 +359,22 @@ class GloomServer:
     async def _tls_read_loop(self, conn: StreamConnection) -> str:
         reason: str | None
         while True:
-            deadline = conn.deadline
-            data = b""
-            with trio.move_on_at(deadline) as timer:
-                data = await conn.receive_some()
-            if timer.cancelled_caught:
-                reason = self.on_deadline(conn)
-            elif not data:
-                return "eof_mid_frame" if conn.decoder.pending else "eof"
-            else:
-                reason = self.on_data(conn, data)
-                self._kick()
-                if reason is None:
-                    continue
+            try:
+                deadline = conn.deadline
+                data = b""
+                with trio.move_on_at(deadline) as timer:
+                    data = await conn.receive_some()
+                if timer.cancelled_caught:
+                    reason = self.on_deadline(conn)
+                elif not data:
+                    return "eof_mid_frame" if conn.decoder.pending else "eof"
+                else:
+                    reason = self.on_data(conn, data)
+                    self._kick()
+                    if reason is None:
+                        continue
+            except Exception as exc:
+                reason = self.internal_error(conn, exc)
             # Hang up: write the final frame, wait briefly for it to leave.
             self.flush()
             conn.start_closing()
@@ -375,13 +420,24 @@ class GloomServer:
             peer.pending = 0
             if conn.closed:
                 continue
-            if peer.overflowed:
-                conn.overflowed = True
-                conn.abort()
-            elif len(out) == 1:
-                conn.write(out[0])  # type: ignore[arg-type]
-            else:
-                conn.write(b"".join(out))  # type: ignore[arg-type]
+            try:
+                if peer.overflowed:
+                    conn.overflowed = True
+                    conn.abort()
+                elif len(out) == 1:
+                    conn.write(out[0])  # type: ignore[arg-type]
+                else:
+                    conn.write(b"".join(out))  # type: ignore[arg-type]
+            except Exception as exc:
+                self._write_failed(conn, exc)
+
+    def _write_failed(self, conn: Connection, exc: Exception) -> None:
+        """Writing to `conn` raised: the boundary for output (see `internal_error`)."""
+        log.error("event=internal_error role=%s peer=%s stage=write", conn.role, conn.name, exc_info=exc)
+        try:
+            conn.abort()
+        except Exception:
+            log.exception("event=internal_error peer=%s stage=abort", conn.name)
 
     async def _timer(self) -> None:
         """Fire job timeouts and result expiry at the broker's next deadline."""
@@ -391,7 +447,12 @@ class GloomServer:
             deadline = broker.next_deadline()
             with trio.move_on_at(deadline):
                 await self._timer_lot.park()
-            broker.tick(trio.current_time())
+            try:
+                broker.tick(trio.current_time())
+            except Exception as exc:
+                # Not any one connection's: log it, and keep the clock going
+                # (the entry that raised has been taken off the heap).
+                log.error("event=internal_error stage=timer", exc_info=exc)
             self.flush()
 
 
