@@ -21,6 +21,8 @@ a reader and a writer task each (`gloomd.transport.StreamConnection`).
 Each connection is also a boundary (issue 18): an exception raised while
 handling its input or output is logged, answered `internal_error` where the
 stream allows, and ends that connection only; every other one is served on.
+A paused connection (see `gloomd.transport`) is watched for writability only,
+and resumed from the loop once its output is down to the low-water mark.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ log = logging.getLogger("gloomd.server")
 _IN = select.EPOLLIN | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT
 _READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_BROKEN = select.EPOLLHUP | select.EPOLLERR
 
 #: Seconds a hung-up connection may keep sending before it is closed anyway.
 LINGER = 1.0
@@ -58,6 +61,9 @@ class ReactorClient(Protocol):
 
     def on_deadline(self, conn: PlainConnection) -> str:
         """A connection's deadline passed; queue its final frame, return why."""
+
+    def on_resume(self, conn: PlainConnection) -> str | None:
+        """A paused connection drained: handle what it stashed (as `on_data`)."""
 
     def internal_error(self, conn: PlainConnection, exc: Exception) -> str:
         """Handling `conn` raised: log, queue `internal_error`, return why to hang up."""
@@ -84,14 +90,26 @@ class Reactor:
     # ------------------------------------------------------------ membership
 
     def add(self, conn: PlainConnection) -> None:
+        conn.mask = _IN
         self._conns[conn.fd] = conn
         self._epoll.register(conn.fd, _IN)
         self._schedule(conn, conn.deadline)
 
-    def set_backlog(self, conn: PlainConnection, waiting: bool) -> None:
-        """Watch for writability only while bytes wait (level-triggered)."""
-        if conn.fd in self._conns:
-            self._epoll.modify(conn.fd, _IN | _OUT if waiting else _IN)
+    def update(self, conn: PlainConnection) -> None:
+        """Register what the connection waits for (level-triggered epoll).
+
+        Readable unless paused; writable while bytes wait, and while paused
+        (a paused connection with nothing buffered is writable as soon as the
+        kernel has room, which is what resumes it).
+        """
+        if self._conns.get(conn.fd) is not conn:
+            return
+        paused = conn.paused
+        waiting = bool(conn.outbuf)
+        mask = (_OUT if waiting or paused else 0) | (0 if paused else _IN)
+        if mask != conn.mask:
+            conn.mask = mask
+            self._epoll.modify(conn.fd, mask)
 
     def drop(self, conn: PlainConnection, reason: str = "closed") -> None:
         """Forget and close a connection, telling the server first."""
@@ -116,6 +134,8 @@ class Reactor:
         conn.auth_deadline = conn.frame_deadline = INF
         conn.linger_deadline = self._clock() + LINGER
         self._schedule(conn, conn.linger_deadline)
+        conn.paused = False  # read again, to discard (see `_readable`)
+        self.update(conn)
         conn.start_closing()
 
     def _crashed(self, conn: PlainConnection, exc: Exception) -> None:
@@ -127,6 +147,13 @@ class Reactor:
         except Exception:
             log.exception("event=internal_error peer=%s stage=hang_up", conn.name)
             self.drop(conn, "internal_error")
+
+    def _resume(self, conn: PlainConnection) -> None:
+        reason = self._client.on_resume(conn)
+        if reason is not None:
+            self.hang_up(conn, reason)
+        else:
+            self.update(conn)
 
     # ------------------------------------------------------------ the loop
 
@@ -181,6 +208,9 @@ class Reactor:
             if conn is None:
                 continue
             try:
+                if conn.paused:
+                    self._paused_event(conn, events)
+                    continue
                 if events & _OUT:
                     conn.on_writable()
                 if events & _READ_EVENTS and fd in conns:
@@ -189,6 +219,14 @@ class Reactor:
                 self._crashed(conn, exc)
         self._client.flush(urgent_only=bool(ready))
         return bool(ready)
+
+    def _paused_event(self, conn: PlainConnection, events: int) -> None:
+        if events & _BROKEN:
+            self.drop(conn, "reset")
+            return
+        conn.on_writable()
+        if conn.paused and not conn.closed and conn.output_low():
+            self._resume(conn)
 
     def _readable(self, conn: PlainConnection) -> None:
         # One buffer for every connection (reads are handled one at a time),

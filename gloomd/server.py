@@ -37,7 +37,7 @@ from typing import Any
 
 import trio
 
-from .broker import OK_FRAME, Broker
+from .broker import OK_FRAME, Broker, Peer
 from .config import Config
 from .framing import FrameTooLarge, FrameTooLargeWithFrames, encode_frame
 from .reactor import LINGER, Reactor
@@ -179,8 +179,9 @@ class GloomServer:
                 role,
                 cfg.max_frame,
                 cfg.max_outbuf,
-                self._reactor.set_backlog,
+                self._reactor.update,
                 self._reactor.drop,
+                cfg.output_high_water,
             )
             self._admit(conn)
             self._reactor.add(conn)
@@ -217,19 +218,21 @@ class GloomServer:
         conn.released = True
         self._connections.discard(conn)
         self._forget_host(conn.host)
-        assert self.broker is not None and conn.peer is not None
-        if conn.overflowed or conn.peer.overflowed:
+        peer = conn.peer
+        assert self.broker is not None and peer is not None
+        if conn.overflowed or peer.overflowed:
             reason = "outbuf_overflow"
             log.warning(
                 "event=overflow role=%s peer=%s buffered=%d",
                 conn.role,
                 conn.name,
-                len(conn.outbuf) + conn.peer.pending,
+                conn.unsent() + peer.pending,
             )
         try:
-            self.broker.disconnect(conn.peer)
+            self.broker.disconnect(peer)
         except Exception as exc:
             log.error("event=internal_error stage=disconnect peer=%s", conn.name, exc_info=exc)
+        conn.stash = None
         self._kick()
         log.info("event=disconnect role=%s peer=%s reason=%s", conn.role, conn.name, reason)
 
@@ -243,6 +246,8 @@ class GloomServer:
             type(exc).__name__,
             exc_info=exc,
         )
+        conn.stash = None
+        conn.paused = False
         peer = conn.peer
         if peer is not None and not conn.released and self.broker is not None:
             self.broker.send(peer, {"error": "internal_error", "reason": type(exc).__name__})
@@ -265,8 +270,10 @@ class GloomServer:
             frames = decoder.feed(data)
         except FrameTooLarge as exc:
             if conn.authenticated and isinstance(exc, FrameTooLargeWithFrames):
-                for payload in exc.frames:
-                    broker.receive(peer, payload)
+                # Sent in sync before the bad header: handled while the
+                # output has room (the connection closes after them anyway).
+                self._receive(conn, peer, exc.frames)
+                conn.stash = None
             log.warning("event=size_error peer=%s length=%d", conn.name, exc.length)
             return self._final(conn, {"error": "size_error", "reason": "length too large"}, "size_error")
         # Slowloris guard: a frame that has started must finish in time.
@@ -285,9 +292,36 @@ class GloomServer:
             conn.auth_deadline = INF
             broker.send(peer, OK_FRAME)
             del frames[0]
-        receive = broker.receive
-        for payload in frames:
+        self._receive(conn, peer, frames)
+        return None
+
+    def _receive(self, conn: Connection, peer: Peer, frames: list[bytes]) -> None:
+        """Hand `frames` to the broker in order, until the connection's
+        output passes its high-water mark; then stash the rest and pause.
+
+        One comparison per frame: replies are encoded as they are queued,
+        so `peer.pending` counts the bytes built since the last flush.
+        """
+        assert self.broker is not None
+        receive = self.broker.receive
+        room = conn.high_water - len(conn.outbuf) - conn.in_flight
+        frames_left = iter(frames)
+        for payload in frames_left:
             receive(peer, payload)
+            if peer.pending > room:
+                stash = list(frames_left)
+                if stash:
+                    conn.pause(stash)
+                return
+
+    def on_resume(self, conn: Connection) -> str | None:
+        """The paused connection's output drained: handle its stash first."""
+        stash = conn.stash
+        conn.stash = None
+        conn.paused = False
+        if stash and not conn.released:
+            assert conn.peer is not None
+            self._receive(conn, conn.peer, stash)
         return None
 
     def on_deadline(self, conn: Connection) -> str:
@@ -319,7 +353,7 @@ class GloomServer:
         stream = trio.SSLStream(
             trio.SocketStream(trio.socket.from_stdlib_socket(sock)), cfg.ssl_context, server_side=True
         )
-        conn = StreamConnection(stream, name, host, role, cfg.max_frame, cfg.max_outbuf)
+        conn = StreamConnection(stream, name, host, role, cfg.max_frame, cfg.max_outbuf, cfg.output_high_water)
         self._handshaking += 1
         shaken = False
         try:
@@ -360,19 +394,26 @@ class GloomServer:
         reason: str | None
         while True:
             try:
-                deadline = conn.deadline
-                data = b""
-                with trio.move_on_at(deadline) as timer:
-                    data = await conn.receive_some()
-                if timer.cancelled_caught:
-                    reason = self.on_deadline(conn)
-                elif not data:
-                    return "eof_mid_frame" if conn.decoder.pending else "eof"
-                else:
-                    reason = self.on_data(conn, data)
+                if conn.paused:
+                    await conn.wait_output_low()
+                    reason = self.on_resume(conn)
                     self._kick()
                     if reason is None:
                         continue
+                else:
+                    deadline = conn.deadline
+                    data = b""
+                    with trio.move_on_at(deadline) as timer:
+                        data = await conn.receive_some()
+                    if timer.cancelled_caught:
+                        reason = self.on_deadline(conn)
+                    elif not data:
+                        return "eof_mid_frame" if conn.decoder.pending else "eof"
+                    else:
+                        reason = self.on_data(conn, data)
+                        self._kick()
+                        if reason is None:
+                            continue
             except Exception as exc:
                 reason = self.internal_error(conn, exc)
             # Hang up: write the final frame, wait briefly for it to leave.
@@ -412,10 +453,12 @@ class GloomServer:
         for peer in broker.take_dirty():
             conn: Connection = peer.transport
             out = peer.outbox
-            if urgent_only and (conn.role == "master" or (len(out) == 1 and out[0] is OK_FRAME)):
+            # A paused connection is written at once: that is what resumes it.
+            if urgent_only and (
+                (conn.role == "master" and not conn.paused) or (len(out) == 1 and out[0] is OK_FRAME)
+            ):
                 broker.dirty[peer] = None  # still to write
                 continue
-            # Encoded already (`Broker.send`), so this only joins bytes.
             peer.outbox = []
             peer.pending = 0
             if conn.closed:
