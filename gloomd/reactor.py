@@ -46,6 +46,8 @@ _IN = select.EPOLLIN | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT
 _READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _BROKEN = select.EPOLLHUP | select.EPOLLERR
+#: Deadline entries (live or stale) kept before stale ones are swept out.
+_DEADLINES_MIN = 1024
 
 #: Seconds a hung-up connection may keep sending before it is closed anyway.
 LINGER = 1.0
@@ -81,8 +83,10 @@ class Reactor:
         self._clock = clock
         self._epoll = select.epoll()
         self._conns: dict[int, PlainConnection] = {}
-        self._deadlines: list[tuple[float, int, PlainConnection]] = []
-        self._seq = itertools.count()  # tie-breaker: connections do not compare
+        # (when, serial, fd): no reference to the connection, so that a closed
+        # one (and its buffers) is freed at once, not when its entry comes up.
+        self._deadlines: list[tuple[float, int, int]] = []
+        self._serials = itertools.count(1)
         self._wait_scope: trio.CancelScope | None = None  # the scope of the waits, while it lives
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
@@ -90,6 +94,7 @@ class Reactor:
     # ------------------------------------------------------------ membership
 
     def add(self, conn: PlainConnection) -> None:
+        conn.serial = next(self._serials)
         conn.mask = _IN
         self._conns[conn.fd] = conn
         self._epoll.register(conn.fd, _IN)
@@ -116,9 +121,11 @@ class Reactor:
         conn.closed = True
         if not conn.released:
             self._client.release(conn, reason)
-        if self._conns.pop(conn.fd, None) is not None:
+        if self._conns.get(conn.fd) is conn:  # not a later connection on a reused fd
+            del self._conns[conn.fd]
             self._epoll.unregister(conn.fd)
             conn.sock.close()
+        conn.free()
 
     def hang_up(self, conn: PlainConnection, reason: str) -> None:
         """Release the peer now; write its final frame, then close.
@@ -260,17 +267,36 @@ class Reactor:
 
     def _schedule(self, conn: PlainConnection, when: float) -> None:
         if when < INF:
-            heapq.heappush(self._deadlines, (when, next(self._seq), conn))
+            heap = self._deadlines
+            if len(heap) >= _DEADLINES_MIN and len(heap) > 2 * len(self._conns):
+                self._sweep()
+            heapq.heappush(heap, (when, conn.serial, conn.fd))
             scope = self._wait_scope
             if scope is not None and when < scope.deadline:
                 scope.deadline = when  # the loop is waiting: wake it in time
+
+    def _sweep(self) -> None:
+        """Drop stale entries: those of closed connections (a connect/close
+        storm with a token set leaves one auth deadline per connection) and
+        those no connection waits for any more."""
+        conns = self._conns
+        live = []
+        for entry in self._deadlines:
+            conn = conns.get(entry[2])
+            if conn is not None and conn.serial == entry[1]:
+                when = entry[0]
+                if when in (conn.auth_deadline, conn.frame_deadline, conn.linger_deadline):
+                    live.append(entry)
+        heapq.heapify(live)
+        self._deadlines = live
 
     def _expire(self) -> None:
         now = self._clock()
         heap = self._deadlines
         while heap and heap[0][0] <= now:
-            when, _, conn = heapq.heappop(heap)
-            if self._conns.get(conn.fd) is not conn:
+            when, serial, fd = heapq.heappop(heap)
+            conn = self._conns.get(fd)
+            if conn is None or conn.serial != serial:
                 continue  # closed since (and the fd maybe reused)
             try:
                 if conn.lingering:
@@ -280,3 +306,4 @@ class Reactor:
                     self.hang_up(conn, self._client.on_deadline(conn))
             except Exception as exc:
                 self._crashed(conn, exc)
+            heap = self._deadlines  # a sweep may have replaced it

@@ -212,7 +212,13 @@ class GloomServer:
         log.info("event=connect role=%s peer=%s", conn.role, conn.name)
 
     def release(self, conn: Connection, reason: str) -> None:
-        """The connection is over for the broker: requeue, free, log (once)."""
+        """The connection is over for the broker: requeue, free, log (once).
+
+        Its buffers go now (the partial frame, the stash), and the peer lets
+        go of the connection: the two no longer keep each other alive, so
+        nothing of it waits for the garbage collector (issue 18: 60 closed
+        connections held 1 GB until the next full collection).
+        """
         if conn.released:
             return
         conn.released = True
@@ -232,7 +238,8 @@ class GloomServer:
             self.broker.disconnect(peer)
         except Exception as exc:
             log.error("event=internal_error stage=disconnect peer=%s", conn.name, exc_info=exc)
-        conn.stash = None
+        peer.transport = None
+        conn.free()
         self._kick()
         log.info("event=disconnect role=%s peer=%s reason=%s", conn.role, conn.name, reason)
 
@@ -451,8 +458,12 @@ class GloomServer:
         if not broker.dirty:
             return
         for peer in broker.take_dirty():
-            conn: Connection = peer.transport
+            conn: Connection | None = peer.transport
             out = peer.outbox
+            if conn is None:  # gone: nothing to write to
+                peer.outbox = []
+                peer.pending = 0
+                continue
             # A paused connection is written at once: that is what resumes it.
             if urgent_only and (
                 (conn.role == "master" and not conn.paused) or (len(out) == 1 and out[0] is OK_FRAME)

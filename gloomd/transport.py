@@ -117,6 +117,14 @@ class Connection:
         self.paused = True
         self._changed()
 
+    def free(self) -> None:
+        """The connection is over: let go of its buffers now, not at the next GC."""
+        self.decoder.clear()
+        self.stash = None
+        self.paused = False
+        if self.closed:
+            self.outbuf = bytearray()
+
     def _changed(self) -> None:
         """What the connection waits for has changed (pause, backlog)."""
 
@@ -149,6 +157,7 @@ class PlainConnection(Connection):
     __slots__ = (
         "sock",
         "fd",
+        "serial",
         "mask",
         "lingering",
         "linger_deadline",
@@ -171,6 +180,7 @@ class PlainConnection(Connection):
         super().__init__(name, host, role, max_frame, max_outbuf, high_water)
         self.sock = sock
         self.fd = sock.fileno()
+        self.serial = 0  # the reactor's number for it: its deadline entries carry it
         self.mask = 0  # the epoll events registered
         self.lingering = False  # hung up: discarding input until EOF
         self.linger_deadline = INF
