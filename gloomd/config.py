@@ -37,6 +37,8 @@ class Config:
     #: Unsent output (bytes) past which a connection is not read until half of
     #: it has drained: its own requests cannot pile up more output than this.
     output_high_water: int = DEFAULT_HIGH_WATER
+    #: Seconds output may wait to be written before the connection is dropped.
+    write_timeout: float = 60.0
     #: Shared secret every connection must present first; None: no authentication.
     token: str | None = field(default=None, repr=False)
     #: TLS for every port; None: plaintext.

@@ -15,8 +15,9 @@ output once: one trio wake-up per batch of ready sockets, however many.
 Structure is unchanged from the outside: the reactor is one task in the
 server's nursery, cancelling it closes every socket it holds, and each wait
 has a deadline for the connections' own timeouts (authentication, slow
-frames, lingering after an error).  TLS connections are not here: they keep
-a reader and a writer task each (`gloomd.transport.StreamConnection`).
+frames, output that makes no progress, lingering after an error).  TLS
+connections are not here: they keep a reader and a writer task each
+(`gloomd.transport.StreamConnection`).
 
 Each connection is also a boundary (issue 18): an exception raised while
 handling its input or output is logged, answered `internal_error` where the
@@ -105,7 +106,8 @@ class Reactor:
 
         Readable unless paused; writable while bytes wait, and while paused
         (a paused connection with nothing buffered is writable as soon as the
-        kernel has room, which is what resumes it).
+        kernel has room, which is what resumes it).  Output waiting, or a
+        pause, also arms the write deadline (see `_write_expired`).
         """
         if self._conns.get(conn.fd) is not conn:
             return
@@ -115,6 +117,25 @@ class Reactor:
         if mask != conn.mask:
             conn.mask = mask
             self._epoll.modify(conn.fd, mask)
+        if not (waiting or paused):
+            conn.write_deadline = INF
+        elif conn.write_deadline == INF and conn.write_timeout < INF:
+            self._arm_write(conn)
+
+    def _arm_write(self, conn: PlainConnection) -> None:
+        conn.write_mark = conn.progress
+        conn.write_deadline = self._clock() + conn.write_timeout
+        self._schedule(conn, conn.write_deadline)
+
+    def _write_expired(self, conn: PlainConnection) -> None:
+        """Output has waited a whole write timeout: drop the connection if the
+        peer took none of it meanwhile, else give it another period.  (Checked
+        here, lazily, so that progress costs a counter, not a clock read and a
+        heap push per send.)"""
+        if conn.progress != conn.write_mark:
+            self._arm_write(conn)
+        else:
+            self.drop(conn, "write_timeout")
 
     def drop(self, conn: PlainConnection, reason: str = "closed") -> None:
         """Forget and close a connection, telling the server first."""
@@ -138,7 +159,7 @@ class Reactor:
         self._client.flush()  # the final frame leaves before the peer is forgotten
         self._client.release(conn, reason)
         conn.lingering = True
-        conn.auth_deadline = conn.frame_deadline = INF
+        conn.auth_deadline = conn.frame_deadline = conn.write_deadline = INF
         conn.linger_deadline = self._clock() + LINGER
         self._schedule(conn, conn.linger_deadline)
         conn.paused = False  # read again, to discard (see `_readable`)
@@ -285,7 +306,7 @@ class Reactor:
             conn = conns.get(entry[2])
             if conn is not None and conn.serial == entry[1]:
                 when = entry[0]
-                if when in (conn.auth_deadline, conn.frame_deadline, conn.linger_deadline):
+                if when in (conn.auth_deadline, conn.frame_deadline, conn.write_deadline, conn.linger_deadline):
                     live.append(entry)
         heapq.heapify(live)
         self._deadlines = live
@@ -303,7 +324,10 @@ class Reactor:
                     if when == conn.linger_deadline:
                         self.drop(conn)
                 elif when == conn.deadline:
-                    self.hang_up(conn, self._client.on_deadline(conn))
+                    if when == conn.write_deadline:
+                        self._write_expired(conn)
+                    else:
+                        self.hang_up(conn, self._client.on_deadline(conn))
             except Exception as exc:
                 self._crashed(conn, exc)
             heap = self._deadlines  # a sweep may have replaced it

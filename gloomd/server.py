@@ -182,6 +182,7 @@ class GloomServer:
                 self._reactor.update,
                 self._reactor.drop,
                 cfg.output_high_water,
+                cfg.write_timeout,
             )
             self._admit(conn)
             self._reactor.add(conn)
@@ -233,6 +234,10 @@ class GloomServer:
                 conn.role,
                 conn.name,
                 conn.unsent() + peer.pending,
+            )
+        elif reason == "write_timeout":
+            log.warning(
+                "event=write_timeout role=%s peer=%s buffered=%d", conn.role, conn.name, conn.unsent()
             )
         try:
             self.broker.disconnect(peer)
@@ -360,7 +365,9 @@ class GloomServer:
         stream = trio.SSLStream(
             trio.SocketStream(trio.socket.from_stdlib_socket(sock)), cfg.ssl_context, server_side=True
         )
-        conn = StreamConnection(stream, name, host, role, cfg.max_frame, cfg.max_outbuf, cfg.output_high_water)
+        conn = StreamConnection(
+            stream, name, host, role, cfg.max_frame, cfg.max_outbuf, cfg.output_high_water, cfg.write_timeout
+        )
         self._handshaking += 1
         shaken = False
         try:
@@ -387,7 +394,7 @@ class GloomServer:
                 reason = await self._tls_read_loop(conn)
                 nursery.cancel_scope.cancel()
         finally:
-            self.release(conn, reason)
+            self.release(conn, "write_timeout" if conn.timed_out else reason)
             conn.close()
 
     def _forget_host(self, host: str) -> None:

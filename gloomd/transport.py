@@ -17,7 +17,8 @@ half the mark.  Frames of a receive that were not handled when it paused wait
 in `stash`, in order, and are handled first when it resumes.  So the output
 one connection's requests can pile up is bounded by the mark (plus one
 answer), not by how many requests fit in a receive.  Output that others cause
-(results for a master) is bounded by `max_outbuf`.
+(results for a master) is bounded by `max_outbuf`, and output that makes no
+progress for `write_timeout` seconds drops the connection.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class Connection:
         "authenticated",
         "auth_deadline",
         "frame_deadline",
+        "write_deadline",
+        "write_timeout",
         "high_water",
         "paused",
         "stash",
@@ -72,6 +75,7 @@ class Connection:
         max_frame: int,
         max_outbuf: int,
         high_water: int = DEFAULT_HIGH_WATER,
+        write_timeout: float = INF,
     ) -> None:
         self.name = name
         self.host = host
@@ -89,6 +93,9 @@ class Connection:
         self.auth_deadline = INF
         #: The frame that has started must be complete by then (inf: none started).
         self.frame_deadline = INF
+        #: The output waiting since some time must be written by then (inf: none waits).
+        self.write_deadline = INF
+        self.write_timeout = write_timeout
         self.high_water = high_water
         #: Not read until the output is down to half the mark (see the module docstring).
         self.paused = False
@@ -100,7 +107,7 @@ class Connection:
 
     @property
     def deadline(self) -> float:
-        return self.auth_deadline if self.auth_deadline < self.frame_deadline else self.frame_deadline
+        return min(self.auth_deadline, self.frame_deadline, self.write_deadline)
 
     def unsent(self) -> int:
         """Output accepted for this connection and not yet taken by the kernel."""
@@ -159,6 +166,8 @@ class PlainConnection(Connection):
         "fd",
         "serial",
         "mask",
+        "progress",
+        "write_mark",
         "lingering",
         "linger_deadline",
         "_on_change",
@@ -176,12 +185,18 @@ class PlainConnection(Connection):
         on_change: Callable[[PlainConnection], None],
         on_abort: Callable[[PlainConnection], None],
         high_water: int = DEFAULT_HIGH_WATER,
+        write_timeout: float = INF,
     ) -> None:
-        super().__init__(name, host, role, max_frame, max_outbuf, high_water)
+        super().__init__(name, host, role, max_frame, max_outbuf, high_water, write_timeout)
         self.sock = sock
         self.fd = sock.fileno()
         self.serial = 0  # the reactor's number for it: its deadline entries carry it
         self.mask = 0  # the epoll events registered
+        #: Counts the times the kernel took output (or had room for it) while
+        #: some waited; `write_mark` is its value when the write deadline was
+        #: armed, so the reactor tells a slow reader from one that never reads.
+        self.progress = 0
+        self.write_mark = 0
         self.lingering = False  # hung up: discarding input until EOF
         self.linger_deadline = INF
         self._on_change = on_change
@@ -216,6 +231,7 @@ class PlainConnection(Connection):
 
     def on_writable(self) -> None:
         """The reactor saw the socket writable: send what is buffered."""
+        self.progress += 1  # the kernel has room: the peer has been reading
         if self.outbuf:
             try:
                 sent = self.sock.send(self.outbuf)
@@ -255,7 +271,7 @@ class PlainConnection(Connection):
 class StreamConnection(Connection):
     """A trio Stream (TLS): buffered writes, sent by `write_loop`."""
 
-    __slots__ = ("stream", "scope", "_writer_lot", "_drain_lot")
+    __slots__ = ("stream", "scope", "timed_out", "_writer_lot", "_drain_lot")
 
     def __init__(
         self,
@@ -266,10 +282,12 @@ class StreamConnection(Connection):
         max_frame: int,
         max_outbuf: int,
         high_water: int = DEFAULT_HIGH_WATER,
+        write_timeout: float = INF,
     ) -> None:
-        super().__init__(name, host, role, max_frame, max_outbuf, high_water)
+        super().__init__(name, host, role, max_frame, max_outbuf, high_water, write_timeout)
         self.stream = stream
         self.scope: trio.CancelScope | None = None
+        self.timed_out = False  # dropped because its output did not drain in time
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._drain_lot = trio.lowlevel.ParkingLot()
 
@@ -307,13 +325,20 @@ class StreamConnection(Connection):
             data = bytes(self.outbuf)
             self.outbuf.clear()
             self.in_flight = len(data)
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.abort()
-                return
+            # One batch must leave within the write timeout: a peer that
+            # stops reading cannot make us hold its output for ever.
+            with trio.move_on_after(self.write_timeout) as timer:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.abort()
+                    return
             del data
             self.in_flight = 0
+            if timer.cancelled_caught:
+                self.timed_out = True
+                self.abort()
+                return
             if self.output_low():
                 self._drain_lot.unpark_all()
 

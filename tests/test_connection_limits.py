@@ -1,0 +1,82 @@
+"""Per-connection limits of issue 18: write timeout, refusals, keepalive, descriptors."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import pytest
+import trio
+import trustme
+
+from .wire import Peer, frame
+
+pytestmark = pytest.mark.timeout(60)
+
+BIG = "x" * (512 * 1024)
+
+
+def on_release(server: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[trio.Event, list[str]]:
+    released = trio.Event()
+    reasons: list[str] = []
+    real_release = server.release
+
+    def release(conn: Any, reason: str) -> None:
+        real_release(conn, reason)
+        if conn.role == "master" and reason != "eof":
+            reasons.append(reason)
+            released.set()
+
+    monkeypatch.setattr(server, "release", release)
+    return released, reasons
+
+
+async def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_output_that_does_not_drain_is_dropped(make_server, monkeypatch, caplog, tls: bool) -> None:  # type: ignore[no-untyped-def]
+    """A master that never reads keeps nothing for ever: after `write_timeout`
+    its connection is dropped (handled as a disconnect)."""
+    caplog.set_level(logging.INFO, logger="gloomd")
+    settings: dict[str, Any] = {"write_timeout": 0.5}
+    client_ctx: ssl.SSLContext | None = None
+    if tls:
+        settings["ssl_context"], client_ctx = await tls_contexts()
+    server = await make_server(**settings)
+    released, reasons = on_release(server, monkeypatch)
+
+    async def connect(port: int) -> Peer:
+        if client_ctx is None:
+            return await Peer.connect(port)
+        stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), client_ctx, server_hostname="127.0.0.1")
+        await stream.do_handshake()
+        return Peer(stream)  # type: ignore[arg-type]
+
+    master = await connect(server.master_port)
+    slave = await connect(server.slave_port)
+    with trio.fail_after(10):
+        assert await slave.request({"action": "join", "type": "big"}) == {"ok": True}
+        assert await master.request({"action": "submit", "id": "b", "type": "big", "body": 0, "detach": True}) == {
+            "ok": True,
+            "id": "b",
+        }
+        await slave.recv()
+        assert await slave.request({"action": "respond", "body": BIG}) == {"ok": True}
+        assert await master.recv() == {"id": "b", "body": BIG}
+    # 16 MB of answers asked for, and never read.
+    await master.send_raw(b"".join(frame({"action": "result", "id": "b"}) for _ in range(32)))
+    started = trio.current_time()
+    with trio.fail_after(10):
+        await released.wait()
+    assert reasons == ["write_timeout"]
+    assert trio.current_time() - started >= 0.5
+    assert "event=write_timeout" in caplog.text
+    assert await slave.request({"action": "ping"}) == {"ok": True}  # the others are served on
