@@ -39,6 +39,12 @@ class Config:
     output_high_water: int = DEFAULT_HIGH_WATER
     #: Seconds output may wait to be written before the connection is dropped.
     write_timeout: float = 60.0
+    #: TCP keepalive on every accepted socket: first probe after `keepalive_idle`
+    #: idle seconds, then every `keepalive_interval` s; dropped after `keepalive_count`
+    #: unanswered probes (a vanished host is noticed after 60 + 6 x 10 = 120 s).
+    keepalive_idle: int = 60
+    keepalive_interval: int = 10
+    keepalive_count: int = 6
     #: Shared secret every connection must present first; None: no authentication.
     token: str | None = field(default=None, repr=False)
     #: TLS for every port; None: plaintext.

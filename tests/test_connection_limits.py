@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import ssl
 from typing import Any
 
@@ -10,7 +12,7 @@ import pytest
 import trio
 import trustme
 
-from .wire import Peer, frame
+from .wire import Peer, frame, join
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -80,3 +82,34 @@ async def test_output_that_does_not_drain_is_dropped(make_server, monkeypatch, c
     assert trio.current_time() - started >= 0.5
     assert "event=write_timeout" in caplog.text
     assert await slave.request({"action": "ping"}) == {"ok": True}  # the others are served on
+
+
+async def test_refused_connections_are_closed_at_once(make_server) -> None:  # type: ignore[no-untyped-def]
+    """The refused socket is closed when the refusal is sent: the client sees
+    EOF while its own end is still open, and the daemon holds no descriptor."""
+    server = await make_server(max_per_host=1)
+    first = await Peer.connect(server.master_port)
+    assert await first.request({"action": "ping"}) == {"ok": True}
+    before = len(os.listdir("/proc/self/fd"))
+    refused = []
+    for _ in range(20):
+        peer = await Peer.connect(server.master_port)
+        with trio.fail_after(5):
+            assert await peer.recv() == {"error": "too_many_connections", "reason": 1}
+            assert await peer.recv_eof()
+        refused.append(peer)
+    # Our 20 client ends are still open; the daemon's 20 ends are not.
+    assert len(os.listdir("/proc/self/fd")) - before == 20
+
+
+async def test_accepted_sockets_have_keepalive(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = await make_server(keepalive_idle=42, keepalive_interval=7, keepalive_count=3)
+    slave = await join(server.slave_port, "t")
+    assert await slave.request({"action": "ping"}) == {"ok": True}
+    (conn,) = server._connections
+    sock = conn.sock
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 42
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 7
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
