@@ -23,6 +23,7 @@ import trio
 
 from .broker import BrokerLimits
 from .config import Config
+from .fdlimit import raise_soft_limit
 from .framing import DEFAULT_MAX_FRAME
 from .security import TokenError, load_token, server_ssl_context
 from .server import GloomServer
@@ -244,6 +245,14 @@ def main(argv: list[str] | None = None) -> int:
             args.host,
         )
     config = config_from_args(args, token, ssl_context)
+    descriptors = raise_soft_limit()  # the listening line reports it
+    if descriptors < config.max_connections + 64:
+        log.warning(
+            "event=fd_limit descriptors=%d max_connections=%d: connections will be refused "
+            "for want of descriptors before the cap (raise the hard limit: ulimit -Hn)",
+            descriptors,
+            config.max_connections,
+        )
     _tune_gc()
     try:
         trio.run(serve, args, config)

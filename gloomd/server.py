@@ -39,6 +39,7 @@ import trio
 
 from .broker import OK_FRAME, Broker, Peer
 from .config import Config
+from .fdlimit import descriptor_limit
 from .framing import FrameTooLarge, FrameTooLargeWithFrames, encode_frame
 from .reactor import LINGER, Reactor
 from .security import auth_frame_ok
@@ -100,12 +101,13 @@ class GloomServer:
                 nursery.start_soon(self._accept_loop, master_sock, "master")
                 nursery.start_soon(self._accept_loop, slave_sock, "slave")
                 log.info(
-                    "event=listening host=%s master_port=%d slave_port=%d tls=%s auth=%s",
+                    "event=listening host=%s master_port=%d slave_port=%d tls=%s auth=%s descriptors=%d",
                     cfg.host,
                     self.master_port,
                     self.slave_port,
                     "on" if cfg.ssl_context is not None else "off",
                     "on" if cfg.token is not None else "off",
+                    descriptor_limit(),
                 )
                 task_status.started(self)
         finally:

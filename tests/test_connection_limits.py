@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
 import ssl
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 import trio
 import trustme
 
+from .daemon import spawn_gloomd
 from .wire import Peer, frame, join
 
 pytestmark = pytest.mark.timeout(60)
@@ -113,3 +115,24 @@ async def test_accepted_sockets_have_keepalive(make_server) -> None:  # type: ig
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 7
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_daemon_raises_its_descriptor_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(256, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))  # the daemon inherits this
+    try:
+        daemon_cm = spawn_gloomd()
+        daemon = daemon_cm.__enter__()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert resource.prlimit(daemon.proc.pid, resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        daemon_cm.__exit__(None, None, None)
+
+
+def test_descriptor_limit_is_readable() -> None:
+    from gloomd.fdlimit import descriptor_limit, raise_soft_limit
+
+    assert raise_soft_limit() == descriptor_limit() == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
