@@ -60,6 +60,7 @@ RUNNING: Final = 2
 GONE: Final = 3  # answered or removed: only an orphan's slave still refers to it
 
 OK_FRAME: Final = encode_frame({"ok": True})
+_EVERY_TYPE: Final = m.Stats()  # the stats request without a type
 INF: Final = float("inf")
 #: Size of the timeout heap below which stale entries are never swept.
 _TIMEOUTS_MIN: Final = 1024
@@ -290,7 +291,8 @@ class Broker:
             if type(peer) is SlavePeer:
                 self._slave_message(peer, m.parse_slave(obj, peer.job is not None, self._caps))
             else:
-                self._master_message(peer, m.parse_master(obj, self._caps))  # type: ignore[arg-type]
+                msg = m.parse_master(obj, self._caps)
+                self._master_message(peer, msg)  # type: ignore[arg-type]
         except m.ProtocolViolation as violation:
             self.send(peer, violation.frame())
 
@@ -533,7 +535,9 @@ class Broker:
         if job is not None:
             self.totals["failed"] += 1
             if self._may_log(slave):
-                log.info("event=failure id=%r category=%s slave=%s", job.id, msg.category, slave.name)
+                log.info(
+                    "event=failure id=%r category=%s slave=%s", job.id, msg.category, slave.name
+                )
             self._finish(job, frame, ok=False)
         self.send(slave, OK_FRAME)
         self._slave_ready(slave)
@@ -786,7 +790,10 @@ class Broker:
     def _record_outcome(self, job_id: JobId, ok: bool) -> None:
         store = self._outcomes
         # `_id_bytes`, inlined: every job ends here.
-        size = (len(job_id) if type(job_id) is str else job_id.bit_length() // 8) + STORE_ENTRY_BYTES  # type: ignore[union-attr]
+        if type(job_id) is str:
+            size = len(job_id) + STORE_ENTRY_BYTES
+        else:
+            size = job_id.bit_length() // 8 + STORE_ENTRY_BYTES  # type: ignore[union-attr]
         if store.pop(job_id, None) is not None:
             self.outcome_bytes -= size
         expires = self._clock() + self.limits.result_ttl
@@ -830,7 +837,7 @@ class Broker:
         self.waiting_total = 0
         return count
 
-    def stats(self, request: m.Stats = m.Stats()) -> dict[str, Any]:
+    def stats(self, request: m.Stats = _EVERY_TYPE) -> dict[str, Any]:
         """The stats answer: a row per type, at most `max_stats_types` of them.
 
         Past the cap, the first rows (oldest types first) are listed and the

@@ -306,7 +306,8 @@ class Reactor:
             conn = conns.get(entry[2])
             if conn is not None and conn.serial == entry[1]:
                 when = entry[0]
-                if when in (conn.auth_deadline, conn.frame_deadline, conn.write_deadline, conn.linger_deadline):
+                deadlines = (conn.auth_deadline, conn.frame_deadline, conn.write_deadline)
+                if when in deadlines or when == conn.linger_deadline:
                     live.append(entry)
         heapq.heapify(live)
         self._deadlines = live

@@ -101,7 +101,8 @@ class GloomServer:
                 nursery.start_soon(self._accept_loop, master_sock, "master")
                 nursery.start_soon(self._accept_loop, slave_sock, "slave")
                 log.info(
-                    "event=listening host=%s master_port=%d slave_port=%d tls=%s auth=%s descriptors=%d",
+                    "event=listening host=%s master_port=%d slave_port=%d tls=%s auth=%s"
+                    " descriptors=%d",
                     cfg.host,
                     self.master_port,
                     self.slave_port,
@@ -242,7 +243,10 @@ class GloomServer:
             )
         elif reason == "write_timeout":
             log.warning(
-                "event=write_timeout role=%s peer=%s buffered=%d", conn.role, conn.name, conn.unsent()
+                "event=write_timeout role=%s peer=%s buffered=%d",
+                conn.role,
+                conn.name,
+                conn.unsent(),
             )
         try:
             self.broker.disconnect(peer)
@@ -364,14 +368,23 @@ class GloomServer:
             # The boundary of a TLS connection: whatever escaped ends it alone.
             log.error("event=internal_error role=%s peer=%s stage=tls", role, name, exc_info=exc)
 
-    async def _serve_tls_connection(self, sock: socket.socket, name: str, host: str, role: str) -> None:
+    async def _serve_tls_connection(
+        self, sock: socket.socket, name: str, host: str, role: str
+    ) -> None:
         cfg = self.config
         assert cfg.ssl_context is not None
         stream = trio.SSLStream(
             trio.SocketStream(trio.socket.from_stdlib_socket(sock)), cfg.ssl_context, server_side=True
         )
         conn = StreamConnection(
-            stream, name, host, role, cfg.max_frame, cfg.max_outbuf, cfg.output_high_water, cfg.write_timeout
+            stream,
+            name,
+            host,
+            role,
+            cfg.max_frame,
+            cfg.max_outbuf,
+            cfg.output_high_water,
+            cfg.write_timeout,
         )
         self._handshaking += 1
         shaken = False
@@ -478,7 +491,8 @@ class GloomServer:
                 continue
             # A paused connection is written at once: that is what resumes it.
             if urgent_only and (
-                (conn.role == "master" and not conn.paused) or (len(out) == 1 and out[0] is OK_FRAME)
+                (conn.role == "master" and not conn.paused)
+                or (len(out) == 1 and out[0] is OK_FRAME)
             ):
                 broker.dirty[peer] = None  # still to write
                 continue
@@ -499,7 +513,9 @@ class GloomServer:
 
     def _write_failed(self, conn: Connection, exc: Exception) -> None:
         """Writing to `conn` raised: the boundary for output (see `internal_error`)."""
-        log.error("event=internal_error role=%s peer=%s stage=write", conn.role, conn.name, exc_info=exc)
+        log.error(
+            "event=internal_error role=%s peer=%s stage=write", conn.role, conn.name, exc_info=exc
+        )
         try:
             conn.abort()
         except Exception:

@@ -22,6 +22,8 @@ from gloomd.broker import Broker, Peer as BrokerPeer
 
 from .wire import Peer, frame, join
 
+TlsContexts = tuple[ssl.SSLContext, ssl.SSLContext]
+
 pytestmark = pytest.mark.timeout(60)
 
 HIGH_WATER = 256 * 1024
@@ -44,7 +46,9 @@ def watch_output(broker: Broker, name: str, monkeypatch: pytest.MonkeyPatch) -> 
     def send(peer: BrokerPeer, obj: Any) -> None:
         real_send(peer, obj)
         if peer.name == name and peer.transport is not None:
-            queued = sum(len(f) if type(f) is bytes else len(jsoncodec.dumps(f)) + 4 for f in peer.outbox)
+            queued = sum(
+                len(f) if type(f) is bytes else len(jsoncodec.dumps(f)) + 4 for f in peer.outbox
+            )
             peaks[0] = max(peaks[0], queued + len(peer.transport.outbuf))
 
     monkeypatch.setattr(broker, "send", send)
@@ -55,7 +59,8 @@ async def detached_result(server: Any, master: Peer) -> None:
     """Leave a 200 KiB detached result in the store, under the id "big"."""
     slave = await join(server.slave_port, "big")
     with trio.fail_after(10):
-        reply = await master.request({"action": "submit", "id": "big", "type": "big", "body": 0, "detach": True})
+        submit = {"action": "submit", "id": "big", "type": "big", "body": 0, "detach": True}
+        reply = await master.request(submit)
         assert reply == {"ok": True, "id": "big"}
         await slave.recv()
         assert await slave.request({"action": "respond", "body": BIG}) == {"ok": True}
@@ -69,7 +74,9 @@ async def many_result_requests(hog: Peer, count: int) -> None:
             assert await hog.recv() == {"id": "big", "body": BIG}
 
 
-async def test_own_requests_pause_at_the_high_water_mark(make_server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_own_requests_pause_at_the_high_water_mark(
+    make_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = await make_server(output_high_water=HIGH_WATER)
     master = await Peer.connect(server.master_port)
     await detached_result(server, master)
@@ -81,7 +88,9 @@ async def test_own_requests_pause_at_the_high_water_mark(make_server, monkeypatc
     assert await master.request({"action": "ping"}) == {"ok": True}
 
 
-async def test_others_output_is_cut_when_queued(make_server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_others_output_is_cut_when_queued(
+    make_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Progress frames from a slave pile up for a master that does not read:
     they are refused past `max_outbuf` as they are queued, and the master is
     dropped, instead of a whole receive's worth being built first."""
@@ -118,7 +127,9 @@ def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server_ctx, client_ctx
 
 
-async def test_tls_requests_pause_at_the_high_water_mark(make_server, monkeypatch, tls_contexts) -> None:  # type: ignore[no-untyped-def]
+async def test_tls_requests_pause_at_the_high_water_mark(
+    make_server: Any, monkeypatch: pytest.MonkeyPatch, tls_contexts: TlsContexts
+) -> None:
     server_ctx, client_ctx = tls_contexts
     server = await make_server(output_high_water=HIGH_WATER, ssl_context=server_ctx)
 
@@ -132,7 +143,8 @@ async def test_tls_requests_pause_at_the_high_water_mark(make_server, monkeypatc
     slave = await tls_peer(server.slave_port)
     with trio.fail_after(10):
         assert await slave.request({"action": "join", "type": "big"}) == {"ok": True}
-        reply = await master.request({"action": "submit", "id": "big", "type": "big", "body": 0, "detach": True})
+        submit = {"action": "submit", "id": "big", "type": "big", "body": 0, "detach": True}
+        reply = await master.request(submit)
         assert reply == {"ok": True, "id": "big"}
         await slave.recv()
         assert await slave.request({"action": "respond", "body": BIG}) == {"ok": True}

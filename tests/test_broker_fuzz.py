@@ -144,7 +144,9 @@ class BrokerMachine(RuleBasedStateMachine):
         self.broker = Broker(
             # One stats row at most: with both types live the other is summed
             # in `types_omitted`, from the broker's running sums.
-            BrokerLimits(max_queued=MAX_QUEUED, max_retries=MAX_RETRIES, result_ttl=TTL, max_stats_types=1),
+            BrokerLimits(
+                max_queued=MAX_QUEUED, max_retries=MAX_RETRIES, result_ttl=TTL, max_stats_types=1
+            ),
             clock=self.clock,
         )
         self.masters: dict[int, MMaster] = {}

@@ -102,7 +102,8 @@ def test_outcome_store_is_capped_in_bytes() -> None:
         k.send(m, {"action": "cancel", "id": job_id})
     assert k.broker.outcome_bytes <= k.broker.limits.max_outcome_bytes
     # The oldest outcomes were dropped: a job cannot wait for them any more.
-    assert k.submit(m, "late", after=[ids[0]]) == [{"error": "unknown_dependency", "reason": ids[0]}]
+    refused = {"error": "unknown_dependency", "reason": ids[0]}
+    assert k.submit(m, "late", after=[ids[0]]) == [refused]
     (ack, failed) = k.submit(m, "later", after=[ids[4]])
     assert ack == {"ok": True, "id": "later"} and failed["category"] == "DEPENDENCY"
 
@@ -160,7 +161,8 @@ def test_stats_for_one_type() -> None:
     k.submit(m, 2, job_type=None, body=0)
     k.out(m)
     (reply,) = k.send(m, {"action": "stats", "type": None})
-    assert reply["stats"]["types"] == [{"type": None, "queued": 1, "running": 0, "slaves": 0, "idle": 0}]
+    row = {"type": None, "queued": 1, "running": 0, "slaves": 0, "idle": 0}
+    assert reply["stats"]["types"] == [row]
     assert "types_omitted" not in reply["stats"]
     (reply,) = k.send(m, {"action": "stats", "type": "nobody"})
     assert reply["stats"]["types"] == []

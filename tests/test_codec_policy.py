@@ -98,7 +98,8 @@ def test_auth_frame_uses_the_same_decoder() -> None:
 
 
 @pytest.mark.parametrize(
-    "timeout", [0, -1, pytest.param(10**400, id="10**400"), messages.MAX_TIMEOUT + 1, 1e300, True, "5"]
+    "timeout",
+    [0, -1, pytest.param(10**400, id="10**400"), messages.MAX_TIMEOUT + 1, 1e300, True, "5"],
 )
 def test_timeout_out_of_range_is_invalid_type(timeout: object) -> None:
     obj = {"action": "submit", "id": 1, "type": "t", "body": 0, "timeout": timeout}

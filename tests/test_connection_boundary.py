@@ -22,6 +22,8 @@ from gloomd.transport import PlainConnection
 
 from .wire import Peer, frame, join
 
+TlsContexts = tuple[ssl.SSLContext, ssl.SSLContext]
+
 pytestmark = pytest.mark.timeout(30)
 
 INTERNAL = {"error": "internal_error", "reason": "RuntimeError"}
@@ -53,7 +55,9 @@ def internal_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]
     return [r for r in caplog.records if "event=internal_error" in r.getMessage()]
 
 
-async def test_failing_input_ends_that_connection_only(make_server, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_failing_input_ends_that_connection_only(
+    make_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="gloomd")
     server = await make_server()
     slave = await join(server.slave_port, "t")
@@ -64,7 +68,9 @@ async def test_failing_input_ends_that_connection_only(make_server, monkeypatch,
     victim = await Peer.connect(server.slave_port)
     # Frames before the failure are answered; the one after it is not handled.
     await victim.send_raw(
-        frame({"action": "join", "type": "t2"}) + frame({"action": "join", "type": "boom"}) + frame({"action": "ping"})
+        frame({"action": "join", "type": "t2"})
+        + frame({"action": "join", "type": "boom"})
+        + frame({"action": "ping"})
     )
     with trio.fail_after(5):
         assert await victim.recv() == {"ok": True}
@@ -84,7 +90,9 @@ async def test_failing_input_ends_that_connection_only(make_server, monkeypatch,
     assert sorted(row["type"] for row in stats["types"]) == ["t", "t3"]
 
 
-async def test_failing_output_ends_that_connection_only(make_server, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_failing_output_ends_that_connection_only(
+    make_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="gloomd")
     server = await make_server()
     slave = await join(server.slave_port, "t")
@@ -126,8 +134,11 @@ async def tls_peer(port: int, client_ctx: ssl.SSLContext) -> Peer:
     return Peer(tls)  # type: ignore[arg-type]
 
 
-async def test_failing_input_on_tls_ends_that_connection_only(  # type: ignore[no-untyped-def]
-    make_server, monkeypatch, caplog, tls_contexts
+async def test_failing_input_on_tls_ends_that_connection_only(
+    make_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tls_contexts: TlsContexts,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gloomd")
     server_ctx, client_ctx = tls_contexts

@@ -46,7 +46,9 @@ async def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
-async def test_output_that_does_not_drain_is_dropped(make_server, monkeypatch, caplog, tls: bool) -> None:  # type: ignore[no-untyped-def]
+async def test_output_that_does_not_drain_is_dropped(
+    make_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tls: bool
+) -> None:
     """A master that never reads keeps nothing for ever: after `write_timeout`
     its connection is dropped (handled as a disconnect)."""
     caplog.set_level(logging.INFO, logger="gloomd")
@@ -60,7 +62,8 @@ async def test_output_that_does_not_drain_is_dropped(make_server, monkeypatch, c
     async def connect(port: int) -> Peer:
         if client_ctx is None:
             return await Peer.connect(port)
-        stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), client_ctx, server_hostname="127.0.0.1")
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        stream = trio.SSLStream(tcp, client_ctx, server_hostname="127.0.0.1")
         await stream.do_handshake()
         return Peer(stream)  # type: ignore[arg-type]
 
@@ -68,10 +71,8 @@ async def test_output_that_does_not_drain_is_dropped(make_server, monkeypatch, c
     slave = await connect(server.slave_port)
     with trio.fail_after(10):
         assert await slave.request({"action": "join", "type": "big"}) == {"ok": True}
-        assert await master.request({"action": "submit", "id": "b", "type": "big", "body": 0, "detach": True}) == {
-            "ok": True,
-            "id": "b",
-        }
+        submit = {"action": "submit", "id": "b", "type": "big", "body": 0, "detach": True}
+        assert await master.request(submit) == {"ok": True, "id": "b"}
         await slave.recv()
         assert await slave.request({"action": "respond", "body": BIG}) == {"ok": True}
         assert await master.recv() == {"id": "b", "body": BIG}
@@ -86,7 +87,9 @@ async def test_output_that_does_not_drain_is_dropped(make_server, monkeypatch, c
     assert await slave.request({"action": "ping"}) == {"ok": True}  # the others are served on
 
 
-async def test_refused_connections_are_closed_at_once(make_server) -> None:  # type: ignore[no-untyped-def]
+async def test_refused_connections_are_closed_at_once(
+    make_server: Any
+) -> None:
     """The refused socket is closed when the refusal is sent: the client sees
     EOF while its own end is still open, and the daemon holds no descriptor."""
     server = await make_server(max_per_host=1)
@@ -104,7 +107,9 @@ async def test_refused_connections_are_closed_at_once(make_server) -> None:  # t
     assert len(os.listdir("/proc/self/fd")) - before == 20
 
 
-async def test_accepted_sockets_have_keepalive(make_server) -> None:  # type: ignore[no-untyped-def]
+async def test_accepted_sockets_have_keepalive(
+    make_server: Any
+) -> None:
     server = await make_server(keepalive_idle=42, keepalive_interval=7, keepalive_count=3)
     slave = await join(server.slave_port, "t")
     assert await slave.request({"action": "ping"}) == {"ok": True}

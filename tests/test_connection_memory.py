@@ -55,7 +55,9 @@ def on_release(server: Any, monkeypatch: pytest.MonkeyPatch) -> trio.Event:
     return released
 
 
-async def test_nothing_of_a_closed_connection_survives(make_server, monkeypatch, no_gc) -> None:  # type: ignore[no-untyped-def]
+async def test_nothing_of_a_closed_connection_survives(
+    make_server: Any, monkeypatch: pytest.MonkeyPatch, no_gc: None
+) -> None:
     server = await make_server(frame_timeout=30.0)
     released = on_release(server, monkeypatch)
     kinds = (PlainConnection, MasterPeer, FrameDecoder)

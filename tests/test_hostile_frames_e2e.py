@@ -145,7 +145,8 @@ def test_lone_surrogate_echoed_string(daemon: Daemon, port: str, payload: bytes)
 def test_non_finite_number_in_type(daemon: Daemon, port: str, action: str) -> None:
     conn = Conn(daemon.master_addr if port == "master" else daemon.slave_addr)
     job_type = b"[1e400," + LONG_INT + b"]"
-    conn.send_raw(raw_frame(b'{"action":"' + action.encode() + b'","id":5,"type":' + job_type + b',"body":0}'))
+    payload = b'{"action":"' + action.encode() + b'","id":5,"type":' + job_type + b',"body":0}'
+    conn.send_raw(raw_frame(payload))
     reply = conn.recv()
     assert isinstance(reply, dict) and reply["error"] == "invalid_json"
     conn.close()
@@ -154,15 +155,14 @@ def test_non_finite_number_in_type(daemon: Daemon, port: str, action: str) -> No
 
 def test_huge_timeout_is_refused_not_a_bomb(daemon: Daemon) -> None:
     master = Conn(daemon.master_addr)
-    master.send_raw(raw_frame(b'{"action":"submit","id":"bomb","type":"b","body":0,"timeout":1' + b"0" * 400 + b"}"))
+    bomb = b'{"action":"submit","id":"bomb","type":"b","body":0,"timeout":1' + b"0" * 400 + b"}"
+    master.send_raw(raw_frame(bomb))
     assert master.recv() == {"error": "invalid_type", "reason": "timeout"}
     # Had it been queued, the slave taking it would have stopped the daemon.
     slave = Conn(daemon.slave_addr)
     assert slave.request({"action": "join", "type": "b"}) == {"ok": True}
-    assert master.request({"action": "submit", "id": "ok", "type": "b", "body": 0, "timeout": 5}) == {
-        "ok": True,
-        "id": "ok",
-    }
+    submit = {"action": "submit", "id": "ok", "type": "b", "body": 0, "timeout": 5}
+    assert master.request(submit) == {"ok": True, "id": "ok"}
     job = slave.recv()
     assert isinstance(job, dict) and job["id"] == "ok" and job["timeout"] == 5
     master.close()

@@ -214,7 +214,7 @@ REFUSALS: list[tuple[str, Any, str, str]] = [
     ("clients threshold object", {**OK, "check_load": {"max_client_number": {}}}, "InvalidMessageError", "max_client_number is not a number"),
     ("threshold bool", {**OK, "check_load": {"max_client_number": True}}, "InvalidMessageError", "max_client_number is not a number"),
     ("threshold overflowing", '{"func": "echo.run", "ident": 1, "check_load": {"mem_low_threshold": 1e999}}', "InvalidMessageError", "message is not a valid json string: "),
-    # A 19-digit ident sends the codec down its exact-integer path: one policy, 1e999 is invalid JSON there too.
+    # A 19-digit ident takes the codec's exact path: 1e999 is invalid JSON there too.
     ("threshold infinite", '{"func": "echo.run", "ident": 1234567890123456789012, "check_load": {"mem_low_threshold": 1e999}}', "InvalidMessageError", "message is not a valid json string: "),
     ("type error before overload", {**OK, "check_load": {"mem_low_threshold": TOTAL_MEMORY * 2, "cpu_low_threshold": "x"}}, "InvalidMessageError", "cpu_low_threshold is not a number"),
     # ... report_system_load ...
