@@ -23,11 +23,30 @@ State, and the rules that keep it consistent
   popped), with a compaction when dead entries dominate a heap.
 * Idle slaves of a type wait in an ordered set: the one idle longest gets the
   next job, so idle slaves share work fairly.
+* Every operation checks everything that can fail before it changes anything
+  (a deadline is computed before the job is marked running), so an exception
+  cannot leave the state half-changed; the I/O layer then drops the peer
+  (issue 18).  What is sent can always be encoded: every value in a frame was
+  decoded under `jsoncodec`'s policy.
+
+Memory (issue 18): each peer's `pending` output is counted as it is queued,
+so the I/O layer can stop reading a peer whose output is past a high-water
+mark, and a peer sent more than `max_outbox` between two writes is marked
+`overflowed` and dropped.  Frames that can be larger than what caused them
+are encoded when queued and counted exactly: progress (any number per job,
+each echoing the id), stats answers, stored results.  The frames of every job
+(ack, job, result, failure) stay dicts until the flush encodes them, as
+before: encoding them here cost 1.9 us a job (8%, measured), and each holds
+only values already in memory, so they count `DICT_FRAME_BYTES`; their
+encoded size is weighed against the output cap when they are written.
+Stored results and outcomes are capped in bytes as well as in count, and
+`stats` lists at most `max_stats_types` types, summarising the rest.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -36,6 +55,7 @@ from typing import Any, Final
 
 from . import messages as m
 from .framing import encode_frame
+from .logbudget import LogBudget
 
 __all__ = ["Broker", "BrokerLimits", "Job", "MasterPeer", "Peer", "SlavePeer"]
 
@@ -48,11 +68,21 @@ RUNNING: Final = 2
 GONE: Final = 3  # answered or removed: only an orphan's slave still refers to it
 
 OK_FRAME: Final = encode_frame({"ok": True})
+#: What a frame queued as a dict counts toward a peer's `pending` bytes (an
+#: ack with a 36-character id is 58 bytes framed).
+DICT_FRAME_BYTES: Final = 64
+_EVERY_TYPE: Final = m.Stats()  # the stats request without a type
 INF: Final = float("inf")
 #: Size of the timeout heap below which stale entries are never swept.
 _TIMEOUTS_MIN: Final = 1024
 
 JobId = str | int
+
+
+#: What one entry of the result or outcome store costs besides its id and
+#: frame, for the byte caps: the OrderedDict slot and link, the tuple, the
+#: float (measured with tracemalloc: 230-250 bytes per entry).
+STORE_ENTRY_BYTES: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,22 +93,50 @@ class BrokerLimits:
     max_retries: int = 3  # a job is failed (CRASH) on its (max_retries + 1)-th loss
     result_ttl: float = 3600.0  # seconds a detached result (and an outcome) is kept
     max_results: int = 100_000
+    #: Bytes of stored detached results (encoded frames, plus STORE_ENTRY_BYTES each).
+    max_result_bytes: int = 256 * 1024 * 1024
+    #: Bytes of stored outcomes (ids, plus STORE_ENTRY_BYTES each).
+    max_outcome_bytes: int = 32 * 1024 * 1024
+    #: Rows of per-type stats in one answer; the rest are summed in `types_omitted`.
+    max_stats_types: int = 1000
+    #: Characters of a string id (digits of an integer one).
+    max_id: int = 1024
+    #: Characters of a string type (bytes of any other type's canonical JSON).
+    max_type: int = 1024
+    #: Ids in one submit's `after`.
+    max_after: int = 1000
+    #: Keys and values in one frame.
+    max_values: int = 262_144
+    #: Log lines per second one connection may cause, and the burst it may save up.
+    log_rate: float = 10.0
+    log_burst: int = 100
+
+    def caps(self) -> m.Caps:
+        return m.Caps(self.max_id, self.max_type, self.max_after, self.max_values)
 
 
 class Peer:
     """One connection as the broker sees it: an outbox and nothing of I/O.
 
     `transport` belongs to the I/O layer, which uses it to find its
-    connection from a dirty peer; the broker never looks at it.
+    connection from a dirty peer (and clears it when the connection is
+    gone, so that the two do not keep each other alive); the broker never
+    looks at it.
     """
 
-    __slots__ = ("outbox", "name", "transport", "authenticated")
+    __slots__ = ("outbox", "pending", "overflowed", "name", "transport", "authenticated", "logs")
 
     def __init__(self, name: str, transport: Any = None) -> None:
+        #: Encoded frames not yet handed to the I/O layer (tests may add dicts).
         self.outbox: list[bytes | dict[str, Any]] = []
+        #: Bytes in `outbox`: what the I/O layer weighs against its high-water mark.
+        self.pending = 0
+        #: Sent more than `max_outbox` bytes between two writes: to be dropped.
+        self.overflowed = False
         self.name = name
         self.transport = transport
         self.authenticated = False
+        self.logs = LogBudget()
 
 
 class MasterPeer(Peer):
@@ -160,8 +218,12 @@ class Broker:
         self,
         limits: BrokerLimits | None = None,
         clock: Callable[[], float] | None = None,
+        max_outbox: int = 64 * 1024 * 1024,
     ) -> None:
         self.limits = limits or BrokerLimits()
+        self._caps = self.limits.caps()
+        self._max_values = self._caps.max_values
+        self._max_outbox = max_outbox
         self._clock = clock or _zero_clock
         self.jobs: dict[JobId, Job] = {}
         self.types: dict[bytes | str, TypeQueue] = {}
@@ -179,6 +241,12 @@ class Broker:
         self.timers_changed = False
         self._timer_at = INF
         self.queued_total = 0  # QUEUED + WAITING jobs: what the queue cap counts
+        # Sums over every type, kept as they change so that a stats answer
+        # costs its rows, not the number of types (100,000 types made each
+        # stats request cost 70 ms): RUNNING jobs are len(jobs) - queued_total.
+        self.waiting_total = 0  # WAITING jobs
+        self.joined = 0  # slaves that have joined a type
+        self.idle_total = 0  # slaves waiting for a job
         self._seq = 0
         # Running jobs' deadlines, deleted lazily: a finished job's entry stays
         # until it comes up, or until stale entries are half the heap (see
@@ -187,8 +255,12 @@ class Broker:
         self._timeouts_cap = _TIMEOUTS_MIN
         # Detached jobs' final frames, and every job's outcome (for `after`),
         # both in order of expiry since the TTL is the same for all.
-        self._results: OrderedDict[JobId, tuple[float, dict[str, Any]]] = OrderedDict()
+        # Results are kept encoded: a `result` request sends the same bytes
+        # object, however many times it is asked for.
+        self._results: OrderedDict[JobId, tuple[float, bytes]] = OrderedDict()
         self._outcomes: OrderedDict[JobId, tuple[float, bool]] = OrderedDict()
+        self.result_bytes = 0
+        self.outcome_bytes = 0
         self.totals = {"submitted": 0, "completed": 0, "failed": 0, "requeued": 0, "cancelled": 0}
         self.started = self._clock()
         self.halted = False
@@ -208,6 +280,10 @@ class Broker:
     def disconnect(self, peer: Peer) -> None:
         """The peer's connection is gone, for whatever reason."""
         self.dirty.pop(peer, None)
+        peer.outbox = []
+        peer.pending = 0
+        if peer.logs.suppressed:
+            log.info("event=log_suppressed peer=%s lines=%d", peer.name, peer.logs.suppressed)
         if isinstance(peer, SlavePeer):
             self._drop_slave(peer)
         elif isinstance(peer, MasterPeer):
@@ -222,11 +298,12 @@ class Broker:
         frame the peer is owed.
         """
         try:
-            obj = m.decode_object(payload)
+            obj = m.decode_object(payload, self._max_values)
             if type(peer) is SlavePeer:
-                self._slave_message(peer, m.parse_slave(obj, peer.job is not None))
+                self._slave_message(peer, m.parse_slave(obj, peer.job is not None, self._caps))
             else:
-                self._master_message(peer, m.parse_master(obj))  # type: ignore[arg-type]
+                msg = m.parse_master(obj, self._caps)
+                self._master_message(peer, msg)  # type: ignore[arg-type]
         except m.ProtocolViolation as violation:
             self.send(peer, violation.frame())
 
@@ -252,7 +329,9 @@ class Broker:
         elif cls is m.Result:
             self._result(master, msg.id)  # type: ignore[union-attr]
         elif cls is m.Stats:
-            self.send(master, {"ok": True, "stats": self.stats()})
+            # Encoded now: a stats answer can be a megabyte (see `send`).
+            stats = self.stats(msg)  # type: ignore[arg-type]
+            self.send(master, encode_frame({"ok": True, "stats": stats}))
         else:  # Ping or Auth
             self.send(master, OK_FRAME)
 
@@ -260,10 +339,23 @@ class Broker:
 
     def send(self, peer: Peer, frame: bytes | dict[str, Any]) -> None:
         """Queue a frame for a peer (the I/O layer uses this for its own
-        frames: authentication and final errors)."""
-        peer.outbox.append(frame)
-        self.dirty[peer] = None
+        frames: authentication and final errors).
 
+        `frame` is bytes (counted exactly) or a dict (encoded at the flush,
+        counted `DICT_FRAME_BYTES`); see the module docstring.  Replies to a
+        whole receive used to be weighed against the output cap only once
+        they were all built (issue 18: 460 bytes of stats requests cost
+        610 MB); now each is counted as it is queued.
+        """
+        pending = peer.pending + (len(frame) if type(frame) is bytes else DICT_FRAME_BYTES)
+        if pending <= self._max_outbox:
+            peer.pending = pending
+            peer.outbox.append(frame)
+        else:
+            # Sent more than it reads: what is already queued goes out, the
+            # rest is dropped with the peer at the next flush.
+            peer.overflowed = True
+        self.dirty[peer] = None
 
     def take_dirty(self) -> list[Peer]:
         """Hand the I/O layer the peers with frames to write, and forget them."""
@@ -271,7 +363,7 @@ class Broker:
         self.dirty.clear()
         return peers
 
-    def _tell_master(self, job: Job, frame: dict[str, Any]) -> None:
+    def _tell_master(self, job: Job, frame: bytes | dict[str, Any]) -> None:
         master = job.master
         if master is not None:
             del master.jobs[job.id]
@@ -329,6 +421,7 @@ class Broker:
         else:
             job.waiting = len(waiting_on)
             self.queued_total += 1
+            self.waiting_total += 1
             for dep_job in waiting_on:
                 if dep_job.dependents is None:
                     dep_job.dependents = []
@@ -345,6 +438,7 @@ class Broker:
         queue = self._queue_for(job.type, job.key)
         if queue.idle:
             slave, _ = queue.idle.popitem(last=False)
+            self.idle_total -= 1
             self._assign(slave, queue, job)
             return
         job.state = QUEUED
@@ -353,20 +447,24 @@ class Broker:
         self.queued_total += 1
 
     def _assign(self, slave: SlavePeer, queue: TypeQueue, job: Job) -> None:
-        job.state = RUNNING
-        job.attempt += 1
-        slave.job = job
-        queue.running += 1
+        # The frame and the deadline first: the deadline is what could fail.
         frame: dict[str, Any] = {
             "action": "job",
             "id": job.id,
             "type": job.type,
             "body": job.body,
-            "attempt": job.attempt,
+            "attempt": job.attempt + 1,
         }
-        if job.timeout is not None:
-            frame["timeout"] = job.timeout
-            job.deadline = self._clock() + job.timeout
+        timeout = job.timeout
+        if timeout is not None:
+            frame["timeout"] = timeout
+            deadline = self._clock() + timeout
+        job.state = RUNNING
+        job.attempt += 1
+        slave.job = job
+        queue.running += 1
+        if timeout is not None:
+            job.deadline = deadline
             self._push_timeout(job)
         self.send(slave, frame)
 
@@ -384,6 +482,7 @@ class Broker:
                 self._assign(slave, queue, job)
                 return
         queue.idle[slave] = None
+        self.idle_total += 1
 
     # ------------------------------------------------------------ slave actions
 
@@ -398,7 +497,9 @@ class Broker:
         queue = self._queue_for(msg.type, msg.key)
         slave.queue = queue
         queue.slaves += 1
-        log.info("event=join slave=%s type=%s", slave.name, _short(msg.type))
+        self.joined += 1
+        if self._may_log(slave):
+            log.info("event=join slave=%s type=%s", slave.name, _short(msg.type))
         self.send(slave, OK_FRAME)
         self._slave_ready(slave)
 
@@ -419,10 +520,16 @@ class Broker:
         return job
 
     def _respond(self, slave: SlavePeer, body: Any) -> None:
-        job = self._hand_back(slave)
-        if job is not None:
+        # `_hand_back`, inlined: one job in every respond.
+        job = slave.job
+        assert job is not None and slave.queue is not None
+        if job.state == RUNNING:
+            slave.job = None
+            slave.queue.running -= 1
             self.totals["completed"] += 1
             self._finish(job, {"id": job.id, "body": body}, ok=True)
+        else:
+            slave.job = None  # an orphan: acked and dropped
         self.send(slave, OK_FRAME)
         self._slave_ready(slave)
 
@@ -430,14 +537,18 @@ class Broker:
         job = slave.job
         assert job is not None
         if job.state == RUNNING and job.master is not None:
-            self.send(job.master, {"id": job.id, "progress": body})
+            # Encoded now: any number of them per job, each echoing the id.
+            self.send(job.master, encode_frame({"id": job.id, "progress": body}))
 
     def _fail(self, slave: SlavePeer, msg: m.Fail) -> None:
         job = self._hand_back(slave)
         if job is not None:
-            self.totals["failed"] += 1
-            log.info("event=failure id=%r category=%s slave=%s", job.id, msg.category, slave.name)
             frame = {"error": "job_error", "reason": msg.reason, "id": job.id, "category": msg.category}
+            self.totals["failed"] += 1
+            if self._may_log(slave):
+                log.info(
+                    "event=failure id=%r category=%s slave=%s", job.id, msg.category, slave.name
+                )
             self._finish(job, frame, ok=False)
         self.send(slave, OK_FRAME)
         self._slave_ready(slave)
@@ -466,7 +577,10 @@ class Broker:
             return
         slave.queue = None
         queue.slaves -= 1
-        queue.idle.pop(slave, None)
+        self.joined -= 1
+        if slave in queue.idle:
+            del queue.idle[slave]
+            self.idle_total -= 1
         self._forget_if_empty(queue)
 
     def _requeue(self, job: Job, queue: TypeQueue | None) -> None:
@@ -527,7 +641,9 @@ class Broker:
 
     def _remove_queued(self, job: Job, frame: dict[str, Any] | None) -> None:
         """Take a WAITING or QUEUED job out; `frame` tells its master, if any."""
-        if job.state == QUEUED:
+        if job.state == WAITING:
+            self.waiting_total -= 1
+        elif job.state == QUEUED:
             queue = self.types[job.key]
             queue.queued -= 1
             if queue.queued == 0:
@@ -566,14 +682,16 @@ class Broker:
         else:
             self._finish(job, frame, ok=False)
 
-    def _finish(self, job: Job, frame: dict[str, Any], *, ok: bool) -> None:
+    def _finish(self, job: Job, frame: bytes | dict[str, Any], *, ok: bool) -> None:
         """Answer the job's master and free its id; then release its dependents."""
+        if job.detached and type(frame) is not bytes:  # (rare: `detached` first)
+            frame = encode_frame(frame)  # once, for the master and the store
         job.state = GONE
         if job.master is not None:
             self._tell_master(job, frame)
             job.master = None
         if job.detached:
-            self._store_result(job.id, frame)
+            self._store_result(job.id, frame)  # type: ignore[arg-type]
         self._forget(job, ok=ok)
 
     def _forget(self, job: Job, *, ok: bool) -> None:
@@ -594,6 +712,7 @@ class Broker:
                 dependent.waiting -= 1
                 if dependent.waiting == 0:
                     self.queued_total -= 1  # _enqueue counts it again if it queues
+                    self.waiting_total -= 1
                     self._enqueue(dependent)
             else:
                 self._fail_job(dependent, "DEPENDENCY", job.id)
@@ -641,35 +760,67 @@ class Broker:
         while timeouts and timeouts[0][0] <= now:
             deadline, _, job = heapq.heappop(timeouts)
             if job.state == RUNNING and job.deadline == deadline:
+                failed = {
+                    "error": "job_failed", "reason": job.id, "id": job.id, "category": "TIMEOUT"
+                }
+                master = job.master
                 self._orphan(job)
                 self.totals["failed"] += 1
-                log.info("event=failure id=%r category=TIMEOUT", job.id)
-                frame = {"error": "job_failed", "reason": job.id, "id": job.id, "category": "TIMEOUT"}
-                self._finish(job, frame, ok=False)
-        for store in (self._results, self._outcomes):
-            while store:
-                key, (expires, _) = next(iter(store.items()))
-                if expires > now:
-                    break
-                del store[key]
+                if master is None or self._may_log(master):
+                    log.info("event=failure id=%r category=TIMEOUT", job.id)
+                self._finish(job, failed, ok=False)
+        results = self._results
+        while results:
+            key, (expires, stored) = next(iter(results.items()))
+            if expires > now:
+                break
+            del results[key]
+            self.result_bytes -= len(stored) + STORE_ENTRY_BYTES
+        outcomes = self._outcomes
+        while outcomes:
+            key, (expires, _) = next(iter(outcomes.items()))
+            if expires > now:
+                break
+            del outcomes[key]
+            self.outcome_bytes -= _id_bytes(key)
 
-    def _store_result(self, job_id: JobId, frame: dict[str, Any]) -> None:
+    def _store_result(self, job_id: JobId, frame: bytes) -> None:
         store = self._results
-        store.pop(job_id, None)
+        old = store.pop(job_id, None)
+        if old is not None:
+            self.result_bytes -= len(old[1]) + STORE_ENTRY_BYTES
         expires = self._clock() + self.limits.result_ttl
         store[job_id] = (expires, frame)
-        if len(store) > self.limits.max_results:
-            store.popitem(last=False)
+        self.result_bytes += len(frame) + STORE_ENTRY_BYTES
+        limits = self.limits
+        while len(store) > limits.max_results or self.result_bytes > limits.max_result_bytes:
+            _, (_, dropped) = store.popitem(last=False)  # the oldest first
+            self.result_bytes -= len(dropped) + STORE_ENTRY_BYTES
         self._arm(expires)
 
     def _record_outcome(self, job_id: JobId, ok: bool) -> None:
         store = self._outcomes
-        store.pop(job_id, None)
-        expires = self._clock() + self.limits.result_ttl
+        limits = self.limits
+        # `_id_bytes`, inlined: every job ends here.
+        if type(job_id) is str:
+            size = len(job_id) + STORE_ENTRY_BYTES
+        else:
+            size = job_id.bit_length() // 8 + STORE_ENTRY_BYTES  # type: ignore[union-attr]
+        total = self.outcome_bytes + size
+        if store.pop(job_id, None) is not None:
+            total -= size
+        expires = self._clock() + limits.result_ttl
         store[job_id] = (expires, ok)
         self._arm(expires)
-        if len(store) > self.limits.max_results:
-            store.popitem(last=False)
+        while len(store) > limits.max_results or total > limits.max_outcome_bytes:
+            dropped, _ = store.popitem(last=False)
+            total -= _id_bytes(dropped)
+        self.outcome_bytes = total
+
+    def _may_log(self, peer: Peer) -> bool:
+        """May `peer` cause one more log line now?  (See `LogBudget`.)"""
+        limits = self.limits
+        return peer.logs.allow(self._clock(), limits.log_rate, limits.log_burst, peer.name)
 
     # ------------------------------------------------------------ shutdown & stats
 
@@ -695,26 +846,61 @@ class Broker:
             queue.heap.clear()
             queue.queued = queue.running = 0
         self.queued_total = 0
+        self.waiting_total = 0
         return count
 
-    def stats(self) -> dict[str, Any]:
-        types = [
-            {
-                "type": q.type,
-                "queued": q.queued,
-                "running": q.running,
-                "slaves": q.slaves,
-                "idle": len(q.idle),
+    def stats(self, request: m.Stats = _EVERY_TYPE) -> dict[str, Any]:
+        """The stats answer: a row per type, at most `max_stats_types` of them.
+
+        Past the cap, the first rows (oldest types first) are listed and the
+        others summed in `types_omitted`, from running sums, so the answer
+        costs its rows whatever the number of types; `{"action":"stats",
+        "type":T}` asks for one type's row (none if T has no queue).
+        """
+        queues = self.types
+        omitted: dict[str, int] | None = None
+        if request.key is not None:
+            queue = queues.get(request.key)
+            rows = [] if queue is None else [_row(queue)]
+        elif len(queues) <= self.limits.max_stats_types:
+            rows = [_row(q) for q in queues.values()]
+        else:
+            rows = [_row(q) for q in itertools.islice(queues.values(), self.limits.max_stats_types)]
+            omitted = {
+                "types": len(queues) - len(rows),
+                "queued": self.queued_total - self.waiting_total,
+                "running": len(self.jobs) - self.queued_total,
+                "slaves": self.joined,
+                "idle": self.idle_total,
             }
-            for q in self.types.values()
-        ]
-        return {
-            "types": types,
-            "totals": dict(self.totals),
-            "waiting": self.queued_total - sum(q.queued for q in self.types.values()),
-            "connections": {"masters": len(self.masters), "slaves": len(self.slaves)},
-            "uptime_s": round(self._clock() - self.started, 3),
-        }
+            for row in rows:
+                for name in ("queued", "running", "slaves", "idle"):
+                    omitted[name] -= row[name]
+        answer: dict[str, Any] = {"types": rows}
+        if omitted is not None:
+            answer["types_omitted"] = omitted
+        answer["totals"] = dict(self.totals)
+        answer["waiting"] = self.waiting_total
+        answer["connections"] = {"masters": len(self.masters), "slaves": len(self.slaves)}
+        answer["uptime_s"] = round(self._clock() - self.started, 3)
+        return answer
+
+
+def _row(queue: TypeQueue) -> dict[str, Any]:
+    return {
+        "type": queue.type,
+        "queued": queue.queued,
+        "running": queue.running,
+        "slaves": queue.slaves,
+        "idle": len(queue.idle),
+    }
+
+
+def _id_bytes(job_id: JobId) -> int:
+    """What an outcome entry costs, for the byte cap: the id and the entry."""
+    if isinstance(job_id, str):
+        return len(job_id) + STORE_ENTRY_BYTES
+    return job_id.bit_length() // 8 + STORE_ENTRY_BYTES
 
 
 def _queue_order(job: Job) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import functools
 import gc
 import ipaddress
 import logging
+import math
 import signal
 import ssl
 import sys
@@ -23,6 +24,7 @@ import trio
 
 from .broker import BrokerLimits
 from .config import Config
+from .fdlimit import raise_soft_limit
 from .framing import DEFAULT_MAX_FRAME
 from .security import TokenError, load_token, server_ssl_context
 from .server import GloomServer
@@ -60,6 +62,37 @@ def build_parser() -> argparse.ArgumentParser:
     caps.add_argument("--max-per-host", type=int, default=d.max_per_host, help="open connections from one address")
     caps.add_argument("--frame-timeout", type=float, default=d.frame_timeout, help="seconds a started frame may take")
     caps.add_argument("--auth-timeout", type=float, default=d.auth_timeout, help="seconds to authenticate (and finish TLS)")
+    caps.add_argument(
+        "--output-high-water",
+        type=int,
+        default=d.output_high_water,
+        help="unsent bytes past which a connection is not read until half have drained",
+    )
+    caps.add_argument(
+        "--write-timeout",
+        type=float,
+        default=d.write_timeout,
+        help="seconds output may wait to be written before the connection is dropped",
+    )
+    for flag, kind, default, text in (
+        ("--max-frame-values", int, lim.max_values, "keys and values in one frame"),
+        ("--max-id-size", int, lim.max_id, "characters of a string id (digits of an integer id)"),
+        ("--max-type-size", int, lim.max_type, "characters of a string type (bytes of other JSON)"),
+        ("--max-after", int, lim.max_after, "ids in one submit's after"),
+        ("--max-result-bytes", int, lim.max_result_bytes, "bytes of detached results kept"),
+        ("--max-outcome-bytes", int, lim.max_outcome_bytes, "bytes of outcomes kept (for after)"),
+        ("--max-stats-types", int, lim.max_stats_types, "rows in a stats answer (the rest summed)"),
+        ("--log-rate", float, lim.log_rate, "log lines per second one connection may cause"),
+        ("--log-burst", int, lim.log_burst, "log lines one connection may save up"),
+    ):
+        caps.add_argument(flag, type=kind, default=default, help=text)
+    ka = p.add_argument_group("TCP keepalive (every accepted socket)")
+    for flag, default, text in (
+        ("--keepalive-idle", d.keepalive_idle, "idle seconds before the first probe"),
+        ("--keepalive-interval", d.keepalive_interval, "seconds between probes"),
+        ("--keepalive-count", d.keepalive_count, "unanswered probes, then the socket is dropped"),
+    ):
+        ka.add_argument(flag, type=int, default=default, help=text)
     sec = p.add_argument_group("security")
     sec.add_argument("--token-file", type=Path, default=None, help="require this shared token (first line of the file); also GLOOMD_TOKEN")
     sec.add_argument("--tls-cert", type=Path, default=None, help="TLS certificate chain (PEM): every port becomes TLS-only")
@@ -120,6 +153,11 @@ def config_from_args(args: argparse.Namespace, token: str | None = None, ssl_con
         max_per_host=args.max_per_host,
         frame_timeout=args.frame_timeout,
         auth_timeout=args.auth_timeout,
+        output_high_water=args.output_high_water,
+        write_timeout=args.write_timeout,
+        keepalive_idle=args.keepalive_idle,
+        keepalive_interval=args.keepalive_interval,
+        keepalive_count=args.keepalive_count,
         token=token,
         ssl_context=ssl_context,
         limits=BrokerLimits(
@@ -127,23 +165,68 @@ def config_from_args(args: argparse.Namespace, token: str | None = None, ssl_con
             max_retries=args.max_retries,
             result_ttl=args.result_ttl,
             max_results=args.max_results,
+            max_result_bytes=args.max_result_bytes,
+            max_outcome_bytes=args.max_outcome_bytes,
+            max_stats_types=args.max_stats_types,
+            max_id=args.max_id_size,
+            max_type=args.max_type_size,
+            max_after=args.max_after,
+            max_values=args.max_frame_values,
+            log_rate=args.log_rate,
+            log_burst=args.log_burst,
         ),
     )
 
 
+#: Flags that count something and must be at least 1.
+_COUNTS = (
+    "max_frame",
+    "max_queued",
+    "max_connections",
+    "max_outbuf",
+    "max_results",
+    "max_per_host",
+    "output_high_water",
+    "max_frame_values",
+    "max_id_size",
+    "max_type_size",
+    "max_result_bytes",
+    "max_outcome_bytes",
+    "max_stats_types",
+    "log_burst",
+    "keepalive_idle",
+    "keepalive_interval",
+    "keepalive_count",
+)
+#: Flags in seconds (or per second) that must be positive and finite.
+_DURATIONS = (
+    "frame_timeout",
+    "auth_timeout",
+    "gc_interval",
+    "write_timeout",
+    "result_ttl",
+    "log_rate",
+)
+
+
 def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for name in ("max_frame", "max_queued", "max_connections", "max_outbuf", "max_results", "max_per_host"):
+    for name in _COUNTS:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.max_retries < 0:
-        p.error("--max-retries must not be negative")
+    for name in ("max_retries", "max_after"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must not be negative")
     if args.ws_port is not None and args.jobs_dir is None:
         p.error("--ws-port needs --jobs-dir")
     if (args.tls_cert is None) != (args.tls_key is None):
         p.error("--tls-cert and --tls-key go together")
-    for name in ("frame_timeout", "auth_timeout", "gc_interval"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive")
+    for name in _DURATIONS:
+        value = getattr(args, name)
+        # `not value > 0` refuses NaN too, which argparse's float() accepts.
+        if not value > 0 or not math.isfinite(value):
+            p.error(f"--{name.replace('_', '-')} must be positive and finite")
+    if not 0 <= args.shutdown_grace < math.inf:
+        p.error("--shutdown-grace must be a finite number of seconds")
 
 
 async def serve(args: argparse.Namespace, config: Config) -> None:
@@ -296,6 +379,14 @@ def main(argv: list[str] | None = None) -> int:
             args.host,
         )
     config = config_from_args(args, token, ssl_context)
+    descriptors = raise_soft_limit()  # the listening line reports it
+    if descriptors < config.max_connections + 64:
+        log.warning(
+            "event=fd_limit descriptors=%d max_connections=%d: connections will be refused "
+            "for want of descriptors before the cap (raise the hard limit: ulimit -Hn)",
+            descriptors,
+            config.max_connections,
+        )
     _tune_gc()
     try:
         trio.run(serve, args, config)

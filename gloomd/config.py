@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .broker import BrokerLimits
 from .framing import DEFAULT_MAX_FRAME
+from .transport import DEFAULT_HIGH_WATER
 
 __all__ = ["Config"]
 
@@ -33,6 +34,17 @@ class Config:
     frame_timeout: float = 30.0
     #: Seconds a connection has to authenticate (and finish TLS) when a token is set.
     auth_timeout: float = 10.0
+    #: Unsent output (bytes) past which a connection is not read until half of
+    #: it has drained: its own requests cannot pile up more output than this.
+    output_high_water: int = DEFAULT_HIGH_WATER
+    #: Seconds output may wait to be written before the connection is dropped.
+    write_timeout: float = 60.0
+    #: TCP keepalive on every accepted socket: first probe after `keepalive_idle`
+    #: idle seconds, then every `keepalive_interval` s; dropped after `keepalive_count`
+    #: unanswered probes (a vanished host is noticed after 60 + 6 x 10 = 120 s).
+    keepalive_idle: int = 60
+    keepalive_interval: int = 10
+    keepalive_count: int = 6
     #: Shared secret every connection must present first; None: no authentication.
     token: str | None = field(default=None, repr=False)
     #: TLS for every port; None: plaintext.

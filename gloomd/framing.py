@@ -105,6 +105,12 @@ class FrameDecoder:
             self.pending = len(rest)
         return frames
 
+    def clear(self) -> None:
+        """Forget a partial frame (the connection is gone): up to a whole
+        frame's bytes are freed now rather than with the decoder."""
+        self._chunks = []
+        self.pending = self._need = 0
+
 
 class FrameTooLargeWithFrames(FrameTooLarge):
     """`FrameTooLarge`, carrying the well-formed frames that preceded it.

@@ -14,6 +14,12 @@ state beyond the one bit the state check needs (does this slave hold a job).
 Messages are NamedTuples: immutable once validated, and the cheapest typed
 record CPython builds (a frozen dataclass cost 3 us per submit, measured;
 a NamedTuple 0.4 us).
+
+Validation is also where sizes are bounded (issue 18), so that nothing the
+broker keeps or echoes can be made large by one small request: ids, types and
+`after` lists have caps (`Caps`, set from the daemon's flags), and every
+numeric field the daemon computes with has a documented range (`RANGES`).
+A value past its cap or outside its range is `invalid_type` / the field.
 """
 
 from __future__ import annotations
@@ -24,11 +30,16 @@ from . import jsoncodec
 
 __all__ = [
     "CATEGORIES",
+    "DEFAULT_CAPS",
+    "MAX_TIMEOUT",
+    "RANGES",
     "Auth",
     "Cancel",
+    "Caps",
     "Fail",
     "Join",
     "MasterMessage",
+    "NumberRange",
     "Ping",
     "Progress",
     "ProtocolViolation",
@@ -37,6 +48,7 @@ __all__ = [
     "SlaveMessage",
     "Stats",
     "Submit",
+    "check_number",
     "decode_object",
     "parse_master",
     "parse_slave",
@@ -47,6 +59,88 @@ CATEGORIES: Final = frozenset({"ERROR", "TIMEOUT", "CRASH", "HALTED"})
 
 #: How much of an undecodable payload is echoed back in `invalid_json`.
 ECHO_LIMIT: Final = 200
+
+
+# ---------------------------------------------------------------- caps and ranges
+
+
+class Caps:
+    """Size caps on what one frame may carry; defaults are the daemon's.
+
+    Ids are hashes or UUIDs in practice, and types short names: the caps keep
+    a peer from making every reply, log line and stored outcome that echoes
+    them large (issue 18: 1 MB ids made 11 KB of progress frames cost 576 MB).
+    """
+
+    __slots__ = ("max_id", "max_type", "max_after", "max_values", "int_bound")
+
+    def __init__(
+        self,
+        max_id: int = 1024,
+        max_type: int = 1024,
+        max_after: int = 1000,
+        max_values: int = 262_144,
+    ) -> None:
+        #: Characters of a string id; decimal digits of an integer id.
+        self.max_id = max_id
+        #: Characters of a string type; bytes of any other type's canonical JSON.
+        self.max_type = max_type
+        #: Ids in one submit's `after`.
+        self.max_after = max_after
+        #: Keys and values in one frame (`jsoncodec.loads`).
+        self.max_values = max_values
+        #: Integers with at most `max_id` digits lie strictly inside +-int_bound.
+        self.int_bound = 10**max_id
+
+    def id_ok(self, value: Any) -> bool:
+        """A valid id: a string or an integer (never a bool) within the cap."""
+        kind = type(value)
+        if kind is str:
+            return len(value) <= self.max_id
+        if kind is int:
+            return bool(-self.int_bound < value < self.int_bound)
+        return False
+
+
+DEFAULT_CAPS: Final = Caps()
+
+
+class NumberRange(NamedTuple):
+    """Accepted values of a numeric field: `low < value <= high`, finite.
+
+    An integer or a float (never a bool); `integer` admits integers only.
+    """
+
+    low: float
+    high: float
+    integer: bool = False
+
+    def holds(self, value: Any) -> bool:
+        kind = type(value)
+        if kind is int:
+            return bool(self.low < value <= self.high)
+        # NaN fails both comparisons, and the infinities fail one.
+        return kind is float and not self.integer and bool(self.low < value <= self.high)
+
+
+#: A job's time limit: at most one year (a deadline must stay a float the
+#: clock can add to; `"timeout": 10**400` was acked and then stopped the
+#: daemon when a slave took the job).
+MAX_TIMEOUT: Final = 365 * 24 * 3600
+
+#: Every numeric field the daemon does arithmetic with, and its range.  One
+#: table, so that each new field (delay, backoff, limit) states its bounds
+#: here, is checked by `check_number`, and is listed in README's limits.
+RANGES: Final = {
+    "timeout": NumberRange(0, MAX_TIMEOUT),
+}
+
+
+def check_number(name: str, value: Any) -> Any:
+    """`value` if it lies in `RANGES[name]`, else `invalid_type` / name."""
+    if not RANGES[name].holds(value):
+        raise ProtocolViolation("invalid_type", name)
+    return value
 
 
 class ProtocolViolation(Exception):
@@ -105,7 +199,13 @@ class Result(NamedTuple):
 
 
 class Stats(NamedTuple):
-    """`{"action":"stats"}`: no fields."""
+    """`{"action":"stats"}`, or `{"action":"stats","type":T}` for one type's row.
+
+    `key` is None for every type (T may be null, whose key is b"null").
+    """
+
+    type: Any = None
+    key: bytes | str | None = None
 
 
 class Ping(NamedTuple):
@@ -132,17 +232,20 @@ _NEEDS_JOB: Final = frozenset({"respond", "progress", "fail"})
 # ---------------------------------------------------------------- decoding
 
 
-def decode_object(payload: bytes) -> dict[str, Any]:
-    """Decode a payload that must be a JSON object.
+def decode_object(payload: bytes, max_values: int = jsoncodec.NO_LIMIT) -> dict[str, Any]:
+    """Decode a payload that must be a JSON object (at most `max_values` keys and values).
 
     Both failures leave the stream in sync (the length prefix was honest), so
     they are ordinary violations and the connection stays open.
     """
     try:
-        obj = jsoncodec.loads(payload)
+        obj = jsoncodec.loads(payload, max_values)
     except jsoncodec.DecodeError:
         # Gloom echoed the whole payload; a short prefix is enough to debug
-        # and cannot be used to make the server amplify traffic.
+        # and cannot be used to make the server amplify traffic.  Decoded
+        # with "replace", it can always be encoded again: invalid bytes,
+        # and encoded surrogates (ED A0 80), become U+FFFD, and an escaped
+        # surrogate (\ud800) is six ASCII characters, not a surrogate.
         raise ProtocolViolation(
             "invalid_json", payload[:ECHO_LIMIT].decode("utf-8", "replace")
         ) from None
@@ -151,27 +254,27 @@ def decode_object(payload: bytes) -> dict[str, Any]:
     return obj
 
 
-def _is_id(value: Any) -> bool:
-    # bool is an int subclass, but `true` is not an id.
-    return (type(value) is str) or (type(value) is int)
-
-
-def _key(value: Any) -> bytes | str:
+def _key(value: Any, caps: Caps) -> bytes | str:
     """How job types are compared: canonical JSON, so `1` and `1.0` differ.
 
     A string is its own key (no encoding on the hot path); every other type
     becomes canonical JSON bytes, which never equal a str, so the two kinds
-    of key cannot collide.
+    of key cannot collide.  A key over the cap is `invalid_type` / "type".
     """
     if type(value) is str:
-        return value
-    return jsoncodec.canonical(value)
+        if len(value) <= caps.max_type:
+            return value
+    else:
+        key = jsoncodec.canonical(value)
+        if len(key) <= caps.max_type:
+            return key
+    raise ProtocolViolation("invalid_type", "type")
 
 
 # ---------------------------------------------------------------- slave port
 
 
-def parse_slave(obj: dict[str, Any], holding_job: bool) -> SlaveMessage:
+def parse_slave(obj: dict[str, Any], holding_job: bool, caps: Caps = DEFAULT_CAPS) -> SlaveMessage:
     """Validate a frame from the slave port."""
     if "action" not in obj:
         raise ProtocolViolation("missing_field", "type")  # Gloom's wording
@@ -186,7 +289,7 @@ def parse_slave(obj: dict[str, Any], holding_job: bool) -> SlaveMessage:
         if "type" not in obj:
             raise ProtocolViolation("missing_field", "job_type")
         job_type = obj["type"]
-        return Join(job_type, _key(job_type))
+        return Join(job_type, _key(job_type, caps))
     if action == "ping":
         return _PING
     if action == "auth":
@@ -213,21 +316,24 @@ def parse_slave(obj: dict[str, Any], holding_job: bool) -> SlaveMessage:
 # ---------------------------------------------------------------- master port
 
 
-def parse_master(obj: dict[str, Any]) -> MasterMessage:
+def parse_master(obj: dict[str, Any], caps: Caps = DEFAULT_CAPS) -> MasterMessage:
     """Validate a frame from the master port."""
     if "action" not in obj:
         raise ProtocolViolation("missing_field", "type")  # Gloom's wording
     action = obj["action"]
     if action == "submit":
-        return _parse_submit(obj)
+        return _parse_submit(obj, caps)
     if action == "cancel" or action == "result":
         if "id" not in obj:
             raise ProtocolViolation("missing_field", "id")
         job_id = obj["id"]
-        if not _is_id(job_id):
+        if not caps.id_ok(job_id):
             raise ProtocolViolation("invalid_type", "id")
         return Cancel(job_id) if action == "cancel" else Result(job_id)
     if action == "stats":
+        if "type" in obj:
+            job_type = obj["type"]
+            return Stats(job_type, _key(job_type, caps))
         return _STATS
     if action == "ping":
         return _PING
@@ -238,15 +344,21 @@ def parse_master(obj: dict[str, Any]) -> MasterMessage:
     raise ProtocolViolation("unknown_action", action)
 
 
-def _parse_submit(obj: dict[str, Any]) -> Submit:
+def _parse_submit(obj: dict[str, Any], caps: Caps) -> Submit:
     if "id" not in obj:
         raise ProtocolViolation("missing_field", "id")
     job_id = obj["id"]
-    if not _is_id(job_id):
+    # `caps.id_ok`, inlined: one submit per job.
+    kind = type(job_id)
+    if kind is str:
+        if len(job_id) > caps.max_id:
+            raise ProtocolViolation("invalid_type", "id")
+    elif kind is not int or not -caps.int_bound < job_id < caps.int_bound:
         raise ProtocolViolation("invalid_type", "id")
     if "type" not in obj:
         raise ProtocolViolation("missing_field", "type")
     job_type = obj["type"]
+    key = _key(job_type, caps)
     priority = obj.get("priority", 0)
     if type(priority) is not int:
         raise ProtocolViolation("invalid_type", "priority")
@@ -254,15 +366,14 @@ def _parse_submit(obj: dict[str, Any]) -> Submit:
         raise ProtocolViolation("missing_field", "body")
     timeout = obj.get("timeout")
     if timeout is not None:
-        if type(timeout) not in (int, float) or not timeout > 0 or timeout == float("inf"):
-            raise ProtocolViolation("invalid_type", "timeout")
+        check_number("timeout", timeout)
     detach = obj.get("detach", False)
     if type(detach) is not bool:
         raise ProtocolViolation("invalid_type", "detach")
     after: tuple[str | int, ...] = ()
     if "after" in obj:
         raw = obj["after"]
-        if type(raw) is not list or not all(_is_id(dep) for dep in raw):
+        if type(raw) is not list or len(raw) > caps.max_after or not all(map(caps.id_ok, raw)):
             raise ProtocolViolation("invalid_type", "after")
         after = tuple(raw)
-    return Submit(job_id, job_type, _key(job_type), priority, obj["body"], timeout, detach, after)
+    return Submit(job_id, job_type, key, priority, obj["body"], timeout, detach, after)

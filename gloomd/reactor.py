@@ -15,14 +15,22 @@ output once: one trio wake-up per batch of ready sockets, however many.
 Structure is unchanged from the outside: the reactor is one task in the
 server's nursery, cancelling it closes every socket it holds, and each wait
 has a deadline for the connections' own timeouts (authentication, slow
-frames, lingering after an error).  TLS connections are not here: they keep
-a reader and a writer task each (`gloomd.transport.StreamConnection`).
+frames, output that makes no progress, lingering after an error).  TLS
+connections are not here: they keep a reader and a writer task each
+(`gloomd.transport.StreamConnection`).
+
+Each connection is also a boundary (issue 18): an exception raised while
+handling its input or output is logged, answered `internal_error` where the
+stream allows, and ends that connection only; every other one is served on.
+A paused connection (see `gloomd.transport`) is watched for writability only,
+and resumed from the loop once its output is down to the low-water mark.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import select
 from collections.abc import Callable
 from typing import Protocol
@@ -33,9 +41,14 @@ from .transport import INF, RECV_SIZE, PlainConnection
 
 __all__ = ["Reactor", "ReactorClient"]
 
+log = logging.getLogger("gloomd.server")
+
 _IN = select.EPOLLIN | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT
 _READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_BROKEN = select.EPOLLHUP | select.EPOLLERR
+#: Deadline entries (live or stale) kept before stale ones are swept out.
+_DEADLINES_MIN = 1024
 
 #: Seconds a hung-up connection may keep sending before it is closed anyway.
 LINGER = 1.0
@@ -52,6 +65,12 @@ class ReactorClient(Protocol):
     def on_deadline(self, conn: PlainConnection) -> str:
         """A connection's deadline passed; queue its final frame, return why."""
 
+    def on_resume(self, conn: PlainConnection) -> str | None:
+        """A paused connection drained: handle what it stashed (as `on_data`)."""
+
+    def internal_error(self, conn: PlainConnection, exc: Exception) -> str:
+        """Handling `conn` raised: log, queue `internal_error`, return why to hang up."""
+
     def release(self, conn: PlainConnection, reason: str) -> None:
         """The peer is gone for the broker (called once per connection)."""
 
@@ -65,8 +84,10 @@ class Reactor:
         self._clock = clock
         self._epoll = select.epoll()
         self._conns: dict[int, PlainConnection] = {}
-        self._deadlines: list[tuple[float, int, PlainConnection]] = []
-        self._seq = itertools.count()  # tie-breaker: connections do not compare
+        # (when, serial, fd): no reference to the connection, so that a closed
+        # one (and its buffers) is freed at once, not when its entry comes up.
+        self._deadlines: list[tuple[float, int, int]] = []
+        self._serials = itertools.count(1)
         self._wait_scope: trio.CancelScope | None = None  # the scope of the waits, while it lives
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
@@ -74,23 +95,58 @@ class Reactor:
     # ------------------------------------------------------------ membership
 
     def add(self, conn: PlainConnection) -> None:
+        conn.serial = next(self._serials)
+        conn.mask = _IN
         self._conns[conn.fd] = conn
         self._epoll.register(conn.fd, _IN)
         self._schedule(conn, conn.deadline)
 
-    def set_backlog(self, conn: PlainConnection, waiting: bool) -> None:
-        """Watch for writability only while bytes wait (level-triggered)."""
-        if conn.fd in self._conns:
-            self._epoll.modify(conn.fd, _IN | _OUT if waiting else _IN)
+    def update(self, conn: PlainConnection) -> None:
+        """Register what the connection waits for (level-triggered epoll).
+
+        Readable unless paused; writable while bytes wait, and while paused
+        (a paused connection with nothing buffered is writable as soon as the
+        kernel has room, which is what resumes it).  Output waiting, or a
+        pause, also arms the write deadline (see `_write_expired`).
+        """
+        if self._conns.get(conn.fd) is not conn:
+            return
+        paused = conn.paused
+        waiting = bool(conn.outbuf)
+        mask = (_OUT if waiting or paused else 0) | (0 if paused else _IN)
+        if mask != conn.mask:
+            conn.mask = mask
+            self._epoll.modify(conn.fd, mask)
+        if not (waiting or paused):
+            conn.write_deadline = INF
+        elif conn.write_deadline == INF and conn.write_timeout < INF:
+            self._arm_write(conn)
+
+    def _arm_write(self, conn: PlainConnection) -> None:
+        conn.write_mark = conn.progress
+        conn.write_deadline = self._clock() + conn.write_timeout
+        self._schedule(conn, conn.write_deadline)
+
+    def _write_expired(self, conn: PlainConnection) -> None:
+        """Output has waited a whole write timeout: drop the connection if the
+        peer took none of it meanwhile, else give it another period.  (Checked
+        here, lazily, so that progress costs a counter, not a clock read and a
+        heap push per send.)"""
+        if conn.progress != conn.write_mark:
+            self._arm_write(conn)
+        else:
+            self.drop(conn, "write_timeout")
 
     def drop(self, conn: PlainConnection, reason: str = "closed") -> None:
         """Forget and close a connection, telling the server first."""
         conn.closed = True
         if not conn.released:
             self._client.release(conn, reason)
-        if self._conns.pop(conn.fd, None) is not None:
+        if self._conns.get(conn.fd) is conn:  # not a later connection on a reused fd
+            del self._conns[conn.fd]
             self._epoll.unregister(conn.fd)
             conn.sock.close()
+        conn.free()
 
     def hang_up(self, conn: PlainConnection, reason: str) -> None:
         """Release the peer now; write its final frame, then close.
@@ -103,10 +159,29 @@ class Reactor:
         self._client.flush()  # the final frame leaves before the peer is forgotten
         self._client.release(conn, reason)
         conn.lingering = True
-        conn.auth_deadline = conn.frame_deadline = INF
+        conn.auth_deadline = conn.frame_deadline = conn.write_deadline = INF
         conn.linger_deadline = self._clock() + LINGER
         self._schedule(conn, conn.linger_deadline)
+        conn.paused = False  # read again, to discard (see `_readable`)
+        self.update(conn)
         conn.start_closing()
+
+    def _crashed(self, conn: PlainConnection, exc: Exception) -> None:
+        """Handling `conn` raised: end it alone (the boundary of issue 18)."""
+        try:
+            reason = self._client.internal_error(conn, exc)
+            if not conn.closed:
+                self.hang_up(conn, reason)
+        except Exception:
+            log.exception("event=internal_error peer=%s stage=hang_up", conn.name)
+            self.drop(conn, "internal_error")
+
+    def _resume(self, conn: PlainConnection) -> None:
+        reason = self._client.on_resume(conn)
+        if reason is not None:
+            self.hang_up(conn, reason)
+        else:
+            self.update(conn)
 
     # ------------------------------------------------------------ the loop
 
@@ -160,12 +235,26 @@ class Reactor:
             conn = conns.get(fd)
             if conn is None:
                 continue
-            if events & _OUT:
-                conn.on_writable()
-            if events & _READ_EVENTS and fd in conns:
-                self._readable(conn)
+            try:
+                if conn.paused:
+                    self._paused_event(conn, events)
+                    continue
+                if events & _OUT:
+                    conn.on_writable()
+                if events & _READ_EVENTS and fd in conns:
+                    self._readable(conn)
+            except Exception as exc:
+                self._crashed(conn, exc)
         self._client.flush(urgent_only=bool(ready))
         return bool(ready)
+
+    def _paused_event(self, conn: PlainConnection, events: int) -> None:
+        if events & _BROKEN:
+            self.drop(conn, "reset")
+            return
+        conn.on_writable()
+        if conn.paused and not conn.closed and conn.output_low():
+            self._resume(conn)
 
     def _readable(self, conn: PlainConnection) -> None:
         # One buffer for every connection (reads are handled one at a time),
@@ -199,20 +288,47 @@ class Reactor:
 
     def _schedule(self, conn: PlainConnection, when: float) -> None:
         if when < INF:
-            heapq.heappush(self._deadlines, (when, next(self._seq), conn))
+            heap = self._deadlines
+            if len(heap) >= _DEADLINES_MIN and len(heap) > 2 * len(self._conns):
+                self._sweep()
+            heapq.heappush(heap, (when, conn.serial, conn.fd))
             scope = self._wait_scope
             if scope is not None and when < scope.deadline:
                 scope.deadline = when  # the loop is waiting: wake it in time
+
+    def _sweep(self) -> None:
+        """Drop stale entries: those of closed connections (a connect/close
+        storm with a token set leaves one auth deadline per connection) and
+        those no connection waits for any more."""
+        conns = self._conns
+        live = []
+        for entry in self._deadlines:
+            conn = conns.get(entry[2])
+            if conn is not None and conn.serial == entry[1]:
+                when = entry[0]
+                deadlines = (conn.auth_deadline, conn.frame_deadline, conn.write_deadline)
+                if when in deadlines or when == conn.linger_deadline:
+                    live.append(entry)
+        heapq.heapify(live)
+        self._deadlines = live
 
     def _expire(self) -> None:
         now = self._clock()
         heap = self._deadlines
         while heap and heap[0][0] <= now:
-            when, _, conn = heapq.heappop(heap)
-            if self._conns.get(conn.fd) is not conn:
+            when, serial, fd = heapq.heappop(heap)
+            conn = self._conns.get(fd)
+            if conn is None or conn.serial != serial:
                 continue  # closed since (and the fd maybe reused)
-            if conn.lingering:
-                if when == conn.linger_deadline:
-                    self.drop(conn)
-            elif when == conn.deadline:
-                self.hang_up(conn, self._client.on_deadline(conn))
+            try:
+                if conn.lingering:
+                    if when == conn.linger_deadline:
+                        self.drop(conn)
+                elif when == conn.deadline:
+                    if when == conn.write_deadline:
+                        self._write_expired(conn)
+                    else:
+                        self.hang_up(conn, self._client.on_deadline(conn))
+            except Exception as exc:
+                self._crashed(conn, exc)
+            heap = self._deadlines  # a sweep may have replaced it

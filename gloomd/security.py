@@ -15,7 +15,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from . import messages
+from . import jsoncodec, messages
 
 __all__ = ["TokenError", "auth_frame_ok", "load_token", "server_ssl_context"]
 
@@ -52,16 +52,23 @@ def load_token(token_file: str | os.PathLike[str] | None, environ: dict[str, str
     return None
 
 
-def auth_frame_ok(payload: bytes, token: str) -> bool:
-    """Is this payload `{"action":"auth","token":T}` with the right token?"""
+def auth_frame_ok(payload: bytes, token: str, max_values: int = jsoncodec.NO_LIMIT) -> bool:
+    """Is this payload `{"action":"auth","token":T}` with the right token?
+
+    Decoded by the same decoder, under the same policy, as every other frame:
+    a payload holding a lone surrogate is invalid JSON here too, never a
+    token that fails to encode (issue 18: that stopped the daemon before
+    authentication).  `surrogatepass` is a second guard, for this one frame
+    that strangers may send.
+    """
     try:
-        obj: Any = messages.decode_object(payload)
+        obj: Any = messages.decode_object(payload, max_values)
     except messages.ProtocolViolation:
         return False
     given = obj.get("token")
     if obj.get("action") != "auth" or type(given) is not str:
         return False
-    return hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8"))
 
 
 def token_matches(given: str | None, token: str) -> bool:

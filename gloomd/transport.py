@@ -10,6 +10,15 @@ Two transports share one surface (`write`, `start_closing`, `wait_drained`,
 * `StreamConnection`: any trio `Stream`, used for TLS (`trio.SSLStream`),
   with its own reader task (in the server) and writer task (here), since an
   SSL stream cannot be read or written without awaiting.
+
+Back-pressure (issue 18): a connection whose unsent output passes its
+`high_water` mark is *paused*: nobody reads it until the output is down to
+half the mark.  Frames of a receive that were not handled when it paused wait
+in `stash`, in order, and are handled first when it resumes.  So the output
+one connection's requests can pile up is bounded by the mark (plus one
+answer), not by how many requests fit in a receive.  Output that others cause
+(results for a master) is bounded by `max_outbuf`, and output that makes no
+progress for `write_timeout` seconds drops the connection.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ __all__ = ["Connection", "PlainConnection", "StreamConnection", "RECV_SIZE"]
 
 RECV_SIZE = 256 * 1024
 INF = float("inf")
+#: Default high-water mark of a connection's unsent output, bytes.
+DEFAULT_HIGH_WATER = 1024 * 1024
 
 
 class Connection:
@@ -47,10 +58,25 @@ class Connection:
         "authenticated",
         "auth_deadline",
         "frame_deadline",
+        "write_deadline",
+        "write_timeout",
+        "high_water",
+        "paused",
+        "stash",
+        "in_flight",
         "_drained",
     )
 
-    def __init__(self, name: str, host: str, role: str, max_frame: int, max_outbuf: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        role: str,
+        max_frame: int,
+        max_outbuf: int,
+        high_water: int = DEFAULT_HIGH_WATER,
+        write_timeout: float = INF,
+    ) -> None:
         self.name = name
         self.host = host
         self.role = role
@@ -67,11 +93,47 @@ class Connection:
         self.auth_deadline = INF
         #: The frame that has started must be complete by then (inf: none started).
         self.frame_deadline = INF
+        #: The output waiting since some time must be written by then (inf: none waits).
+        self.write_deadline = INF
+        self.write_timeout = write_timeout
+        self.high_water = high_water
+        #: Not read until the output is down to half the mark (see the module docstring).
+        self.paused = False
+        #: Payloads received but not yet handled, while paused.
+        self.stash: list[bytes] | None = None
+        #: Bytes handed to the stream and not yet sent (TLS; always 0 for plain TCP).
+        self.in_flight = 0
         self._drained = trio.Event()
 
     @property
     def deadline(self) -> float:
-        return self.auth_deadline if self.auth_deadline < self.frame_deadline else self.frame_deadline
+        return min(self.auth_deadline, self.frame_deadline, self.write_deadline)
+
+    def unsent(self) -> int:
+        """Output accepted for this connection and not yet taken by the kernel."""
+        return len(self.outbuf) + self.in_flight
+
+    def output_low(self) -> bool:
+        """Is the output waiting (queued by the broker, or unsent) down to half the mark?"""
+        queued = self.peer.pending if self.peer is not None else 0
+        return queued + len(self.outbuf) + self.in_flight <= self.high_water // 2
+
+    def pause(self, stash: list[bytes]) -> None:
+        """Stop reading; `stash` (the payloads not yet handled) comes first on resume."""
+        self.stash = stash
+        self.paused = True
+        self._changed()
+
+    def free(self) -> None:
+        """The connection is over: let go of its buffers now, not at the next GC."""
+        self.decoder.clear()
+        self.stash = None
+        self.paused = False
+        if self.closed:
+            self.outbuf = bytearray()
+
+    def _changed(self) -> None:
+        """What the connection waits for has changed (pause, backlog)."""
 
     def write(self, data: bytes) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -85,22 +147,32 @@ class Connection:
     async def wait_drained(self) -> None:
         await self._drained.wait()
 
-    def _check_overflow(self) -> None:
-        if len(self.outbuf) > self.max_outbuf:
-            # A peer that does not read would make us hold its frames forever.
-            self.overflowed = True
-            self.abort()
+    def _overflow(self) -> None:
+        # A peer that does not read would make us hold its frames forever.
+        self.overflowed = True
+        self.abort()
 
 
 class PlainConnection(Connection):
     """Plain TCP, multiplexed by the reactor; written to directly when possible.
 
-    `on_backlog(conn, waiting)` tells the reactor whether the connection has
-    bytes waiting for the socket to become writable; `on_abort(conn)` asks it
-    to drop the connection.
+    `on_change(conn)` tells the reactor that what the connection waits for
+    changed (output waiting for the socket to be writable, paused reading);
+    `on_abort(conn)` asks it to drop the connection.
     """
 
-    __slots__ = ("sock", "fd", "lingering", "linger_deadline", "_on_backlog", "_on_abort")
+    __slots__ = (
+        "sock",
+        "fd",
+        "serial",
+        "mask",
+        "progress",
+        "write_mark",
+        "lingering",
+        "linger_deadline",
+        "_on_change",
+        "_on_abort",
+    )
 
     def __init__(
         self,
@@ -110,24 +182,33 @@ class PlainConnection(Connection):
         role: str,
         max_frame: int,
         max_outbuf: int,
-        on_backlog: Callable[[PlainConnection, bool], None],
+        on_change: Callable[[PlainConnection], None],
         on_abort: Callable[[PlainConnection], None],
+        high_water: int = DEFAULT_HIGH_WATER,
+        write_timeout: float = INF,
     ) -> None:
-        super().__init__(name, host, role, max_frame, max_outbuf)
+        super().__init__(name, host, role, max_frame, max_outbuf, high_water, write_timeout)
         self.sock = sock
         self.fd = sock.fileno()
+        self.serial = 0  # the reactor's number for it: its deadline entries carry it
+        self.mask = 0  # the epoll events registered
+        #: Counts the times the kernel took output (or had room for it) while
+        #: some waited; `write_mark` is its value when the write deadline was
+        #: armed, so the reactor tells a slow reader from one that never reads.
+        self.progress = 0
+        self.write_mark = 0
         self.lingering = False  # hung up: discarding input until EOF
         self.linger_deadline = INF
-        self._on_backlog = on_backlog
+        self._on_change = on_change
         self._on_abort = on_abort
 
     def write(self, data: bytes) -> None:
         """Queue `data`, sending as much as the kernel takes right now."""
         if self.closed:
             return
-        if self.outbuf:
-            self.outbuf += data
-        else:
+        outbuf = self.outbuf
+        rest: bytes | memoryview = data
+        if not outbuf:
             try:
                 sent = self.sock.send(data)
             except BlockingIOError:
@@ -137,12 +218,20 @@ class PlainConnection(Connection):
                 return
             if sent == len(data):
                 return
-            self.outbuf += memoryview(data)[sent:]
-            self._on_backlog(self, True)
-        self._check_overflow()
+            if sent:
+                rest = memoryview(data)[sent:]
+        # Weighed before it is appended: the buffer never holds more than the cap.
+        if len(outbuf) + len(rest) > self.max_outbuf:
+            self._overflow()
+            return
+        outbuf += rest
+        if len(outbuf) > self.high_water:
+            self.paused = True
+        self._on_change(self)
 
     def on_writable(self) -> None:
         """The reactor saw the socket writable: send what is buffered."""
+        self.progress += 1  # the kernel has room: the peer has been reading
         if self.outbuf:
             try:
                 sent = self.sock.send(self.outbuf)
@@ -154,9 +243,12 @@ class PlainConnection(Connection):
             del self.outbuf[:sent]
             if self.outbuf:
                 return
-        self._on_backlog(self, False)
+        self._on_change(self)
         if self.closing:
             self._send_eof()
+
+    def _changed(self) -> None:
+        self._on_change(self)
 
     def start_closing(self) -> None:
         self.closing = True
@@ -179,13 +271,25 @@ class PlainConnection(Connection):
 class StreamConnection(Connection):
     """A trio Stream (TLS): buffered writes, sent by `write_loop`."""
 
-    __slots__ = ("stream", "scope", "_writer_lot")
+    __slots__ = ("stream", "scope", "timed_out", "_writer_lot", "_drain_lot")
 
-    def __init__(self, stream: trio.abc.Stream, name: str, host: str, role: str, max_frame: int, max_outbuf: int) -> None:
-        super().__init__(name, host, role, max_frame, max_outbuf)
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        name: str,
+        host: str,
+        role: str,
+        max_frame: int,
+        max_outbuf: int,
+        high_water: int = DEFAULT_HIGH_WATER,
+        write_timeout: float = INF,
+    ) -> None:
+        super().__init__(name, host, role, max_frame, max_outbuf, high_water, write_timeout)
         self.stream = stream
         self.scope: trio.CancelScope | None = None
+        self.timed_out = False  # dropped because its output did not drain in time
         self._writer_lot = trio.lowlevel.ParkingLot()
+        self._drain_lot = trio.lowlevel.ParkingLot()
 
     async def receive_some(self) -> bytes:
         """Next chunk of bytes, b"" at end of stream or when broken."""
@@ -197,9 +301,18 @@ class StreamConnection(Connection):
     def write(self, data: bytes) -> None:
         if self.closed:
             return
+        if len(self.outbuf) + len(data) > self.max_outbuf:
+            self._overflow()
+            return
         self.outbuf += data
+        if self.unsent() > self.high_water:
+            self.paused = True
         self._writer_lot.unpark()
-        self._check_overflow()
+
+    async def wait_output_low(self) -> None:
+        """Return once `output_low()` (the flusher and the writer work meanwhile)."""
+        while not self.output_low():
+            await self._drain_lot.park()
 
     async def write_loop(self) -> None:
         while True:
@@ -211,11 +324,23 @@ class StreamConnection(Connection):
                 continue
             data = bytes(self.outbuf)
             self.outbuf.clear()
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.in_flight = len(data)
+            # One batch must leave within the write timeout: a peer that
+            # stops reading cannot make us hold its output for ever.
+            with trio.move_on_after(self.write_timeout) as timer:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.abort()
+                    return
+            del data
+            self.in_flight = 0
+            if timer.cancelled_caught:
+                self.timed_out = True
                 self.abort()
                 return
+            if self.output_low():
+                self._drain_lot.unpark_all()
 
     def start_closing(self) -> None:
         self.closing = True

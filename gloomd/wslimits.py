@@ -22,8 +22,9 @@ connection gets an HTTP 503 and is closed at once.
 from __future__ import annotations
 
 import argparse
-import resource
 from dataclasses import dataclass
+
+from .fdlimit import descriptor_limit
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -87,10 +88,7 @@ def process_descriptors() -> tuple[int, int]:
     """This process's soft ``RLIMIT_NOFILE`` and the number of descriptors open now."""
     import psutil  # only when the websocket service starts: importing it costs about 15 ms
 
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 2**31 - 1
-    return soft, psutil.Process().num_fds()
+    return descriptor_limit(), psutil.Process().num_fds()
 
 
 def connection_cap(

@@ -112,3 +112,61 @@ def test_gc_interval_must_be_positive() -> None:
     proc = subprocess.run([sys.executable, "-m", "gloomd", "--gc-interval", "0"], capture_output=True, timeout=30)
     assert proc.returncode == 2
     assert b"--gc-interval must be positive" in proc.stderr
+
+
+#: Every flag of issue 18, the Config / BrokerLimits field it sets, and a value.
+HARDENING_FLAGS = [
+    ("--output-high-water", "output_high_water", 4096),
+    ("--write-timeout", "write_timeout", 2.5),
+    ("--keepalive-idle", "keepalive_idle", 30),
+    ("--keepalive-interval", "keepalive_interval", 5),
+    ("--keepalive-count", "keepalive_count", 4),
+    ("--max-frame-values", "limits.max_values", 5000),
+    ("--max-id-size", "limits.max_id", 64),
+    ("--max-type-size", "limits.max_type", 32),
+    ("--max-after", "limits.max_after", 7),
+    ("--max-result-bytes", "limits.max_result_bytes", 1 << 20),
+    ("--max-outcome-bytes", "limits.max_outcome_bytes", 1 << 19),
+    ("--max-stats-types", "limits.max_stats_types", 12),
+    ("--log-rate", "limits.log_rate", 2.0),
+    ("--log-burst", "limits.log_burst", 9),
+]
+
+
+@pytest.mark.parametrize("flag,field,value", HARDENING_FLAGS)
+def test_every_cap_has_a_flag_and_a_documented_default(
+    flag: str, field: str, value: object
+) -> None:
+    from pathlib import Path
+
+    from gloomd.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args([flag, str(value)])
+    target: object = config_from_args(args)
+    for part in field.split("."):
+        target = getattr(target, part)
+    assert target == value
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    limits = readme.split("### Limits against broken")[1]
+    assert f"`{flag}`" in limits
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--write-timeout", "nan"],
+        ["--write-timeout", "inf"],
+        ["--result-ttl", "0"],
+        ["--max-id-size", "0"],
+        ["--output-high-water", "0"],
+        ["--max-after", "-1"],
+        ["--log-rate", "-1"],
+        ["--shutdown-grace", "nan"],
+    ],
+)
+def test_bad_limits_are_refused_at_start(argv: list[str]) -> None:
+    from gloomd.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main([*argv, "--master-port", "0", "--slave-port", "0"])
+    assert caught.value.code == 2
