@@ -250,12 +250,20 @@ def run_attack(spec: Attack, *, quick: bool = False, budget: float | None = None
         try:
             probe = Probe(daemon, token)
             spec.body(ctx)
+        except (OSError, EOFError) as exc:
+            # The daemon closed, reset or stopped reading the attacker's connection
+            # (a defence, or its death: `up` says which); checks it cut short fail below.
+            ctx.note(f"the attack ended early: {type(exc).__name__}: {exc}"[:200])
         except Exception as exc:  # noqa: BLE001
             # The daemon's doing (a reset, an EOF when it died) or the harness's:
             # either way a row of the table, not the end of the run.
             error = f"{type(exc).__name__}: {exc}"[:200]
         finally:
             ctx.close_all()
+        recorded = {check.name for check in ctx.checks}
+        for name in spec.expects:
+            if name not in recorded:
+                ctx.check(name, False, "not measured: the attack ended before it")
         if ctx.begun is None:
             ctx.begin()
         ended = time.monotonic()

@@ -32,8 +32,8 @@ def test_attack_meets_the_targets(name: str) -> None:
     assert result.passed, f"{name}: " + "; ".join(result.failures())
 
 
-def _custom(name: str, body: Callable[[Ctx], None]) -> Attack:
-    return Attack(name, "harness self-test", body, {}, {}, {}, {}, "peak", False, False, None)
+def _custom(name: str, body: Callable[[Ctx], None], expects: tuple[str, ...] = ()) -> Attack:
+    return Attack(name, "self-test", body, {}, {}, {}, {}, "peak", False, False, None, expects)
 
 
 def test_harness_reports_a_daemon_that_dies() -> None:
@@ -62,6 +62,20 @@ def test_harness_measures_a_stalled_daemon() -> None:
     assert result.up
     assert result.rt_worst_ms is not None and result.rt_worst_ms >= 250, result.rt_worst_ms
     assert not result.rt_ok and not result.passed
+
+
+def test_a_check_the_daemon_cut_short_fails() -> None:
+    """The daemon dropping the attacker is noted, but the check it prevented is not a pass."""
+
+    def cut(ctx: Ctx) -> None:
+        ctx.begin()
+        raise ConnectionResetError("reset by peer")
+
+    result = run_attack(_custom("cut", cut, expects=("the check",)), quick=True)
+    assert result.up and result.error == ""
+    assert [(c.name, c.ok) for c in result.checks] == [("the check", False)]
+    assert any("ConnectionResetError" in note for note in result.notes)
+    assert not result.passed
 
 
 def test_rss_bound_formula() -> None:
