@@ -521,24 +521,32 @@ def check_answers(
 
 
 def cleanup(daemon: Daemon, conns: dict[str, Conn]) -> None:
-    """Leave nothing queued for the next example: close the slave, cancel what was acked."""
-    if "slave" in conns:
-        conns.pop("slave").close()
+    """Leave nothing queued for the next example: close the slave, cancel what was acked.
+
+    Detached jobs outlive their master, and a job with a bad timeout left queued
+    would go off in a later example, blamed on the wrong frame.
+    """
+    slave = conns.pop("slave", None)
+    if slave is not None:
+        slave.close()
     master = conns.pop("master", None)
-    if master is not None and (master.closed or not master.authed or not master.acked):
-        acked = master.acked
-        master.close()
-        if not acked or not daemon.alive():
-            return
-        master = Conn(daemon, "master", True)
-        master.acked = acked
     if master is None:
         return
-    for job_id in master.acked:
-        if master.closed:
-            break
-        master.exchange(json.dumps({"action": "cancel", "id": job_id}).encode())
-    master.close()
+    pending = list(master.acked)
+    if pending and (master.closed or not master.authed):
+        master.close()
+        master = Conn(daemon, "master", True)
+    try:
+        for job_id in pending:
+            cancel = json.dumps({"action": "cancel", "id": job_id}).encode()
+            # The job the slave held is requeued once the daemon has read the
+            # slave's EOF, which may come after our cancel: then it is "running".
+            for _ in range(20):
+                frames, closed = master.exchange(cancel)
+                if closed or {"error": "invalid_state", "reason": "running"} not in frames:
+                    break
+    finally:
+        master.close()
 
 
 # --------------------------------------------------------------------------- the tests
@@ -596,12 +604,18 @@ def test_gloom_ports_answer_adversarial_frames(
             if first_unauth and not closed:
                 conn.authed = True
     finally:
+        # A failure in the cleanup must not hide the frame's own failure.
+        cleanup_failed: Exception | None = None
         try:
             if daemon.alive():
                 cleanup(daemon, conns)
+        except (OSError, EOFError, AssertionError) as exc:
+            cleanup_failed = exc
         finally:
             for conn in conns.values():
                 conn.close()
+    if cleanup_failed is not None:
+        raise AssertionError(f"cleanup: {cleanup_failed}\ngloomd {live.status()}")
     live.check_alive_and_serving()
 
 
