@@ -52,6 +52,7 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -209,8 +210,16 @@ def _write_jobs(directory: str) -> None:
             f.write(text)
 
 
+def _raise_fd_limit() -> None:
+    """The floods hold thousands of sockets (5,000 refused peers, 1,010 websockets)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run_attack(spec: Attack, *, quick: bool = False, budget: float | None = None) -> Result:
     """Run one attack against a daemon of its own; never raises for what the daemon does."""
+    _raise_fd_limit()
     size = dict(spec.quick if quick else spec.full)
     asked = {**spec.caps, **(spec.quick_caps if quick else {})}
     caps = dataclasses.replace(Caps(), **asked)
