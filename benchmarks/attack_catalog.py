@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import select
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +31,7 @@ from .attack_kit import (
     daemon_sockets,
     frame,
     raw_frame,
+    readable,
 )
 from .attack_limits import (
     BASE_CAPS,
@@ -306,8 +306,7 @@ def slowloris(ctx: Ctx) -> None:
                     sock.send(b" ")
                 except OSError:
                     pass  # closed by the daemon: its EOF is read below
-        readable, _, _ = select.select(list(open_socks), [], [], 0.05)
-        for sock in readable:
+        for sock in readable(open_socks, 0.05):
             try:
                 data = sock.recv(65536)
             except OSError:
@@ -839,8 +838,7 @@ def ws_idle(ctx: Ctx) -> None:
     upgraded = 0
     ends = time.monotonic() + 5.0
     while pending and time.monotonic() < ends:
-        readable, _, _ = select.select(list(pending), [], [], 0.1)
-        for sock in readable:
+        for sock in readable(pending, 0.1):
             try:
                 data = sock.recv(4096)
             except OSError:

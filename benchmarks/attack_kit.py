@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ __all__ = [
     "raw_frame",
     "reset_peak_rss",
     "start_daemon",
+    "readable",
     "supported_flags",
 ]
 
@@ -172,6 +173,19 @@ class FrameSocket:
 
 
 # --------------------------------------------------------------------------- the daemon
+
+
+def readable(socks: Iterable[socket.socket], timeout: float) -> list[socket.socket]:
+    """The sockets with something to read (or EOF) within `timeout`.
+
+    `select.poll`, not `select.select`: attacks hold descriptors numbered past
+    1,024, which select() cannot watch.
+    """
+    by_fd = {sock.fileno(): sock for sock in socks}
+    poller = select.poll()
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
+    return [by_fd[fd] for fd, _ in poller.poll(timeout * 1000)]
 
 
 @functools.cache

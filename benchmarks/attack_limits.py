@@ -1,10 +1,9 @@
 """What the caps of a gloomd allow, and the targets of issue 18.
 
-`rss_bound` is the memory an attack may cost: the baseline, plus the caps of
-every connection it involves, plus the byte caps of the stores it fills.  The
-issue's target is a peak below twice that.  Caps issue 18 adds (byte caps on
-ids, types and stores, a write timeout, websocket caps) are named in `FLAGS`
-as the harness expects them; reconcile the names there when the fixes land.
+`rss_bound` is the memory an attack may cost: README's formula ("Memory, per
+the caps", in the Security section) for the connections it involves, plus the
+byte caps of the stores it fills.  The issue's target is a peak below twice
+that.
 """
 
 from __future__ import annotations
@@ -45,25 +44,22 @@ LOG_TARGET_PER_10S = 256 * KiB
 
 @dataclass(frozen=True)
 class Caps:
-    """The daemon's caps an attack runs under: gloomd's defaults unless it asks.
-
-    Fields marked *future* are caps issue 18 asks for; their defaults here are
-    assumptions until the fix names them (see `FLAGS`).
-    """
+    """The daemon's caps an attack runs under: gloomd's defaults unless it asks."""
 
     max_frame: int = 16 * MiB
     max_outbuf: int = 64 * MiB
     frame_timeout: float = 30.0
     max_connections: int = 10_000
-    max_result_bytes: int = 256 * MiB  # future: detached results kept, in bytes
-    max_outcome_bytes: int = 64 * MiB  # future: outcomes kept for `after`, in bytes
-    max_id_bytes: int = 1 * KiB  # future
-    max_type_bytes: int = 1 * KiB  # future
-    write_timeout: float = 60.0  # future: a peer whose output has not drained is dropped
-    ws_max_connections: int = 512  # future
-    ws_max_jobs: int = 1000  # wsjobd's job-thread cap (DEFAULT_MAX_JOB_THREADS)
-    ws_idle_timeout: float = 60.0  # future
-    ws_max_message: int = 1 * MiB  # trio-websocket's default max_message_size
+    max_result_bytes: int = 256 * MiB  # detached results kept, in bytes
+    max_outcome_bytes: int = 32 * MiB  # outcomes kept for `after`, in bytes
+    max_id_bytes: int = 1 * KiB
+    max_type_bytes: int = 1 * KiB
+    max_frame_values: int = 262_144
+    write_timeout: float = 60.0  # a peer whose output makes no progress is dropped
+    ws_max_connections: int = 1000
+    ws_max_jobs: int = 256
+    ws_idle_timeout: float = 30.0
+    ws_max_message: int = 1 * MiB
 
     def store(self, name: str) -> int:
         return {"results": self.max_result_bytes, "outcomes": self.max_outcome_bytes}[name]
@@ -74,8 +70,7 @@ class Caps:
 #: probe's two connections alone would put 168 MB in every bound.
 BASE_CAPS: dict[str, Any] = {"max_frame": 1 * MiB, "max_outbuf": 4 * MiB}
 
-#: Flag of each cap.  The core and wsjobd fixes choose the final names of the
-#: future ones; reconcile here (one line each) when they land.
+#: Flag of each cap.
 FLAGS: dict[str, str] = {
     "max_frame": "--max-frame",
     "max_outbuf": "--max-outbuf",
@@ -83,8 +78,9 @@ FLAGS: dict[str, str] = {
     "max_connections": "--max-connections",
     "max_result_bytes": "--max-result-bytes",
     "max_outcome_bytes": "--max-outcome-bytes",
-    "max_id_bytes": "--max-id-bytes",
-    "max_type_bytes": "--max-type-bytes",
+    "max_id_bytes": "--max-id-size",
+    "max_type_bytes": "--max-type-size",
+    "max_frame_values": "--max-frame-values",
     "write_timeout": "--write-timeout",
     "ws_max_connections": "--ws-max-connections",
     "ws_max_jobs": "--ws-max-jobs",
@@ -104,19 +100,26 @@ def rss_bound(
 ) -> int:
     """Bytes of resident memory the caps allow for what an attack involves.
 
+    README's formula, with F = max_frame, O = max_outbuf, V = max_frame_values:
+
         baseline                                   (RSS when the attack starts)
-      + conns    x (max_frame + max_outbuf)        (Gloom connections involved)
+      + conns x (2F + 256 KiB + 2O)                (each Gloom connection's input and output)
+      + F + 64 B x V + O + conns x 256 KiB         (the frame being decoded, one flush, and
+                                                    one reactor round's input)
       + ws_conns x (ws_max_message + buffers)      (websocket connections involved)
       + min(ws_jobs, ws_max_jobs) x ws_max_message (running websocket jobs' descriptions)
       + the byte cap of each store the attack fills (detached results, outcomes)
 
-    `conns` counts the probe's two connections too.  An input buffer holds
-    at most one frame, an output buffer at most `max_outbuf`; what a decoded
-    frame costs beyond its bytes is what the factor 2 of the target leaves room for.
+    `conns` counts the probe's two connections too.
     """
+    recv = 256 * KiB
     return (
         baseline
-        + conns * (caps.max_frame + caps.max_outbuf)
+        + conns * (2 * caps.max_frame + recv + 2 * caps.max_outbuf)
+        + caps.max_frame
+        + 64 * caps.max_frame_values
+        + caps.max_outbuf
+        + conns * recv
         + ws_conns * (caps.ws_max_message + WS_CONN_BUFFERS)
         + min(ws_jobs, caps.ws_max_jobs) * caps.ws_max_message
         + sum(caps.store(name) for name in stores)

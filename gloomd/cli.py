@@ -24,7 +24,12 @@ import trio
 
 from .broker import BrokerLimits
 from .config import Config
-from .fdlimit import raise_soft_limit
+from .fdlimit import (
+    DescriptorBudgetError,
+    fit_connection_caps,
+    open_descriptors,
+    raise_soft_limit,
+)
 from .framing import DEFAULT_MAX_FRAME
 from .security import TokenError, load_token, server_ssl_context
 from .server import GloomServer
@@ -244,7 +249,7 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
                 ws_port = await nursery.start(
                     functools.partial(
                         wsjobd.serve, args.ws_host, args.ws_port, args.jobs_dir,
-                        token=config.token, limits=_ws_limits(args, config),
+                        token=config.token, limits=_ws_limits(args),
                     )  # fmt: skip
                 )
                 ready += f" ws={args.ws_host}:{ws_port}"
@@ -276,30 +281,45 @@ async def _run_scheduler(
     )
 
 
-def _ws_limits(args: argparse.Namespace, config: Config) -> WsLimits:
-    """The websocket caps, the connection cap fitted to the descriptor budget now.
-
-    Called once the Gloom ports listen, so their descriptors count as open.
-    """
-    from .wslimits import connection_cap, process_descriptors
-
-    nofile, open_now = process_descriptors()
-    cap = connection_cap(
-        args.ws_max_connections, nofile=nofile, open_descriptors=open_now,
-        gloom_connections=config.max_connections, max_jobs=args.ws_max_jobs,
-    )  # fmt: skip
-    if cap < args.ws_max_connections:
-        log.warning(
-            "event=wsjobd_cap_lowered max_connections=%d requested=%d nofile=%d",
-            cap, args.ws_max_connections, nofile,
-        )  # fmt: skip
+def _ws_limits(args: argparse.Namespace) -> WsLimits:
+    """The websocket caps, the connection cap as fitted at start (`_fit_descriptors`)."""
     return WsLimits(
-        max_connections=cap,
+        max_connections=args.ws_max_connections,
         idle_timeout=args.ws_idle_timeout,
         handshake_timeout=args.ws_handshake_timeout,
         max_jobs=args.ws_max_jobs,
         max_message=args.ws_max_message,
     )
+
+
+def _fit_descriptors(args: argparse.Namespace) -> None:
+    """Raise the descriptor limit, then fit every connection cap in it (`gloomd.fdlimit`).
+
+    Lowered caps are written back into `args` and logged, so that a
+    connection a cap admits never fails for want of a descriptor.
+    """
+    limit = raise_soft_limit()
+    ws_on = args.ws_port is not None
+    gloom, ws = fit_connection_caps(
+        limit,
+        gloom=args.max_connections,
+        ws=args.ws_max_connections if ws_on else 0,
+        ws_jobs=args.ws_max_jobs if ws_on else 0,
+        open_now=open_descriptors(),
+    )
+    for flag, requested, fitted in (
+        ("--max-connections", args.max_connections, gloom),
+        ("--ws-max-connections", args.ws_max_connections if ws_on else 0, ws),
+    ):
+        if fitted < requested:
+            log.warning(
+                "event=cap_lowered flag=%s requested=%d cap=%d descriptors=%d: raise the "
+                "descriptor limit (ulimit -Hn) for more",
+                flag, requested, fitted, limit,
+            )  # fmt: skip
+    args.max_connections = gloom
+    if ws_on:
+        args.ws_max_connections = ws
 
 
 def _loopback_client_ssl() -> ssl.SSLContext:
@@ -378,15 +398,12 @@ def main(argv: list[str] | None = None) -> int:
             "reach these ports can submit and take jobs (use --token-file)",
             args.host,
         )
+    try:
+        _fit_descriptors(args)
+    except DescriptorBudgetError as exc:
+        log.error("event=fatal error=%s", exc)
+        return 1
     config = config_from_args(args, token, ssl_context)
-    descriptors = raise_soft_limit()  # the listening line reports it
-    if descriptors < config.max_connections + 64:
-        log.warning(
-            "event=fd_limit descriptors=%d max_connections=%d: connections will be refused "
-            "for want of descriptors before the cap (raise the hard limit: ulimit -Hn)",
-            descriptors,
-            config.max_connections,
-        )
     _tune_gc()
     try:
         trio.run(serve, args, config)

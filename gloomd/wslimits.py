@@ -1,22 +1,13 @@
-"""The websocket service's caps and timeouts, and the descriptor budget they fit in.
+"""The websocket service's caps and timeouts.
 
 The websocket service shares one process, and so one ``RLIMIT_NOFILE``, with
 the Gloom ports.  Measured before these caps: 1,010 idle websocket
 connections used up a 1,024-descriptor limit and the Gloom ports stopped
-accepting.  The rule that prevents it, computed once at start:
-
-    budget = RLIMIT_NOFILE (soft) - descriptors already open
-             - Gloom's --max-connections - one per --ws-max-jobs - RESERVE
-    websocket connection cap = min(--ws-max-connections, budget)
-
-The Gloom ports keep room for all the connections they are allowed; each
-running job may hold one descriptor of its own; :data:`DESCRIPTOR_RESERVE`
-covers the rest of the process (listeners, the scheduler's state file, psutil's
-reads of ``/proc``, log files, imports).  A budget below one connection means
-the service cannot run without endangering the Gloom ports: gloomd refuses to
-start and says which numbers to change.  Every accepted websocket connection
-counts against the cap from ``accept`` on, handshake included; over it, the
-connection gets an HTTP 503 and is closed at once.
+accepting.  Its connection cap is fitted to the descriptor limit at start,
+together with the Gloom ports' (`gloomd.fdlimit.fit_connection_caps`), so that
+it can never take the descriptors the Gloom ports are allowed.  Every accepted
+websocket connection counts against the cap from ``accept`` on, handshake
+included; over it, the connection gets an HTTP 503 and is closed at once.
 """
 
 from __future__ import annotations
@@ -24,7 +15,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from .fdlimit import descriptor_limit
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -32,13 +22,9 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_JOBS",
     "DEFAULT_MAX_MESSAGE",
-    "DESCRIPTOR_RESERVE",
-    "DescriptorBudgetError",
     "WsLimits",
-    "connection_cap",
     "positive_float",
     "positive_int",
-    "process_descriptors",
 ]
 
 #: Open websocket connections (pykit's default `max_client_number`).
@@ -53,16 +39,6 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_JOBS = 256
 #: Largest message accepted (trio-websocket's default): over it, close 1009.
 DEFAULT_MAX_MESSAGE = 1024 * 1024
-#: Descriptors kept for everything that is neither a connection nor a job.
-DESCRIPTOR_RESERVE = 64
-
-
-class DescriptorBudgetError(OSError):
-    """The descriptor limit leaves the websocket service no room.
-
-    An OSError so that gloomd's start-up reports it like a port that is taken:
-    one line and exit status 1.
-    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,37 +58,6 @@ class WsLimits:
         for name in ("idle_timeout", "handshake_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-
-
-def process_descriptors() -> tuple[int, int]:
-    """This process's soft ``RLIMIT_NOFILE`` and the number of descriptors open now."""
-    import psutil  # only when the websocket service starts: importing it costs about 15 ms
-
-    return descriptor_limit(), psutil.Process().num_fds()
-
-
-def connection_cap(
-    requested: int,
-    *,
-    nofile: int,
-    open_descriptors: int,
-    gloom_connections: int,
-    max_jobs: int,
-    reserve: int = DESCRIPTOR_RESERVE,
-) -> int:
-    """The websocket connection cap: `requested`, lowered to fit the budget (module docstring).
-
-    Raises DescriptorBudgetError when not even one connection fits.
-    """
-    budget = nofile - open_descriptors - gloom_connections - max_jobs - reserve
-    if budget < 1:
-        raise DescriptorBudgetError(
-            f"the websocket service has no descriptors left: RLIMIT_NOFILE {nofile}"
-            f" - {open_descriptors} open - {gloom_connections} (--max-connections)"
-            f" - {max_jobs} (--ws-max-jobs) - {reserve} reserved = {budget}; raise the limit"
-            " (ulimit -n) or lower --max-connections or --ws-max-jobs"
-        )
-    return min(requested, budget)
 
 
 def positive_int(text: str) -> int:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import pytest
 
-from benchmarks.attack_limits import MiB
+from benchmarks.attack_limits import KiB, MiB
 from benchmarks.attacks import ATTACKS, Attack, Caps, Ctx, rss_bound, run_attack
 
 pytestmark = pytest.mark.timeout(60)
@@ -80,7 +80,11 @@ def test_a_check_the_daemon_cut_short_fails() -> None:
 
 def test_rss_bound_formula() -> None:
     caps = Caps(max_frame=1 * MiB, max_outbuf=4 * MiB, max_result_bytes=32 * MiB, ws_max_jobs=64)
-    assert rss_bound(caps, 30 * MiB, conns=2) == 40 * MiB
-    assert rss_bound(caps, 0, conns=0, stores=("results",)) == 32 * MiB
+    # README's formula: 2 x (2F + 256 KiB + 2O) + F + 64 B x V + O + 2 x 256 KiB.
+    per_conn = 2 * MiB + 256 * KiB + 8 * MiB
+    once = 1 * MiB + 64 * 262_144 + 4 * MiB
+    assert rss_bound(caps, 30 * MiB, conns=2) == 30 * MiB + 2 * per_conn + once + 2 * 256 * KiB
+    once = 1 * MiB + 64 * 262_144 + 4 * MiB
+    assert rss_bound(caps, 0, conns=0, stores=("results",)) == once + 32 * MiB
     # Running websocket jobs count up to the job cap only.
-    assert rss_bound(caps, 0, conns=0, ws_jobs=600) == 64 * caps.ws_max_message
+    assert rss_bound(caps, 0, conns=0, ws_jobs=600) == once + 64 * caps.ws_max_message

@@ -28,7 +28,8 @@ import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 
 from gloomd.wsjobd import WsJobService
-from gloomd.wslimits import DescriptorBudgetError, WsLimits, connection_cap
+from gloomd.fdlimit import DescriptorBudgetError, fit_connection_caps
+from gloomd.wslimits import WsLimits
 
 # A 19+ digit integer sends a payload down the codec's exact (stdlib) path.
 LONG_INT = "1234567890123456789012"
@@ -345,20 +346,27 @@ async def test_connection_events_are_rate_limited(
 # ------------------------------------------------------------------ the descriptor budget
 
 
-def test_connection_cap_fits_the_descriptor_budget() -> None:
-    fit = {"nofile": 20_000, "open_descriptors": 20, "gloom_connections": 10_000, "max_jobs": 256}
-    assert connection_cap(1000, **fit) == 1000
-    assert connection_cap(50_000, **fit) == 20_000 - 20 - 10_000 - 256 - 64
-    assert (
-        connection_cap(1000, **{**fit, "nofile": 1024, "gloom_connections": 500})
-        == 1024 - 20 - 500 - 256 - 64
+def test_connection_caps_fit_the_descriptor_limit() -> None:
+    # Room enough: both caps stand.
+    assert fit_connection_caps(20_000, gloom=10_000, ws=1000, ws_jobs=256, open_now=20) == (
+        10_000,
+        1000,
     )
-    with pytest.raises(
-        DescriptorBudgetError, match=r"RLIMIT_NOFILE 1024 - 20 open - 10000 \(--max-connections\)"
-    ):
-        connection_cap(1000, **{**fit, "nofile": 1024})
-    with pytest.raises(DescriptorBudgetError):
-        connection_cap(1000, **{**fit, "nofile": 20 + 10_000 + 256 + 64})  # budget 0
+    # Not enough: the websocket service gets a quarter of the room, the Gloom ports the rest.
+    room = 1024 - 20 - 64 - 256
+    assert fit_connection_caps(1024, gloom=10_000, ws=1000, ws_jobs=256, open_now=20) == (
+        room - room // 4,
+        room // 4,
+    )
+    # A small request keeps what it asked for.
+    assert fit_connection_caps(1024, gloom=10_000, ws=50, ws_jobs=256, open_now=20) == (
+        room - 50,
+        50,
+    )
+    # Without the websocket service the Gloom ports get all the room.
+    assert fit_connection_caps(1024, gloom=10_000, open_now=20) == (1024 - 20 - 64, 0)
+    with pytest.raises(DescriptorBudgetError, match=r"RLIMIT_NOFILE 1024 - 20 open - 64 reserved"):
+        fit_connection_caps(1024, gloom=10_000, ws=1000, ws_jobs=1000, open_now=20)
 
 
 def _limit_descriptors(limit: int) -> Callable[[], None]:
@@ -368,16 +376,29 @@ def _limit_descriptors(limit: int) -> Callable[[], None]:
     return apply
 
 
-def test_gloomd_refuses_to_start_wsjobd_without_descriptor_room() -> None:
+def test_gloomd_fits_its_caps_to_a_small_descriptor_limit() -> None:
+    # The defaults (10,000 Gloom connections, 1,000 websocket) cannot fit 1,024
+    # descriptors: both caps are lowered, logged, and gloomd serves.
+    args = ("--ws-port", "0", "--jobs-dir", str(JOBS_DIR))
+    with spawn_gloomd(*args, preexec_fn=_limit_descriptors(1024), capture_logs=True) as daemon:
+        assert "error" not in _gloom_stats(daemon.master_port)
+        daemon.stop()
+        assert daemon.proc.stderr is not None
+        log = daemon.proc.stderr.read().decode()
+    assert "event=cap_lowered flag=--max-connections requested=10000" in log
+    assert "event=cap_lowered flag=--ws-max-connections requested=1000" in log
+
+
+def test_gloomd_refuses_to_start_without_descriptor_room() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0",
-         "--ws-port", "0", "--jobs-dir", str(JOBS_DIR)],
+         "--ws-port", "0", "--jobs-dir", str(JOBS_DIR), "--ws-max-jobs", "1000"],
         preexec_fn=_limit_descriptors(1024), capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "gloomd ready" not in done.stdout
-    assert "event=fatal error=the websocket service has no descriptors left" in done.stderr
-    assert "10000 (--max-connections)" in done.stderr
+    assert "event=fatal error=no descriptors left for connections" in done.stderr
+    assert "1000 (--ws-max-jobs)" in done.stderr
 
 
 def _gloom_stats(port: int) -> dict[str, Any]:
@@ -392,8 +413,8 @@ def _gloom_stats(port: int) -> dict[str, Any]:
 
 async def test_idle_websockets_cannot_starve_the_gloom_ports_of_descriptors() -> None:
     # Before: 1,012 idle websockets took every descriptor of a 1,024 limit and a
-    # Gloom master's connection hung unanswered.  Now the websocket cap is fitted
-    # to what the Gloom ports and the jobs leave: 1024 - open - 700 - 200 - 64.
+    # Gloom master's connection hung unanswered.  Now both caps are fitted to the
+    # limit: the websocket service gets a quarter of 1024 - open - 64 - 200.
     args = ("--ws-port", "0", "--jobs-dir", str(JOBS_DIR), "--max-connections", "700",
             "--ws-max-jobs", "200", "--ws-idle-timeout", str(NEVER))  # fmt: skip
     with spawn_gloomd(*args, preexec_fn=_limit_descriptors(1024)) as daemon:
@@ -423,17 +444,17 @@ async def test_idle_websockets_cannot_starve_the_gloom_ports_of_descriptors() ->
                         assert rejected.exceptions[0].status_code == 503
                         task_status.started(False)
 
-                for _ in range(100):
+                for _ in range(250):
                     if await nursery.start(hold):
                         accepted += 1
                     else:
                         refused += 1
-                assert 0 < accepted < 100 and refused == 100 - accepted
-                assert accepted <= 1024 - 700 - 200 - 64
+                assert 0 < accepted < 250 and refused == 250 - accepted
+                assert accepted <= (1024 - 64 - 200) // 4
                 # The Gloom port still answers, with every websocket slot taken.
                 stats = await trio.to_thread.run_sync(_gloom_stats, daemon.master_port)
                 assert isinstance(stats, dict) and "error" not in stats
-                assert daemon_process.num_fds() < 1024 - 700
+                assert daemon_process.num_fds() < 1024 // 2
                 release.set()
         finally:
             for stream in opened:
