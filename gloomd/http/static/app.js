@@ -163,9 +163,12 @@ function renderChart(now) {
   const svg = el("chart");
   const width = 600, height = 160, pad = 6;
   const points = page.history;
+  // The span grows with the history, from one minute up to HISTORY_S, so a
+  // young daemon's chart is not a sliver at the right edge.
+  const span = points.length ? Math.min(HISTORY_S, Math.max(60, now - points[0].t)) : 60;
   const maxRate = Math.max(1, ...points.map((p) => p.rate));
   const maxDepth = Math.max(1, ...points.map((p) => p.depth));
-  const x = (t) => ((t - (now - HISTORY_S)) / HISTORY_S) * width;
+  const x = (t) => ((t - (now - span)) / span) * width;
   const y = (value, max) => height - pad - (value / max) * (height - 2 * pad);
   const fresh = document.createDocumentFragment();
   for (const fraction of [0.25, 0.5, 0.75]) {
@@ -184,8 +187,10 @@ function renderChart(now) {
     fresh.appendChild(line);
   }
   svg.replaceChildren(fresh);
-  text("chart-span", `−${Math.round(HISTORY_S / 60)} min`);
-  text("chart-max", `max ${maxRate.toFixed(maxRate >= 100 ? 0 : 1)}/s · ${maxDepth} queued`);
+  text("chart-span", span >= 120 ? `−${Math.round(span / 60)} min` : `−${Math.round(span)} s`);
+  text("chart-max", points.length
+    ? `top: ${maxRate.toFixed(maxRate >= 100 ? 0 : 1)}/s · ${maxDepth} queued`
+    : "collecting…");
 }
 
 function renderDead(reply) {

@@ -1,0 +1,265 @@
+"""What the HTTP port costs the Gloom ports: idle, and scraped once a second.
+
+    python benchmarks/http_scrape.py                 # 3 rounds, 150,000 jobs each
+    python benchmarks/http_scrape.py --rounds 1 --jobs 20000
+    python benchmarks/http_scrape.py serve --port-file F   # the daemon it measures
+
+Each round runs the throughput workload (benchmarks.loadgen: 4 slaves, one
+master, window 1,000, 100 B bodies) three times on a fresh daemon each:
+
+* ``plain``: gloomd without the HTTP port (``python -m gloomd``);
+* ``idle``: the same daemon with the HTTP port open and nobody using it;
+* ``scraped``: the HTTP port scraped on /metrics once a second (a thread
+  here, one keep-alive connection, as Prometheus does).
+
+The order of the three rotates from round to round so that drift (thermal,
+other load) does not always favour one.  It prints one JSON line per run
+and a summary: the median jobs/s of each, the cost of an idle port
+(1 - idle/plain) and of scraping (1 - scraped/idle), and, since 2 % is
+within the run-to-run noise of jobs/s, the direct figure too: the server CPU
+one scrape costs, measured by scraping an idle daemon `--scrapes` times,
+which at 1 Hz is that many microseconds of each second.
+
+`serve` runs what `gloomd --http-port 0` will run once the port is wired into
+the daemon's CLI: the Gloom ports and the HTTP service in one trio run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import signal
+import socket
+import statistics
+import struct
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import orjson  # noqa: E402
+
+from benchmarks import loadgen, workloads  # noqa: E402
+from benchmarks.procstat import cpu_seconds  # noqa: E402
+from benchmarks.servers import Server, start_reporting, start_server  # noqa: E402
+
+HERE = os.path.abspath(__file__)
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+def serve(argv: list[str]) -> int:
+    """Run the Gloom ports plus the HTTP port; print gloomd's ready line."""
+    import trio
+
+    from gloomd.config import Config
+    from gloomd.http import HttpService, HttpSettings
+    from gloomd.server import GloomServer
+
+    ap = argparse.ArgumentParser(prog="http_scrape.py serve")
+    ap.add_argument("--port-file", help="write the HTTP port here once listening")
+    ap.add_argument("--token", default=None)
+    args = ap.parse_args(argv)
+
+    async def main() -> None:
+        # The generator's connections all come from 127.0.0.1 (see servers.py).
+        config = Config(master_port=0, slave_port=0, max_per_host=1_000_000, token=args.token)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                server: GloomServer = await nursery.start(GloomServer(config).run)
+                service = HttpService(server, HttpSettings.from_config(config, port=0))
+                port = await nursery.start(service.run)
+                if args.port_file:
+                    with open(args.port_file + ".tmp", "w") as f:
+                        f.write(str(port))
+                    os.replace(args.port_file + ".tmp", args.port_file)
+                print(
+                    f"gloomd ready master=127.0.0.1:{server.master_port} "
+                    f"slave=127.0.0.1:{server.slave_port} http=127.0.0.1:{port}",
+                    flush=True,
+                )
+                async for _ in signals:
+                    break
+                await server.shutdown()
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return 0
+
+
+def start_with_http(tmp: str) -> tuple[Server, int]:
+    port_file = os.path.join(tmp, f"http-port-{time.monotonic_ns()}")
+    server = start_reporting("gloomd+http", [sys.executable, HERE, "serve", "--port-file", port_file])
+    with open(port_file) as f:
+        return server, int(f.read())
+
+
+# ---------------------------------------------------------------- the scraper
+
+
+class Scraper(threading.Thread):
+    """GET /metrics every `interval` seconds on one keep-alive connection."""
+
+    def __init__(self, port: int, interval: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.interval = interval
+        self.stop = threading.Event()
+        self.times: list[float] = []
+        self.errors = 0
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                conn.request("GET", "/metrics")
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    self.errors += 1
+            except OSError:
+                self.errors += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            self.times.append(time.monotonic() - started)
+            next_at += self.interval
+            self.stop.wait(max(0.0, next_at - time.monotonic()))
+        conn.close()
+
+
+def scrape_cost(scrapes: int, tmp: str, types: int = 10) -> dict[str, Any]:
+    """Server CPU per scrape of an idle daemon holding jobs of `types` types."""
+    server, port = start_with_http(tmp)
+    master = socket.create_connection(server.master)
+    try:
+        for i in range(types):
+            payload = orjson.dumps({"action": "submit", "id": i, "type": f"type-{i}", "body": i})
+            master.sendall(struct.pack(">I", len(payload)) + payload)
+        acks = b""
+        while acks.count(b'"ok"') < types:
+            acks += master.recv(65536)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        sizes = []
+        for _ in range(20):  # warm up (imports, first render)
+            conn.request("GET", "/metrics")
+            sizes.append(len(conn.getresponse().read()))
+        cpu0 = cpu_seconds(server.pid)
+        t0 = time.perf_counter()
+        for _ in range(scrapes):
+            conn.request("GET", "/metrics")
+            conn.getresponse().read()
+        elapsed = time.perf_counter() - t0
+        cpu = cpu_seconds(server.pid) - cpu0
+        conn.close()
+    finally:
+        master.close()
+        server.stop()
+    return {
+        "scrape_types": types,
+        "scrapes": scrapes,
+        "server_cpu_us_per_scrape": round(cpu / scrapes * 1e6, 1),
+        "round_trip_ms": round(elapsed / scrapes * 1e3, 3),
+        "body_bytes": sizes[-1],
+        # At one scrape a second, the share of one core the scrapes take.
+        "cost_at_1hz_percent": round(cpu / scrapes * 100, 3),
+    }
+
+
+# ---------------------------------------------------------------- the runs
+
+
+def one_run(kind: str, work: workloads.Workload, tmp: str) -> dict[str, Any]:
+    scraper: Scraper | None = None
+    if kind == "plain":
+        server = start_server("gloomd")
+    else:
+        server, port = start_with_http(tmp)
+        if kind == "scraped":
+            scraper = Scraper(port)
+            scraper.start()
+    try:
+        line = loadgen.run("gloomd", work, server=server)
+    finally:
+        if scraper is not None:
+            scraper.stop.set()
+            scraper.join(15)
+        server.stop()
+    line["variant"] = kind
+    if scraper is not None:
+        line["scrapes"] = len(scraper.times)
+        line["scrape_errors"] = scraper.errors
+        if scraper.times:
+            line["scrape_max_ms"] = round(max(scraper.times) * 1e3, 2)
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        return serve(argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=150_000)
+    ap.add_argument("--scrapes", type=int, default=2000, help="for the CPU-per-scrape figure")
+    ap.add_argument("--out", help="also append the JSON lines to this file")
+    args = ap.parse_args(argv)
+    work = replace(workloads.get("throughput"), jobs=args.jobs, deadline=300.0, name="throughput")
+    kinds = ["plain", "idle", "scraped"]
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    with tempfile.TemporaryDirectory(prefix="http-scrape-") as tmp:
+        for index in range(args.rounds):
+            order = kinds[index % 3 :] + kinds[: index % 3]
+            for kind in order:
+                line = one_run(kind, work, tmp)
+                line["round"] = index + 1
+                emit(line, args.out)
+                if "error" in line or line.get("lost"):
+                    print(f"run failed: {line.get('error') or line.get('lost')}", file=sys.stderr)
+                    return 1
+                results[kind].append(line)
+        cost = scrape_cost(args.scrapes, tmp)
+
+    def median(kind: str, key: str) -> float:
+        return float(statistics.median(line[key] for line in results[kind]))
+
+    summary: dict[str, Any] = {"summary": "http_scrape", "rounds": args.rounds, "jobs": args.jobs}
+    for kind in kinds:
+        summary[f"{kind}_jobs_per_s"] = median(kind, "jobs_per_s")
+        summary[f"{kind}_cpu_us_per_job"] = median(kind, "server_cpu_us_per_job")
+    summary["idle_port_cost_percent"] = round(
+        (1 - summary["idle_jobs_per_s"] / summary["plain_jobs_per_s"]) * 100, 2
+    )
+    summary["scrape_cost_percent"] = round(
+        (1 - summary["scraped_jobs_per_s"] / summary["idle_jobs_per_s"]) * 100, 2
+    )
+    summary["jobs_per_s_spread_percent"] = round(
+        max(
+            (max(v) - min(v)) / statistics.median(v) * 100
+            for v in ([line["jobs_per_s"] for line in results[k]] for k in kinds)
+        ),
+        1,
+    )
+    summary.update(cost)
+    emit(summary, args.out)
+    return 0
+
+
+def emit(line: dict[str, Any], out: str | None) -> None:
+    text = orjson.dumps(line).decode()
+    print(text, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
