@@ -3,6 +3,7 @@
     python benchmarks/http_scrape.py                 # 3 rounds, 150,000 jobs each
     python benchmarks/http_scrape.py --rounds 1 --jobs 20000
     python benchmarks/http_scrape.py serve --port-file F   # the daemon it measures
+    python benchmarks/http_scrape.py burst --port P --count 1000   # concurrent scrapes
 
 Each round runs the throughput workload (benchmarks.loadgen: 4 slaves, one
 master, window 1,000, 100 B bodies) three times on a fresh daemon each:
@@ -91,6 +92,55 @@ def serve(argv: list[str]) -> int:
                 nursery.cancel_scope.cancel()
 
     trio.run(main)
+    return 0
+
+
+def burst(argv: list[str]) -> int:
+    """`COUNT` concurrent GET /metrics, each on its own connection; print a JSON line."""
+    import trio
+
+    ap = argparse.ArgumentParser(prog="http_scrape.py burst")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--deadline", type=float, default=60.0)
+    args = ap.parse_args(argv)
+    request = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    times: list[float] = []
+    statuses: dict[str, int] = {}
+
+    async def one() -> None:
+        started = time.perf_counter()
+        try:
+            stream = await trio.open_tcp_stream("127.0.0.1", args.port)
+            async with stream:
+                await stream.send_all(request)
+                data = b""
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+            status = data[9:12].decode("latin-1") or "none"
+        except OSError as exc:
+            status = type(exc).__name__
+        times.append(time.perf_counter() - started)
+        statuses[status] = statuses.get(status, 0) + 1
+
+    async def main() -> None:
+        with trio.fail_after(args.deadline):
+            async with trio.open_nursery() as nursery:
+                for _ in range(args.count):
+                    nursery.start_soon(one)
+
+    started = time.perf_counter()
+    trio.run(main)
+    elapsed = time.perf_counter() - started
+    times.sort()
+    line = {
+        "scrapes": args.count,
+        "statuses": statuses,
+        "elapsed_s": round(elapsed, 3),
+        "p50_ms": round(times[len(times) // 2] * 1e3, 1),
+        "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))] * 1e3, 1),
+    }
+    print(orjson.dumps(line).decode(), flush=True)
     return 0
 
 
@@ -206,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
         return serve(argv[1:])
+    if argv[:1] == ["burst"]:
+        return burst(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=150_000)

@@ -16,11 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from gloomd.http.metrics import (
     OTHER,
     HistogramSnapshot,
-    MetricsRenderer,
     MetricsSnapshot,
     TypeMetrics,
     snapshot_from_broker,
 )
+from gloomd.http.metrics import render as render_bytes
 from gloomd.server import GloomServer
 
 from .brokerkit import Kit
@@ -50,7 +50,7 @@ def by_name(found: Samples, name: str) -> dict[tuple[tuple[str, str], ...], floa
 
 
 def render(snapshot: MetricsSnapshot) -> str:
-    return MetricsRenderer(lambda: snapshot).render().decode()
+    return render_bytes(snapshot).decode()
 
 
 # ---------------------------------------------------------------- the collector

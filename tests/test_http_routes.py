@@ -12,8 +12,8 @@ import pytest
 
 from gloomd import jsoncodec
 from gloomd.http.admin import AdminChannel, status_for
-from gloomd.http.messages import HttpRequest, HttpResponse
-from gloomd.http.routes import HttpApp, split_target
+from gloomd.http.messages import HttpRequest, HttpResponse, Offload
+from gloomd.http.routes import OFFLOAD_TYPES, HttpApp, split_target
 from gloomd.http.settings import HttpSettings
 from gloomd.server import GloomServer
 
@@ -45,7 +45,8 @@ def post(path: str, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = JSON
     return HttpRequest("POST", path, "", headers, body)
 
 
-def body_of(response: HttpResponse) -> Any:
+def body_of(response: HttpResponse | Offload) -> Any:
+    assert isinstance(response, HttpResponse)
     return jsoncodec.loads(response.body)
 
 
@@ -235,6 +236,23 @@ def test_admin_channel_reads_pre_encoded_replies() -> None:
     # ping is answered with the broker's pre-encoded OK_FRAME (bytes).
     app, _ = make_app()
     assert app.admin.call({"action": "ping"}) == {"ok": True}
+
+
+def test_large_metrics_are_rendered_off_the_loop() -> None:
+    app, kit = make_app()
+    master = kit.master()
+    for i in range(OFFLOAD_TYPES):
+        kit.submit(master, i, f"t{i}")
+    small = app.handle(get("/metrics"))
+    assert isinstance(small, HttpResponse) and small.status == 200
+    kit.submit(master, "one more", "t-last")
+    large = app.handle(get("/metrics"))
+    assert isinstance(large, Offload)
+    # The snapshot was taken at handle time: later changes do not leak in.
+    kit.submit(master, "after", "t-after")
+    response = large.work()
+    assert response.status == 200
+    assert b'type="t-last"' in response.body and b"t-after" not in response.body
 
 
 def test_split_target_absolute_form() -> None:

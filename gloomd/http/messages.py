@@ -7,12 +7,20 @@ between is a function of values, tested without a connection.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .. import jsoncodec
 
-__all__ = ["HttpRequest", "HttpResponse", "error_response", "json_response", "text_response"]
+__all__ = [
+    "HttpRequest",
+    "HttpResponse",
+    "Offload",
+    "error_response",
+    "json_response",
+    "text_response",
+]
 
 JSON_TYPE: Final = b"application/json"
 TEXT_TYPE: Final = b"text/plain; charset=utf-8"
@@ -46,6 +54,18 @@ class HttpResponse:
     #: Close the connection after this response (the request left the
     #: stream in an unknown state, or the peer is refused).
     close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Offload:
+    """A response that costs enough CPU to be made off the event loop.
+
+    The routes return this instead of doing the work, and the I/O shell runs
+    `work` in a worker thread (h11's lesson: decide here, act there).  `work`
+    must touch no daemon state: everything it needs was read before.
+    """
+
+    work: Callable[[], HttpResponse]
 
 
 def json_response(status: int, value: Any, *, close: bool = False) -> HttpResponse:

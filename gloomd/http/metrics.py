@@ -1,9 +1,10 @@
 """`GET /metrics`: the broker's counters, read at scrape time, in Prometheus text.
 
 Nothing here runs per job.  A scrape takes a `MetricsSnapshot` of the broker
-(plain numbers, built in one synchronous pass, so every figure belongs to the
-same moment) and a custom prometheus_client collector turns it into metric
-families that `generate_latest` renders over a registry of its own.  The
+(plain numbers, built in one synchronous pass on the event loop, so every
+figure belongs to the same moment) and a custom prometheus_client collector
+turns it into metric families that `generate_latest` renders over a registry
+of its own; a large snapshot is rendered in a worker thread (see `routes`).  The
 global registry (with its process and GC collectors) is not used: it would
 add series the daemon does not vouch for, and it is shared by every library
 in the process.
@@ -43,8 +44,8 @@ type="_other", and so is a type literally named "_other".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -63,12 +64,12 @@ __all__ = [
     "JOB_STATES",
     "OTHER",
     "OUTCOMES",
-    "BrokerCollector",
     "HistogramSnapshot",
-    "MetricsRenderer",
     "MetricsSnapshot",
+    "SnapshotCollector",
     "TypeMetrics",
     "metric_families",
+    "render",
     "snapshot_from_broker",
     "type_label",
 ]
@@ -208,33 +209,45 @@ def snapshot_from_broker(
     nothing that grows with the number of jobs.
     """
     kept: list[TypeMetrics] = []
-    other: TypeMetrics | None = None
+    # The types past the cap are summed here, in plain ints (a row object per
+    # type would cost 3 us each: 15 ms a scrape at 5,000 types).  Figures the
+    # broker comes to keep per type must be summed here too.
+    overflow = False
+    other_queued = other_running = other_idle = other_busy = 0
+    queued_in_types = 0
     for queue in broker.types.values():
+        label = type_label(queue)
         idle = len(queue.idle)
-        row = TypeMetrics(
-            label=type_label(queue),
-            queued=queue.queued,
-            running=queue.running,
-            slaves_idle=idle,
-            # A joined slave that is not idle holds a job (an orphan included:
-            # it is still working and gets nothing new until it answers).
-            slaves_busy=queue.slaves - idle,
-            # Filled once the broker keeps them per type (TypeQueue counters):
-            # delayed, dead (job lifecycle), waiting (jobs on `after`, today
-            # only counted daemon-wide), submitted, finished by outcome, and
-            # the wait/run histograms.
-        )
-        if len(kept) < max_types and row.label != OTHER:
-            kept.append(row)
+        # A joined slave that is not idle holds a job (an orphan included: it
+        # is still working and gets nothing new until it answers).
+        busy = queue.slaves - idle
+        queued_in_types += queue.queued
+        if len(kept) < max_types and label != OTHER:
+            kept.append(
+                TypeMetrics(
+                    label=label,
+                    queued=queue.queued,
+                    running=queue.running,
+                    slaves_idle=idle,
+                    slaves_busy=busy,
+                    # Filled once the broker keeps them per type (TypeQueue
+                    # counters): delayed, dead (job lifecycle), waiting (jobs
+                    # on `after`, today counted daemon-wide only), submitted,
+                    # finished by outcome, and the wait/run histograms.
+                )
+            )
         else:
-            other = replace(row, label=OTHER) if other is None else other.plus(row, OTHER)
-    if other is not None:
-        kept.append(other)
-    queued_rows = sum(queue.queued for queue in broker.types.values())
+            overflow = True
+            other_queued += queue.queued
+            other_running += queue.running
+            other_idle += idle
+            other_busy += busy
+    if overflow:
+        kept.append(TypeMetrics(OTHER, other_queued, other_running, other_idle, other_busy))
     return MetricsSnapshot(
         types=tuple(kept),
         totals=dict(broker.totals),
-        waiting=broker.queued_total - queued_rows,
+        waiting=broker.queued_total - queued_in_types,
         connections=dict(connections),
         uptime_s=now - broker.started,
         build=dict(build or {}),
@@ -321,27 +334,30 @@ def metric_families(snap: MetricsSnapshot) -> Iterator[Metric]:
     yield build
 
 
-class BrokerCollector(Collector):
-    """A prometheus_client collector that reads a fresh snapshot per collect()."""
+class SnapshotCollector(Collector):
+    """A prometheus_client collector over one snapshot.
 
-    def __init__(self, take_snapshot: Callable[[], MetricsSnapshot]) -> None:
-        self._take_snapshot = take_snapshot
+    It holds no reference to the broker, so rendering can run in a worker
+    thread while the event loop goes on (see `render`).
+    """
+
+    def __init__(self, snapshot: MetricsSnapshot) -> None:
+        self._snapshot = snapshot
 
     def collect(self) -> Iterable[Metric]:
-        return metric_families(self._take_snapshot())
+        return metric_families(self._snapshot)
 
 
-class MetricsRenderer:
-    """One registry holding one `BrokerCollector`; `render()` is a scrape's body."""
+def render(snapshot: MetricsSnapshot) -> bytes:
+    """The exposition text of a snapshot: `generate_latest` over a registry of its own.
 
-    def __init__(self, take_snapshot: Callable[[], MetricsSnapshot]) -> None:
-        # auto_describe=False: registering must not call collect() (the
-        # broker may not be running yet when the service is built).
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(BrokerCollector(take_snapshot))
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    Costs about 18 us per type (prometheus_client's formatting): 0.1 ms
+    for a few types, 18 ms at the default cap of 1,000.
+    """
+    # auto_describe=False: registering does not call collect() a second time.
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot))
+    return generate_latest(registry)
 
 
 def _outcome_order(finished: Mapping[str, int]) -> list[str]:

@@ -31,15 +31,16 @@ from .buildinfo import build_labels
 from .messages import (
     HttpRequest,
     HttpResponse,
+    Offload,
     error_response,
     json_response,
     text_response,
 )
-from .metrics import CONTENT_TYPE, MetricsRenderer, MetricsSnapshot, snapshot_from_broker
+from .metrics import CONTENT_TYPE, MetricsSnapshot, render, snapshot_from_broker
 from .settings import HttpSettings
 from .static import PAGE_HEADERS, Asset, load_assets
 
-__all__ = ["ADMIN_ACTIONS", "JOBS_KEYS", "HttpApp", "split_target"]
+__all__ = ["ADMIN_ACTIONS", "JOBS_KEYS", "OFFLOAD_TYPES", "HttpApp", "split_target"]
 
 _GET: Final = ("GET", "HEAD")
 _POST: Final = ("POST",)
@@ -49,6 +50,13 @@ ADMIN_ACTIONS: Final = ("kick", "delete", "pause", "resume")
 JOBS_KEYS: Final = ("type", "state", "limit", "cursor")
 #: More query fields than this is not a question the API asks.
 _MAX_QUERY_FIELDS: Final = 32
+#: A /metrics snapshot with more types than this is rendered in a worker
+#: thread: at ~18 us per type that is over a millisecond of event loop,
+#: while the hand-off to a thread costs ~0.1 ms.  Measured with 1,000 types
+#: held and a 5 Hz scrape: the slowest of 20,000 one-at-a-time jobs took
+#: 53 ms with the render on the loop and 20 ms with it in a thread (the GIL
+#: still takes turns between them); p50 0.1 ms either way.
+OFFLOAD_TYPES: Final = 64
 
 
 class HttpApp:
@@ -76,8 +84,9 @@ class HttpApp:
         self._token = None if settings.token is None else settings.token.encode("utf-8")
         self._assets: dict[str, Asset] = load_assets()
         self.admin = AdminChannel(server)
-        self.metrics = MetricsRenderer(self.snapshot)
-        handlers: dict[str, tuple[tuple[str, ...], Callable[[HttpRequest], HttpResponse]]] = {
+        handlers: dict[
+            str, tuple[tuple[str, ...], Callable[[HttpRequest], HttpResponse | Offload]]
+        ] = {
             path: (_GET, self._asset) for path in self._assets
         }
         handlers["/healthz"] = (_GET, self._healthz)
@@ -90,7 +99,8 @@ class HttpApp:
 
     # ------------------------------------------------------------ dispatch
 
-    def handle(self, request: HttpRequest) -> HttpResponse:
+    def handle(self, request: HttpRequest) -> HttpResponse | Offload:
+        """The response, or the work that makes it if that is better done off the loop."""
         route = self._handlers.get(request.path)
         if route is None:
             return error_response(404, "not_found", request.path)
@@ -132,8 +142,13 @@ class HttpApp:
             return text_response(503, "draining\n")
         return text_response(200, "ok\n")
 
-    def _metrics(self, request: HttpRequest) -> HttpResponse:
-        return HttpResponse(200, self.metrics.render(), CONTENT_TYPE.encode("ascii"))
+    def _metrics(self, request: HttpRequest) -> HttpResponse | Offload:
+        # The snapshot is taken here, on the loop (it reads the broker); only
+        # the formatting of a large one leaves it.
+        snapshot = self.snapshot()
+        if len(snapshot.types) > OFFLOAD_TYPES:
+            return Offload(lambda: _metrics_response(snapshot))
+        return _metrics_response(snapshot)
 
     def _stats(self, request: HttpRequest) -> HttpResponse:
         return self._answer(self.admin.call({"action": "stats"}))
@@ -185,6 +200,10 @@ class HttpApp:
             connections=self._connections(),
             build=build_labels(),
         )
+
+
+def _metrics_response(snapshot: MetricsSnapshot) -> HttpResponse:
+    return HttpResponse(200, render(snapshot), CONTENT_TYPE.encode("ascii"))
 
 
 def split_target(target: str) -> tuple[str, str]:

@@ -42,7 +42,7 @@ import trio
 
 from ..server import GloomServer
 from .buildinfo import version
-from .messages import HttpRequest, HttpResponse, error_response
+from .messages import HttpRequest, HttpResponse, Offload, error_response
 from .routes import HttpApp, split_target
 from .settings import HttpSettings
 
@@ -85,6 +85,9 @@ class HttpService:
         #: Set by `start_draining`; the broker's halt (shutdown) also counts.
         self.draining = False
         self.open_connections = 0
+        # One render thread: they hold the GIL anyway, and this bounds the
+        # memory of concurrent large renders.
+        self._offload_limiter = trio.CapacityLimiter(1)
         self._extra_counts = dict(connection_counts or {})
         self._server_header = f"gloomd/{version()}".encode("ascii", "replace")
         self.app = HttpApp(
@@ -176,7 +179,12 @@ class HttpService:
                 await self._close_with(stream, conn, got.response)
                 return
             try:
-                response = self.app.handle(got)
+                result = self.app.handle(got)
+                if isinstance(result, Offload):
+                    result = await trio.to_thread.run_sync(
+                        result.work, limiter=self._offload_limiter
+                    )
+                response = result
             except Exception:
                 log.exception("event=http_error path=%s", got.path)
                 response = error_response(500, "internal_error", got.path, close=True)
