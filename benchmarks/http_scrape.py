@@ -10,8 +10,8 @@ master, window 1,000, 100 B bodies) three times on a fresh daemon each:
 
 * ``plain``: gloomd without the HTTP port (``python -m gloomd``);
 * ``idle``: the same daemon with the HTTP port open and nobody using it;
-* ``scraped``: the HTTP port scraped on /metrics once a second (a thread
-  here, one keep-alive connection, as Prometheus does).
+* ``scraped``: the HTTP port scraped on /metrics once a second (by a
+  process of its own on one keep-alive connection, as Prometheus does).
 
 The order of the three rotates from round to round so that drift (thermal,
 other load) does not always favour one.  It prints one JSON line per run
@@ -19,7 +19,8 @@ and a summary: the median jobs/s of each, the cost of an idle port
 (1 - idle/plain) and of scraping (1 - scraped/idle), and, since 2 % is
 within the run-to-run noise of jobs/s, the direct figure too: the server CPU
 one scrape costs, measured by scraping an idle daemon `--scrapes` times,
-which at 1 Hz is that many microseconds of each second.
+which at 1 Hz is that many microseconds of each second; and the CPU an
+idle daemon uses per second without and with the port (`--idle-seconds`).
 
 `serve` runs what `gloomd --http-port 0` will run once the port is wired into
 the daemon's CLI: the Gloom ports and the HTTP service in one trio run.
@@ -34,6 +35,7 @@ import signal
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -60,6 +62,7 @@ def serve(argv: list[str]) -> int:
     """Run the Gloom ports plus the HTTP port; print gloomd's ready line."""
     import trio
 
+    from gloomd.cli import GC_INTERVAL, _collect_garbage, _tune_gc
     from gloomd.config import Config
     from gloomd.http import HttpService, HttpSettings
     from gloomd.server import GloomServer
@@ -77,6 +80,7 @@ def serve(argv: list[str]) -> int:
                 server: GloomServer = await nursery.start(GloomServer(config).run)
                 service = HttpService(server, HttpSettings.from_config(config, port=0))
                 port = await nursery.start(service.run)
+                nursery.start_soon(_collect_garbage, GC_INTERVAL)
                 if args.port_file:
                     with open(args.port_file + ".tmp", "w") as f:
                         f.write(str(port))
@@ -91,6 +95,7 @@ def serve(argv: list[str]) -> int:
                 await server.shutdown()
                 nursery.cancel_scope.cancel()
 
+    _tune_gc()  # as gloomd's main does, so that only the HTTP port differs
     trio.run(main)
     return 0
 
@@ -146,7 +151,9 @@ def burst(argv: list[str]) -> int:
 
 def start_with_http(tmp: str) -> tuple[Server, int]:
     port_file = os.path.join(tmp, f"http-port-{time.monotonic_ns()}")
-    server = start_reporting("gloomd+http", [sys.executable, HERE, "serve", "--port-file", port_file])
+    server = start_reporting(
+        "gloomd+http", [sys.executable, HERE, "serve", "--port-file", port_file]
+    )
     with open(port_file) as f:
         return server, int(f.read())
 
@@ -154,36 +161,43 @@ def start_with_http(tmp: str) -> tuple[Server, int]:
 # ---------------------------------------------------------------- the scraper
 
 
-class Scraper(threading.Thread):
-    """GET /metrics every `interval` seconds on one keep-alive connection."""
+def scrape_loop(argv: list[str]) -> int:
+    """GET /metrics every `--interval` seconds on one keep-alive connection
+    until SIGTERM; then print a JSON line: scrapes, errors, slowest.
 
-    def __init__(self, port: int, interval: float = 1.0) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.interval = interval
-        self.stop = threading.Event()
-        self.times: list[float] = []
-        self.errors = 0
-
-    def run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        next_at = time.monotonic()
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                conn.request("GET", "/metrics")
-                response = conn.getresponse()
-                response.read()
-                if response.status != 200:
-                    self.errors += 1
-            except OSError:
-                self.errors += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            self.times.append(time.monotonic() - started)
-            next_at += self.interval
-            self.stop.wait(max(0.0, next_at - time.monotonic()))
-        conn.close()
+    A process of its own, not a thread of the generator: loadgen forks its
+    workers, and a fork taken while a thread holds a lock can hang the child.
+    """
+    ap = argparse.ArgumentParser(prog="http_scrape.py scrape")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--interval", type=float, default=1.0)
+    args = ap.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    times: list[float] = []
+    errors = 0
+    conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=10)
+    next_at = time.monotonic()
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            conn.request("GET", "/metrics")
+            response = conn.getresponse()
+            response.read()
+            errors += response.status != 200
+        except OSError:
+            errors += 1
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=10)
+        times.append(time.monotonic() - started)
+        next_at += args.interval
+        stop.wait(max(0.0, next_at - time.monotonic()))
+    conn.close()
+    line = {"scrapes": len(times), "scrape_errors": errors}
+    if times:
+        line["scrape_max_ms"] = round(max(times) * 1e3, 2)
+    print(orjson.dumps(line).decode(), flush=True)
+    return 0
 
 
 def scrape_cost(scrapes: int, tmp: str, types: int = 10) -> dict[str, Any]:
@@ -224,31 +238,46 @@ def scrape_cost(scrapes: int, tmp: str, types: int = 10) -> dict[str, Any]:
     }
 
 
+def idle_cpu(tmp: str, seconds: float) -> dict[str, Any]:
+    """Server CPU per second of a daemon nobody talks to, without and with the HTTP port."""
+    found: dict[str, Any] = {}
+    for kind in ("plain", "idle"):
+        server = start_server("gloomd") if kind == "plain" else start_with_http(tmp)[0]
+        try:
+            time.sleep(1.0)  # past start-up
+            cpu0 = cpu_seconds(server.pid)
+            time.sleep(seconds)  # what is measured: the daemon doing nothing
+            found[f"{kind}_idle_cpu_ms_per_s"] = round(
+                (cpu_seconds(server.pid) - cpu0) / seconds * 1e3, 2
+            )
+        finally:
+            server.stop()
+    return found
+
+
 # ---------------------------------------------------------------- the runs
 
 
 def one_run(kind: str, work: workloads.Workload, tmp: str) -> dict[str, Any]:
-    scraper: Scraper | None = None
+    scraper: subprocess.Popen[bytes] | None = None
     if kind == "plain":
         server = start_server("gloomd")
     else:
         server, port = start_with_http(tmp)
         if kind == "scraped":
-            scraper = Scraper(port)
-            scraper.start()
+            scraper = subprocess.Popen(
+                [sys.executable, HERE, "scrape", "--port", str(port)], stdout=subprocess.PIPE
+            )
     try:
         line = loadgen.run("gloomd", work, server=server)
     finally:
         if scraper is not None:
-            scraper.stop.set()
-            scraper.join(15)
+            scraper.send_signal(signal.SIGTERM)
+            out, _ = scraper.communicate(timeout=30)
         server.stop()
     line["variant"] = kind
     if scraper is not None:
-        line["scrapes"] = len(scraper.times)
-        line["scrape_errors"] = scraper.errors
-        if scraper.times:
-            line["scrape_max_ms"] = round(max(scraper.times) * 1e3, 2)
+        line.update(orjson.loads(out))
     return line
 
 
@@ -258,10 +287,13 @@ def main(argv: list[str] | None = None) -> int:
         return serve(argv[1:])
     if argv[:1] == ["burst"]:
         return burst(argv[1:])
+    if argv[:1] == ["scrape"]:
+        return scrape_loop(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=150_000)
     ap.add_argument("--scrapes", type=int, default=2000, help="for the CPU-per-scrape figure")
+    ap.add_argument("--idle-seconds", type=float, default=10.0, help="for the idle CPU figure")
     ap.add_argument("--out", help="also append the JSON lines to this file")
     args = ap.parse_args(argv)
     work = replace(workloads.get("throughput"), jobs=args.jobs, deadline=300.0, name="throughput")
@@ -279,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 results[kind].append(line)
         cost = scrape_cost(args.scrapes, tmp)
+        cost.update(idle_cpu(tmp, args.idle_seconds))
 
     def median(kind: str, key: str) -> float:
         return float(statistics.median(line[key] for line in results[kind]))

@@ -24,9 +24,9 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import gloom  # noqa: E402
 import trio  # noqa: E402
 
-import gloom  # noqa: E402
 from benchmarks.http_scrape import start_with_http  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,9 @@ TYPES: list[tuple[Any, int, float, float, float]] = [
 ]
 
 
-async def slave(host: str, port: int, job_type: Any, cost: float, fail: float, until: float) -> None:
+async def slave(
+    host: str, port: int, job_type: Any, cost: float, fail: float, until: float
+) -> None:
     async with gloom.open_slave(host, port, reconnect=False) as s:
         await s.join(job_type)
         with trio.move_on_at(until):
@@ -97,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             "--disable-dev-shm-usage", "--window-size=1200,1000", f"--user-data-dir={tmp}/profile",
         ):  # fmt: skip
             options.add_argument(flag)
-        driver = webdriver.Chrome(options=options, service=Service(executable_path="/usr/bin/chromedriver"))
+        driver = webdriver.Chrome(
+            options=options, service=Service(executable_path="/usr/bin/chromedriver")
+        )
         try:
             # The page opens first so that its chart covers the whole run.
             driver.get(f"http://127.0.0.1:{http_port}/")

@@ -63,7 +63,11 @@ class Client:
 
     @classmethod
     async def open(
-        cls, port: int, *, ssl_context: ssl.SSLContext | None = None, server_hostname: str = "localhost"
+        cls,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str = "localhost",
     ) -> Client:
         stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", port)
         if ssl_context is not None:
@@ -144,7 +148,9 @@ async def fetch(port: int, method: str, path: str, **kwargs: Any) -> Reply:
         await client.aclose()
 
 
-async def exchange_raw(port: int, data: bytes, *, timeout: float = 10.0) -> tuple[Reply | None, bool]:
+async def exchange_raw(
+    port: int, data: bytes, *, timeout: float = 10.0
+) -> tuple[Reply | None, bool]:
     """Send raw bytes; return the response (if any) and whether the server then closed."""
     client = await Client.open(port)
     try:

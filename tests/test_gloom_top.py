@@ -15,7 +15,6 @@ from typing import Any
 
 import pexpect
 import pytest
-
 from gloom._cli_top import TopView
 
 from .daemon import Daemon, spawn_gloomd
@@ -70,14 +69,21 @@ def spawn_top(daemon: Daemon, *extra: str) -> pexpect.spawn:
 
 def row(job_type: str, *cells: str) -> str:
     """A regex for a table row starting with these cells (rich draws │ between them)."""
-    return re.escape(job_type) + r"\s*│" + r"│".join(rf"\s*{re.escape(cell)}\s*" for cell in cells)
+    cells_pattern = r"│".join(rf"\s*{re.escape(cell)}\s*" for cell in cells)
+    return re.escape(job_type) + r"\s*│" + cells_pattern
 
 
 def test_top_shows_the_numbers_follows_them_and_quits_on_q(daemon: Daemon) -> None:
     master = WireClient(daemon.master_port)
     slave: WireClient | None = None
     try:
-        for job_id, job_type in [(1, "resize"), (2, "resize"), (3, "resize"), (4, "email"), (5, "email")]:
+        for job_id, job_type in [
+            (1, "resize"),
+            (2, "resize"),
+            (3, "resize"),
+            (4, "email"),
+            (5, "email"),
+        ]:
             master.send({"action": "submit", "id": job_id, "type": job_type, "body": None})
             assert master.recv() == {"ok": True, "id": job_id}
         top = spawn_top(daemon)
@@ -129,13 +135,32 @@ def test_top_without_a_daemon_exits_3() -> None:
 def test_rates_come_from_successive_answers() -> None:
     view = TopView()
     first = {
-        "types": [{"type": "a", "queued": 1, "running": 0, "slaves": 2, "idle": 2, "completed": 10, "failed": 0}],
+        "types": [
+            {
+                "type": "a",
+                "queued": 1,
+                "running": 0,
+                "slaves": 2,
+                "idle": 2,
+                "completed": 10,
+                "failed": 0,
+            }
+        ],
         "totals": {"submitted": 100, "completed": 90, "failed": 1},
         "uptime_s": 10.0,
     }
     second = {
         "types": [
-            {"type": "a", "queued": 5, "running": 2, "slaves": 2, "idle": 0, "completed": 30, "failed": 1, "paused": True},
+            {
+                "type": "a",
+                "queued": 5,
+                "running": 2,
+                "slaves": 2,
+                "idle": 0,
+                "completed": 30,
+                "failed": 1,
+                "paused": True,
+            },
             {"type": {"k": 1}, "queued": 0, "running": 0, "slaves": 1, "idle": 1},
         ],
         "totals": {"submitted": 300, "completed": 150, "failed": 2},

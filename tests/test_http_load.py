@@ -13,7 +13,6 @@ and of the scrapes are printed (pytest -s) and recorded as test properties.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -94,7 +93,15 @@ async def test_1000_concurrent_scrapes_while_jobs_flow(
         await burst_go.wait()
         burst["start"] = trio.current_time()
         done = await trio.run_process(
-            [sys.executable, http_scrape.HERE, "burst", "--port", str(http_port), "--count", str(SCRAPES)],
+            [
+                sys.executable,
+                http_scrape.HERE,
+                "burst",
+                "--port",
+                str(http_port),
+                "--count",
+                str(SCRAPES),
+            ],
             capture_stdout=True,
         )
         burst["end"] = trio.current_time()

@@ -68,7 +68,15 @@ def full_snapshot() -> MetricsSnapshot:
         waiting=1,
         dead=7,
         submitted=40,
-        finished={"ok": 20, "error": 2, "timeout": 1, "crash": 0, "cancelled": 1, "halted": 0, "dependency": 1},
+        finished={
+            "ok": 20,
+            "error": 2,
+            "timeout": 1,
+            "crash": 0,
+            "cancelled": 1,
+            "halted": 0,
+            "dependency": 1,
+        },
         wait_seconds=hist,
         run_seconds=hist,
     )
@@ -104,12 +112,16 @@ def test_every_reference_metric_is_rendered_from_a_full_snapshot() -> None:
     t = (("type", "resize"),)
     assert found[("gloomd_jobs_submitted_total", t)] == 40
     assert found[("gloomd_jobs_finished_total", (("outcome", "ok"), ("type", "resize")))] == 20
-    assert found[("gloomd_jobs_finished_total", (("outcome", "dependency"), ("type", "resize")))] == 1
+    assert (
+        found[("gloomd_jobs_finished_total", (("outcome", "dependency"), ("type", "resize")))] == 1
+    )
     states = {dict(k)["state"]: v for k, v in by_name(found, "gloomd_jobs").items()}
     assert states == {"queued": 4, "delayed": 3, "waiting": 1, "running": 2, "dead": 7}
     slaves = {dict(k)["state"]: v for k, v in by_name(found, "gloomd_slaves").items()}
     assert slaves == {"idle": 1, "busy": 2}
-    buckets = {dict(k)["le"]: v for k, v in by_name(found, "gloomd_job_wait_seconds_bucket").items()}
+    buckets = {
+        dict(k)["le"]: v for k, v in by_name(found, "gloomd_job_wait_seconds_bucket").items()
+    }
     assert buckets == {"0.01": 5, "0.1": 8, "1.0": 9, "+Inf": 11}
     assert found[("gloomd_job_wait_seconds_count", t)] == 11
     assert found[("gloomd_job_run_seconds_sum", t)] == 9.5
@@ -176,7 +188,10 @@ def test_snapshot_of_a_broker_matches_its_stats() -> None:
         label = entry["type"] if isinstance(entry["type"], str) else None
         row = rows[label] if label is not None else rows['{"k":[1,2]}']
         assert (row.queued, row.running) == (entry["queued"], entry["running"])
-        assert (row.slaves_idle, row.slaves_idle + row.slaves_busy) == (entry["idle"], entry["slaves"])
+        assert (row.slaves_idle, row.slaves_idle + row.slaves_busy) == (
+            entry["idle"],
+            entry["slaves"],
+        )
     assert rows["resize"].slaves_busy == 1
     assert snap.totals == stats["totals"]
     assert snap.waiting == stats["waiting"] == 1
@@ -213,11 +228,15 @@ async def scrape(port: int, **kwargs: Any) -> Samples:
 
 
 def jobs_gauge(found: Samples) -> dict[tuple[str, str], float]:
-    return {(dict(k)["type"], dict(k)["state"]): v for k, v in by_name(found, "gloomd_jobs").items()}
+    return {
+        (dict(k)["type"], dict(k)["state"]): v for k, v in by_name(found, "gloomd_jobs").items()
+    }
 
 
 def slaves_gauge(found: Samples) -> dict[tuple[str, str], float]:
-    return {(dict(k)["type"], dict(k)["state"]): v for k, v in by_name(found, "gloomd_slaves").items()}
+    return {
+        (dict(k)["type"], dict(k)["state"]): v for k, v in by_name(found, "gloomd_slaves").items()
+    }
 
 
 async def submit_all(master: Peer, jobs: Iterable[tuple[Any, Any]]) -> None:
@@ -300,7 +319,9 @@ async def test_counters_only_grow_while_jobs_flow(
         while True:
             finished = done.is_set()
             found = await scrape(http.port)
-            events = {dict(k)["event"]: v for k, v in by_name(found, "gloomd_job_events_total").items()}
+            events = {
+                dict(k)["event"]: v for k, v in by_name(found, "gloomd_job_events_total").items()
+            }
             for name, value in events.items():
                 assert value >= previous.get(name, 0), (name, value, previous)
             previous = events
@@ -311,7 +332,9 @@ async def test_counters_only_grow_while_jobs_flow(
     assert scrapes >= 2
 
 
-async def test_cardinality_cap_end_to_end(gloomd_server: GloomServer, nursery: trio.Nursery) -> None:
+async def test_cardinality_cap_end_to_end(
+    gloomd_server: GloomServer, nursery: trio.Nursery
+) -> None:
     http = await start_http(nursery, gloomd_server, metrics_max_types=1000)
     master = await Peer.connect(gloomd_server.master_port)
     count = 5000

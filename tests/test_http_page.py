@@ -71,7 +71,9 @@ class Browser:
             options.add_argument(flag)
         options.add_argument(f"--user-data-dir={workdir / 'profile'}")
         # Both paths given: selenium has nothing to look up or download.
-        service = Service(executable_path=str(CHROMEDRIVER), log_output=str(workdir / "chromedriver.log"))
+        service = Service(
+            executable_path=str(CHROMEDRIVER), log_output=str(workdir / "chromedriver.log")
+        )
         self.driver = webdriver.Chrome(options=options, service=service)
         self.workdir = workdir
 
@@ -94,7 +96,7 @@ class Browser:
         for (job_type, column), value in expected.items():
             self.wait_for(
                 f"{job_type}.{column} == {value!r}",
-                lambda: self.cell(job_type, column) == value,
+                lambda t=job_type, c=column, v=value: self.cell(t, c) == v,
             )
 
     def text(self, element_id: str) -> str:
@@ -123,7 +125,9 @@ async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
 
 async def submit(master: Peer, jobs: list[tuple[int, str]]) -> None:
     for job_id, job_type in jobs:
-        reply = await master.request({"action": "submit", "id": job_id, "type": job_type, "body": job_id})
+        reply = await master.request(
+            {"action": "submit", "id": job_id, "type": job_type, "body": job_id}
+        )
         assert reply == {"ok": True, "id": job_id}
 
 
@@ -208,12 +212,14 @@ async def test_page_shows_live_counts(
         # The chart has drawn the throughput from successive polls.
         browser.wait_for(
             "chart",
-            lambda: len(
-                browser.driver.find_element(By.CSS_SELECTOR, "#chart polyline.rate")
-                .get_attribute("points")
-                .split()
-            )
-            >= 2,
+            lambda: (
+                len(
+                    browser.driver.find_element(By.CSS_SELECTOR, "#chart polyline.rate")
+                    .get_attribute("points")
+                    .split()
+                )
+                >= 2
+            ),
         )
         browser.screenshot("status-page.png")
 

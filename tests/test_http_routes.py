@@ -36,7 +36,9 @@ def make_app(token: str | None = None, draining: bool = False) -> tuple[HttpApp,
     return app, kit
 
 
-def get(path: str, headers: tuple[tuple[bytes, bytes], ...] = (), method: str = "GET") -> HttpRequest:
+def get(
+    path: str, headers: tuple[tuple[bytes, bytes], ...] = (), method: str = "GET"
+) -> HttpRequest:
     path_only, query = split_target(path)
     return HttpRequest(method, path_only, query, headers)
 
@@ -134,10 +136,10 @@ def test_static_files_are_the_package_files() -> None:
     page = app.handle(get("/"))
     assert page.status == 200
     assert page.content_type.startswith(b"text/html")
-    assert b'<script src="/app.js"' in page.body
+    assert b'<script src="app.js"' in page.body  # relative: works behind a path prefix
     script = app.handle(get("/app.js"))
     assert script.content_type.startswith(b"text/javascript")
-    assert b"/api/stats" in script.body
+    assert b"api/stats" in script.body
     assert app.handle(get("/app.css")).content_type.startswith(b"text/css")
     headers = dict(page.headers)
     assert b"default-src 'none'" in headers[b"content-security-policy"]
@@ -146,10 +148,16 @@ def test_static_files_are_the_package_files() -> None:
 
 def test_post_needs_json_content_type() -> None:
     app, _ = make_app()
-    for headers in ((), ((b"content-type", b"text/plain"),), ((b"content-type", b"application/x-www-form-urlencoded"),)):
+    for headers in (
+        (),
+        ((b"content-type", b"text/plain"),),
+        ((b"content-type", b"application/x-www-form-urlencoded"),),
+    ):
         response = app.handle(post("/api/kick", b'{"id":1}', headers))
         assert response.status == 415
-    response = app.handle(post("/api/kick", b'{"id":1}', ((b"content-type", b"Application/JSON; charset=utf-8"),)))
+    response = app.handle(
+        post("/api/kick", b'{"id":1}', ((b"content-type", b"Application/JSON; charset=utf-8"),))
+    )
     assert response.status != 415
 
 
@@ -187,8 +195,14 @@ def test_jobs_query_becomes_the_jobs_frame(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(app.admin, "call", record)
     response = app.handle(get("/api/jobs?type=resize&state=dead&limit=10&cursor=%22c1%22&x=1"))
     assert response.status == 200
-    assert sent[-1] == {"action": "jobs", "type": "resize", "state": "dead", "limit": 10, "cursor": "c1"}
-    app.handle(get('/api/jobs?type=%7B%22k%22%3A%5B1%2C2%5D%7D&limit=ten'))
+    assert sent[-1] == {
+        "action": "jobs",
+        "type": "resize",
+        "state": "dead",
+        "limit": 10,
+        "cursor": "c1",
+    }
+    app.handle(get("/api/jobs?type=%7B%22k%22%3A%5B1%2C2%5D%7D&limit=ten"))
     assert sent[-1] == {"action": "jobs", "type": {"k": [1, 2]}, "limit": "ten"}
     app.handle(get("/api/jobs?type=7&type=%227%22"))
     assert sent[-1] == {"action": "jobs", "type": "7"}  # the last value; quoted: a string

@@ -264,7 +264,9 @@ async def test_client_that_does_not_read_is_dropped(
 # ---------------------------------------------------------------- connection cap
 
 
-async def test_over_the_cap_is_503_and_close(gloomd_server: GloomServer, nursery: trio.Nursery) -> None:
+async def test_over_the_cap_is_503_and_close(
+    gloomd_server: GloomServer, nursery: trio.Nursery
+) -> None:
     http = await start_http(nursery, gloomd_server, max_connections=2)
     held = [await Client.open(http.port) for _ in range(2)]
     for client in held:
@@ -307,7 +309,9 @@ def tls_pair() -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 
 async def test_tls(
-    gloomd_server: GloomServer, nursery: trio.Nursery, tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]
+    gloomd_server: GloomServer,
+    nursery: trio.Nursery,
+    tls_pair: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
     server_ctx, client_ctx = tls_pair
     http = await start_http(nursery, gloomd_server, ssl_context=server_ctx, token="t")
@@ -338,7 +342,9 @@ async def test_tls(
 
 
 async def test_tls_over_the_cap_is_closed_without_handshake(
-    gloomd_server: GloomServer, nursery: trio.Nursery, tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]
+    gloomd_server: GloomServer,
+    nursery: trio.Nursery,
+    tls_pair: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
     server_ctx, client_ctx = tls_pair
     http = await start_http(nursery, gloomd_server, ssl_context=server_ctx, max_connections=1)

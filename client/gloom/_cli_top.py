@@ -109,12 +109,13 @@ class TopView:
         """One row of cells per type, the busiest first."""
         assert self.current is not None
         seconds = self._seconds()
-        before = {
-            _label(row.get("type")): row for row in (self.previous or {}).get("types", [])
-        }
+        before = {_label(row.get("type")): row for row in (self.previous or {}).get("types", [])}
         types = sorted(
             self.current.get("types", []),
-            key=lambda row: (-(row.get("queued", 0) + row.get("running", 0)), _label(row.get("type"))),
+            key=lambda row: (
+                -(row.get("queued", 0) + row.get("running", 0)),
+                _label(row.get("type")),
+            ),
         )
         rows = []
         for row in types:

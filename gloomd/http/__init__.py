@@ -7,8 +7,8 @@ broker's own master protocol (`admin`).
 
 Modules: `settings` (the knobs), `messages` (requests and responses as
 values), `routes` (what each URL answers, no I/O), `admin` (actions through
-the broker), `metrics` (snapshot, collector, exposition), `static` (the
-page's files in static/), `service` (h11 over trio).
+the broker), `metrics` (snapshot, collector, exposition), `assets` (the
+page's files, in static/), `service` (h11 over trio).
 """
 
 from .metrics import HistogramSnapshot, MetricsSnapshot, TypeMetrics, snapshot_from_broker

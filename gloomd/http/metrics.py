@@ -326,9 +326,13 @@ def metric_families(snap: MetricsSnapshot) -> Iterator[Metric]:
         hist = snap.journal_commit_seconds
         journal.add_metric([], hist.cumulative(), hist.total)
     yield journal
-    yield GaugeMetricFamily("gloomd_uptime_seconds", "Seconds since the daemon started.", value=snap.uptime_s)
+    yield GaugeMetricFamily(
+        "gloomd_uptime_seconds", "Seconds since the daemon started.", value=snap.uptime_s
+    )
     build = GaugeMetricFamily(
-        "gloomd_build_info", "Always 1; the labels say which gloomd this is.", labels=list(snap.build)
+        "gloomd_build_info",
+        "Always 1; the labels say which gloomd this is.",
+        labels=list(snap.build),
     )
     build.add_metric(list(snap.build.values()), 1)
     yield build
@@ -369,7 +373,9 @@ def _add(a: int | None, b: int | None) -> int | None:
     return None if a is None or b is None else a + b
 
 
-def _add_counts(a: Mapping[str, int] | None, b: Mapping[str, int] | None) -> Mapping[str, int] | None:
+def _add_counts(
+    a: Mapping[str, int] | None, b: Mapping[str, int] | None
+) -> Mapping[str, int] | None:
     if a is None or b is None:
         return None
     return {key: a.get(key, 0) + b.get(key, 0) for key in {**a, **b}}

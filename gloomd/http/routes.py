@@ -27,6 +27,7 @@ from .. import jsoncodec
 from ..messages import ProtocolViolation, decode_object
 from ..server import GloomServer
 from .admin import AdminChannel, status_for
+from .assets import PAGE_HEADERS, Asset, load_assets
 from .buildinfo import build_labels
 from .messages import (
     HttpRequest,
@@ -38,7 +39,6 @@ from .messages import (
 )
 from .metrics import CONTENT_TYPE, MetricsSnapshot, render, snapshot_from_broker
 from .settings import HttpSettings
-from .static import PAGE_HEADERS, Asset, load_assets
 
 __all__ = ["ADMIN_ACTIONS", "JOBS_KEYS", "OFFLOAD_TYPES", "HttpApp", "split_target"]
 
@@ -86,9 +86,7 @@ class HttpApp:
         self.admin = AdminChannel(server)
         handlers: dict[
             str, tuple[tuple[str, ...], Callable[[HttpRequest], HttpResponse | Offload]]
-        ] = {
-            path: (_GET, self._asset) for path in self._assets
-        }
+        ] = {path: (_GET, self._asset) for path in self._assets}
         handlers["/healthz"] = (_GET, self._healthz)
         handlers["/metrics"] = (_GET, self._metrics)
         handlers["/api/stats"] = (_GET, self._stats)

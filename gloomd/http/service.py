@@ -146,9 +146,7 @@ class HttpService:
                     await self._close_with(
                         tcp,
                         h11.Connection(h11.SERVER),
-                        error_response(
-                            503, "too_many_connections", s.max_connections, close=True
-                        ),
+                        error_response(503, "too_many_connections", s.max_connections, close=True),
                     )
                 return
             if s.ssl_context is not None:
@@ -249,9 +247,7 @@ class HttpService:
                 return None
         if started:
             log.warning("event=http_timeout seconds=%s", s.request_timeout)
-            return _Reject(
-                error_response(408, "request_timeout", s.request_timeout, close=True)
-            )
+            return _Reject(error_response(408, "request_timeout", s.request_timeout, close=True))
         return None  # an idle keep-alive connection: close without a word
 
     # ------------------------------------------------------------ writing
@@ -288,9 +284,9 @@ class HttpService:
     ) -> None:
         # After a broken request h11 may be past the point of answering
         # (mid-response); then there is nothing left to say.
-        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            if await self._send(stream, conn, response, head=False):
-                await self._linger(stream)
+        answerable = conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+        if answerable and await self._send(stream, conn, response, head=False):
+            await self._linger(stream)
 
     async def _linger(self, stream: trio.abc.Stream) -> None:
         """Shut our side and drop what the peer still sends, briefly (see module doc)."""

@@ -1,4 +1,4 @@
-// gloomd status page: polls /api/stats (and the dead letters) every second and
+// gloomd status page: polls api/stats (and the dead letters) every second and
 // draws everything itself; no library, no build step.
 //
 // Rates are computed here from successive polls: (counter now - counter
@@ -29,6 +29,8 @@ function parseJSON(text) {
     context && context.source ? JSON.rawJSON(context.source) : value);
 }
 
+// Paths are relative ("api/stats", not "/api/stats") so that the page also
+// works behind a reverse proxy that serves it under a prefix (/gloomd/).
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
   if (page.token) headers["Authorization"] = "Bearer " + page.token;
@@ -227,7 +229,7 @@ function renderDead(reply) {
 
 async function act(action, id) {
   try {
-    const reply = await api(`/api/${action}`, {
+    const reply = await api(`api/${action}`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ id }),
@@ -255,8 +257,8 @@ async function poll() {
   page.timer = null;
   try {
     const [stats, dead] = await Promise.all([
-      api("/api/stats"),
-      api("/api/jobs?state=dead&limit=100"),
+      api("api/stats"),
+      api("api/jobs?state=dead&limit=100"),
     ]);
     el("auth").hidden = true;
     el("main").hidden = false;
