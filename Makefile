@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test install bench bench-quick clean
+.PHONY: serve test install install-browser bench bench-quick clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Debian's Chromium and chromedriver for the status-page test (apt, as root).
+install-browser:
+	bash .ci/install-browser
 
 serve: install
 	$(BIN)/gloomd $(ARGS)

@@ -44,6 +44,7 @@ COMMAND_MODULES: list[str] = [
     "gloom._cli_master",
     "gloom._cli_slave",
     "gloom._cli_schedule",
+    "gloom._cli_top",
     "gloom.worker.cli",
 ]
 
