@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from . import messages as m
-from .framing import encode_frame
+from gloomwire.framing import encode_frame
 from .logbudget import LogBudget
 
 __all__ = ["Broker", "BrokerLimits", "Job", "MasterPeer", "Peer", "SlavePeer"]

@@ -30,7 +30,7 @@ from .fdlimit import (
     open_descriptors,
     raise_soft_limit,
 )
-from .framing import DEFAULT_MAX_FRAME
+from gloomwire.framing import DEFAULT_MAX_FRAME
 from .security import TokenError, load_token, server_ssl_context
 from .server import GloomServer
 from .wslimits import WsLimits, positive_float, positive_int

@@ -6,7 +6,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from .broker import BrokerLimits
-from .framing import DEFAULT_MAX_FRAME
+from gloomwire.framing import DEFAULT_MAX_FRAME
 from .transport import DEFAULT_HIGH_WATER
 
 __all__ = ["Config"]

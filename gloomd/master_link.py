@@ -22,9 +22,9 @@ from typing import Any
 
 import trio
 
-from . import jsoncodec
+from gloomwire import codec
 from .firetime import ScheduleError
-from .framing import FrameDecoder, encode_frame
+from gloomwire.framing import FrameDecoder, encode_frame
 
 __all__ = ["MasterLink", "MasterLinkError", "RemoteJobError", "SubmitRejected"]
 
@@ -199,8 +199,8 @@ class MasterLink:
                         break
                     for payload in decoder.feed(data):
                         try:
-                            conn.dispatch(jsoncodec.loads(payload))
-                        except jsoncodec.DecodeError:
+                            conn.dispatch(codec.loads(payload))
+                        except codec.DecodeError:
                             log.warning("gloomd sent undecodable JSON: %.200r", payload)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ValueError) as exc:
             reason = f"connection to gloomd lost: {exc!r}"

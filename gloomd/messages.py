@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Final, NamedTuple, Union
 
-from . import jsoncodec
+from gloomwire import codec
 
 __all__ = [
     "CATEGORIES",
@@ -87,7 +87,7 @@ class Caps:
         self.max_type = max_type
         #: Ids in one submit's `after`.
         self.max_after = max_after
-        #: Keys and values in one frame (`jsoncodec.loads`).
+        #: Keys and values in one frame (`codec.loads`).
         self.max_values = max_values
         #: Integers with at most `max_id` digits lie strictly inside +-int_bound.
         self.int_bound = 10**max_id
@@ -232,15 +232,15 @@ _NEEDS_JOB: Final = frozenset({"respond", "progress", "fail"})
 # ---------------------------------------------------------------- decoding
 
 
-def decode_object(payload: bytes, max_values: int = jsoncodec.NO_LIMIT) -> dict[str, Any]:
+def decode_object(payload: bytes, max_values: int = codec.NO_LIMIT) -> dict[str, Any]:
     """Decode a payload that must be a JSON object (at most `max_values` keys and values).
 
     Both failures leave the stream in sync (the length prefix was honest), so
     they are ordinary violations and the connection stays open.
     """
     try:
-        obj = jsoncodec.loads(payload, max_values)
-    except jsoncodec.DecodeError:
+        obj = codec.loads(payload, max_values)
+    except codec.DecodeError:
         # Gloom echoed the whole payload; a short prefix is enough to debug
         # and cannot be used to make the server amplify traffic.  Decoded
         # with "replace", it can always be encoded again: invalid bytes,
@@ -265,7 +265,7 @@ def _key(value: Any, caps: Caps) -> bytes | str:
         if len(value) <= caps.max_type:
             return value
     else:
-        key = jsoncodec.canonical(value)
+        key = codec.canonical(value)
         if len(key) <= caps.max_type:
             return key
     raise ProtocolViolation("invalid_type", "type")

@@ -29,7 +29,7 @@ import json
 import math
 from typing import Any
 
-from .jsoncodec import MAX_DEPTH
+from gloomwire.codec import MAX_DEPTH
 
 __all__ = ["MAX_DEPTH", "encode_report"]
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .firetime import MAX_INTERVAL_SECONDS, JobConfigError, Timing, parse_timing, short_repr
-from .jsoncodec import MAX_DEPTH
+from gloomwire.codec import MAX_DEPTH
 
 __all__ = [
     "MAX_CONCURRENCE_N",

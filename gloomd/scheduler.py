@@ -48,7 +48,7 @@ from typing import Any
 
 import trio
 
-from . import jsoncodec
+from gloomwire import codec
 from .firetime import (
     JobConfigError,
     NextFireTimeError,
@@ -100,7 +100,7 @@ StatusDict = dict[str, dict[str, Any]]
 
 def _short(value: Any, limit: int = 200) -> str:
     try:
-        text = jsoncodec.dumps(value).decode("utf-8", "replace")
+        text = codec.dumps(value).decode("utf-8", "replace")
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -549,7 +549,7 @@ class StateFile:
         self.path = path
 
     def dump(self, status: StatusDict) -> None:
-        data = jsoncodec.dumps(status)
+        data = codec.dumps(status)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -566,8 +566,8 @@ class StateFile:
             log.error("cannot read schedule state %s: %s", self.path, exc)
             return None
         try:
-            status = jsoncodec.loads(data)
-        except jsoncodec.DecodeError as exc:
+            status = codec.loads(data)
+        except codec.DecodeError as exc:
             log.error("schedule state %s is not JSON (%s); starting afresh", self.path, exc)
             return None
         if not isinstance(status, dict):

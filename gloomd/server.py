@@ -40,7 +40,7 @@ import trio
 from .broker import OK_FRAME, Broker, Peer
 from .config import Config
 from .fdlimit import descriptor_limit
-from .framing import FrameTooLarge, FrameTooLargeWithFrames, encode_frame
+from gloomwire.framing import FrameTooLarge, FrameTooLargeWithFrames, encode_frame
 from .reactor import LINGER, Reactor
 from .security import auth_frame_ok
 from .transport import INF, Connection, PlainConnection, StreamConnection

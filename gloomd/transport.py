@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from .broker import Peer
-from .framing import FrameDecoder
+from gloomwire.framing import FrameDecoder
 
 __all__ = ["Connection", "PlainConnection", "StreamConnection", "RECV_SIZE"]
 

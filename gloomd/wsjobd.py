@@ -59,7 +59,7 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
-from gloomd import jsoncodec
+from gloomwire import codec
 from gloomd.lograte import RateLimitedLog
 from gloomd.load import (
     LoadSampler,
@@ -256,8 +256,8 @@ def parse_request(message: str | bytes) -> JobRequest:
     """
     raw = message.encode("utf-8", "surrogatepass") if isinstance(message, str) else message
     try:
-        data = jsoncodec.loads(raw)
-    except (jsoncodec.DecodeError, RecursionError):
+        data = codec.loads(raw)
+    except (codec.DecodeError, RecursionError):
         raise InvalidMessageError(
             f"message is not a valid json string: {_excerpt(message)}"
         ) from None

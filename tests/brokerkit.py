@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gloomd import jsoncodec
+from gloomwire import codec
 from gloomd.broker import Broker, BrokerLimits, Peer, iter_frames
 
 
@@ -44,7 +44,7 @@ class Kit:
 
     def out(self, peer: Peer) -> list[Any]:
         """Decode and clear the frames waiting for `peer`."""
-        frames = [jsoncodec.loads(f[4:]) for f in iter_frames(peer.outbox)]
+        frames = [codec.loads(f[4:]) for f in iter_frames(peer.outbox)]
         peer.outbox.clear()
         self.broker.dirty.pop(peer, None)
         return frames

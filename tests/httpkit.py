@@ -14,7 +14,7 @@ from typing import Any
 import h11
 import trio
 
-from gloomd import jsoncodec
+from gloomwire import codec
 from gloomd.http import HttpService, HttpSettings
 from gloomd.server import GloomServer
 
@@ -26,7 +26,7 @@ class Reply:
     body: bytes
 
     def json(self) -> Any:
-        return jsoncodec.loads(self.body)
+        return codec.loads(self.body)
 
 
 async def start_http(nursery: trio.Nursery, server: GloomServer, **settings: Any) -> HttpService:

@@ -17,7 +17,7 @@ import pytest
 import trio
 import trustme
 
-from gloomd import jsoncodec
+from gloomwire import codec
 from gloomd.broker import Broker, Peer as BrokerPeer
 
 from .wire import Peer, frame, join
@@ -47,7 +47,7 @@ def watch_output(broker: Broker, name: str, monkeypatch: pytest.MonkeyPatch) -> 
         real_send(peer, obj)
         if peer.name == name and peer.transport is not None:
             queued = sum(
-                len(f) if type(f) is bytes else len(jsoncodec.dumps(f)) + 4 for f in peer.outbox
+                len(f) if type(f) is bytes else len(codec.dumps(f)) + 4 for f in peer.outbox
             )
             peaks[0] = max(peaks[0], queued + len(peer.transport.outbuf))
 

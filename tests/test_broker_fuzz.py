@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from gloomd import jsoncodec
+from gloomwire import codec
 from gloomd.broker import RUNNING, Broker, BrokerLimits, MasterPeer, SlavePeer, iter_frames
 
 from .brokerkit import FakeClock
@@ -184,11 +184,11 @@ class BrokerMachine(RuleBasedStateMachine):
         return next(s for s, m in self.masters.items() if m is master)
 
     def send(self, peer: Any, obj: Any) -> None:
-        self.broker.receive(peer, jsoncodec.dumps(obj))
+        self.broker.receive(peer, codec.dumps(obj))
 
     @staticmethod
     def take(peer: Any) -> list[Any]:
-        frames = [jsoncodec.loads(f[4:]) for f in iter_frames(peer.outbox)]
+        frames = [codec.loads(f[4:]) for f in iter_frames(peer.outbox)]
         peer.outbox.clear()
         return frames
 
@@ -513,8 +513,8 @@ class BrokerMachine(RuleBasedStateMachine):
         peer = self.master(slot).peer if port == "master" else self.slave(slot).peer
         if isinstance(content, bytes):
             try:
-                obj = jsoncodec.loads(content)
-            except jsoncodec.DecodeError:
+                obj = codec.loads(content)
+            except codec.DecodeError:
                 obj = None
             if isinstance(obj, dict) and "action" in obj:
                 return  # a real request by chance: not noise

@@ -24,7 +24,7 @@ import trustme
 
 import gloom
 from gloom._security import AuthHandshake, client_ssl_context, resolve_token
-from gloomd.framing import encode_frame
+from gloomwire.framing import encode_frame
 from gloomd.security import TokenError
 
 from .daemon import Daemon, spawn_gloomd

@@ -25,9 +25,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gloomd import jsoncodec, messages
+from gloomwire import codec
+
+from gloomd import messages
 from gloomd.broker import Broker, BrokerLimits, iter_frames
-from gloomd.framing import FrameDecoder, FrameTooLarge, encode_frame
+from gloomwire.framing import FrameDecoder, FrameTooLarge, encode_frame
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -80,10 +82,10 @@ near_valid = st.fixed_dictionaries(
 )
 payloads = st.one_of(
     st.binary(max_size=64),
-    near_valid.map(jsoncodec.dumps),
-    json_values.map(jsoncodec.dumps),
+    near_valid.map(codec.dumps),
+    json_values.map(codec.dumps),
     # Valid JSON with one byte flipped or cut short.
-    st.tuples(near_valid.map(jsoncodec.dumps), st.integers(0, 200), st.integers(0, 255)).map(
+    st.tuples(near_valid.map(codec.dumps), st.integers(0, 200), st.integers(0, 255)).map(
         lambda t: t[0][: t[1] % (len(t[0]) + 1)] + bytes([t[2]]) + t[0][t[1] % (len(t[0]) + 1) + 1 :]
     ),
 )
@@ -149,7 +151,7 @@ def test_broker_answers_anything_with_encodable_frames(payloads: list[bytes]) ->
         assert len(peer.outbox) >= before + (0 if _may_be_silent(payload) else 1)
     for peer in (master, slave):
         for raw in iter_frames(peer.outbox):
-            frame = jsoncodec.loads(raw[4:])
+            frame = codec.loads(raw[4:])
             if "error" in frame:
                 assert frame["error"] in DOCUMENTED, frame
     broker.disconnect(master)
@@ -160,8 +162,8 @@ def test_broker_answers_anything_with_encodable_frames(payloads: list[bytes]) ->
 def _may_be_silent(payload: bytes) -> bool:
     """A valid progress frame is the one request that gets no reply."""
     try:
-        obj = jsoncodec.loads(payload)
-    except jsoncodec.DecodeError:
+        obj = codec.loads(payload)
+    except codec.DecodeError:
         return False
     return isinstance(obj, dict) and obj.get("action") == "progress" and "body" in obj
 

@@ -14,8 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gloomd import jsoncodec, messages
-from gloomd.framing import encode_frame
+from gloomwire import codec
+
+from gloomd import messages
+from gloomwire.framing import encode_frame
 
 LONG_INT = b"123456789012345678901234567890"  # a 19+ digit run: the exact path
 PAD = b'"' + b"p" * 5000 + b'"'  # past 4 KiB: the large-payload path
@@ -47,8 +49,8 @@ def paths(value: bytes) -> list[bytes]:
 )
 def test_refused_on_every_path(value: bytes) -> None:
     for payload in paths(value):
-        with pytest.raises(jsoncodec.DecodeError):
-            jsoncodec.loads(payload)
+        with pytest.raises(codec.DecodeError):
+            codec.loads(payload)
 
 
 @pytest.mark.parametrize(
@@ -62,15 +64,15 @@ def test_refused_on_every_path(value: bytes) -> None:
 )
 def test_accepted_on_every_path(value: bytes, expected: object) -> None:
     for payload in paths(value):
-        decoded = jsoncodec.loads(payload)
+        decoded = codec.loads(payload)
         assert decoded[0] == expected and type(decoded[0]) is type(expected)
-        jsoncodec.dumps(decoded)  # and it writes back
+        codec.dumps(decoded)  # and it writes back
 
 
 def test_digits_past_the_conversion_limit_are_refused() -> None:
     for payload in paths(b"1" * 5000):
-        with pytest.raises(jsoncodec.DecodeError):
-            jsoncodec.loads(payload)
+        with pytest.raises(codec.DecodeError):
+            codec.loads(payload)
 
 
 @settings(max_examples=300, deadline=None)
@@ -150,10 +152,10 @@ def test_value_count_sets_strings_aside(value: object) -> None:
     """Commas, brackets, quotes and backslashes inside strings never count."""
     payload = json.dumps(value, separators=(",", ":")).encode()
     count = structure(value)
-    jsoncodec._check_values(payload, count)  # exactly at the cap: accepted
+    codec._check_values(payload, count)  # exactly at the cap: accepted
     if count:
-        with pytest.raises(jsoncodec.DecodeError):
-            jsoncodec._check_values(payload, count - 1)
+        with pytest.raises(codec.DecodeError):
+            codec._check_values(payload, count - 1)
 
 
 def test_value_cap_refuses_before_building_anything() -> None:
@@ -161,6 +163,6 @@ def test_value_cap_refuses_before_building_anything() -> None:
 
     payload = b"[" + b"[]," * 2_000_000 + b"[]]"  # 6 MB; 400 MB decoded, once
     started = time.perf_counter()
-    with pytest.raises(jsoncodec.DecodeError):
-        jsoncodec.loads(payload, 262_144)
+    with pytest.raises(codec.DecodeError):
+        codec.loads(payload, 262_144)
     assert time.perf_counter() - started < 1.0  # a few C passes, not a decode

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from gloomd.broker import MasterPeer
-from gloomd.framing import FrameDecoder
+from gloomwire.framing import FrameDecoder
 from gloomd.transport import PlainConnection
 
 from .wire import Peer

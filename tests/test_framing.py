@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gloomd import jsoncodec
-from gloomd.framing import FrameDecoder, FrameTooLarge, encode_frame, encode_payload
+from gloomwire import codec
+from gloomwire.framing import FrameDecoder, FrameTooLarge, encode_frame, encode_payload
 
 json_values = st.recursive(
     st.none()
@@ -85,13 +85,13 @@ def test_large_frame_in_small_chunks_is_linear() -> None:
 def test_big_integers_round_trip_exactly() -> None:
     for value in (2**64, -(2**63) - 1, 10**40, 2**63 - 1):
         payload = encode_frame({"id": value})[4:]
-        assert jsoncodec.loads(payload) == {"id": value}
-        assert type(jsoncodec.loads(payload)["id"]) is int
+        assert codec.loads(payload) == {"id": value}
+        assert type(codec.loads(payload)["id"]) is int
 
 
 def test_nan_is_not_json_even_on_the_slow_path() -> None:
-    with pytest.raises(jsoncodec.DecodeError):
-        jsoncodec.loads(b'{"a": NaN, "b": 12345678901234567890123}')
+    with pytest.raises(codec.DecodeError):
+        codec.loads(b'{"a": NaN, "b": 12345678901234567890123}')
 
 
 @settings(max_examples=200, deadline=None)
@@ -102,7 +102,7 @@ def test_round_trip_in_any_chunking(values: list[object], chunk: int) -> None:
     got: list[bytes] = []
     for i in range(0, len(data), chunk):
         got += decoder.feed(data[i : i + chunk])
-    assert [jsoncodec.loads(p) for p in got] == values
+    assert [codec.loads(p) for p in got] == values
     assert decoder.pending == 0
 
 
@@ -127,7 +127,7 @@ def test_large_payloads_keep_big_integers_exact() -> None:
     ):
         payload = encode_frame(obj)[4:]
         assert len(payload) > 4096
-        got = jsoncodec.loads(payload)
+        got = codec.loads(payload)
         assert got == obj
         assert [type(v) for v in got.values()] == [type(v) for v in obj.values()]
 
@@ -136,5 +136,5 @@ def test_large_payloads_keep_big_integers_exact() -> None:
 def test_too_deep_is_refused_small_or_large(size: int) -> None:
     deep = "[" * 300 + "]" * 300
     payload = ('{"pad":"%s","v":%s}' % ("x" * size, deep)).encode()
-    with pytest.raises(jsoncodec.DecodeError):
-        jsoncodec.loads(payload)
+    with pytest.raises(codec.DecodeError):
+        codec.loads(payload)

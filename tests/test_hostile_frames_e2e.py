@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gloomd import jsoncodec
+from gloomwire import codec
 
 from .daemon import Daemon, spawn_gloomd
 from .wire import frame, raw_frame
@@ -55,7 +55,7 @@ class Conn:
         (n,) = struct.unpack_from(">I", self.buf)
         assert self._fill(4 + n), "connection closed mid-frame"
         payload, self.buf = self.buf[4 : 4 + n], self.buf[4 + n :]
-        return jsoncodec.loads(payload)
+        return codec.loads(payload)
 
     def eof(self) -> bool:
         return not self._fill(1)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gloomd import jsoncodec
+from gloomwire import codec
 from gloomd.http.admin import AdminChannel, status_for
 from gloomd.http.messages import HttpRequest, HttpResponse, Offload
 from gloomd.http.routes import OFFLOAD_TYPES, HttpApp, split_target
@@ -49,7 +49,7 @@ def post(path: str, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = JSON
 
 def body_of(response: HttpResponse | Offload) -> Any:
     assert isinstance(response, HttpResponse)
-    return jsoncodec.loads(response.body)
+    return codec.loads(response.body)
 
 
 def test_unknown_path_is_404() -> None:

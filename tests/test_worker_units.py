@@ -22,8 +22,8 @@ from gloom.worker.cli import worker_main
 from gloom.worker.handler import HandlerSpec, resolve
 from gloom.worker.runner import _effective_timeout
 from gloom.worker.scaling import ScalePlan, plan
-from gloomd import jsoncodec
-from gloomd.framing import FrameDecoder
+from gloomwire import codec
+from gloomwire.framing import FrameDecoder
 
 from .workerjobs.support import TESTS_DIR, StartWorker, master, start_worker, wait_gone  # noqa: F401
 
@@ -77,7 +77,7 @@ def test_resolve_errors(path: str, error: type[Exception]) -> None:
 
 def _decode(data: bytes) -> dict[str, Any]:
     (payload,) = FrameDecoder().feed(data)
-    message: dict[str, Any] = jsoncodec.loads(payload)
+    message: dict[str, Any] = codec.loads(payload)
     return message
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from gloomd import jsoncodec
+from gloomwire import codec
 
 
 def frame(obj: Any) -> bytes:
@@ -72,7 +72,7 @@ class Peer:
         payload = await self.recv_payload()
         if payload is None:
             raise EOFError("connection closed")
-        return jsoncodec.loads(payload)
+        return codec.loads(payload)
 
     async def recv_eof(self) -> bool:
         """True when the server closes the connection without another frame."""

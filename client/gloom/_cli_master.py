@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import Progress, TaskID
 
-from gloomd import jsoncodec
+from gloomwire import codec
 
 from ._render import count_bar, job_bar, progress_fraction, stats_table, stderr_console, to_json
 from ._trio_master import AsyncMaster, Job, open_master
@@ -29,8 +29,8 @@ __all__ = ["COMMANDS"]
 
 def _json_arg(text: str) -> Any:
     try:
-        return jsoncodec.loads(text.encode("utf-8"))
-    except jsoncodec.DecodeError as exc:
+        return codec.loads(text.encode("utf-8"))
+    except codec.DecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from gloomd import jsoncodec
+from gloomwire import codec
 
 from ._trio_slave import SlaveJob, open_slave
 from .cli import EXIT_OK, Command, UsageError, connection_security
@@ -126,8 +126,8 @@ def parse_stdout(data: bytes) -> Any:
     if not data:
         return None
     try:
-        return jsoncodec.loads(data)
-    except jsoncodec.DecodeError:
+        return codec.loads(data)
+    except codec.DecodeError:
         return data.decode("utf-8", errors="replace")
 
 
@@ -140,7 +140,7 @@ async def command_outcome(command: list[str], job: SlaveJob) -> tuple[str, Any]:
     env = {
         **os.environ,
         "GLOOM_JOB_ID": str(job.id),
-        "GLOOM_JOB_TYPE": job.type if isinstance(job.type, str) else jsoncodec.dumps(job.type).decode(),
+        "GLOOM_JOB_TYPE": job.type if isinstance(job.type, str) else codec.dumps(job.type).decode(),
         "GLOOM_JOB_ATTEMPT": str(job.attempt or 1),
     }
     limit = job.timeout if isinstance(job.timeout, (int, float)) and job.timeout > 0 else math.inf
@@ -148,7 +148,7 @@ async def command_outcome(command: list[str], job: SlaveJob) -> tuple[str, Any]:
         with trio.move_on_after(limit) as scope:
             proc = await trio.run_process(
                 command,
-                stdin=jsoncodec.dumps(job.body),
+                stdin=codec.dumps(job.body),
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,

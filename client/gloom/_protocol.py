@@ -14,8 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from gloomd import jsoncodec
-from gloomd.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameTooLarge, encode_frame
+from gloomwire import codec
+from gloomwire.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameTooLarge, encode_frame
 
 from .errors import GloomError, ProtocolError
 
@@ -111,8 +111,8 @@ def decode_frames(decoder: FrameDecoder, data: bytes | bytearray) -> list[dict[s
     frames = []
     for payload in payloads:
         try:
-            frame = jsoncodec.loads(payload)
-        except jsoncodec.DecodeError as exc:
+            frame = codec.loads(payload)
+        except codec.DecodeError as exc:
             raise ProtocolError(f"undecodable frame from gloomd: {exc}") from None
         if not isinstance(frame, dict):
             raise ProtocolError(f"frame is not a JSON object: {_short(frame)}")

@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from gloomd import jsoncodec
+from gloomwire import codec
 
 __all__ = ["count_bar", "job_bar", "progress_fraction", "stats_table", "to_json"]
 
@@ -33,7 +33,7 @@ _DONE_KEYS = ("done", "completed", "current")
 
 def to_json(value: Any) -> str:
     """Compact JSON text, exact for big integers."""
-    return jsoncodec.dumps(value).decode("utf-8")
+    return codec.dumps(value).decode("utf-8")
 
 
 def _number(value: Any) -> float | None:

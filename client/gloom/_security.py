@@ -16,9 +16,9 @@ import ssl
 import struct
 from typing import Any, Mapping
 
-from gloomd import jsoncodec
-from gloomd.framing import encode_frame
-from gloomd.security import ENV_TOKEN, TokenError, load_token
+from gloomwire import codec
+from gloomwire.framing import encode_frame
+from gloomwire.auth import ENV_TOKEN, TokenError, load_token
 
 from .errors import ProtocolError, ServerError, Unauthorized
 
@@ -98,8 +98,8 @@ class AuthHandshake:
         self.leftover = bytes(self._buf[4 + length :])
         self._buf.clear()
         try:
-            reply: Any = jsoncodec.loads(payload)
-        except jsoncodec.DecodeError as exc:
+            reply: Any = codec.loads(payload)
+        except codec.DecodeError as exc:
             raise ProtocolError(f"undecodable reply to auth: {exc}") from None
         if not isinstance(reply, dict):
             raise ProtocolError(f"reply to auth is not an object: {reply!r:.200}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from .. import jsoncodec
+from gloomwire import codec
 from ..broker import Broker, MasterPeer
 from ..server import GloomServer
 
@@ -63,7 +63,7 @@ class AdminChannel:
 
     def call(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Send one master frame, return the broker's answer to it."""
-        return self.call_payload(jsoncodec.dumps(frame))
+        return self.call_payload(codec.dumps(frame))
 
     def call_payload(self, payload: bytes) -> dict[str, Any]:
         """Feed one frame payload as sent; the broker judges it as it would any."""
@@ -81,7 +81,7 @@ class AdminChannel:
         item = replies[0]
         if isinstance(item, bytes):
             # A pre-encoded frame (OK_FRAME): skip the 4-byte length prefix.
-            decoded: Any = jsoncodec.loads(item[4:])
+            decoded: Any = codec.loads(item[4:])
             assert isinstance(decoded, dict)
             return decoded
         return item

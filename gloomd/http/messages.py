@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .. import jsoncodec
+from gloomwire import codec
 
 __all__ = [
     "HttpRequest",
@@ -70,7 +70,7 @@ class Offload:
 
 def json_response(status: int, value: Any, *, close: bool = False) -> HttpResponse:
     # jsoncodec rather than json: integers beyond 64 bits stay exact, as on the wire.
-    return HttpResponse(status, jsoncodec.dumps(value), JSON_TYPE, close=close)
+    return HttpResponse(status, codec.dumps(value), JSON_TYPE, close=close)
 
 
 def error_response(
@@ -82,7 +82,7 @@ def error_response(
     close: bool = False,
 ) -> HttpResponse:
     """An error in the shape of the protocol's error frames: {"error":E,"reason":R}."""
-    body = jsoncodec.dumps({"error": error, "reason": reason})
+    body = codec.dumps({"error": error, "reason": reason})
     return HttpResponse(status, body, JSON_TYPE, headers=headers, close=close)
 
 

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import trio
 
-from .. import jsoncodec
+from gloomwire import codec
 from ..messages import ProtocolViolation, decode_object
 from ..server import GloomServer
 from .admin import AdminChannel, status_for
@@ -217,6 +217,6 @@ def _query_value(text: str) -> Any:
     and the string "7" is written `type="7"`.
     """
     try:
-        return jsoncodec.loads(text.encode("utf-8"))
-    except jsoncodec.DecodeError:
+        return codec.loads(text.encode("utf-8"))
+    except codec.DecodeError:
         return text

@@ -6,7 +6,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from ..config import Config
-from ..framing import DEFAULT_MAX_FRAME
+from gloomwire.framing import DEFAULT_MAX_FRAME
 
 __all__ = ["DEFAULT_HTTP_PORT", "HttpSettings"]
 

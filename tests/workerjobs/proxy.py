@@ -13,8 +13,8 @@ from typing import Any
 
 import trio
 
-from gloomd import jsoncodec
-from gloomd.framing import FrameDecoder
+from gloomwire import codec
+from gloomwire.framing import FrameDecoder
 
 
 class _Pair:
@@ -89,7 +89,7 @@ class Proxy:
                     continue
                 if record:
                     for payload in decoder.feed(data):
-                        self.sent.append((pair.id, jsoncodec.loads(payload)))
+                        self.sent.append((pair.id, codec.loads(payload)))
                     self._notify()
                 await sink.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

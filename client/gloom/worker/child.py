@@ -35,8 +35,8 @@ import threading
 import traceback
 from typing import Any
 
-from gloomd import jsoncodec
-from gloomd.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from gloomwire import codec
+from gloomwire.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 
 from .handler import Handler, HandlerError, HandlerSpec, resolve
 
@@ -158,7 +158,7 @@ def _read_commands(fd: int, inbox: queue.Queue[dict[str, Any]], decoder: FrameDe
             os.killpg(0, signal.SIGKILL)
             return
         for payload in decoder.feed(data):
-            message = jsoncodec.loads(payload)
+            message = codec.loads(payload)
             inbox.put(message)
             if message.get("op") == "exit":
                 return
@@ -182,7 +182,7 @@ def child_main(commands_fd: int, results_fd: int) -> int:
             return EXIT_BAD_HANDLER
         pending.extend(decoder.feed(data))
         if pending:
-            init = jsoncodec.loads(pending.pop(0))
+            init = codec.loads(pending.pop(0))
     spec = HandlerSpec(
         init["handler"],
         tuple(init.get("import_path", ())),
@@ -200,7 +200,7 @@ def child_main(commands_fd: int, results_fd: int) -> int:
         return EXIT_BAD_HANDLER
     inbox: queue.Queue[dict[str, Any]] = queue.Queue()
     for payload in pending:
-        inbox.put(jsoncodec.loads(payload))
+        inbox.put(codec.loads(payload))
     reader = threading.Thread(
         target=_read_commands, args=(commands_fd, inbox, decoder), name="gloom-commands", daemon=True
     )

@@ -31,8 +31,8 @@ from typing import Any, AsyncIterator
 
 import trio
 
-from gloomd import jsoncodec
-from gloomd.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameTooLarge, encode_frame
+from gloomwire import codec
+from gloomwire.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameTooLarge, encode_frame
 
 from .._trio_connection import StartedStream, connect
 from ..errors import Unauthorized
@@ -215,8 +215,8 @@ class SlaveLink:
             self.last_inbound = trio.current_time()
             try:
                 for payload in self._decoder.feed(data):
-                    self._on_frame(jsoncodec.loads(payload))
-            except (FrameTooLarge, jsoncodec.DecodeError, LinkLost) as exc:
+                    self._on_frame(codec.loads(payload))
+            except (FrameTooLarge, codec.DecodeError, LinkLost) as exc:
                 self._mark_lost(f"protocol error: {exc}")
                 return
 

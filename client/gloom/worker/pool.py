@@ -29,8 +29,8 @@ from typing import Any
 
 import trio
 
-from gloomd import jsoncodec
-from gloomd.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from gloomwire import codec
+from gloomwire.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 
 from .handler import HandlerError, HandlerImportError, HandlerNotFound, HandlerSpec
 
@@ -146,7 +146,7 @@ class PoolProcess:
             if not data:
                 return False
             for payload in self._decoder.feed(data):
-                self._inbox_send.send_nowait(jsoncodec.loads(payload))
+                self._inbox_send.send_nowait(codec.loads(payload))
 
     async def _read_loop(self) -> None:
         while self._drain():
@@ -247,12 +247,12 @@ class ProcessFactory:
                 "max_frame": DEFAULT_MAX_FRAME,
             }
         )
-        # The pool must find this very gloomd (framing, codec), whatever the cwd.
-        import gloomd
+        # The pool must find this very gloomwire (framing, codec), whatever the cwd.
+        import gloomwire
 
-        gloomd_root = os.path.dirname(os.path.dirname(os.path.abspath(gloomd.__file__)))
+        wire_root = os.path.dirname(os.path.dirname(os.path.abspath(gloomwire.__file__)))
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [gloomd_root, env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [wire_root, env.get("PYTHONPATH")]))
         self._env = env
 
     async def spawn(self) -> PoolProcess:

@@ -42,8 +42,8 @@ from typing import Any
 
 import trio
 
-from gloomd import jsoncodec
-from gloomd.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameTooLarge, encode_frame
+from gloomwire import codec
+from gloomwire.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameTooLarge, encode_frame
 
 from .._security import client_ssl_context, resolve_token
 from .._trio_connection import connect
@@ -214,7 +214,7 @@ class Runner:
         #: Every pool process pid this runner started (for orphan checks).
         self.pids_ever: list[int] = []
         self._procs: set[PoolProcess] = set()  # alive, whatever slot (if any) holds them
-        self._type_key = jsoncodec.canonical(options.type)
+        self._type_key = codec.canonical(options.type)
         self._changed = trio.Event()
         self._stop_event = trio.Event()
         self._force_event = trio.Event()
@@ -774,7 +774,7 @@ class Runner:
 
     def _queue_entry(self, stats: dict[str, Any]) -> dict[str, Any] | None:
         for entry in stats.get("types", []):
-            if jsoncodec.canonical(entry.get("type")) == self._type_key:
+            if codec.canonical(entry.get("type")) == self._type_key:
                 return dict(entry)
         return None
 
@@ -911,6 +911,6 @@ async def _read_frame(stream: trio.abc.Stream) -> Any:
             raise TransportError(f"gloomd's reply is not a frame: {exc}") from None
         if payloads:
             try:
-                return jsoncodec.loads(payloads[0])
-            except jsoncodec.DecodeError as exc:
+                return codec.loads(payloads[0])
+            except codec.DecodeError as exc:
                 raise TransportError(f"gloomd's reply is not JSON: {exc}") from None

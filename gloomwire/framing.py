@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from . import jsoncodec
+from . import codec
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -132,7 +132,7 @@ def encode_payload(payload: bytes) -> bytes:
 def encode_frame(obj: Any) -> bytes:
     """Encode one message (a dict) as a complete frame."""
     try:
-        payload = _orjson_dumps(obj)  # `jsoncodec.dumps`, less one call per frame
+        payload = _orjson_dumps(obj)  # `codec.dumps`, less one call per frame
     except orjson.JSONEncodeError:
-        payload = jsoncodec.dumps(obj)
+        payload = codec.dumps(obj)
     return _pack(len(payload)) + payload
