@@ -23,7 +23,7 @@ benchmarks/journal_store.py (``space`` and ``settings``; three runs on a
   daemon would have to schedule; we leave the file at its peak instead.
   To give a drained backlog's space back, ``VACUUM`` the journal of a
   stopped daemon with the sqlite3 shell: it rewrites only what is held
-  (after 100k jobs drained: 23 MB to 0.02 MB in 0.03 s).
+  (after 100k jobs drained: 23 MB to 0.02 MB in 0.01-0.03 s).
 * ``wal_autocheckpoint`` at SQLite's 1,000 pages: the WAL stays near 4 MB.
   250 and 4,000 pages gave no steady difference in commit time (0.6-1.6 ms
   per commit of 100 with sync full, each way, run to run); each
