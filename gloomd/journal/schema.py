@@ -70,5 +70,4 @@ SELECT_TABLES: Final = "SELECT name FROM sqlite_schema WHERE type = 'table'"
 # read by hand before SQLite is let near a file (see checks.py).
 HEADER_SIZE: Final = 100
 MAGIC: Final = b"SQLite format 3\x00"
-USER_VERSION_AT: Final = 60
 APPLICATION_ID_AT: Final = 68
