@@ -7,6 +7,12 @@ from typing import Any
 
 from gloomwire import codec
 from gloomd.broker import Broker, BrokerLimits, Peer, iter_frames
+from gloomd.ingest import ingest_for
+
+
+def receive(broker: Broker, peer: Peer, payload: bytes) -> None:
+    """One payload through `peer`'s ingest, as its connection hands it over."""
+    ingest_for(broker, peer).receive(payload)
 
 
 class FakeClock:
@@ -35,12 +41,16 @@ class Kit:
 
     def send(self, peer: Peer, obj: Any) -> list[Any]:
         """Deliver one frame; return what `peer` itself got back."""
-        self.broker.receive(peer, json.dumps(obj).encode())
+        receive(self.broker, peer, json.dumps(obj).encode())
         return self.out(peer)
 
     def deliver(self, peer: Peer, obj: Any) -> None:
         """Deliver one frame and leave every reply in the outboxes."""
-        self.broker.receive(peer, json.dumps(obj).encode())
+        receive(self.broker, peer, json.dumps(obj).encode())
+
+    def receive(self, peer: Peer, payload: bytes) -> None:
+        """Deliver one payload as sent (it may be invalid JSON)."""
+        receive(self.broker, peer, payload)
 
     def out(self, peer: Peer) -> list[Any]:
         """Decode and clear the frames waiting for `peer`."""

@@ -40,7 +40,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from gloomwire import codec
 from gloomd.broker import RUNNING, Broker, BrokerLimits, MasterPeer, SlavePeer, iter_frames
 
-from .brokerkit import FakeClock
+from .brokerkit import FakeClock, receive
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -184,7 +184,7 @@ class BrokerMachine(RuleBasedStateMachine):
         return next(s for s, m in self.masters.items() if m is master)
 
     def send(self, peer: Any, obj: Any) -> None:
-        self.broker.receive(peer, codec.dumps(obj))
+        receive(self.broker, peer, codec.dumps(obj))
 
     @staticmethod
     def take(peer: Any) -> list[Any]:
@@ -518,7 +518,7 @@ class BrokerMachine(RuleBasedStateMachine):
                 obj = None
             if isinstance(obj, dict) and "action" in obj:
                 return  # a real request by chance: not noise
-            self.broker.receive(peer, content)
+            receive(self.broker, peer, content)
         else:
             self.send(peer, content)
         if content in ({"action": "auth", "token": "t"}, {"action": "ping"}):

@@ -29,7 +29,10 @@ from gloomwire import codec
 
 from gloomd import messages
 from gloomd.broker import Broker, BrokerLimits, iter_frames
+from gloomd.ingest import ingest_for
 from gloomwire.framing import FrameDecoder, FrameTooLarge, encode_frame
+
+from .brokerkit import receive
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -143,11 +146,11 @@ def test_broker_answers_anything_with_encodable_frames(payloads: list[bytes]) ->
     broker = Broker(BrokerLimits(max_queued=5))
     master = broker.connect_master("m")
     slave = broker.connect_slave("s")
-    broker.receive(slave, b'{"action":"join","type":null}')
+    receive(broker, slave, b'{"action":"join","type":null}')
     for i, payload in enumerate(payloads):
         peer = master if i % 2 == 0 else slave
         before = len(peer.outbox)
-        broker.receive(peer, payload)
+        receive(broker, peer, payload)
         assert len(peer.outbox) >= before + (0 if _may_be_silent(payload) else 1)
     for peer in (master, slave):
         for raw in iter_frames(peer.outbox):
@@ -171,18 +174,18 @@ def _may_be_silent(payload: bytes) -> bool:
 @fuzz
 @given(stream=st.lists(st.one_of(payloads.map(frame_bytes), st.binary(max_size=16)), max_size=10), cut=st.integers(1, 64))
 def test_whole_way_in(stream: list[bytes], cut: int) -> None:
-    """Bytes -> decoder -> broker, as the server runs it, in small reads."""
+    """Bytes -> decoder -> ingest -> broker, as the server runs it, in small reads."""
     broker = Broker()
     peer = broker.connect_master("m")
-    decoder = FrameDecoder(1024)
+    ingest = ingest_for(broker, peer, max_frame=1024)
     data = b"".join(stream)
     for start in range(0, len(data), cut):
         try:
-            frames = decoder.feed(data[start : start + cut])
+            frames = ingest.decoder.feed(data[start : start + cut])
         except FrameTooLarge:
             break  # the server answers size_error and hangs up here
         for payload in frames:
-            broker.receive(peer, payload)
+            ingest.receive(payload)
     for raw in iter_frames(peer.outbox):
         assert raw[:4] == struct.pack(">I", len(raw) - 4)
 
@@ -197,7 +200,7 @@ def test_deeply_nested_frame_is_refused_not_fatal(where: str) -> None:
     payload = (where % nested).encode()
     broker = Broker()
     peer = broker.connect_master("m") if "join" not in where else broker.connect_slave("s")
-    broker.receive(peer, payload)  # it used to raise RecursionError and stop the server
+    receive(broker, peer, payload)  # it used to raise RecursionError and stop the server
     (reply,) = [json.loads(raw[4:]) for raw in iter_frames(peer.outbox)]
     assert reply["error"] == "invalid_json"
 
@@ -211,8 +214,8 @@ def test_nesting_limit_is_what_the_encoder_can_write_back(depth: int) -> None:
     broker = Broker()
     master = broker.connect_master("m")
     slave = broker.connect_slave("s")
-    broker.receive(slave, b'{"action":"join","type":"t"}')
-    broker.receive(master, payload)
+    receive(broker, slave, b'{"action":"join","type":"t"}')
+    receive(broker, master, payload)
     replies = [json.loads(raw[4:]) for raw in iter_frames(master.outbox)]
     if depth <= 253:
         assert replies == [{"ok": True, "id": 1}]

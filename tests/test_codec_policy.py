@@ -88,7 +88,7 @@ def test_invalid_json_reason_always_encodes(raw: bytes) -> None:
 
 
 def test_auth_frame_uses_the_same_decoder() -> None:
-    from gloomd.security import auth_frame_ok
+    from gloomd.ingest import auth_frame_ok
 
     bad = b'{"action":"auth","token":"\\ud800","n":' + LONG_INT + b"}"
     assert not auth_frame_ok(bad, "secret")

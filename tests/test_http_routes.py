@@ -168,7 +168,7 @@ def test_post_body_is_judged_like_a_master_frame() -> None:
         response = app.handle(post("/api/kick", body))
         assert response.status == 400
         # The master port's own answer to the same payload.
-        kit.broker.receive(master, body)
+        kit.receive(master, body)
         assert body_of(response) == kit.out(master)[0], body
 
 

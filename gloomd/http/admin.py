@@ -23,7 +23,9 @@ from __future__ import annotations
 from typing import Any, Final
 
 from gloomwire import codec
+
 from ..broker import Broker, MasterPeer
+from ..ingest import MasterIngest
 from ..server import GloomServer
 
 __all__ = ["ADMIN_NAME", "AdminChannel", "status_for"]
@@ -49,17 +51,17 @@ class AdminChannel:
         self._server = server
         self._name = name
         self._broker: Broker | None = None
-        self._peer: MasterPeer | None = None
+        self._ingest: MasterIngest | None = None
 
-    def _seat(self) -> tuple[Broker, MasterPeer]:
+    def _seat(self) -> tuple[Broker, MasterIngest]:
         broker = self._server.broker
         if broker is None:
             raise RuntimeError("the Gloom server is not running")
-        if broker is not self._broker or self._peer is None:
+        if broker is not self._broker or self._ingest is None:
             # A broker per server run: take a fresh seat if it was replaced.
             self._broker = broker
-            self._peer = MasterPeer(self._name)
-        return broker, self._peer
+            self._ingest = MasterIngest(broker, MasterPeer(self._name))
+        return broker, self._ingest
 
     def call(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Send one master frame, return the broker's answer to it."""
@@ -67,8 +69,9 @@ class AdminChannel:
 
     def call_payload(self, payload: bytes) -> dict[str, Any]:
         """Feed one frame payload as sent; the broker judges it as it would any."""
-        broker, peer = self._seat()
-        broker.receive(peer, payload)
+        broker, ingest = self._seat()
+        peer = ingest.peer
+        ingest.receive(payload)
         replies = peer.outbox
         peer.outbox = []
         broker.dirty.pop(peer, None)
