@@ -255,9 +255,15 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
                 ready += f" ws={args.ws_host}:{ws_port}"
             if args.schedule is not None:
                 from . import scheduler
+                from .local import LocalMaster
 
+                # Submits go straight into this daemon's broker: no socket.
+                submitter = LocalMaster(server, "scheduler")
                 await nursery.start(
-                    _run_scheduler, scheduler, args, config, _connect_host(host), server.master_port
+                    functools.partial(
+                        scheduler.serve_schedule, args.schedule,
+                        state_path=args.schedule_state, submit=submitter.call,
+                    )  # fmt: skip
                 )
             nursery.start_soon(_collect_garbage, args.gc_interval)
             print(ready, flush=True)
@@ -266,19 +272,6 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
                 break
             await server.shutdown()
             nursery.cancel_scope.cancel()
-
-
-async def _run_scheduler(
-    scheduler: Any, args: argparse.Namespace, config: Config, host: str, port: int, *, task_status: Any
-) -> None:
-    await scheduler.serve_schedule(
-        args.schedule,
-        state_path=args.schedule_state,
-        master_addr=(host, port),
-        token=config.token,
-        ssl_context=_loopback_client_ssl() if config.ssl_context is not None else None,
-        task_status=task_status,
-    )
 
 
 def _ws_limits(args: argparse.Namespace) -> WsLimits:
@@ -322,18 +315,6 @@ def _fit_descriptors(args: argparse.Namespace) -> None:
         args.ws_max_connections = ws
 
 
-def _loopback_client_ssl() -> ssl.SSLContext:
-    """TLS for the scheduler's connection to its own daemon, in this process.
-
-    It dials this very process over loopback, so there is nobody to
-    authenticate: the certificate (issued for the public name) is not checked.
-    """
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def _tune_gc() -> None:
     """Keep the cyclic garbage collector from stalling the event loop.
 
@@ -366,15 +347,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _connect_host(bind_host: str) -> str:
-    """Where an in-process client reaches a daemon bound to `bind_host`."""
-    if bind_host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if bind_host == "::":
-        return "::1"
-    return bind_host
 
 
 def main(argv: list[str] | None = None) -> int:

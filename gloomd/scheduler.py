@@ -18,7 +18,9 @@ fixes listed in the reference:
 
 A fire runs the job's function in a trio worker thread (or awaits it, for an
 `async def`), or submits a job to gloomd (`submit`), which is how scheduled
-work reaches slaves on any host.  Either way a failure is logged with its
+work reaches slaves on any host.  Submitting goes through a callable handed
+to the scheduler (`Submit`): in the daemon, `gloomd.local.LocalMaster.call`,
+straight into its own broker.  Either way a failure is logged with its
 traceback and kept in the job's status `message`; it never stops the loop.
 
 Wall clock versus trio clock: fire times are epoch seconds, but sleeping is on
@@ -38,13 +40,12 @@ import logging
 import math
 import os
 import pathlib
-import ssl
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import trio
 
@@ -59,7 +60,6 @@ from .firetime import (
     resume_fire_ts,
     time_info,
 )
-from .master_link import MasterLink
 from .schedule_config import (
     JobSpec,
     build_job,
@@ -74,6 +74,7 @@ __all__ = [
     "JobScheduler",
     "NextFireTimeError",
     "StateFile",
+    "Submit",
     "get_next_fire_time",
     "schedule_list_main",
     "serve_schedule",
@@ -96,6 +97,25 @@ class JobExistError(ScheduleError, KeyError):
 
 
 StatusDict = dict[str, dict[str, Any]]
+
+
+class Submit(Protocol):
+    """How `submit` jobs reach gloomd: submit one job, return its result body.
+
+    Raises when the job is refused or ends in `job_error`/`job_failed`; the
+    scheduler records the exception as the run's failure.  In the daemon it
+    is `gloomd.local.LocalMaster.call`.
+    """
+
+    def __call__(
+        self,
+        job_id: str,
+        job_type: Any,
+        body: Any,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> Awaitable[Any]: ...
 
 
 def _short(value: Any, limit: int = 200) -> str:
@@ -132,9 +152,7 @@ class JobScheduler:
     :param filter_job: called with a job's conf when it is due; a falsy answer
         skips that fire ("not on this host").  `should_job_run` is accepted as
         an alias, the name pykit's code actually used.
-    :param master_addr: gloomd's master `(host, port)`, needed by `submit` jobs.
-    :param master_token: the daemon's shared token, when it requires one.
-    :param master_ssl: TLS context for the master connection, when the daemon uses TLS.
+    :param submit: how `submit` jobs reach gloomd (see `Submit`); needed by them.
     :param wall_clock: epoch seconds now; `time.time` unless a test drives it.
     :param max_sleep: longest sleep between wall-clock reads, in seconds.
     """
@@ -147,9 +165,7 @@ class JobScheduler:
         filter_job: Callable[[Mapping[str, Any]], Any] | None = None,
         *,
         should_job_run: Callable[[Mapping[str, Any]], Any] | None = None,
-        master_addr: tuple[str, int] | None = None,
-        master_token: str | None = None,
-        master_ssl: ssl.SSLContext | None = None,
+        submit: Submit | None = None,
         wall_clock: Callable[[], float] = time.time,
         max_sleep: float = 60.0,
     ) -> None:
@@ -157,9 +173,7 @@ class JobScheduler:
             raise TypeError("give filter_job or should_job_run, not both")
         self._filter = filter_job if filter_job is not None else should_job_run
         self._dump_status = dump_status
-        self._master_addr = master_addr
-        self._master_token = master_token
-        self._master_ssl = master_ssl
+        self._submit = submit
         self._wall_clock = wall_clock
         self.max_sleep = max_sleep
         # Guards jobs and status against add_job/delete_job from other threads
@@ -182,7 +196,6 @@ class JobScheduler:
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
         self._cancel_scope: trio.CancelScope | None = None
-        self._link: MasterLink | None = None
 
         for name, conf in (jobs or {}).items():
             self._jobs[name] = self._build(name, conf)
@@ -194,8 +207,8 @@ class JobScheduler:
 
     def _build(self, name: str, conf: Mapping[str, Any]) -> JobSpec:
         spec = build_job(name, conf)
-        if spec.submit is not None and self._master_addr is None:
-            raise JobConfigError(f"job {name!r}: submit jobs need the scheduler's master_addr")
+        if spec.submit is not None and self._submit is None:
+            raise JobConfigError(f"job {name!r}: submit jobs need the scheduler's submit")
         if isinstance(conf, dict):
             conf.setdefault("concurrence_n", spec.concurrence_n)
         return spec
@@ -342,15 +355,11 @@ class JobScheduler:
                 self._cancel_scope = scope
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    if self._master_addr is not None:
-                        host, port = self._master_addr
-                        link = MasterLink(host, port, token=self._master_token, ssl_context=self._master_ssl)
-                        self._link = await nursery.start(link.run)
                     self._dirty = True
                     task_status.started(self)
                     await self._loop()
         finally:
-            self._token = self._nursery = self._cancel_scope = self._link = None
+            self._token = self._nursery = self._cancel_scope = None
 
     def stop(self) -> None:
         """Stop `run()`/`schedule()`; thread-safe.  Started runs are cancelled."""
@@ -512,10 +521,9 @@ class JobScheduler:
 
     async def _execute(self, spec: JobSpec, run_id: str) -> Any:
         if spec.submit is not None:
-            if self._link is None:
-                raise RuntimeError("no master link")
+            assert self._submit is not None  # checked when the job was added
             sub = spec.submit
-            return await self._link.call(
+            return await self._submit(
                 run_id, sub.type, sub.body, priority=sub.priority, timeout=sub.timeout
             )
         assert spec.func is not None
@@ -620,17 +628,15 @@ async def serve_schedule(
     path: pathlib.Path,
     *,
     state_path: pathlib.Path | None = None,
-    master_addr: tuple[str, int] | None = None,
-    token: str | None = None,
-    ssl_context: ssl.SSLContext | None = None,
+    submit: Submit | None = None,
     task_status: trio.TaskStatus[JobScheduler] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the jobs of a schedule TOML file until cancelled (`gloomd --schedule FILE`).
 
     The status is kept in `state_path`, by default FILE.state.json next to
     FILE.toml (see `default_state_path`), written atomically in a worker
-    thread and reloaded from it at start.  `submit` jobs go to gloomd's master
-    port at `master_addr`.  Raises `JobConfigError` before starting if the
+    thread and reloaded from it at start.  `submit` jobs go through `submit`
+    (in the daemon: its own broker, in-process).  Raises `JobConfigError` before starting if the
     file is invalid; `func` modules must be importable (installed, or on
     PYTHONPATH).
     """
@@ -640,9 +646,7 @@ async def serve_schedule(
         load_schedule_file(path),
         dump_status=writer.submit,
         reload_status=state.reload,
-        master_addr=master_addr,
-        master_token=token,
-        master_ssl=ssl_context,
+        submit=submit,
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer.run)

@@ -120,6 +120,11 @@ class GloomServer:
             for sock in (master_sock, slave_sock):
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
+            # In-process masters (`gloomd.local`) lose their seat with the
+            # run, as connections do: their waiting calls fail now.
+            for peer in list(self.broker.internal):
+                if peer.transport is not None:
+                    peer.transport.abort()
 
     async def shutdown(self) -> None:
         """Stop accepting, fail every unanswered job with HALTED, flush, close.

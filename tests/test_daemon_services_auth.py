@@ -1,4 +1,7 @@
-"""The daemon's own services use its token: the scheduler submits with it."""
+"""With a token set, the daemon's own services still reach its broker.
+
+The scheduler submits in-process (`gloomd.local`), so it needs no token and
+no socket; the slave outside must still authenticate."""
 
 from __future__ import annotations
 

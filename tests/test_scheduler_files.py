@@ -86,11 +86,15 @@ def test_func_by_name_resolves_nested_attributes() -> None:
     assert spec.args == () and spec.kwargs == {}
 
 
-def test_submit_job_needs_a_master_address() -> None:
-    with pytest.raises(JobConfigError, match="master_addr"):
+async def refuse_submit(job_id: str, job_type: Any, body: Any, **options: Any) -> Any:
+    raise AssertionError("this test submits nothing")
+
+
+def test_submit_job_needs_a_submit_callable() -> None:
+    with pytest.raises(JobConfigError, match="need the scheduler's submit"):
         JobScheduler({"r": {"submit": {"type": "report"}, "every": [1, "hour"]}})
     sched = JobScheduler(
-        {"r": {"submit": {"type": "report"}, "every": [1, "hour"]}}, master_addr=("127.0.0.1", 1)
+        {"r": {"submit": {"type": "report"}, "every": [1, "hour"]}}, submit=refuse_submit
     )
     spec = sched.jobs["r"]
     assert spec.submit is not None and (

@@ -1,22 +1,22 @@
 """Submit-type scheduled jobs against a real gloomd, seen by a raw slave socket.
 
-The daemon is the in-process `GloomServer` on 127.0.0.1 port 0; the slave is
-hand-built frames (`tests.wire`), so it checks what actually crosses the
-wire.  These tests use the real clock (sockets and MockClock's autojump do
+The daemon is the in-process `GloomServer` on 127.0.0.1 port 0, and the
+scheduler submits to it as the daemon's own scheduler does: through a
+`gloomd.local.LocalMaster`, in-process.  The slave is hand-built frames
+(`tests.wire`), so it checks what actually crosses the wire.  These tests use the real clock (sockets and MockClock's autojump do
 not mix: the clock would jump while a frame is in flight) and wait on events
 under `fail_after`, never on sleeps.
 """
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import pytest
 import trio
 
 from gloomd.config import Config
-from gloomd.master_link import MasterLink, MasterLinkError, RemoteJobError, SubmitRejected
+from gloomd.local import LocalMaster, LocalMasterError, RemoteJobError, SubmitRejected
 from gloomd.scheduler import JobScheduler
 from gloomd.server import GloomServer
 
@@ -28,8 +28,13 @@ pytestmark = pytest.mark.timeout(30)
 WAIT = 10  # seconds any single expected event may take on a busy machine
 
 
-async def start_server(nursery: trio.Nursery, **settings: Any) -> GloomServer:
-    server: GloomServer = await nursery.start(GloomServer(Config(host="127.0.0.1", **settings)).run)
+def new_server(**settings: Any) -> GloomServer:
+    return GloomServer(Config(host="127.0.0.1", master_port=0, slave_port=0, **settings))
+
+
+async def start_server(nursery: trio.Nursery, server: GloomServer | None = None) -> GloomServer:
+    server = server or new_server()
+    await nursery.start(server.run)
     return server
 
 
@@ -38,19 +43,19 @@ def submit_job(**submit: Any) -> dict[str, Any]:
 
 
 async def start_scheduler(
-    nursery: trio.Nursery, jobs: dict[str, Any], port: int, store: Store
+    nursery: trio.Nursery, jobs: dict[str, Any], server: GloomServer, store: Store
 ) -> JobScheduler:
-    sched = JobScheduler(jobs, store.dump, master_addr=("127.0.0.1", port))
+    sched = JobScheduler(jobs, store.dump, submit=LocalMaster(server, "scheduler").call)
     await nursery.start(sched.run)
     return sched
 
 
 async def test_submit_job_reaches_a_slave_and_its_result_is_recorded(nursery: trio.Nursery) -> None:
-    server = await start_server(nursery, master_port=0, slave_port=0)
+    server = await start_server(nursery)
     slave = await wire.join(server.slave_port, "report")
     store = Store()
     job_conf = submit_job(body={"kind": "hourly"}, priority=5, timeout=60)
-    await start_scheduler(nursery, {"nightly": job_conf}, server.master_port, store)
+    await start_scheduler(nursery, {"nightly": job_conf}, server, store)
     with trio.fail_after(WAIT):
         job = await slave.recv()
     assert (job["action"], job["type"], job["body"], job["timeout"]) == ("job", "report", {"kind": "hourly"}, 60)
@@ -66,11 +71,11 @@ async def test_submit_job_reaches_a_slave_and_its_result_is_recorded(nursery: tr
 
 
 async def test_unanswered_submits_count_against_concurrence_n(nursery: trio.Nursery) -> None:
-    server = await start_server(nursery, master_port=0, slave_port=0)
+    server = await start_server(nursery)
     slave = await wire.join(server.slave_port, "report")
     store = Store()
     conf = {"submit": {"type": "report", "body": 1}, "every": [0.05, "second"], "concurrence_n": 1}
-    await start_scheduler(nursery, {"often": conf}, server.master_port, store)
+    await start_scheduler(nursery, {"often": conf}, server, store)
     with trio.fail_after(WAIT):
         first = await slave.recv()
         await store.wait_until(lambda s: "skipped" in s["often"]["message"])
@@ -86,24 +91,18 @@ async def test_unanswered_submits_count_against_concurrence_n(nursery: trio.Nurs
     await master.aclose()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def test_unreachable_daemon_is_recorded_then_reconnected(nursery: trio.Nursery) -> None:
-    port = free_port()
+async def test_daemon_not_running_is_recorded_then_reached(nursery: trio.Nursery) -> None:
+    server = new_server()
     store = Store()
     conf = {"submit": {"type": "report"}, "every": [0.1, "second"]}
-    await start_scheduler(nursery, {"j": conf}, port, store)
+    await start_scheduler(nursery, {"j": conf}, server, store)
     with trio.fail_after(WAIT):
         st = await store.wait_until(lambda s: s["j"]["message"].startswith("failed"))
-    assert st["j"]["message"].startswith(f"failed: MasterLinkError: cannot reach gloomd at 127.0.0.1:{port}")
+    assert st["j"]["message"] == "failed: LocalMasterError: gloomd is not running"
     assert st["j"]["active_threads"] == {}
 
-    # The daemon comes up on that port: the next fire connects and gets through.
-    server = await start_server(nursery, master_port=port, slave_port=0)
+    # The daemon comes up: the next fire takes a seat and gets through.
+    await start_server(nursery, server)
     slave = await wire.join(server.slave_port, "report")
     with trio.fail_after(WAIT):
         job = await slave.recv()
@@ -114,7 +113,7 @@ async def test_unreachable_daemon_is_recorded_then_reconnected(nursery: trio.Nur
 
 
 async def test_slave_failure_and_timeout_are_recorded(nursery: trio.Nursery) -> None:
-    server = await start_server(nursery, master_port=0, slave_port=0)
+    server = await start_server(nursery)
     failing_slave = await wire.join(server.slave_port, "fails")
     silent_slave = await wire.join(server.slave_port, "slow")
     store = Store()
@@ -122,7 +121,7 @@ async def test_slave_failure_and_timeout_are_recorded(nursery: trio.Nursery) -> 
         "failing": {"submit": {"type": "fails"}, "every": [1, "day"]},
         "slow": {"submit": {"type": "slow", "timeout": 0.2}, "every": [1, "day"]},
     }
-    await start_scheduler(nursery, jobs, server.master_port, store)
+    await start_scheduler(nursery, jobs, server, store)
     with trio.fail_after(WAIT):
         await failing_slave.recv()
         ack = await failing_slave.request({"action": "fail", "error": "ERROR", "reason": "disk full"})
@@ -140,9 +139,9 @@ async def test_slave_failure_and_timeout_are_recorded(nursery: trio.Nursery) -> 
 async def test_daemon_shutdown_and_lost_connection_fail_the_waiting_runs(nursery: trio.Nursery) -> None:
     store = Store()
     async with trio.open_nursery() as daemon:
-        server = await start_server(daemon, master_port=0, slave_port=0)
+        server = await start_server(daemon)
         slave = await wire.join(server.slave_port, "report")
-        await start_scheduler(nursery, {"j": submit_job()}, server.master_port, store)
+        await start_scheduler(nursery, {"j": submit_job()}, server, store)
         with trio.fail_after(WAIT):
             await slave.recv()
             await server.shutdown()  # gloomd fails unanswered jobs with HALTED
@@ -151,22 +150,22 @@ async def test_daemon_shutdown_and_lost_connection_fail_the_waiting_runs(nursery
         await slave.aclose()
 
     async with trio.open_nursery() as daemon:
-        server = await start_server(daemon, master_port=0, slave_port=0)
+        server = await start_server(daemon)
         slave = await wire.join(server.slave_port, "report")
         store2 = Store()
-        await start_scheduler(nursery, {"k": submit_job()}, server.master_port, store2)
+        await start_scheduler(nursery, {"k": submit_job()}, server, store2)
         with trio.fail_after(WAIT):
             await slave.recv()
-            daemon.cancel_scope.cancel()  # abrupt: no HALTED frame, the socket just closes
+            daemon.cancel_scope.cancel()  # abrupt: no HALTED frame, the server just stops
     with trio.fail_after(WAIT):
         st = await store2.wait_until(lambda s: not s["k"]["active_threads"])
-    assert st["k"]["message"].startswith("failed: MasterLinkError: connection to gloomd")
+    assert st["k"]["message"] == "failed: LocalMasterError: gloomd stopped before it answered"
     await slave.aclose()
 
 
-async def test_master_link_matches_results_by_id_and_reports_rejections(nursery: trio.Nursery) -> None:
-    server = await start_server(nursery, master_port=0, slave_port=0)
-    link: MasterLink = await nursery.start(MasterLink("127.0.0.1", server.master_port).run)
+async def test_local_master_matches_results_by_id_and_reports_rejections(nursery: trio.Nursery) -> None:
+    server = await start_server(nursery)
+    link = LocalMaster(server, "scheduler")
     slave = await wire.join(server.slave_port, "t")
     results: dict[str, Any] = {}
 
@@ -183,12 +182,11 @@ async def test_master_link_matches_results_by_id_and_reports_rejections(nursery:
             assert first["id"] == "one"
             calls.start_soon(call, "two")
             # The same id again while "one" is running: refused, from another
-            # master by gloomd, from this link before it reaches the wire.
-            async with trio.open_nursery() as other_service:
-                other: MasterLink = await other_service.start(MasterLink("127.0.0.1", server.master_port).run)
-                with pytest.raises(SubmitRejected, match="id_exists"):
-                    await other.call("one", "t", None)
-                other_service.cancel_scope.cancel()
+            # master by gloomd, from this one before it reaches the broker.
+            other = LocalMaster(server, "other")
+            with pytest.raises(SubmitRejected, match="id_exists"):
+                await other.call("one", "t", None)
+            other.close()
             with pytest.raises(SubmitRejected, match="id_exists"):
                 await link.call("one", "t", None)
             with pytest.raises(SubmitRejected, match="invalid_type.*priority"):
@@ -204,9 +202,9 @@ async def test_master_link_matches_results_by_id_and_reports_rejections(nursery:
     }
 
 
-async def test_master_link_call_raises_the_remote_error(nursery: trio.Nursery) -> None:
-    server = await start_server(nursery, master_port=0, slave_port=0)
-    link: MasterLink = await nursery.start(MasterLink("127.0.0.1", server.master_port).run)
+async def test_local_master_call_raises_the_remote_error(nursery: trio.Nursery) -> None:
+    server = await start_server(nursery)
+    link = LocalMaster(server, "scheduler")
     slave = await wire.join(server.slave_port, "t")
     outcome: list[BaseException] = []
 
@@ -228,7 +226,7 @@ async def test_master_link_call_raises_the_remote_error(nursery: trio.Nursery) -
     assert exc.frame == {"error": "job_error", "reason": "segfault", "id": 7, "category": "CRASH"}
 
 
-async def test_master_link_without_a_daemon_raises_link_error(nursery: trio.Nursery) -> None:
-    link: MasterLink = await nursery.start(MasterLink("127.0.0.1", free_port()).run)
-    with pytest.raises(MasterLinkError, match="cannot reach gloomd"):
+async def test_local_master_without_a_running_daemon_raises() -> None:
+    link = LocalMaster(new_server(), "scheduler")
+    with pytest.raises(LocalMasterError, match="gloomd is not running"):
         await link.call("x", "t", None)

@@ -145,7 +145,11 @@ async def test_schedule_file_out_of_range_fails_before_the_scheduler_starts(
     submit = "" if "submit" in entry else 'submit = { type = "t" }\n'
     path = write(tmp_path, f"[jobs.bad]\n{submit}{entry}\n")
     with pytest.raises(JobConfigError, match=message):
-        await serve_schedule(path, master_addr=("127.0.0.1", 1))
+        await serve_schedule(path, submit=refuse_submit)
+
+
+async def refuse_submit(job_id: str, job_type: Any, body: Any, **options: Any) -> Any:
+    raise AssertionError("the file is refused before anything is submitted")
 
 
 def test_an_integer_too_long_for_python_is_a_toml_error(tmp_path: pathlib.Path) -> None:
