@@ -121,7 +121,7 @@ def start_daemon(
 def serve_wsjobd(jobs_dir: str) -> None:
     """The service alone, as the daemon would run it (``--server wsjobd``)."""
     from gloomd.wsjobd import serve
-    from gloomd.wslimits import WsLimits
+    from gloomd.wsjobd import WsLimits
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -68,7 +68,7 @@ from gloomwire.vocabulary import (
 from gloomwire.vocabulary import stats as stats_frame
 
 from . import messages as m
-from .logbudget import LogBudget
+from .logs import LogBudget
 
 __all__ = ["OK_FRAME", "Broker", "BrokerLimits", "Job", "MasterPeer", "Peer", "SlavePeer"]
 

@@ -33,7 +33,7 @@ from .fdlimit import (
 from gloomwire.framing import DEFAULT_MAX_FRAME
 from .security import TokenError, load_token, server_ssl_context
 from .server import GloomServer
-from .wslimits import WsLimits, positive_float, positive_int
+from .wsjobd.limits import WsLimits, positive_float, positive_int
 
 __all__ = ["main", "build_parser", "config_from_args"]
 

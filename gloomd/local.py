@@ -38,7 +38,7 @@ from gloomwire import codec
 from gloomwire.framing import FrameDecoder
 from gloomwire.vocabulary import error, submit
 
-from .broker import Broker, MasterPeer
+from .broker import Broker
 from .ingest import MasterIngest
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gloomd.firetime import (
+from gloomd.scheduler.firetime import (
     JobConfigError,
     NextFireTimeError,
     first_fire_ts,

@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from gloomd.load import (
+from gloomd.wsjobd.load import (
     DEFAULT_CPU_LOW_THRESHOLD,
     DEFAULT_MAX_CLIENT_NUMBER,
     DEFAULT_MEM_LOW_THRESHOLD,
@@ -163,7 +163,7 @@ async def test_a_cancelled_asker_does_not_strand_the_others(nursery: trio.Nurser
 
 
 async def test_cancelling_the_sampler_fails_waiting_askers_cleanly() -> None:
-    from gloomd.load import LoadSamplingError
+    from gloomd.wsjobd.load import LoadSamplingError
 
     outcome: list[BaseException] = []
     async with trio.open_nursery() as outer:

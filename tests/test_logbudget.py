@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gloomd.logbudget import LogBudget
+from gloomd.logs import LogBudget
 
 from .brokerkit import Kit
 

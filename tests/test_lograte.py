@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gloomd.lograte import RateLimitedLog
+from gloomd.logs import RateLimitedLog
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from gloomd.firetime import JobConfigError, NextFireTimeError
+from gloomd.scheduler.firetime import JobConfigError, NextFireTimeError
 from gloomd.scheduler import FILTERED_MESSAGE, JobExistError, JobScheduler
 
 from .schedjobs import tasks

@@ -14,9 +14,9 @@ import pytest
 import trio
 import trio.testing
 
-from gloomd.firetime import JobConfigError, NextFireTimeError
-from gloomd.schedule_config import build_job, default_state_path, load_schedule_file
-from gloomd.schedule_list import rows
+from gloomd.scheduler.firetime import JobConfigError, NextFireTimeError
+from gloomd.scheduler.config import build_job, default_state_path, load_schedule_file
+from gloomd.scheduler.listing import rows
 from gloomd.scheduler import (
     BackgroundWriter,
     JobScheduler,

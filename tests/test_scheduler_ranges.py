@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 
-from gloomd.firetime import (
+from gloomd.scheduler.firetime import (
     MAX_INTERVAL_SECONDS,
     MAX_MONTHS,
     MAX_TS,
@@ -28,8 +28,8 @@ from gloomd.firetime import (
     is_fire_ts,
     parse_timing,
 )
-from gloomd.schedule_config import build_job, load_schedule_file
-from gloomd.schedule_list import rows
+from gloomd.scheduler.config import build_job, load_schedule_file
+from gloomd.scheduler.listing import rows
 from gloomd.scheduler import JobScheduler, StateFile, serve_schedule
 
 pytestmark = pytest.mark.timeout(30)

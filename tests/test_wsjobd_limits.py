@@ -29,7 +29,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnec
 
 from gloomd.wsjobd import WsJobService
 from gloomd.fdlimit import DescriptorBudgetError, fit_connection_caps
-from gloomd.wslimits import WsLimits
+from gloomd.wsjobd.limits import WsLimits
 
 # A 19+ digit integer sends a payload down the codec's exact (stdlib) path.
 LONG_INT = "1234567890123456789012"

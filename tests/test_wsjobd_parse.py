@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gloomd.load import Thresholds
+from gloomd.wsjobd.load import Thresholds
 from gloomd.wsjobd import (
     DEFAULT_CPU_SAMPLE_INTERVAL,
     DEFAULT_REPORT_INTERVAL,

@@ -1,55 +1,20 @@
-"""The websocket job service: pykit wsjobd's protocol, served by trio in the gloomd process.
+"""The websocket job service: trio-websocket I/O around the sans-IO parts.
 
-A client opens a websocket, sends one JSON job description and then listens:
-progress reports (the job's data dict, or one value of it) arrive at once and then
-every ``progress.interval`` seconds, a final report when the job returns (or a
-``JobFailedError`` frame when it raises), then a normal close.  Clients naming the
-same ``ident`` while the job runs attach to it instead of starting another.
-The full contract, and how it differs from pykit, is in
-``shared/reference/wsjobd.md`` section 12; the README section shows a session.
-
-The module reads top to bottom in the order a request travels:
-
-1. errors and the error frame shape;
-2. :func:`parse_request`, sans-IO: one message in, a validated :class:`JobRequest`
-   or an error out, checked in the order the reference fixes;
-3. :class:`JobsDirectory`: the server-side directory job functions come from,
-   imported as a private package so a client can never reach another module;
-4. :class:`Job`: what a job function sees, and its per-listener wake-ups;
-5. :class:`WsJobService`: trio-websocket I/O, one task per connection, one task
-   per job, reports scheduled per listener; :func:`serve` wraps it for the CLI.
-
-Every cap and timeout (connections, handshake, idle, running jobs, message
-size) comes from :class:`gloomd.wslimits.WsLimits`; that module also holds the
-descriptor budget the connection cap must fit in.  Frames are encoded by
-:mod:`gloomd.report_encoding`, which never sends anything but JSON.
-
-Threads: a plain ``def`` job runs in a worker thread (as in pykit), an ``async
-def`` job runs in the service's nursery.  Everything else that could block
-(importing job modules, psutil) also runs in threads, so the event loop only ever
-encodes JSON and moves bytes.
+One task per connection, one task per job, reports scheduled per listener;
+`serve` wraps `WsJobService` for the command line.  Every cap and timeout
+comes from `limits.WsLimits`; frames are encoded by `report_encoding`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import importlib
-import importlib.machinery
-import importlib.util
 import inspect
-import keyword
 import logging
 import math
 import os
-import re
-import sys
-import threading
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any, TypeAlias
+from typing import Any
 
 import trio
 from trio_websocket import (
@@ -59,46 +24,22 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
-from gloomwire import codec
-from gloomd.lograte import RateLimitedLog
-from gloomd.load import (
-    LoadSampler,
-    LoadSamplingError,
-    SystemLoad,
-    SystemOverloadError,
-    Thresholds,
-    check_load,
-)
-from gloomd.report_encoding import encode_report
-from gloomd.wslimits import WsLimits
+from gloomwire.auth import token_matches
 
-__all__ = [
-    "IdleTimeoutError",
-    "InvalidMessageError",
-    "InvalidProgressError",
-    "Job",
-    "JobError",
-    "JobFailedError",
-    "JobRequest",
-    "JobsDirectory",
-    "LoadingError",
-    "ReportOptions",
-    "SystemOverloadError",
-    "WsJobService",
-    "parse_request",
-    "serve",
-]
+from ..logs import RateLimitedLog
+from .directory import JobFunction, JobsDirectory
+from .errors import IdleTimeoutError, JobError, error_frame, job_failed_frame
+from .job import Job
+from .limits import WsLimits
+from .load import LoadSampler, LoadSamplingError, SystemLoad, SystemOverloadError, check_load
+from .report_encoding import encode_report
+from .request import IdentKey, JobRequest, ReportOptions, ident_key, parse_request
 
-log = logging.getLogger(__name__)
+__all__ = ["CLOSE_TIMEOUT", "SEND_TIMEOUT", "WsJobService", "serve"]
 
-# pykit's defaults.
-DEFAULT_REPORT_INTERVAL = 5.0
-DEFAULT_CPU_SAMPLE_INTERVAL = 0.02
-MAX_CPU_SAMPLE_INTERVAL = 10.0
-# A positive interval is valid, but one of a microsecond would have the server
-# encode and send reports in a tight loop for one client; below this floor the
-# reports simply come as fast as the floor allows.
-MIN_REPORT_INTERVAL = 0.01
+# The logger of the service as a whole: operators filter on "gloomd.wsjobd".
+log = logging.getLogger("gloomd.wsjobd")
+
 # How long a client may take over the closing handshake, and how long one report
 # may sit unsent (a client that stopped reading) before the connection is
 # dropped.  The opening handshake's limit is WsLimits.handshake_timeout.
@@ -113,407 +54,6 @@ _TOO_MANY_CONNECTIONS = (
 # Writing ~140 bytes to a socket just accepted only fills its empty send buffer;
 # the bound is there so a refusal can never hold up the accept loop.
 _REFUSE_SEND_TIMEOUT = 0.5
-
-
-# --------------------------------------------------------------------------- errors
-# pykit's tree (clients match on these class names), plus JobFailedError for the
-# explicit failure frame.  SystemOverloadError lives in gloomd.load, outside it.
-
-
-class JobError(Exception):
-    """A job description was refused; args[0] is the message the client sees."""
-
-
-class InvalidMessageError(JobError):
-    """The job description is malformed or has a field of the wrong type."""
-
-
-class InvalidProgressError(InvalidMessageError):
-    """The ``progress`` field, or one of its keys, is malformed."""
-
-
-class LoadingError(JobError):
-    """The named job function cannot be found or imported in the jobs directory."""
-
-
-class JobFailedError(JobError):
-    """Sent, never raised: the job function raised; args[0] is "ExcType: message"."""
-
-
-class IdleTimeoutError(JobError):
-    """Sent, never raised: no job description came within WsLimits.idle_timeout."""
-
-
-def error_frame(exc: Exception) -> dict[str, Any]:
-    """pykit's error shape: the class name and the exception's args as a list."""
-    return {"err": type(exc).__name__, "val": list(exc.args)}
-
-
-# ----------------------------------------------------------------- parsing, sans-IO
-
-IdentKey: TypeAlias = tuple[str, Any]
-
-# ASCII only: Python would NFKC-normalise a non-ASCII identifier in source but
-# not in a module file name, and nobody needs that ambiguity in a job name.
-_FUNC_PART = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
-_THRESHOLD_NAMES = ("mem_low_threshold", "cpu_low_threshold", "max_client_number")
-_EXCERPT = 200
-
-
-@dataclass(frozen=True, slots=True)
-class ReportOptions:
-    """How one listener wants its reports; an attaching client brings its own."""
-
-    enabled: bool = True
-    interval: float = DEFAULT_REPORT_INTERVAL
-    key: str | None = None
-    system_load: bool = False
-    cpu_sample_interval: float = DEFAULT_CPU_SAMPLE_INTERVAL
-
-
-@dataclass(frozen=True, slots=True)
-class JobRequest:
-    """A job description that passed every type check.
-
-    ``data`` is the whole parsed message: it becomes ``job.data`` when this
-    request starts the job, so extra keys reach the job function as in pykit.
-    """
-
-    ident: Any
-    ident_key: IdentKey
-    func: str
-    func_parts: tuple[str, ...]
-    data: dict[str, Any]
-    report: ReportOptions
-    thresholds: Thresholds | None
-
-
-def _is_number(value: Any) -> bool:
-    # JSON booleans decode to bool, a subclass of int: they are not numbers here.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return isinstance(value, int) or math.isfinite(value)
-
-
-def _excerpt(message: str | bytes) -> str:
-    text = message if isinstance(message, str) else message.decode("utf-8", "replace")
-    return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "..."
-
-
-def ident_key(ident: Any) -> IdentKey:
-    """The registry key of an ident: JSON type plus value, so ``true`` and ``1`` differ.
-
-    Python's ``True == 1`` would otherwise merge them; ``1`` and ``1.0`` are the same
-    JSON number and stay the same key, as they were in pykit.
-    """
-    if isinstance(ident, bool):
-        return ("boolean", ident)
-    if isinstance(ident, int | float):
-        return ("number", ident)
-    if isinstance(ident, str):
-        return ("string", ident)
-    return ("null", None)
-
-
-def _parse_progress(data: dict[str, Any]) -> tuple[bool, float, str | None]:
-    progress = data.get("progress", {})
-    # `progress is False`, not `== False`: pykit's 0 == False turned reports off.
-    if progress is None or progress is False:
-        return False, DEFAULT_REPORT_INTERVAL, None
-    if not isinstance(progress, dict):
-        raise InvalidProgressError("the progress in message is not a dictionary")
-    interval = progress.get("interval", DEFAULT_REPORT_INTERVAL)
-    if not _is_number(interval) or interval <= 0:
-        raise InvalidProgressError("progress interval is not a number greater than 0")
-    key = progress.get("key")
-    if key is not None and not isinstance(key, str):
-        raise InvalidProgressError("progress key is not a string")
-    return True, max(float(interval), MIN_REPORT_INTERVAL), key
-
-
-def _parse_check_load(data: dict[str, Any]) -> Thresholds | None:
-    check = data.get("check_load")
-    if check is None:
-        return None
-    if not isinstance(check, dict):
-        raise InvalidMessageError("check_load is not a dictionary")
-    given: dict[str, float] = {}
-    for name in _THRESHOLD_NAMES:
-        if name in check:
-            if not _is_number(check[name]):
-                raise InvalidMessageError(f"{name} is not a number")
-            given[name] = check[name]
-    return Thresholds(**given)
-
-
-def parse_request(message: str | bytes) -> JobRequest:
-    """Validate the first message of a connection, in the reference's order.
-
-    JSON object, ``ident``, ``func``, then the other fields' types (``progress``,
-    ``check_load``, ``report_system_load``, ``cpu_sample_interval``, no
-    ``jobs_dir``).  The load check and loading the function come later, in the
-    service, because they need the machine.
-    """
-    raw = message.encode("utf-8", "surrogatepass") if isinstance(message, str) else message
-    try:
-        data = codec.loads(raw)
-    except (codec.DecodeError, RecursionError):
-        raise InvalidMessageError(
-            f"message is not a valid json string: {_excerpt(message)}"
-        ) from None
-    if not isinstance(data, dict):
-        raise InvalidMessageError("message is not dictionary")
-
-    if "ident" not in data:
-        raise InvalidMessageError("'ident' is not in message")
-    ident = data["ident"]
-    if ident is not None and not isinstance(ident, str | int | float):
-        raise InvalidMessageError("ident is not a string, number, boolean or null")
-
-    if "func" not in data:
-        raise InvalidMessageError("'func' is not in message")
-    func = data["func"]
-    if not isinstance(func, str):
-        raise InvalidMessageError("func is not a string")
-    parts = tuple(func.split("."))
-    for part in parts:
-        if _FUNC_PART.match(part) is None or keyword.iskeyword(part):
-            raise InvalidMessageError(
-                "func is not a dotted name of identifiers that do not start with '_': "
-                + _excerpt(func)
-            )
-
-    enabled, interval, key = _parse_progress(data)
-    thresholds = _parse_check_load(data)
-
-    report_system_load = data.get("report_system_load")
-    if report_system_load is not None and not isinstance(report_system_load, bool):
-        raise InvalidMessageError("report_system_load is not a boolean")
-
-    cpu_sample_interval = data.get("cpu_sample_interval", DEFAULT_CPU_SAMPLE_INTERVAL)
-    if not _is_number(cpu_sample_interval):
-        raise InvalidMessageError("cpu_sample_interval is not a number")
-    if not 0 <= cpu_sample_interval <= MAX_CPU_SAMPLE_INTERVAL:
-        raise InvalidMessageError(
-            f"cpu_sample_interval is not between 0 and {MAX_CPU_SAMPLE_INTERVAL:g}"
-        )
-
-    if "jobs_dir" in data:
-        raise InvalidMessageError("jobs_dir is set by the server")
-
-    return JobRequest(
-        ident=ident,
-        ident_key=ident_key(ident),
-        func=func,
-        func_parts=parts,
-        data=data,
-        report=ReportOptions(
-            enabled=enabled,
-            interval=interval,
-            key=key,
-            system_load=bool(report_system_load),
-            cpu_sample_interval=float(cpu_sample_interval),
-        ),
-        thresholds=thresholds,
-    )
-
-
-# ------------------------------------------------------------------- jobs directory
-
-JobFunction: TypeAlias = Callable[["Job"], Any]
-
-
-class JobsDirectory:
-    """The server-side directory that job functions are loaded from, and only from.
-
-    The directory is imported as a package under a private name derived from its
-    real path (``_gloomd_wsjobs_<hash>``), found through its own ``__path__``
-    rather than ``sys.path``: ``func="a.b.run"`` can only ever mean
-    ``<dir>/a/b.py`` (or ``<dir>/a/b/__init__.py``), function ``run``.  Together
-    with the name rules of :func:`parse_request` (no ``_``-prefixed parts, so no
-    dunders; no ``..``, slashes or keywords) and the check that the function was
-    *defined* in the directory, a client cannot reach ``os.system`` even through a
-    job module that imported it.  Job modules import their neighbours relatively
-    (``from . import helpers``).
-
-    As in pykit, modules are imported once and stay cached: edit a job module,
-    restart the daemon.  Every method here may block (it imports), so the service
-    calls them in a worker thread.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        real = os.path.realpath(os.fspath(path))
-        if not os.path.isdir(real):
-            raise NotADirectoryError(f"jobs directory {os.fspath(path)!r} is not a directory")
-        self.path = real
-        digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()
-        self.package = f"_gloomd_wsjobs_{digest[:16]}"
-        self._lock = threading.Lock()
-
-    def _package_module(self) -> ModuleType:
-        with self._lock:
-            module = sys.modules.get(self.package)
-            if module is not None:
-                return module
-            init = os.path.join(self.path, "__init__.py")
-            spec: importlib.machinery.ModuleSpec | None
-            if os.path.isfile(init):
-                spec = importlib.util.spec_from_file_location(
-                    self.package, init, submodule_search_locations=[self.path]
-                )
-            else:
-                # No __init__.py: an empty package whose only content is its path.
-                spec = importlib.machinery.ModuleSpec(self.package, None, is_package=True)
-                spec.submodule_search_locations = [self.path]
-            assert spec is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[self.package] = module
-            if spec.loader is not None:
-                try:
-                    spec.loader.exec_module(module)
-                except BaseException:
-                    del sys.modules[self.package]
-                    raise
-            return module
-
-    def load_module(self, relative_name: str) -> ModuleType:
-        """Import ``<dir>/<relative/name>.py``; the empty name is the directory's package."""
-        package = self._package_module()
-        if not relative_name:
-            return package
-        return importlib.import_module(f"{self.package}.{relative_name}")
-
-    def _client_text(self, text: str) -> str:
-        # Say "jobs.x" to the client, as pykit did, not the private package name.
-        return text.replace(self.package, "jobs")
-
-    def load_function(self, parts: Sequence[str]) -> JobFunction:
-        """Resolve validated `func` parts to a plain or ``async`` function, or raise LoadingError."""
-        module_parts, name = parts[:-1], parts[-1]
-        module_path = ".".join(("jobs", *module_parts))
-        try:
-            module = self.load_module(".".join(module_parts))
-        except Exception as exc:  # ImportError, SyntaxError, anything the module raised
-            raise LoadingError(
-                f"failed to import {module_path}: {self._client_text(repr(exc))}"
-            ) from exc
-        missing = object()
-        func = getattr(module, name, missing)
-        # A submodule is an attribute of its package only once something imported
-        # it; treating it as absent keeps the answer independent of that history.
-        if func is missing or inspect.ismodule(func):
-            raise LoadingError(f"function not found: {name!r}")
-        if (
-            not inspect.isfunction(func)
-            or inspect.isgeneratorfunction(func)
-            or inspect.isasyncgenfunction(func)
-        ):
-            raise LoadingError(f"{module_path}.{name} is not a function")
-        defined_in = getattr(func, "__module__", None) or ""
-        if defined_in != self.package and not defined_in.startswith(self.package + "."):
-            # Imported into a job module from elsewhere (`from shutil import rmtree`).
-            raise LoadingError(f"{module_path}.{name} is not defined in the jobs directory")
-        return func
-
-
-# ------------------------------------------------------------------------------ jobs
-
-
-class ProgressAvailable:
-    """pykit's ``job.progress_available``, kept so pykit job functions run unchanged.
-
-    pykit made it a ``threading.Event`` that senders waited on and cleared, which
-    let one sender swallow another's wake-up.  Here ``set()`` wakes every listener
-    at once through their own events, so there is nothing to clear.
-    """
-
-    __slots__ = ("_job",)
-
-    def __init__(self, job: Job) -> None:
-        self._job = job
-
-    def set(self) -> None:
-        self._job.report_now()
-
-    def clear(self) -> None:
-        """Nothing to clear: wake-ups are delivered, not stored."""
-
-    def is_set(self) -> bool:
-        return False
-
-
-class Job:
-    """What a job function receives: pykit's surface plus :meth:`report_now`.
-
-    * ``data``: the creating client's job description; the job writes its
-      progress and results into it (``job.data["result"] = ...``).  Listeners
-      only ever send copies of it.
-    * ``ident``, ``ctx`` (a dict for the job's own use), ``err`` (the exception
-      the job raised, once it has).
-    * ``report_now()`` / ``progress_available.set()``: send every listener a report
-      now instead of at its next interval.  Safe from the job's thread and from
-      trio.
-    """
-
-    def __init__(self, ident: Any, data: dict[str, Any], trio_token: trio.lowlevel.TrioToken):
-        self.ident = ident
-        self.data = data
-        self.ctx: dict[str, Any] = {}
-        self.err: BaseException | None = None
-        self.done = False
-        self.finished = trio.Event()
-        self._trio_token = trio_token
-        self._wakeups: set[trio.Event] = set()
-        # Coalesces report_now() bursts from a thread into one loop callback.
-        self._wake_scheduled = False
-
-    @property
-    def progress_available(self) -> ProgressAvailable:
-        """pykit's event, made on demand.
-
-        Stored, it would be a reference cycle (job -> event -> job): a finished
-        job, with the client's whole description in ``data``, would then wait
-        for a full garbage collection (every --gc-interval, 300 s) instead of
-        being freed when its last reference goes.  Measured: 600 finished 1 MB
-        jobs of clients that hung up kept the daemon at 708 MB.
-        """
-        return ProgressAvailable(self)
-
-    def report_now(self) -> None:
-        """Ask every listener for an immediate report (callable from any thread)."""
-        if self._wake_scheduled:
-            return
-        self._wake_scheduled = True
-        try:
-            self._trio_token.run_sync_soon(self._wake_listeners)
-        except trio.RunFinishedError:
-            pass  # the daemon is gone; nobody is listening
-
-    def _wake_listeners(self) -> None:
-        self._wake_scheduled = False
-        for wakeup in self._wakeups:
-            wakeup.set()
-
-    def _subscribe(self) -> trio.Event:
-        wakeup = trio.Event()
-        self._wakeups.add(wakeup)
-        return wakeup
-
-    def _unsubscribe(self, wakeup: trio.Event) -> None:
-        self._wakeups.discard(wakeup)
-
-    def _finish(self) -> None:
-        self.done = True
-        self.finished.set()
-        self._wake_listeners()
-
-
-def job_failed_frame(exc: BaseException) -> dict[str, Any]:
-    """The explicit failure frame that replaces pykit's silently stored ``job.err``."""
-    return error_frame(JobFailedError(f"{type(exc).__name__}: {exc}"))
-
-
-# --------------------------------------------------------------------------- service
 
 
 class _Client:
@@ -627,7 +167,7 @@ class WsJobService:
     :param token: when not None, the upgrade request must carry ``?token=<token>``
         (URL-encoded); anything else is refused with HTTP 401.
     :param limits: the connection cap, the handshake and idle timeouts, the cap
-        on running jobs and the message size (see :class:`gloomd.wslimits.WsLimits`).
+        on running jobs and the message size (see :class:`gloomd.wsjobd.limits.WsLimits`).
     :param send_timeout: seconds one report may take to send before the client is
         considered stuck and dropped.
     """
@@ -654,7 +194,7 @@ class WsJobService:
         self._nursery: trio.Nursery | None = None
         self._sampler: LoadSampler | None = None
         self._trio_token: trio.lowlevel.TrioToken | None = None
-        # Lines a client can cause by connecting go through here (lograte's docstring).
+        # Lines a client can cause by connecting go through here (`gloomd.logs`).
         self._events = RateLimitedLog(log)
 
     @property
@@ -761,7 +301,7 @@ class WsJobService:
         given = urllib.parse.parse_qs(query, keep_blank_values=True).get("token", [])
         if len(given) != 1:
             return False
-        return hmac.compare_digest(given[0].encode("utf-8"), self._token.encode("utf-8"))
+        return token_matches(given[0], self._token)
 
     async def _handle_connection(self, request: WebSocketRequest, remote: str) -> None:
         if self._token is not None and not self._authorized(request.path):
@@ -1006,4 +546,3 @@ async def serve(
     """
     service = WsJobService(jobs_dir, token=token, limits=limits)
     await service.run(host, port, task_status=task_status)
-

@@ -5,6 +5,12 @@ imports the jobs' code and never talks to a running daemon, so it works on a
 host where the daemon is down (which is when one most wants to look).  Times
 are shown in each job's own zone, since "03:30 Europe/Berlin" is what the
 configuration says.
+
+The `gloom` command does not import gloomd (a client-only install has none):
+gloomd contributes the `schedule` subcommand through the entry point group
+`gloom.commands` (pyproject.toml: `schedule = "gloomd.scheduler.listing:COMMANDS"`),
+which `gloom` loads when it is there.  That is why this module, the only one
+of gloomd that does, imports `gloom.cli`: it plugs into it.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .firetime import JobConfigError, first_fire_ts, is_fire_ts
-from .schedule_config import build_job, default_state_path, load_schedule_file
-from .scheduler import StateFile
+from gloom.cli import Command
 
-__all__ = ["main", "rows"]
+from .config import build_job, default_state_path, load_schedule_file
+from .firetime import JobConfigError, first_fire_ts, is_fire_ts
+from .state import StateFile
+
+__all__ = ["COMMANDS", "main", "rows"]
 
 
 def _fmt(ts: float, tz: _dt.tzinfo) -> str:
@@ -114,3 +122,41 @@ def main(argv: Sequence[str]) -> int:
     # Piped into a file or grep, 80 columns would fold every date in two.
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 0
+
+
+# ------------------------------------------------------------------ the gloom subcommand
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="schedule_command", metavar="COMMAND", required=True)
+    listing = sub.add_parser(
+        "list",
+        help="each job's last and next fire time and its last message",
+        description=(
+            "Show each scheduled job's last and next fire time (in its own zone)"
+            " and its last message."
+        ),
+    )
+    listing.add_argument("--schedule", required=True, help="the schedule TOML file")
+    listing.add_argument(
+        "--schedule-state",
+        default=None,
+        help="status file (default: FILE.state.json next to FILE.toml)",
+    )
+    listing.set_defaults(run=_run_list)
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    """`gloom schedule list`; it needs no daemon, so it ignores the connection options."""
+    argv = ["--schedule", args.schedule]
+    if args.schedule_state:
+        argv += ["--schedule-state", args.schedule_state]
+    return main(argv)
+
+
+#: What the entry point `gloom.commands` / `schedule` hands to `gloom`.
+COMMANDS = [
+    Command(
+        "schedule", "inspect the scheduler's jobs (gloomd --schedule)", _configure, _run_list
+    )
+]

@@ -7,7 +7,7 @@ fixes listed in the reference:
 
 * no one-minute tick: the loop sleeps until the earliest next fire time
   (`trio.sleep_until`-style, monotonic clock) and wakes at once on add/delete;
-* next fire times come from `gloomd.firetime` (pendulum zones, calendar
+* next fire times come from `firetime` (pendulum zones, calendar
   months, explicit DST rules), and a job is validated when it is added;
 * the next fire time is computed before the job is launched, so a failure can
   never leave it stale, and missed slots are fired at most once (no catch-up
@@ -38,8 +38,6 @@ import inspect
 import itertools
 import logging
 import math
-import os
-import pathlib
 import threading
 import time
 import traceback
@@ -50,37 +48,22 @@ from typing import Any, Protocol
 import trio
 
 from gloomwire import codec
+
+from .config import JobSpec, build_job
 from .firetime import (
     JobConfigError,
-    NextFireTimeError,
     ScheduleError,
     first_fire_ts,
-    get_next_fire_time,
     is_fire_ts,
     resume_fire_ts,
     time_info,
 )
-from .schedule_config import (
-    JobSpec,
-    build_job,
-    default_state_path,
-    load_schedule_file,
-)
+from .state import StatusDict
 
-__all__ = [
-    "BackgroundWriter",
-    "JobConfigError",
-    "JobExistError",
-    "JobScheduler",
-    "NextFireTimeError",
-    "StateFile",
-    "Submit",
-    "get_next_fire_time",
-    "schedule_list_main",
-    "serve_schedule",
-]
+__all__ = ["FILTERED_MESSAGE", "JobExistError", "JobScheduler", "Submit"]
 
-log = logging.getLogger(__name__)
+# The scheduler's logger as a whole: operators filter on "gloomd.scheduler".
+log = logging.getLogger("gloomd.scheduler")
 
 #: A wake-up this close to a fire time counts as on time (float rounding of
 #: the wall-to-trio clock translation must not cause a busy loop).
@@ -94,9 +77,6 @@ class JobExistError(ScheduleError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
-
-
-StatusDict = dict[str, dict[str, Any]]
 
 
 class Submit(Protocol):
@@ -539,123 +519,3 @@ class JobScheduler:
             # coroutine belongs to this trio run, not to the worker thread.
             result = await result
         return result
-
-
-# --- status file -----------------------------------------------------------------
-
-
-class StateFile:
-    """The scheduler status as a JSON file, written atomically (temp file + rename).
-
-    `dump` and `reload` are the `dump_status`/`reload_status` callbacks.  A
-    file that cannot be read or parsed is logged and treated as absent: a
-    scheduler that refuses to start over a corrupt status file would be worse
-    than one that recomputes its fire times.
-    """
-
-    def __init__(self, path: pathlib.Path) -> None:
-        self.path = path
-
-    def dump(self, status: StatusDict) -> None:
-        data = codec.dumps(status)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(self.path)
-
-    def reload(self) -> StatusDict | None:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            log.error("cannot read schedule state %s: %s", self.path, exc)
-            return None
-        try:
-            status = codec.loads(data)
-        except codec.DecodeError as exc:
-            log.error("schedule state %s is not JSON (%s); starting afresh", self.path, exc)
-            return None
-        if not isinstance(status, dict):
-            log.error("schedule state %s is not an object; starting afresh", self.path)
-            return None
-        return status
-
-
-class BackgroundWriter:
-    """Writes the latest status snapshot in a worker thread, coalescing bursts.
-
-    In the daemon the scheduler shares its trio run with the broker; an fsync
-    in the event loop would stall every connection for as long as the disk
-    takes.  So `dump_status` only hands the snapshot over, and `run` writes
-    the newest one from a thread; snapshots superseded meanwhile are skipped.
-    The price is a window of a few milliseconds in which a fire has started
-    but is not yet on disk.  On cancellation the last pending snapshot is
-    written before `run` returns.
-    """
-
-    def __init__(self, write: Callable[[StatusDict], None]) -> None:
-        self._write = write
-        self._pending: StatusDict | None = None
-        self._ready = trio.Event()
-
-    def submit(self, status: StatusDict) -> None:
-        self._pending = status
-        self._ready.set()
-
-    def _write_logged(self, status: StatusDict) -> None:
-        try:
-            self._write(status)
-        except Exception:
-            log.exception("writing the schedule state failed")
-
-    async def run(self) -> None:
-        try:
-            while True:
-                await self._ready.wait()
-                self._ready = trio.Event()
-                status, self._pending = self._pending, None
-                if status is not None:
-                    await trio.to_thread.run_sync(self._write_logged, status)
-        finally:
-            if self._pending is not None:
-                self._write_logged(self._pending)
-
-
-async def serve_schedule(
-    path: pathlib.Path,
-    *,
-    state_path: pathlib.Path | None = None,
-    submit: Submit | None = None,
-    task_status: trio.TaskStatus[JobScheduler] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run the jobs of a schedule TOML file until cancelled (`gloomd --schedule FILE`).
-
-    The status is kept in `state_path`, by default FILE.state.json next to
-    FILE.toml (see `default_state_path`), written atomically in a worker
-    thread and reloaded from it at start.  `submit` jobs go through `submit`
-    (in the daemon: its own broker, in-process).  Raises `JobConfigError` before starting if the
-    file is invalid; `func` modules must be importable (installed, or on
-    PYTHONPATH).
-    """
-    state = StateFile(state_path if state_path is not None else default_state_path(path))
-    writer = BackgroundWriter(state.dump)
-    scheduler = JobScheduler(
-        load_schedule_file(path),
-        dump_status=writer.submit,
-        reload_status=state.reload,
-        submit=submit,
-    )
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer.run)
-        await nursery.start(scheduler.run)
-        task_status.started(scheduler)
-
-
-def schedule_list_main(argv: list[str]) -> int:
-    """`gloom schedule list --schedule FILE.toml [--schedule-state FILE]`."""
-    from .schedule_list import main
-
-    return main(argv)

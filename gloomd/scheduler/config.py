@@ -33,8 +33,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .firetime import MAX_INTERVAL_SECONDS, JobConfigError, Timing, parse_timing, short_repr
 from gloomwire.codec import MAX_DEPTH
+
+from .firetime import MAX_INTERVAL_SECONDS, JobConfigError, Timing, parse_timing, short_repr
 
 __all__ = [
     "MAX_CONCURRENCE_N",
