@@ -281,7 +281,9 @@ class Broker:
 
     # ------------------------------------------------------------ connections
 
-    def connect_master(self, name: str, transport: Any = None, *, internal: bool = False) -> MasterPeer:
+    def connect_master(
+        self, name: str, transport: Any = None, *, internal: bool = False
+    ) -> MasterPeer:
         """A new master; `internal` for an in-process one, which no stats count."""
         peer = MasterPeer(name, transport)
         (self.internal if internal else self.masters).add(peer)

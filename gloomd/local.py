@@ -122,7 +122,8 @@ class LocalMaster:
         if broker is not self._broker or self._ingest is None or self.closed:
             # A broker per server run: take a fresh seat if it was replaced.
             self._broker = broker
-            self._ingest = MasterIngest(broker, broker.connect_master(self.name, self, internal=True))
+            peer = broker.connect_master(self.name, self, internal=True)
+            self._ingest = MasterIngest(broker, peer)
             self.closed = self.overflowed = False
         return broker, self._ingest
 

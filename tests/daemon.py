@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 READY = re.compile(
-    rb"gloomd ready master=(?P<host>[^ ]+):(?P<master>\d+) slave=[^ ]+:(?P<slave>\d+)(?: ws=[^ ]+:(?P<ws>\d+))?"
+    rb"gloomd ready master=(?P<host>[^ ]+):(?P<master>\d+) slave=[^ ]+:(?P<slave>\d+)"
+    rb"(?: ws=[^ ]+:(?P<ws>\d+))?(?: http=[^ ]+:(?P<http>\d+))?"
 )
 
 
@@ -29,6 +30,7 @@ class Daemon:
     slave_port: int
     ws_port: int | None
     ready_line: str
+    http_port: int | None = None
 
     @property
     def master_addr(self) -> tuple[str, int]:
@@ -77,12 +79,19 @@ def spawn_gloomd(
 ) -> Iterator[Daemon]:
     """Run `python -m gloomd` on free loopback ports for the duration of a block.
 
+    The HTTP port is on a free port too (`--http-port 0`), so that tests may
+    run beside a daemon that holds the default 9997; `--no-http` (or another
+    `--http-port`) in `extra_args` wins, being later.
+
     With `capture_logs`, stderr is a pipe the test reads after `stop()`; keep
     such tests small, since a full pipe would stall the daemon.  With
     GLOOMD_TEST_QUIET_LOGS=1 in `env`, the daemon's log is discarded.
     `preexec_fn` runs in the child before gloomd (e.g. to lower a resource limit).
     """
-    args = [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0", *extra_args]
+    args = [
+        sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0",
+        "--http-port", "0", *extra_args,
+    ]  # fmt: skip
     proc = subprocess.Popen(
         args,
         stdin=subprocess.DEVNULL,
@@ -95,8 +104,15 @@ def spawn_gloomd(
         line = _read_ready(proc, timeout)
         match = READY.search(line)
         assert match, line
-        ws = match.group("ws")
-        daemon = Daemon(proc, int(match.group("master")), int(match.group("slave")), int(ws) if ws else None, line.decode())
+        ws, http = match.group("ws"), match.group("http")
+        daemon = Daemon(
+            proc,
+            int(match.group("master")),
+            int(match.group("slave")),
+            int(ws) if ws else None,
+            line.decode(),
+            int(http) if http else None,
+        )
         yield daemon
     finally:
         if proc.poll() is None:

@@ -83,6 +83,8 @@ async def test_halt_and_a_stopped_server_fail_the_waiting_calls(nursery: trio.Nu
             await server.shutdown()  # answers every unanswered job with HALTED
     (halted,) = failures
     assert isinstance(halted, RemoteJobError)
-    assert halted.frame == {"error": "job_failed", "reason": "queued", "id": "queued", "category": "HALTED"}
+    assert halted.frame == {
+        "error": "job_failed", "reason": "queued", "id": "queued", "category": "HALTED"
+    }
     with pytest.raises(RemoteJobError, match="HALTED"):
         await local.call("late", "t", None)  # a halted broker takes no new work

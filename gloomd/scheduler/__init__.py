@@ -8,9 +8,9 @@ Its modules, with no import circle between them:
   schedule file;
 * `engine`: `JobScheduler`, the loop that fires jobs and keeps their status;
 * `state`: the status on disk (`StateFile`) and its writer thread;
-* `service`: `serve_schedule`, what `gloomd --schedule FILE` runs, with
-  `submit` jobs going through `gloomd.local.LocalMaster` into the daemon's
-  own broker;
+* `service`: `serve_schedule`, and `SchedulerService`, what `gloomd
+  --schedule FILE` runs, with `submit` jobs going through
+  `gloomd.local.LocalMaster` into the daemon's own broker;
 * `listing`: `gloom schedule list`, contributed to the `gloom` command
   through the entry point group `gloom.commands` (only `gloom` imports it).
 
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from .engine import FILTERED_MESSAGE, JobExistError, JobScheduler, Submit
 from .firetime import JobConfigError, NextFireTimeError, ScheduleError, get_next_fire_time
-from .service import serve_schedule
+from .service import SchedulerService, serve_schedule
 from .state import BackgroundWriter, StateFile, StatusDict
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "JobScheduler",
     "NextFireTimeError",
     "ScheduleError",
+    "SchedulerService",
     "StateFile",
     "StatusDict",
     "Submit",

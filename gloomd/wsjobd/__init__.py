@@ -18,8 +18,9 @@ The package's modules, in the order a request travels:
    module;
 4. `job`: :class:`Job`, what a job function sees, and its per-listener wake-ups;
 5. `service`: :class:`WsJobService`, trio-websocket I/O, one task per connection,
-   one task per job, reports scheduled per listener; :func:`serve` wraps it for
-   the command line;
+   one task per job, reports scheduled per listener; :class:`WsJobdService`
+   is what ``gloomd --ws-port`` runs (a `gloomd.service.Service`), and
+   :func:`serve` runs it on its own;
 
 and beside them `load` (psutil samples, judged against a client's thresholds),
 `limits` (every cap and timeout: connections, handshake, idle, running jobs,
@@ -60,7 +61,7 @@ from .request import (
     ident_key,
     parse_request,
 )
-from .service import CLOSE_TIMEOUT, SEND_TIMEOUT, WsJobService, serve
+from .service import CLOSE_TIMEOUT, SEND_TIMEOUT, WsJobdService, WsJobService, serve
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -84,6 +85,7 @@ __all__ = [
     "ReportOptions",
     "SystemOverloadError",
     "WsJobService",
+    "WsJobdService",
     "WsLimits",
     "encode_report",
     "error_frame",

@@ -1,8 +1,9 @@
 """The websocket job service: trio-websocket I/O around the sans-IO parts.
 
-One task per connection, one task per job, reports scheduled per listener;
-`serve` wraps `WsJobService` for the command line.  Every cap and timeout
-comes from `limits.WsLimits`; frames are encoded by `report_encoding`.
+One task per connection, one task per job, reports scheduled per listener.
+`WsJobdService` is what `gloomd --ws-port` runs (a `gloomd.service.Service`);
+`serve` runs it on its own.  Every cap and timeout comes from
+`limits.WsLimits`; frames are encoded by `report_encoding`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from trio_websocket import (
 from gloomwire.auth import token_matches
 
 from ..logs import RateLimitedLog
+from ..service import Service
 from .directory import JobFunction, JobsDirectory
 from .errors import IdleTimeoutError, JobError, error_frame, job_failed_frame
 from .job import Job
@@ -35,7 +37,7 @@ from .load import LoadSampler, LoadSamplingError, SystemLoad, SystemOverloadErro
 from .report_encoding import encode_report
 from .request import IdentKey, JobRequest, ReportOptions, ident_key, parse_request
 
-__all__ = ["CLOSE_TIMEOUT", "SEND_TIMEOUT", "WsJobService", "serve"]
+__all__ = ["CLOSE_TIMEOUT", "SEND_TIMEOUT", "WsJobService", "WsJobdService", "serve"]
 
 # The logger of the service as a whole: operators filter on "gloomd.wsjobd".
 log = logging.getLogger("gloomd.wsjobd")
@@ -539,10 +541,41 @@ async def serve(
     limits: WsLimits = WsLimits(),
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the websocket job service until cancelled (what ``gloomd --ws-port`` starts).
+    """Run the websocket job service on its own until cancelled.
 
     ``task_status.started(bound_port)`` is called once it is listening, so
     ``port=0`` works with ``await nursery.start(serve, host, 0, jobs_dir)``.
+    (``gloomd --ws-port`` runs the same service through `WsJobdService`.)
     """
     service = WsJobService(jobs_dir, token=token, limits=limits)
     await service.run(host, port, task_status=task_status)
+
+
+class WsJobdService(Service):
+    """The websocket job service as one of the daemon's services (``gloomd --ws-port``).
+
+    `jobs` is built here, before the service runs, so that the HTTP port can
+    count its connections (`WsJobService.open_connections`).
+    """
+
+    name = "ws"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        jobs_dir: str | os.PathLike[str],
+        *,
+        token: str | None = None,
+        limits: WsLimits = WsLimits(),
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.jobs = WsJobService(jobs_dir, token=token, limits=limits)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[str | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            bound: int = await nursery.start(self.jobs.run, self.host, self.port)
+            task_status.started(f"ws={self.host}:{bound}")
