@@ -1,10 +1,14 @@
 """The house's layers hold: no import runs upward, and no import circle exists.
 
     gloomwire   the wire: imports neither gloomd, nor gloom, nor trio
-      <- core       gloomd/*.py: the daemon's flat modules
-      <- services   gloomd/<package>/ (wsjobd, scheduler, http, ...): each
+      <- core       gloomd/*.py, the daemon's flat modules, and the packages the
+                    core drives (gloomd/journal/: the broker's records, their
+                    writer and replay, which the server hands work to)
+      <- services   gloomd/wsjobd/, gloomd/scheduler/, gloomd/http/: each
                     imports the wire, the core and itself, never another service
       <- cli        gloomd.cli, gloomd.__main__
+
+A new package under gloomd/ must be given its layer here (the first test says so).
 
 Read from the source, not by importing it: every `import` and `from ... import`
 of every module under gloomwire/ and gloomd/ is an edge, wherever it stands (at
@@ -27,6 +31,8 @@ from tests.support import ROOT
 
 PACKAGES = ("gloomwire", "gloomd")
 CLI = frozenset({"gloomd.cli", "gloomd.__main__"})
+SERVICE_PACKAGES = frozenset({"gloomd.wsjobd", "gloomd.scheduler", "gloomd.http"})
+CORE_PACKAGES = frozenset({"gloomd.journal"})
 WIRE, CORE, SERVICES, TOP = 0, 1, 2, 3
 LAYER_NAMES = {WIRE: "wire", CORE: "core", SERVICES: "services", TOP: "cli"}
 
@@ -78,13 +84,14 @@ def internal(name: str) -> str | None:
 
 
 def layer(module: str) -> int:
-    """gloomwire.* is the wire; gloomd/X.py the core; gloomd/X/ a service."""
+    """gloomwire.* is the wire; gloomd/X.py and CORE_PACKAGES the core;
+    SERVICE_PACKAGES the services."""
     parts = module.split(".")
     if parts[0] == "gloomwire":
         return WIRE
     if module in CLI:
         return TOP
-    if len(parts) > 1 and is_package(".".join(parts[:2])):
+    if ".".join(parts[:2]) in SERVICE_PACKAGES:
         return SERVICES
     return CORE
 
@@ -106,6 +113,12 @@ def gloom_plugins() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     group = project.get("entry-points", {}).get("gloom.commands", {})
     return {value.partition(":")[0] for value in group.values()}
+
+
+def test_every_package_of_the_daemon_has_a_layer() -> None:
+    packages = {m for m in MODULES if m.count(".") == 1 and is_package(m)}
+    assert packages - SERVICE_PACKAGES - CORE_PACKAGES == set()
+    assert packages >= SERVICE_PACKAGES
 
 
 def test_the_layers_are_what_the_tree_says() -> None:
