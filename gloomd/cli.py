@@ -25,6 +25,7 @@ from typing import Any
 
 import trio
 
+from gloomwire import __version__
 from gloomwire.framing import DEFAULT_MAX_FRAME
 
 from .broker import BrokerLimits
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Job distribution daemon speaking the Gloom protocol.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"gloomd {__version__}")
     net = p.add_argument_group("network")
     net.add_argument("--host", default=d.host, help="address to bind the master and slave ports to")
     net.add_argument("--master-port", type=int, default=d.master_port, help="port for masters (0: any free)")

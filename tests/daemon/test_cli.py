@@ -79,6 +79,21 @@ def test_help_lists_the_limits() -> None:
         assert flag in out
 
 
+def test_version_has_one_place() -> None:
+    import gloomwire
+    from gloomd import __version__
+    from gloomd.http.buildinfo import version
+
+    out = subprocess.run(
+        [sys.executable, "-m", "gloomd", "--version"], capture_output=True, timeout=30, text=True
+    )
+    assert out.returncode == 0 and out.stdout.strip() == f"gloomd {gloomwire.__version__}"
+    assert __version__ == version() == gloomwire.__version__
+    from importlib import metadata
+
+    assert metadata.version("gloomd") == gloomwire.__version__  # pyproject reads it from there
+
+
 def test_structured_log_lines() -> None:
     with spawn_gloomd("--log-level", "debug", capture_logs=True) as daemon:
         with connect(daemon.slave_port) as slave, connect(daemon.master_port) as master:
