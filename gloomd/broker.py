@@ -65,6 +65,7 @@ from gloomwire.vocabulary import (
     progress,
     result,
 )
+from gloomwire.vocabulary import job as job_frame
 from gloomwire.vocabulary import stats as stats_frame
 
 from . import messages as m
@@ -449,16 +450,11 @@ class Broker:
 
     def _assign(self, slave: SlavePeer, queue: TypeQueue, job: Job) -> None:
         # The frame and the deadline first: the deadline is what could fail.
-        frame: dict[str, Any] = {
-            "action": "job",
-            "id": job.id,
-            "type": job.type,
-            "body": job.body,
-            "attempt": job.attempt + 1,
-        }
+        # `attempt` only on a redelivery and `timeout` only when set, after
+        # Gloom's four keys: a first delivery is byte for byte Gloom's frame.
         timeout = job.timeout
+        frame = job_frame(job.id, job.type, job.body, job.attempt + 1, timeout)
         if timeout is not None:
-            frame["timeout"] = timeout
             deadline = self._clock() + timeout
         job.state = RUNNING
         job.attempt += 1

@@ -9,7 +9,11 @@ from tests.support.brokerkit import Kit
 
 
 def job_frame(job_id, body=None, job_type="t", attempt=1, **extra):
-    return {"action": "job", "id": job_id, "type": job_type, "body": body, "attempt": attempt, **extra}
+    """The job frame a slave gets: `attempt` only on a redelivery (protocol.md)."""
+    frame = {"action": "job", "id": job_id, "type": job_type, "body": body}
+    if attempt > 1:
+        frame["attempt"] = attempt
+    return {**frame, **extra}
 
 
 # ------------------------------------------------------------------ basics
@@ -110,7 +114,7 @@ def test_lost_slave_requeues_ahead_of_later_equal_priority() -> None:
     frames = k.out(s2)
     while frames:
         job = frames[-1]
-        order.append((job["id"], job["attempt"]))
+        order.append((job["id"], job.get("attempt", 1)))
         frames = [f for f in k.send(s2, {"action": "respond", "body": None}) if "action" in f]
     assert order == [("urgent", 1), ("first", 2), ("second", 1)]
     assert [f["id"] for f in k.out(m) if "body" in f] == ["urgent", "first", "second"]

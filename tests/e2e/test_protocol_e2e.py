@@ -33,7 +33,8 @@ async def test_slave_happy_path(gloomd_server: GloomServer) -> None:
     master = await Peer.connect(gloomd_server.master_port)
     await master.send({"action": "submit", "id": "m1", "type": "echo", "priority": 3, "body": [1, {"a": None}]})
     await expect_raw(master, b'{"ok":true,"id":"m1"}')
-    await expect_raw(slave, b'{"action":"job","id":"m1","type":"echo","body":[1,{"a":null}],"attempt":1}')
+    # The first delivery is byte for byte Gloom's frame: no `attempt`.
+    await expect_raw(slave, b'{"action":"job","id":"m1","type":"echo","body":[1,{"a":null}]}')
     await slave.send({"action": "respond", "body": {"r": 1}})
     await expect_raw(slave, b'{"ok":true}')
     await expect_raw(master, b'{"id":"m1","body":{"r":1}}')
@@ -92,7 +93,7 @@ async def test_progress_and_fail_extensions(gloomd_server: GloomServer) -> None:
     master = await Peer.connect(gloomd_server.master_port)
     await master.send({"action": "submit", "id": "p", "type": "t", "body": None, "timeout": 30})
     await expect_raw(master, b'{"ok":true,"id":"p"}')
-    await expect_raw(slave, b'{"action":"job","id":"p","type":"t","body":null,"attempt":1,"timeout":30}')
+    await expect_raw(slave, b'{"action":"job","id":"p","type":"t","body":null,"timeout":30}')
     await slave.send({"action": "progress", "body": {"done": 1, "of": 2}})
     await expect_raw(master, b'{"id":"p","progress":{"done":1,"of":2}}')
     await slave.send({"action": "fail", "error": "TIMEOUT", "reason": "too slow"})
@@ -242,6 +243,19 @@ async def test_close_mid_frame_is_a_disconnect(gloomd_server: GloomServer) -> No
     with trio.fail_after(5):
         job = await other.recv()
     assert (job["id"], job["attempt"]) == (1, 2)
+
+
+async def test_redelivery_carries_attempt_then_timeout(gloomd_server: GloomServer) -> None:
+    """protocol.md, job frame extras: `attempt` only on a redelivery, `timeout`
+    only when set, both after Gloom's four keys and in that order."""
+    first = await join(gloomd_server.slave_port, "t")
+    master = await Peer.connect(gloomd_server.master_port)
+    await master.send({"action": "submit", "id": "r", "type": "t", "body": 1, "timeout": 30})
+    await expect_raw(master, b'{"ok":true,"id":"r"}')
+    await expect_raw(first, b'{"action":"job","id":"r","type":"t","body":1,"timeout":30}')
+    await first.aclose()  # lost while holding it: the job goes back
+    second = await join(gloomd_server.slave_port, "t")
+    await expect_raw(second, b'{"action":"job","id":"r","type":"t","body":1,"attempt":2,"timeout":30}')
 
 
 async def test_ping_on_both_ports(gloomd_server: GloomServer) -> None:
