@@ -261,7 +261,8 @@ def start_daemon(flags: list[str], log_path: str, *, nofile: int | None = None) 
     `nofile` sets both the soft and the hard RLIMIT_NOFILE of the daemon, so
     that raising the soft limit to the hard one cannot lift it.
     """
-    argv = [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0", *flags]
+    argv = [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0"]
+    argv += ["--http-port", "0", *flags]  # free ports only: runs may overlap
 
     def limit() -> None:  # runs in the child between fork and exec
         if nofile is not None:

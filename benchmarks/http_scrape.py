@@ -8,7 +8,7 @@
 Each round runs the throughput workload (benchmarks.loadgen: 4 slaves, one
 master, window 1,000, 100 B bodies) three times on a fresh daemon each:
 
-* ``plain``: gloomd without the HTTP port (``python -m gloomd``);
+* ``plain``: gloomd without the HTTP port (``python -m gloomd --no-http``);
 * ``idle``: the same daemon with the HTTP port open and nobody using it;
 * ``scraped``: the HTTP port scraped on /metrics once a second (by a
   process of its own on one keep-alive connection, as Prometheus does).
@@ -22,8 +22,8 @@ one scrape costs, measured by scraping an idle daemon `--scrapes` times,
 which at 1 Hz is that many microseconds of each second; and the CPU an
 idle daemon uses per second without and with the port (`--idle-seconds`).
 
-`serve` runs what `gloomd --http-port 0` will run once the port is wired into
-the daemon's CLI: the Gloom ports and the HTTP service in one trio run.
+`serve` runs the Gloom ports and the HTTP service in one trio run, as
+`gloomd --http-port 0` does, and writes the HTTP port to a file.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def serve(argv: list[str]) -> int:
             async with trio.open_nursery() as nursery:
                 server: GloomServer = await nursery.start(GloomServer(config).run)
                 service = HttpService(server, HttpSettings.from_config(config, port=0))
-                port = await nursery.start(service.run)
+                await nursery.start(service.run)
+                port = service.port
                 nursery.start_soon(_collect_garbage, GC_INTERVAL)
                 if args.port_file:
                     with open(args.port_file + ".tmp", "w") as f:
@@ -242,7 +243,10 @@ def idle_cpu(tmp: str, seconds: float) -> dict[str, Any]:
     """Server CPU per second of a daemon nobody talks to, without and with the HTTP port."""
     found: dict[str, Any] = {}
     for kind in ("plain", "idle"):
-        server = start_server("gloomd") if kind == "plain" else start_with_http(tmp)[0]
+        if kind == "plain":
+            server = start_server("gloomd", ["--no-http"])
+        else:
+            server = start_with_http(tmp)[0]
         try:
             time.sleep(1.0)  # past start-up
             cpu0 = cpu_seconds(server.pid)
@@ -261,7 +265,7 @@ def idle_cpu(tmp: str, seconds: float) -> dict[str, Any]:
 def one_run(kind: str, work: workloads.Workload, tmp: str) -> dict[str, Any]:
     scraper: subprocess.Popen[bytes] | None = None
     if kind == "plain":
-        server = start_server("gloomd")
+        server = start_server("gloomd", ["--no-http"])
     else:
         server, port = start_with_http(tmp)
         if kind == "scraped":

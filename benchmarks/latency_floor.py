@@ -125,7 +125,7 @@ class Forwarder:
         if self.idle:
             slave = self.idle.popleft()
             self.holding[slave.fileno()] = job_id
-            slave.send(_frame({"action": "job", "id": job_id, "type": msg["type"], "body": msg["body"], "attempt": 1}))
+            slave.send(_frame({"action": "job", "id": job_id, "type": msg["type"], "body": msg["body"]}))
         else:
             self.queue.append((job_id, msg))
         master.send(_frame({"ok": True, "id": job_id}))
@@ -136,7 +136,7 @@ class Forwarder:
         if self.queue:
             next_id, job = self.queue.popleft()
             self.holding[fd] = next_id
-            slave.send(_OK + _frame({"action": "job", "id": next_id, "type": job["type"], "body": job["body"], "attempt": 1}))
+            slave.send(_OK + _frame({"action": "job", "id": next_id, "type": job["type"], "body": job["body"]}))
         else:
             slave.send(_OK)
             self.idle.append(slave)

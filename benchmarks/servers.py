@@ -89,7 +89,9 @@ def _wait_listening(proc: subprocess.Popen[bytes], port: int, deadline: float) -
 
 
 def _start_gloomd(extra: list[str]) -> Server:
+    # The HTTP port on a free port too: runs may overlap another daemon's 9997.
     cmd = [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0"]
+    cmd += ["--http-port", "0"]
     # Every generator connection comes from 127.0.0.1, so gloomd's per-address
     # cap (1,000 by default, a guard against one noisy host) would refuse the
     # 1,024-slave fan-out.  The peers have no such cap.

@@ -100,7 +100,7 @@ def start_daemon(
     """
     if server == "gloomd":
         command = [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0",
-                   "--ws-port", "0", "--jobs-dir", jobs_dir, "--log-level", "warning",
+                   "--http-port", "0", "--ws-port", "0", "--jobs-dir", jobs_dir, "--log-level", "warning",
                    "--ws-max-jobs", str(max(clients, 1)),
                    "--ws-max-connections", str(clients + 16)]
     else:
@@ -121,7 +121,7 @@ def start_daemon(
 def serve_wsjobd(jobs_dir: str) -> None:
     """The service alone, as the daemon would run it (``--server wsjobd``)."""
     from gloomd.wsjobd import serve
-    from gloomd.wslimits import WsLimits
+    from gloomd.wsjobd import WsLimits
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -1,9 +1,11 @@
 """The broker: every rule of job routing, as pure state.
 
-No sockets and no clock of its own: the server feeds it decoded payloads from
-peers and the current time, and afterwards collects, from `dirty`, the peers
-that have frames waiting in their `outbox`.  That keeps every rule of the
-protocol testable by calling methods and reading outboxes.
+No sockets and no clock of its own, and no parsing: each connection's
+`gloomd.ingest.Ingest` hands it typed messages (`slave_message`,
+`master_message`), the server hands it the current time, and afterwards
+collects, from `dirty`, the peers that have frames waiting in their `outbox`.
+Every frame it queues is built by `gloomwire.vocabulary`.  That keeps every
+rule of the protocol testable by calling methods and reading outboxes.
 
 State, and the rules that keep it consistent
 --------------------------------------------
@@ -27,7 +29,7 @@ State, and the rules that keep it consistent
   (a deadline is computed before the job is marked running), so an exception
   cannot leave the state half-changed; the I/O layer then drops the peer
   (issue 18).  What is sent can always be encoded: every value in a frame was
-  decoded under `jsoncodec`'s policy.
+  decoded under `gloomwire.codec`'s policy.
 
 Memory (issue 18): each peer's `pending` output is counted as it is queued,
 so the I/O layer can stop reading a peer whose output is past a high-water
@@ -53,11 +55,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import messages as m
 from gloomwire.framing import encode_frame
-from .logbudget import LogBudget
+from gloomwire.vocabulary import (
+    OK_FRAME,
+    ack,
+    error,
+    job_error,
+    job_failed,
+    progress,
+    result,
+)
+from gloomwire.vocabulary import job as job_frame
+from gloomwire.vocabulary import stats as stats_frame
 
-__all__ = ["Broker", "BrokerLimits", "Job", "MasterPeer", "Peer", "SlavePeer"]
+from . import messages as m
+from .logs import LogBudget
+
+__all__ = ["OK_FRAME", "Broker", "BrokerLimits", "Job", "MasterPeer", "Peer", "SlavePeer"]
 
 log = logging.getLogger("gloomd.broker")
 
@@ -67,7 +81,6 @@ QUEUED: Final = 1
 RUNNING: Final = 2
 GONE: Final = 3  # answered or removed: only an orphan's slave still refers to it
 
-OK_FRAME: Final = encode_frame({"ok": True})
 #: What a frame queued as a dict counts toward a peer's `pending` bytes (an
 #: ack with a 36-character id is 58 bytes framed).
 DICT_FRAME_BYTES: Final = 64
@@ -124,7 +137,7 @@ class Peer:
     looks at it.
     """
 
-    __slots__ = ("outbox", "pending", "overflowed", "name", "transport", "authenticated", "logs")
+    __slots__ = ("outbox", "pending", "overflowed", "name", "transport", "logs")
 
     def __init__(self, name: str, transport: Any = None) -> None:
         #: Encoded frames not yet handed to the I/O layer (tests may add dicts).
@@ -135,7 +148,6 @@ class Peer:
         self.overflowed = False
         self.name = name
         self.transport = transport
-        self.authenticated = False
         self.logs = LogBudget()
 
 
@@ -221,14 +233,17 @@ class Broker:
         max_outbox: int = 64 * 1024 * 1024,
     ) -> None:
         self.limits = limits or BrokerLimits()
-        self._caps = self.limits.caps()
-        self._max_values = self._caps.max_values
+        #: What one frame may carry (`gloomd.ingest` validates against it).
+        self.caps = self.limits.caps()
         self._max_outbox = max_outbox
         self._clock = clock or _zero_clock
         self.jobs: dict[JobId, Job] = {}
         self.types: dict[bytes | str, TypeQueue] = {}
         self.masters: set[MasterPeer] = set()
         self.slaves: set[SlavePeer] = set()
+        #: In-process masters (`gloomd.local`): masters in every rule, but no
+        #: connection, so `stats` does not count them.
+        self.internal: set[MasterPeer] = set()
         #: Peers whose outbox gained frames since the I/O layer last looked,
         #: in the order they gained them (a dict as an ordered set): the I/O
         #: layer writes them in that order, so the broker decides who hears
@@ -267,9 +282,12 @@ class Broker:
 
     # ------------------------------------------------------------ connections
 
-    def connect_master(self, name: str, transport: Any = None) -> MasterPeer:
+    def connect_master(
+        self, name: str, transport: Any = None, *, internal: bool = False
+    ) -> MasterPeer:
+        """A new master; `internal` for an in-process one, which no stats count."""
         peer = MasterPeer(name, transport)
-        self.masters.add(peer)
+        (self.internal if internal else self.masters).add(peer)
         return peer
 
     def connect_slave(self, name: str, transport: Any = None) -> SlavePeer:
@@ -289,25 +307,10 @@ class Broker:
         elif isinstance(peer, MasterPeer):
             self._drop_master(peer)
 
-    # ------------------------------------------------------------ frames in
+    # ------------------------------------------------------------ messages in
 
-    def receive(self, peer: Peer, payload: bytes) -> None:
-        """Handle one frame payload from `peer`; replies land in outboxes.
-
-        This is the single receive point where a violation becomes the error
-        frame the peer is owed.
-        """
-        try:
-            obj = m.decode_object(payload, self._max_values)
-            if type(peer) is SlavePeer:
-                self._slave_message(peer, m.parse_slave(obj, peer.job is not None, self._caps))
-            else:
-                msg = m.parse_master(obj, self._caps)
-                self._master_message(peer, msg)  # type: ignore[arg-type]
-        except m.ProtocolViolation as violation:
-            self.send(peer, violation.frame())
-
-    def _slave_message(self, slave: SlavePeer, msg: m.SlaveMessage) -> None:
+    def slave_message(self, slave: SlavePeer, msg: m.SlaveRequest) -> None:
+        """Handle one validated request of a slave; replies land in outboxes."""
         cls = type(msg)
         if cls is m.Respond:
             self._respond(slave, msg.body)  # type: ignore[union-attr]
@@ -317,10 +320,11 @@ class Broker:
             self._join(slave, msg)  # type: ignore[arg-type]
         elif cls is m.Fail:
             self._fail(slave, msg)  # type: ignore[arg-type]
-        else:  # Ping, or Auth (the I/O layer enforces tokens): both just say ok
-            self.send(slave, OK_FRAME)
+        else:
+            raise TypeError(f"not a slave request: {cls.__name__}")
 
-    def _master_message(self, master: MasterPeer, msg: m.MasterMessage) -> None:
+    def master_message(self, master: MasterPeer, msg: m.MasterRequest) -> None:
+        """Handle one validated request of a master; replies land in outboxes."""
         cls = type(msg)
         if cls is m.Submit:
             self.submit(master, msg)  # type: ignore[arg-type]
@@ -330,16 +334,15 @@ class Broker:
             self._result(master, msg.id)  # type: ignore[union-attr]
         elif cls is m.Stats:
             # Encoded now: a stats answer can be a megabyte (see `send`).
-            stats = self.stats(msg)  # type: ignore[arg-type]
-            self.send(master, encode_frame({"ok": True, "stats": stats}))
-        else:  # Ping or Auth
-            self.send(master, OK_FRAME)
+            self.send(master, encode_frame(stats_frame(self.stats(msg))))  # type: ignore[arg-type]
+        else:
+            raise TypeError(f"not a master request: {cls.__name__}")
 
     # ------------------------------------------------------------ output
 
     def send(self, peer: Peer, frame: bytes | dict[str, Any]) -> None:
-        """Queue a frame for a peer (the I/O layer uses this for its own
-        frames: authentication and final errors).
+        """Queue a frame for a peer (ingest and the I/O layer use this for
+        their own frames: errors, authentication, final frames).
 
         `frame` is bytes (counted exactly) or a dict (encoded at the flush,
         counted `DICT_FRAME_BYTES`); see the module docstring.  Replies to a
@@ -374,16 +377,16 @@ class Broker:
     def submit(self, master: MasterPeer, msg: m.Submit) -> None:
         job_id = msg.id
         if self.halted:
-            self.send(master, _halted_frame(job_id))
+            self.send(master, job_failed(job_id, "HALTED"))
             return
         if job_id in self.jobs:
-            self.send(master, {"error": "id_exists", "reason": job_id})
+            self.send(master, error("id_exists", job_id))
             return
         waiting_on: list[Job] = []
         failed_dep: JobId | None = None
         for dep in msg.after:
             if dep == job_id and type(dep) is type(job_id):
-                self.send(master, {"error": "dependency_cycle", "reason": dep})
+                self.send(master, error("dependency_cycle", dep))
                 return
             live = self.jobs.get(dep)
             if live is not None:
@@ -391,12 +394,12 @@ class Broker:
                 continue
             outcome = self._outcomes.get(dep)
             if outcome is None:
-                self.send(master, {"error": "unknown_dependency", "reason": dep})
+                self.send(master, error("unknown_dependency", dep))
                 return
             if not outcome[1] and failed_dep is None:
                 failed_dep = dep
         if self.queued_total >= self.limits.max_queued:
-            self.send(master, {"error": "queue_full", "reason": job_id})
+            self.send(master, error("queue_full", job_id))
             return
 
         self._seq += 1
@@ -406,15 +409,14 @@ class Broker:
         self.totals["submitted"] += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("event=submit master=%s id=%r priority=%d", master.name, job_id, job.priority)
-        ack = {"ok": True, "id": job_id}
         if failed_dep is None and not waiting_on:
             # Hand it on before acking: a waiting slave's frame is on the
             # job's latency path and the ack is not, and peers are written
             # in the order they were told.
             self._enqueue(job)
-            self.send(master, ack)
+            self.send(master, ack(job_id))
             return
-        self.send(master, ack)
+        self.send(master, ack(job_id))
         if failed_dep is not None:
             job.state = GONE  # never queued, so nothing to take out
             self._fail_job(job, "DEPENDENCY", failed_dep)
@@ -448,16 +450,11 @@ class Broker:
 
     def _assign(self, slave: SlavePeer, queue: TypeQueue, job: Job) -> None:
         # The frame and the deadline first: the deadline is what could fail.
-        frame: dict[str, Any] = {
-            "action": "job",
-            "id": job.id,
-            "type": job.type,
-            "body": job.body,
-            "attempt": job.attempt + 1,
-        }
+        # `attempt` only on a redelivery and `timeout` only when set, after
+        # Gloom's four keys: a first delivery is byte for byte Gloom's frame.
         timeout = job.timeout
+        frame = job_frame(job.id, job.type, job.body, job.attempt + 1, timeout)
         if timeout is not None:
-            frame["timeout"] = timeout
             deadline = self._clock() + timeout
         job.state = RUNNING
         job.attempt += 1
@@ -527,7 +524,7 @@ class Broker:
             slave.job = None
             slave.queue.running -= 1
             self.totals["completed"] += 1
-            self._finish(job, {"id": job.id, "body": body}, ok=True)
+            self._finish(job, result(job.id, body), ok=True)
         else:
             slave.job = None  # an orphan: acked and dropped
         self.send(slave, OK_FRAME)
@@ -538,12 +535,12 @@ class Broker:
         assert job is not None
         if job.state == RUNNING and job.master is not None:
             # Encoded now: any number of them per job, each echoing the id.
-            self.send(job.master, encode_frame({"id": job.id, "progress": body}))
+            self.send(job.master, encode_frame(progress(job.id, body)))
 
     def _fail(self, slave: SlavePeer, msg: m.Fail) -> None:
         job = self._hand_back(slave)
         if job is not None:
-            frame = {"error": "job_error", "reason": msg.reason, "id": job.id, "category": msg.category}
+            frame = job_error(job.id, msg.category, msg.reason)
             self.totals["failed"] += 1
             if self._may_log(slave):
                 log.info(
@@ -595,14 +592,14 @@ class Broker:
     def _cancel(self, master: MasterPeer, job_id: JobId) -> None:
         job = self.jobs.get(job_id)
         if job is None or not (job.master is master or job.detached):
-            self.send(master, {"error": "unknown_id", "reason": job_id})
+            self.send(master, error("unknown_id", job_id))
             return
         if job.state == RUNNING:
-            self.send(master, {"error": "invalid_state", "reason": "running"})
+            self.send(master, error("invalid_state", "running"))
             return
         self.totals["cancelled"] += 1
-        self.send(master, {"ok": True, "id": job_id})
-        frame = {"error": "job_failed", "reason": job_id, "id": job_id, "category": "CANCELLED"}
+        self.send(master, ack(job_id))
+        frame = job_failed(job_id, "CANCELLED")
         if job.master is master:
             # The canceller is the submitter: the ack is its answer.
             del master.jobs[job_id]
@@ -616,12 +613,13 @@ class Broker:
             return
         job = self.jobs.get(job_id)
         if job is not None and (job.detached or job.master is master):
-            self.send(master, {"error": "not_ready", "reason": job_id})
+            self.send(master, error("not_ready", job_id))
         else:
-            self.send(master, {"error": "unknown_id", "reason": job_id})
+            self.send(master, error("unknown_id", job_id))
 
     def _drop_master(self, master: MasterPeer) -> None:
         self.masters.discard(master)
+        self.internal.discard(master)
         jobs = list(master.jobs.values())
         master.jobs.clear()
         for job in jobs:
@@ -674,9 +672,10 @@ class Broker:
         A DEPENDENCY failure names the job in `after` that failed, so the
         master can tell which one (myjobs' `dependency_failure`).
         """
-        frame = {"error": "job_failed", "reason": job.id, "id": job.id, "category": category}
-        if dependency is not None:
-            frame["dependency"] = dependency
+        if dependency is None:
+            frame = job_failed(job.id, category)
+        else:
+            frame = job_failed(job.id, category, dependency=dependency)
         if job.state == WAITING or job.state == QUEUED:
             self._remove_queued(job, frame)
         else:
@@ -760,9 +759,7 @@ class Broker:
         while timeouts and timeouts[0][0] <= now:
             deadline, _, job = heapq.heappop(timeouts)
             if job.state == RUNNING and job.deadline == deadline:
-                failed = {
-                    "error": "job_failed", "reason": job.id, "id": job.id, "category": "TIMEOUT"
-                }
+                failed = job_failed(job.id, "TIMEOUT")
                 master = job.master
                 self._orphan(job)
                 self.totals["failed"] += 1
@@ -833,9 +830,9 @@ class Broker:
         """
         self.halted = True
         count = 0
-        for master in list(self.masters):
+        for master in [*self.masters, *self.internal]:
             for job in list(master.jobs.values()):
-                self.send(master, _halted_frame(job.id))
+                self.send(master, job_failed(job.id, "HALTED"))
                 count += 1
             master.jobs.clear()
         for job in self.jobs.values():
@@ -905,10 +902,6 @@ def _id_bytes(job_id: JobId) -> int:
 
 def _queue_order(job: Job) -> tuple[int, int]:
     return (-job.priority, job.seq)
-
-
-def _halted_frame(job_id: JobId) -> dict[str, Any]:
-    return {"error": "job_failed", "reason": job_id, "id": job_id, "category": "HALTED"}
 
 
 def _zero_clock() -> float:

@@ -1,15 +1,17 @@
 """The `gloomd` command: parse flags, configure logging, run the services.
 
-Every service (the Gloom ports, and when asked the websocket job service and
-the scheduler) is a task in one nursery, so SIGINT/SIGTERM unwinds them all:
-the Gloom server first answers every unanswered job with HALTED, then the
-nursery is cancelled and the process exits 0.
+`configured_services` turns the flags into the list of services to run (the
+Gloom ports; the websocket job service, the scheduler and the HTTP port as
+asked), and `serve` runs them alike (`gloomd.service`): each is a task in one
+nursery, so SIGINT/SIGTERM unwinds them all.  Each is first told to shut
+down, last started first (the HTTP port answers "draining", the Gloom server
+answers every unanswered job with HALTED and flushes), then the nursery is
+cancelled and the process exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import ipaddress
 import logging
@@ -17,10 +19,14 @@ import math
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
+
+from gloomwire import __version__
+from gloomwire.framing import DEFAULT_MAX_FRAME
 
 from .broker import BrokerLimits
 from .config import Config
@@ -30,12 +36,21 @@ from .fdlimit import (
     open_descriptors,
     raise_soft_limit,
 )
-from gloomwire.framing import DEFAULT_MAX_FRAME
+from .http.settings import DEFAULT_HTTP_PORT, HttpSettings
 from .security import TokenError, load_token, server_ssl_context
 from .server import GloomServer
-from .wslimits import WsLimits, positive_float, positive_int
+from .service import GloomService, Service
+from .wsjobd.limits import WsLimits, positive_float, positive_int
 
-__all__ = ["main", "build_parser", "config_from_args"]
+__all__ = [
+    "build_parser",
+    "config_from_args",
+    "configured_services",
+    "main",
+    "serve",
+    "shut_down",
+    "start_services",
+]
 
 log = logging.getLogger("gloomd")
 
@@ -51,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Job distribution daemon speaking the Gloom protocol.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"gloomd {__version__}")
     net = p.add_argument_group("network")
     net.add_argument("--host", default=d.host, help="address to bind the master and slave ports to")
     net.add_argument("--master-port", type=int, default=d.master_port, help="port for masters (0: any free)")
@@ -128,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--ws-max-message", type=positive_int, default=wsd.max_message,
         help="largest websocket message, bytes (over it: close 1009)",
     )  # fmt: skip
+    web = p.add_argument_group("HTTP port (metrics, status page, health, admin API)")
+    hd = HttpSettings()
+    web.add_argument("--http-host", default=hd.host, help="address for the HTTP port")
+    web.add_argument(
+        "--http-port", type=int, default=DEFAULT_HTTP_PORT,
+        help="port for HTTP (0: any free); TLS and the token are the daemon's",
+    )  # fmt: skip
+    web.add_argument("--no-http", action="store_true", help="serve no HTTP port")
+    web.add_argument(
+        "--metrics-max-types", type=int, default=hd.metrics_max_types,
+        help="job types with a label of their own in /metrics (the rest: type=\"_other\")",
+    )  # fmt: skip
     sched = p.add_argument_group("scheduler")
     sched.add_argument("--schedule", type=Path, default=None, help="TOML file of periodic jobs")
     sched.add_argument("--schedule-state", type=Path, default=None, help="JSON status file (default: next to the TOML)")
@@ -198,6 +226,7 @@ _COUNTS = (
     "max_result_bytes",
     "max_outcome_bytes",
     "max_stats_types",
+    "metrics_max_types",
     "log_burst",
     "keepalive_idle",
     "keepalive_interval",
@@ -234,51 +263,73 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--shutdown-grace must be a finite number of seconds")
 
 
+def configured_services(
+    args: argparse.Namespace, config: Config, server: GloomServer
+) -> list[Service]:
+    """The services the flags ask for, in the order they start (see `gloomd.service`).
+
+    The Gloom ports come first: the others need its broker.  The HTTP port
+    comes last, so that it can count every other port's connections.
+    Services are imported only when asked for.
+    """
+    services: list[Service] = [GloomService(server)]
+    counts: dict[str, Callable[[], int]] = {}
+    if args.ws_port is not None:
+        from .wsjobd.service import WsJobdService
+
+        ws = WsJobdService(
+            args.ws_host, args.ws_port, args.jobs_dir, token=config.token, limits=_ws_limits(args)
+        )
+        counts["ws"] = lambda: ws.jobs.open_connections
+        services.append(ws)
+    if args.schedule is not None:
+        from .scheduler.service import SchedulerService
+
+        services.append(SchedulerService(server, args.schedule, state_path=args.schedule_state))
+    if not args.no_http:
+        from .http.service import HttpService
+
+        settings = HttpSettings.from_config(
+            config,
+            host=args.http_host,
+            port=args.http_port,
+            metrics_max_types=args.metrics_max_types,
+        )
+        services.append(HttpService(server, settings, connection_counts=counts))
+    return services
+
+
+async def start_services(nursery: trio.Nursery, services: list[Service]) -> str:
+    """Start each service in order, in `nursery`; return the ready line."""
+    ready = ["gloomd ready"]
+    for service in services:
+        fragment = await nursery.start(service.run)
+        if fragment is not None:
+            ready.append(fragment)
+    return " ".join(ready)
+
+
+async def shut_down(services: list[Service]) -> None:
+    """Tell each service the daemon is stopping, the last started first."""
+    for service in reversed(services):
+        await service.shutdown()
+
+
 async def serve(args: argparse.Namespace, config: Config) -> None:
     """Run every configured service until SIGINT or SIGTERM."""
     # Install the handlers before anything listens, so that a signal that
     # arrives during start-up still leads to a clean exit.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            server: GloomServer = await nursery.start(GloomServer(config).run)
-            host = config.host
-            ready = f"gloomd ready master={host}:{server.master_port} slave={host}:{server.slave_port}"
-            if args.ws_port is not None:
-                from . import wsjobd
-
-                ws_port = await nursery.start(
-                    functools.partial(
-                        wsjobd.serve, args.ws_host, args.ws_port, args.jobs_dir,
-                        token=config.token, limits=_ws_limits(args),
-                    )  # fmt: skip
-                )
-                ready += f" ws={args.ws_host}:{ws_port}"
-            if args.schedule is not None:
-                from . import scheduler
-
-                await nursery.start(
-                    _run_scheduler, scheduler, args, config, _connect_host(host), server.master_port
-                )
+            services = configured_services(args, config, GloomServer(config))
+            ready = await start_services(nursery, services)
             nursery.start_soon(_collect_garbage, args.gc_interval)
             print(ready, flush=True)
             async for signum in signals:
                 log.info("event=signal signal=%s", signal.Signals(signum).name)
                 break
-            await server.shutdown()
+            await shut_down(services)
             nursery.cancel_scope.cancel()
-
-
-async def _run_scheduler(
-    scheduler: Any, args: argparse.Namespace, config: Config, host: str, port: int, *, task_status: Any
-) -> None:
-    await scheduler.serve_schedule(
-        args.schedule,
-        state_path=args.schedule_state,
-        master_addr=(host, port),
-        token=config.token,
-        ssl_context=_loopback_client_ssl() if config.ssl_context is not None else None,
-        task_status=task_status,
-    )
 
 
 def _ws_limits(args: argparse.Namespace) -> WsLimits:
@@ -322,18 +373,6 @@ def _fit_descriptors(args: argparse.Namespace) -> None:
         args.ws_max_connections = ws
 
 
-def _loopback_client_ssl() -> ssl.SSLContext:
-    """TLS for the scheduler's connection to its own daemon, in this process.
-
-    It dials this very process over loopback, so there is nobody to
-    authenticate: the certificate (issued for the public name) is not checked.
-    """
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def _tune_gc() -> None:
     """Keep the cyclic garbage collector from stalling the event loop.
 
@@ -366,15 +405,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _connect_host(bind_host: str) -> str:
-    """Where an in-process client reaches a daemon bound to `bind_host`."""
-    if bind_host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if bind_host == "::":
-        return "::1"
-    return bind_host
 
 
 def main(argv: list[str] | None = None) -> int:

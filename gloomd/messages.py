@@ -7,8 +7,8 @@ run in one order everywhere (protocol.md, "Fine print"):
         -> state (respond/progress/fail need a job in hand) -> fields, in order
 
 and only the first failure is reported.  A failure raises `ProtocolViolation`,
-which carries the error frame; the broker converts it into a frame for the peer
-at its single receive point.  Nothing here knows about sockets or the broker's
+which carries the error frame; `gloomd.ingest` converts it into a frame for the
+peer at its single receive point.  Nothing here knows about sockets or the broker's
 state beyond the one bit the state check needs (does this slave hold a job).
 
 Messages are NamedTuples: immutable once validated, and the cheapest typed
@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any, Final, NamedTuple, Union
 
 from gloomwire import codec
+from gloomwire.vocabulary import CATEGORIES, MASTER_ACTIONS, SLAVE_ACTIONS, error
 
 __all__ = [
     "CATEGORIES",
@@ -39,6 +40,7 @@ __all__ = [
     "Fail",
     "Join",
     "MasterMessage",
+    "MasterRequest",
     "NumberRange",
     "Ping",
     "Progress",
@@ -46,6 +48,7 @@ __all__ = [
     "Respond",
     "Result",
     "SlaveMessage",
+    "SlaveRequest",
     "Stats",
     "Submit",
     "check_number",
@@ -53,9 +56,6 @@ __all__ = [
     "parse_master",
     "parse_slave",
 ]
-
-#: The failure categories a slave may report with `fail`.
-CATEGORIES: Final = frozenset({"ERROR", "TIMEOUT", "CRASH", "HALTED"})
 
 #: How much of an undecodable payload is echoed back in `invalid_json`.
 ECHO_LIMIT: Final = 200
@@ -155,7 +155,7 @@ class ProtocolViolation(Exception):
         self.reason = reason
 
     def frame(self) -> dict[str, Any]:
-        return {"error": self.error, "reason": self.reason}
+        return error(self.error, self.reason)
 
 
 # ---------------------------------------------------------------- messages
@@ -216,16 +216,18 @@ class Auth(NamedTuple):
     token: Any
 
 
-SlaveMessage = Union[Join, Respond, Progress, Fail, Ping, Auth]
-MasterMessage = Union[Submit, Cancel, Result, Stats, Ping, Auth]
+#: What the broker has rules for (`Broker.slave_message`, `Broker.master_message`);
+#: `Ping` and `Auth` concern the connection and are answered by `gloomd.ingest`.
+SlaveRequest = Union[Join, Respond, Progress, Fail]
+MasterRequest = Union[Submit, Cancel, Result, Stats]
+SlaveMessage = Union[SlaveRequest, Ping, Auth]
+MasterMessage = Union[MasterRequest, Ping, Auth]
 
 _STATS: Final = Stats()
 _PING: Final = Ping()
 
-# Actions of each port, so that one of the other port is told so rather than
-# called unknown.
-_SLAVE_ACTIONS: Final = frozenset({"join", "respond", "progress", "fail"})
-_MASTER_ACTIONS: Final = frozenset({"submit", "cancel", "result", "stats"})
+# Actions of each port (gloomwire.vocabulary), so that one of the other port
+# is told so rather than called unknown.
 _NEEDS_JOB: Final = frozenset({"respond", "progress", "fail"})
 
 
@@ -308,7 +310,7 @@ def parse_slave(obj: dict[str, Any], holding_job: bool, caps: Caps = DEFAULT_CAP
         if type(category) is not str or category not in CATEGORIES:
             raise ProtocolViolation("invalid_type", "error")
         return Fail(category, obj.get("reason"))
-    if type(action) is str and action in _MASTER_ACTIONS:
+    if type(action) is str and action in MASTER_ACTIONS:
         raise ProtocolViolation("invalid_action", "not_a_master")
     raise ProtocolViolation("unknown_type", action)
 
@@ -339,7 +341,7 @@ def parse_master(obj: dict[str, Any], caps: Caps = DEFAULT_CAPS) -> MasterMessag
         return _PING
     if action == "auth":
         return Auth(obj.get("token"))
-    if type(action) is str and action in _SLAVE_ACTIONS:
+    if type(action) is str and action in SLAVE_ACTIONS:
         raise ProtocolViolation("invalid_action", "not_a_slave")
     raise ProtocolViolation("unknown_action", action)
 

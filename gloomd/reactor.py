@@ -33,7 +33,7 @@ import itertools
 import logging
 import select
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -59,19 +59,19 @@ BUSY_ROUNDS = 8
 class ReactorClient(Protocol):
     """What the reactor needs from the server that owns it."""
 
-    def on_data(self, conn: PlainConnection, data: bytes) -> str | None:
+    def on_data(self, conn: PlainConnection[Any], data: bytes) -> str | None:
         """Handle bytes; a returned reason means: hang up (final frame queued)."""
 
-    def on_deadline(self, conn: PlainConnection) -> str:
+    def on_deadline(self, conn: PlainConnection[Any]) -> str:
         """A connection's deadline passed; queue its final frame, return why."""
 
-    def on_resume(self, conn: PlainConnection) -> str | None:
+    def on_resume(self, conn: PlainConnection[Any]) -> str | None:
         """A paused connection drained: handle what it stashed (as `on_data`)."""
 
-    def internal_error(self, conn: PlainConnection, exc: Exception) -> str:
+    def internal_error(self, conn: PlainConnection[Any], exc: Exception) -> str:
         """Handling `conn` raised: log, queue `internal_error`, return why to hang up."""
 
-    def release(self, conn: PlainConnection, reason: str) -> None:
+    def release(self, conn: PlainConnection[Any], reason: str) -> None:
         """The peer is gone for the broker (called once per connection)."""
 
     def flush(self, urgent_only: bool = False) -> None:
@@ -83,7 +83,7 @@ class Reactor:
         self._client = client
         self._clock = clock
         self._epoll = select.epoll()
-        self._conns: dict[int, PlainConnection] = {}
+        self._conns: dict[int, PlainConnection[Any]] = {}
         # (when, serial, fd): no reference to the connection, so that a closed
         # one (and its buffers) is freed at once, not when its entry comes up.
         self._deadlines: list[tuple[float, int, int]] = []
@@ -94,14 +94,14 @@ class Reactor:
 
     # ------------------------------------------------------------ membership
 
-    def add(self, conn: PlainConnection) -> None:
+    def add(self, conn: PlainConnection[Any]) -> None:
         conn.serial = next(self._serials)
         conn.mask = _IN
         self._conns[conn.fd] = conn
         self._epoll.register(conn.fd, _IN)
         self._schedule(conn, conn.deadline)
 
-    def update(self, conn: PlainConnection) -> None:
+    def update(self, conn: PlainConnection[Any]) -> None:
         """Register what the connection waits for (level-triggered epoll).
 
         Readable unless paused; writable while bytes wait, and while paused
@@ -122,12 +122,12 @@ class Reactor:
         elif conn.write_deadline == INF and conn.write_timeout < INF:
             self._arm_write(conn)
 
-    def _arm_write(self, conn: PlainConnection) -> None:
+    def _arm_write(self, conn: PlainConnection[Any]) -> None:
         conn.write_mark = conn.progress
         conn.write_deadline = self._clock() + conn.write_timeout
         self._schedule(conn, conn.write_deadline)
 
-    def _write_expired(self, conn: PlainConnection) -> None:
+    def _write_expired(self, conn: PlainConnection[Any]) -> None:
         """Output has waited a whole write timeout: drop the connection if the
         peer took none of it meanwhile, else give it another period.  (Checked
         here, lazily, so that progress costs a counter, not a clock read and a
@@ -137,7 +137,7 @@ class Reactor:
         else:
             self.drop(conn, "write_timeout")
 
-    def drop(self, conn: PlainConnection, reason: str = "closed") -> None:
+    def drop(self, conn: PlainConnection[Any], reason: str = "closed") -> None:
         """Forget and close a connection, telling the server first."""
         conn.closed = True
         if not conn.released:
@@ -148,7 +148,7 @@ class Reactor:
             conn.sock.close()
         conn.free()
 
-    def hang_up(self, conn: PlainConnection, reason: str) -> None:
+    def hang_up(self, conn: PlainConnection[Any], reason: str) -> None:
         """Release the peer now; write its final frame, then close.
 
         Closing a socket that still has unread input makes the kernel send
@@ -166,7 +166,7 @@ class Reactor:
         self.update(conn)
         conn.start_closing()
 
-    def _crashed(self, conn: PlainConnection, exc: Exception) -> None:
+    def _crashed(self, conn: PlainConnection[Any], exc: Exception) -> None:
         """Handling `conn` raised: end it alone (the boundary of issue 18)."""
         try:
             reason = self._client.internal_error(conn, exc)
@@ -176,7 +176,7 @@ class Reactor:
             log.exception("event=internal_error peer=%s stage=hang_up", conn.name)
             self.drop(conn, "internal_error")
 
-    def _resume(self, conn: PlainConnection) -> None:
+    def _resume(self, conn: PlainConnection[Any]) -> None:
         reason = self._client.on_resume(conn)
         if reason is not None:
             self.hang_up(conn, reason)
@@ -248,7 +248,7 @@ class Reactor:
         self._client.flush(urgent_only=bool(ready))
         return bool(ready)
 
-    def _paused_event(self, conn: PlainConnection, events: int) -> None:
+    def _paused_event(self, conn: PlainConnection[Any], events: int) -> None:
         if events & _BROKEN:
             self.drop(conn, "reset")
             return
@@ -256,7 +256,7 @@ class Reactor:
         if conn.paused and not conn.closed and conn.output_low():
             self._resume(conn)
 
-    def _readable(self, conn: PlainConnection) -> None:
+    def _readable(self, conn: PlainConnection[Any]) -> None:
         # One buffer for every connection (reads are handled one at a time),
         # then a copy of just what arrived: `recv(256 KiB)` would allocate,
         # zero-fill, shrink and free a fresh 256 KiB block per call, which
@@ -273,7 +273,7 @@ class Reactor:
                 self.drop(conn)
             return
         if not data:
-            self.drop(conn, "eof_mid_frame" if conn.decoder.pending else "eof")
+            self.drop(conn, "eof_mid_frame" if conn.ingest.decoder.pending else "eof")
             return
         # Only the frame deadline can move here (authenticating clears the
         # other); attributes, not the `deadline` property, on this hot path.
@@ -286,7 +286,7 @@ class Reactor:
 
     # ------------------------------------------------------------ deadlines
 
-    def _schedule(self, conn: PlainConnection, when: float) -> None:
+    def _schedule(self, conn: PlainConnection[Any], when: float) -> None:
         if when < INF:
             heap = self._deadlines
             if len(heap) >= _DEADLINES_MIN and len(heap) > 2 * len(self._conns):

@@ -11,36 +11,16 @@ from __future__ import annotations
 
 import os
 import ssl
-from typing import Any
 
-from gloomwire import codec
 from gloomwire.auth import ENV_TOKEN, TokenError, load_token, token_matches
-
-from . import messages
 
 __all__ = [
     "ENV_TOKEN",
     "TokenError",
-    "auth_frame_ok",
     "load_token",
     "server_ssl_context",
     "token_matches",
 ]
-
-def auth_frame_ok(payload: bytes, token: str, max_values: int = codec.NO_LIMIT) -> bool:
-    """Is this payload `{"action":"auth","token":T}` with the right token?
-
-    Decoded by the same decoder, under the same policy, as every other frame:
-    a payload holding a lone surrogate is invalid JSON here too, never a
-    token that fails to encode (issue 18: that stopped the daemon before
-    authentication).  `surrogatepass` is a second guard, for this one frame
-    that strangers may send.
-    """
-    try:
-        obj: Any = messages.decode_object(payload, max_values)
-    except messages.ProtocolViolation:
-        return False
-    return obj.get("action") == "auth" and token_matches(obj.get("token"), token)
 
 
 def server_ssl_context(cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str]) -> ssl.SSLContext:

@@ -12,7 +12,10 @@ Why it looks the way it does (each measured; see benchmarks/README.md):
   set instead of a task per connection (see `gloomd.reactor` for the
   measurement), and written directly from the flush when the kernel has room.
 * TLS connections (trio's `SSLStream`) keep a reader and a writer task each;
-  they share everything else, `_ingest` above all, with plain ones.
+  they share everything else with plain ones: above all `on_data`, which
+  feeds what arrived to the connection's `gloomd.ingest.Ingest` (framing,
+  decoding, auth, validation, the broker) and keeps the slow-frame deadline
+  and the back-pressure that only this layer can judge.
 
 Structure: `run` owns one nursery with the two accept loops, the reactor, the
 flusher (for output produced outside a reactor batch: TLS reads, timers,
@@ -37,12 +40,14 @@ from typing import Any
 
 import trio
 
-from .broker import OK_FRAME, Broker, Peer
+from gloomwire.framing import FrameTooLarge, FrameTooLargeWithFrames, encode_frame
+from gloomwire.vocabulary import OK_FRAME, error
+
+from .broker import Broker, Peer
 from .config import Config
 from .fdlimit import descriptor_limit
-from gloomwire.framing import FrameTooLarge, FrameTooLargeWithFrames, encode_frame
+from .ingest import Ingest, ingest_for
 from .reactor import LINGER, Reactor
-from .security import auth_frame_ok
 from .transport import INF, Connection, PlainConnection, StreamConnection
 
 #: Reads of what a refused connection already sent, before its socket is
@@ -67,7 +72,7 @@ class GloomServer:
         self.master_port = 0
         self.slave_port = 0
         self.broker: Broker | None = None
-        self._connections: set[Connection] = set()
+        self._connections: set[Connection[Ingest]] = set()
         self._per_host: dict[str, int] = {}
         self._handshaking = 0  # TLS connections accepted but not yet serving
         self._reactor = Reactor(self)
@@ -115,6 +120,11 @@ class GloomServer:
             for sock in (master_sock, slave_sock):
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
+            # In-process masters (`gloomd.local`) lose their seat with the
+            # run, as connections do: their waiting calls fail now.
+            for peer in list(self.broker.internal):
+                if peer.transport is not None:
+                    peer.transport.abort()
 
     async def shutdown(self) -> None:
         """Stop accepting, fail every unanswered job with HALTED, flush, close.
@@ -178,12 +188,12 @@ class GloomServer:
             return
         self._per_host[host] = self._per_host.get(host, 0) + 1
         if cfg.ssl_context is None:
-            conn = PlainConnection(
+            conn: PlainConnection[Ingest] = PlainConnection(
                 sock,
+                self._seat(name, role),
                 name,
                 host,
                 role,
-                cfg.max_frame,
                 cfg.max_outbuf,
                 self._reactor.update,
                 self._reactor.drop,
@@ -198,27 +208,28 @@ class GloomServer:
     def _refusal(self, host: str) -> dict[str, Any] | None:
         cfg = self.config
         if len(self._connections) + self._handshaking >= cfg.max_connections:
-            return {"error": "too_many_connections", "reason": cfg.max_connections}
+            return error("too_many_connections", cfg.max_connections)
         if self._per_host.get(host, 0) >= cfg.max_per_host:
-            return {"error": "too_many_connections", "reason": cfg.max_per_host}
+            return error("too_many_connections", cfg.max_per_host)
         return None
 
-    def _admit(self, conn: Connection) -> None:
-        """Introduce a connection to the broker and start its clocks."""
+    def _seat(self, name: str, role: str) -> Ingest:
+        """A new peer at the broker, and the ingest that will feed it."""
         broker = self.broker
         assert broker is not None
+        peer: Peer = broker.connect_master(name) if role == "master" else broker.connect_slave(name)
+        cfg = self.config
+        return ingest_for(broker, peer, max_frame=cfg.max_frame, token=cfg.token)
+
+    def _admit(self, conn: Connection[Ingest]) -> None:
+        """Tie a connection to its peer and start its clocks."""
         self._connections.add(conn)
-        if conn.role == "master":
-            conn.peer = broker.connect_master(conn.name, conn)
-        else:
-            conn.peer = broker.connect_slave(conn.name, conn)
-        if self.config.token is None:
-            conn.authenticated = True
-        else:
+        conn.ingest.peer.transport = conn
+        if not conn.ingest.authenticated:
             conn.auth_deadline = trio.current_time() + self.config.auth_timeout
         log.info("event=connect role=%s peer=%s", conn.role, conn.name)
 
-    def release(self, conn: Connection, reason: str) -> None:
+    def release(self, conn: Connection[Ingest], reason: str) -> None:
         """The connection is over for the broker: requeue, free, log (once).
 
         Its buffers go now (the partial frame, the stash), and the peer lets
@@ -231,8 +242,8 @@ class GloomServer:
         conn.released = True
         self._connections.discard(conn)
         self._forget_host(conn.host)
-        peer = conn.peer
-        assert self.broker is not None and peer is not None
+        peer = conn.ingest.peer
+        assert self.broker is not None
         if conn.overflowed or peer.overflowed:
             reason = "outbuf_overflow"
             log.warning(
@@ -257,7 +268,7 @@ class GloomServer:
         self._kick()
         log.info("event=disconnect role=%s peer=%s reason=%s", conn.role, conn.name, reason)
 
-    def internal_error(self, conn: Connection, exc: Exception) -> str:
+    def internal_error(self, conn: Connection[Ingest], exc: Exception) -> str:
         """Handling `conn` raised `exc`: log it once, queue the error frame,
         and return the reason to hang up.  Only this connection ends."""
         log.error(
@@ -269,34 +280,30 @@ class GloomServer:
         )
         conn.stash = None
         conn.paused = False
-        peer = conn.peer
-        if peer is not None and not conn.released and self.broker is not None:
-            self.broker.send(peer, {"error": "internal_error", "reason": type(exc).__name__})
+        if not conn.released and self.broker is not None:
+            self.broker.send(conn.ingest.peer, error("internal_error", type(exc).__name__))
         return "internal_error"
 
     # ------------------------------------------------------------ bytes in (both transports)
 
-    def on_data(self, conn: Connection, data: bytes) -> str | None:
-        """Feed received bytes through codec, auth and broker.
+    def on_data(self, conn: Connection[Ingest], data: bytes) -> str | None:
+        """Feed received bytes to the connection's ingest.
 
         Returns None, or the reason to hang up after the final error frame
         (already queued): the stream is out of sync, or the peer is refused.
         """
-        broker = self.broker
-        assert broker is not None
-        peer = conn.peer
-        assert peer is not None
-        decoder = conn.decoder
+        ingest = conn.ingest
+        decoder = ingest.decoder
         try:
             frames = decoder.feed(data)
         except FrameTooLarge as exc:
-            if conn.authenticated and isinstance(exc, FrameTooLargeWithFrames):
+            if ingest.authenticated and isinstance(exc, FrameTooLargeWithFrames):
                 # Sent in sync before the bad header: handled while the
                 # output has room (the connection closes after them anyway).
-                self._receive(conn, peer, exc.frames)
+                self._receive(conn, exc.frames)
                 conn.stash = None
             log.warning("event=size_error peer=%s length=%d", conn.name, exc.length)
-            return self._final(conn, {"error": "size_error", "reason": "length too large"}, "size_error")
+            return self._final(conn, error("size_error", "length too large"), "size_error")
         # Slowloris guard: a frame that has started must finish in time.
         if decoder.pending:
             if frames or conn.frame_deadline == INF:
@@ -305,20 +312,19 @@ class GloomServer:
             conn.frame_deadline = INF
         if not frames:
             return None
-        if not conn.authenticated:
-            if not auth_frame_ok(frames[0], self.config.token or "", broker.limits.max_values):
+        if not ingest.authenticated:
+            if not ingest.authenticate(frames[0]):
                 log.warning("event=unauthorized role=%s peer=%s", conn.role, conn.name)
-                return self._final(conn, {"error": "unauthorized", "reason": "auth"}, "unauthorized")
-            conn.authenticated = True
+                return self._final(conn, error("unauthorized", "auth"), "unauthorized")
             conn.auth_deadline = INF
-            broker.send(peer, OK_FRAME)
             del frames[0]
         # `_receive`, inlined: one call less per receive on the hot path.
-        receive = broker.receive
+        receive = ingest.receive
+        peer = ingest.peer
         room = conn.high_water - len(conn.outbuf) - conn.in_flight
         frames_left = iter(frames)
         for payload in frames_left:
-            receive(peer, payload)
+            receive(payload)
             if peer.pending > room:
                 stash = list(frames_left)
                 if stash:
@@ -326,47 +332,46 @@ class GloomServer:
                 break
         return None
 
-    def _receive(self, conn: Connection, peer: Peer, frames: list[bytes]) -> None:
-        """Hand `frames` to the broker in order, until the connection's
+    def _receive(self, conn: Connection[Ingest], frames: list[bytes]) -> None:
+        """Hand `frames` to the ingest in order, until the connection's
         output passes its high-water mark; then stash the rest and pause.
 
         One comparison per frame: replies are encoded as they are queued,
         so `peer.pending` counts the bytes built since the last flush.
         """
-        assert self.broker is not None
-        receive = self.broker.receive
+        receive = conn.ingest.receive
+        peer = conn.ingest.peer
         room = conn.high_water - len(conn.outbuf) - conn.in_flight
         frames_left = iter(frames)
         for payload in frames_left:
-            receive(peer, payload)
+            receive(payload)
             if peer.pending > room:
                 stash = list(frames_left)
                 if stash:
                     conn.pause(stash)
                 return
 
-    def on_resume(self, conn: Connection) -> str | None:
+    def on_resume(self, conn: Connection[Ingest]) -> str | None:
         """The paused connection's output drained: handle its stash first."""
         stash = conn.stash
         conn.stash = None
         conn.paused = False
         if stash and not conn.released:
-            assert conn.peer is not None
-            self._receive(conn, conn.peer, stash)
+            self._receive(conn, stash)
         return None
 
-    def on_deadline(self, conn: Connection) -> str:
+    def on_deadline(self, conn: Connection[Ingest]) -> str:
         """The connection's auth or frame deadline passed; queue why, return why."""
-        if not conn.authenticated:
+        if not conn.ingest.authenticated:
             log.warning("event=unauthorized role=%s peer=%s reason=timeout", conn.role, conn.name)
-            return self._final(conn, {"error": "unauthorized", "reason": "timeout"}, "auth_timeout")
-        log.warning("event=slow_frame peer=%s pending=%d", conn.name, conn.decoder.pending)
-        return self._final(conn, {"error": "frame_timeout", "reason": self.config.frame_timeout}, "frame_timeout")
+            return self._final(conn, error("unauthorized", "timeout"), "auth_timeout")
+        log.warning("event=slow_frame peer=%s pending=%d", conn.name, conn.ingest.decoder.pending)
+        timeout = self.config.frame_timeout
+        return self._final(conn, error("frame_timeout", timeout), "frame_timeout")
 
-    def _final(self, conn: Connection, frame: dict[str, Any], reason: str) -> str:
-        peer = conn.peer
-        assert peer is not None and self.broker is not None
-        self.broker.send(peer, frame)
+    def _final(self, conn: Connection[Ingest], frame: dict[str, Any], reason: str) -> str:
+        assert self.broker is not None
+        self.broker.send(conn.ingest.peer, frame)
         return reason
 
     # ------------------------------------------------------------ TLS connections
@@ -386,16 +391,6 @@ class GloomServer:
         stream = trio.SSLStream(
             trio.SocketStream(trio.socket.from_stdlib_socket(sock)), cfg.ssl_context, server_side=True
         )
-        conn = StreamConnection(
-            stream,
-            name,
-            host,
-            role,
-            cfg.max_frame,
-            cfg.max_outbuf,
-            cfg.output_high_water,
-            cfg.write_timeout,
-        )
         self._handshaking += 1
         shaken = False
         try:
@@ -413,6 +408,16 @@ class GloomServer:
             self._forget_host(host)
             await trio.aclose_forcefully(stream)
             return
+        conn: StreamConnection[Ingest] = StreamConnection(
+            stream,
+            self._seat(name, role),
+            name,
+            host,
+            role,
+            cfg.max_outbuf,
+            cfg.output_high_water,
+            cfg.write_timeout,
+        )
         self._admit(conn)
         reason = "closed"
         try:
@@ -432,7 +437,7 @@ class GloomServer:
         else:
             self._per_host.pop(host, None)
 
-    async def _tls_read_loop(self, conn: StreamConnection) -> str:
+    async def _tls_read_loop(self, conn: StreamConnection[Ingest]) -> str:
         reason: str | None
         while True:
             try:
@@ -450,7 +455,7 @@ class GloomServer:
                     if timer.cancelled_caught:
                         reason = self.on_deadline(conn)
                     elif not data:
-                        return "eof_mid_frame" if conn.decoder.pending else "eof"
+                        return "eof_mid_frame" if conn.ingest.decoder.pending else "eof"
                     else:
                         reason = self.on_data(conn, data)
                         self._kick()
@@ -493,7 +498,7 @@ class GloomServer:
         if not broker.dirty:
             return
         for peer in broker.take_dirty():
-            conn: Connection | None = peer.transport
+            conn: Connection[Any] | None = peer.transport
             out = peer.outbox
             if conn is None:  # gone: nothing to write to
                 peer.outbox = []
@@ -526,7 +531,7 @@ class GloomServer:
             except Exception as exc:
                 self._write_failed(conn, exc)
 
-    def _write_failed(self, conn: Connection, exc: Exception) -> None:
+    def _write_failed(self, conn: Connection[Any], exc: Exception) -> None:
         """Writing to `conn` raised: the boundary for output (see `internal_error`)."""
         log.error(
             "event=internal_error role=%s peer=%s stage=write", conn.role, conn.name, exc_info=exc

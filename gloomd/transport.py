@@ -19,20 +19,23 @@ one connection's requests can pile up is bounded by the mark (plus one
 answer), not by how many requests fit in a receive.  Output that others cause
 (results for a master) is bounded by `max_outbuf`, and output that makes no
 progress for `write_timeout` seconds drops the connection.
+
+What the bytes mean is not known here: a connection hands what it receives to
+its `ingest` (`gloomd.ingest.Ingest`), of which it knows only the `Inbound`
+surface below, so this module imports nothing of the broker.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
-from .broker import Peer
 from gloomwire.framing import FrameDecoder
 
-__all__ = ["Connection", "PlainConnection", "StreamConnection", "RECV_SIZE"]
+__all__ = ["Connection", "Inbound", "PlainConnection", "StreamConnection", "RECV_SIZE"]
 
 RECV_SIZE = 256 * 1024
 INF = float("inf")
@@ -40,22 +43,37 @@ INF = float("inf")
 DEFAULT_HIGH_WATER = 1024 * 1024
 
 
-class Connection:
-    """What both transports keep: decoder, output buffer, deadlines, lifecycle."""
+class Inbound(Protocol):
+    """The receiving side a connection feeds (`gloomd.ingest.Ingest`), as seen from here."""
+
+    @property
+    def decoder(self) -> FrameDecoder:
+        """The framing of received bytes (`pending`: a frame has started)."""
+
+    def queued(self) -> int:
+        """Bytes of output queued for this peer and not yet handed to the connection."""
+
+    def clear(self) -> None:
+        """The connection is gone: let go of any partial frame."""
+
+
+InboundT = TypeVar("InboundT", bound=Inbound)
+
+
+class Connection(Generic[InboundT]):
+    """What both transports keep: ingest, output buffer, deadlines, lifecycle."""
 
     __slots__ = (
         "name",
         "host",
         "role",
-        "peer",
-        "decoder",
+        "ingest",
         "outbuf",
         "max_outbuf",
         "closed",
         "closing",
         "released",
         "overflowed",
-        "authenticated",
         "auth_deadline",
         "frame_deadline",
         "write_deadline",
@@ -69,10 +87,10 @@ class Connection:
 
     def __init__(
         self,
+        ingest: InboundT,
         name: str,
         host: str,
         role: str,
-        max_frame: int,
         max_outbuf: int,
         high_water: int = DEFAULT_HIGH_WATER,
         write_timeout: float = INF,
@@ -80,15 +98,14 @@ class Connection:
         self.name = name
         self.host = host
         self.role = role
-        self.peer: Peer | None = None
-        self.decoder = FrameDecoder(max_frame)
+        #: Where received bytes go (framing, decoding, auth, the broker).
+        self.ingest = ingest
         self.outbuf = bytearray()
         self.max_outbuf = max_outbuf
         self.closed = False  # no more writes
         self.closing = False  # write out what is queued, then EOF
         self.released = False  # the broker has been told this peer is gone
         self.overflowed = False
-        self.authenticated = False
         #: Must authenticate by then (inf: done, or no token configured).
         self.auth_deadline = INF
         #: The frame that has started must be complete by then (inf: none started).
@@ -115,8 +132,7 @@ class Connection:
 
     def output_low(self) -> bool:
         """Is the output waiting (queued by the broker, or unsent) down to half the mark?"""
-        queued = self.peer.pending if self.peer is not None else 0
-        return queued + len(self.outbuf) + self.in_flight <= self.high_water // 2
+        return self.ingest.queued() + len(self.outbuf) + self.in_flight <= self.high_water // 2
 
     def pause(self, stash: list[bytes]) -> None:
         """Stop reading; `stash` (the payloads not yet handled) comes first on resume."""
@@ -126,7 +142,7 @@ class Connection:
 
     def free(self) -> None:
         """The connection is over: let go of its buffers now, not at the next GC."""
-        self.decoder.clear()
+        self.ingest.clear()
         self.stash = None
         self.paused = False
         if self.closed:
@@ -153,7 +169,7 @@ class Connection:
         self.abort()
 
 
-class PlainConnection(Connection):
+class PlainConnection(Connection[InboundT]):
     """Plain TCP, multiplexed by the reactor; written to directly when possible.
 
     `on_change(conn)` tells the reactor that what the connection waits for
@@ -177,17 +193,17 @@ class PlainConnection(Connection):
     def __init__(
         self,
         sock: socket.socket,
+        ingest: InboundT,
         name: str,
         host: str,
         role: str,
-        max_frame: int,
         max_outbuf: int,
-        on_change: Callable[[PlainConnection], None],
-        on_abort: Callable[[PlainConnection], None],
+        on_change: Callable[[PlainConnection[Any]], None],
+        on_abort: Callable[[PlainConnection[Any]], None],
         high_water: int = DEFAULT_HIGH_WATER,
         write_timeout: float = INF,
     ) -> None:
-        super().__init__(name, host, role, max_frame, max_outbuf, high_water, write_timeout)
+        super().__init__(ingest, name, host, role, max_outbuf, high_water, write_timeout)
         self.sock = sock
         self.fd = sock.fileno()
         self.serial = 0  # the reactor's number for it: its deadline entries carry it
@@ -268,7 +284,7 @@ class PlainConnection(Connection):
             self._on_abort(self)
 
 
-class StreamConnection(Connection):
+class StreamConnection(Connection[InboundT]):
     """A trio Stream (TLS): buffered writes, sent by `write_loop`."""
 
     __slots__ = ("stream", "scope", "timed_out", "_writer_lot", "_drain_lot")
@@ -276,15 +292,15 @@ class StreamConnection(Connection):
     def __init__(
         self,
         stream: trio.abc.Stream,
+        ingest: InboundT,
         name: str,
         host: str,
         role: str,
-        max_frame: int,
         max_outbuf: int,
         high_water: int = DEFAULT_HIGH_WATER,
         write_timeout: float = INF,
     ) -> None:
-        super().__init__(name, host, role, max_frame, max_outbuf, high_water, write_timeout)
+        super().__init__(ingest, name, host, role, max_outbuf, high_water, write_timeout)
         self.stream = stream
         self.scope: trio.CancelScope | None = None
         self.timed_out = False  # dropped because its output did not drain in time

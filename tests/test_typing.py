@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(300)
 def test_mypy_strict_is_clean() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "gloomd", "client/gloom"],
+        [sys.executable, "-m", "mypy", "gloomwire", "gloomd", "client/gloom"],
         cwd=ROOT,
         capture_output=True,
         text=True,

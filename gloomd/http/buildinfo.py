@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import functools
 import platform
-from importlib import metadata
 
 import trio
+
+from gloomwire import __version__
 
 __all__ = ["build_labels", "version"]
 
 
-@functools.cache
 def version() -> str:
-    """The installed distribution's version ("unknown" when run from a bare tree)."""
-    try:
-        return metadata.version("gloomd")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    """gloomd's version, from its one place (`gloomwire.__version__`)."""
+    return __version__
 
 
 @functools.cache

@@ -10,8 +10,12 @@ nine fixed routes that a dict serves.
 
 Shape (`examples/trio-server.py` of h11, on `trio.serve_tcp`):
 
-* `run` listens, reports the bound port through `task_status`, and serves
-  until cancelled; every connection is a task in serve_tcp's nursery.
+* `run` listens, reports its fragment of the daemon's ready line
+  (``http=HOST:PORT``; the bound port is then in `port`) through
+  `task_status`, and serves until cancelled; every connection is a task in
+  serve_tcp's nursery.  It is a `gloomd.service.Service`: `gloomd` runs it
+  beside the Gloom ports unless told `--no-http`, and at shutdown calls
+  `shutdown`, which starts "draining".
 * A connection over `max_connections` is answered 503 and closed at once
   (under TLS it is just closed, as the Gloom ports do: no handshake for a
   connection that will not be served).
@@ -41,6 +45,7 @@ import h11
 import trio
 
 from ..server import GloomServer
+from ..service import Service
 from .buildinfo import version
 from .messages import HttpRequest, HttpResponse, Offload, error_response
 from .routes import HttpApp, split_target
@@ -64,13 +69,16 @@ class _Reject:
     response: HttpResponse
 
 
-class HttpService:
+class HttpService(Service):
     """The HTTP port of a running `GloomServer`.
 
-    Start it beside the server: ``port = await nursery.start(service.run)``.
-    `connection_counts` adds ports the service cannot see (e.g. "ws") to
-    gloomd_connections; master, slave and http are counted here.
+    Start it beside the server: ``await nursery.start(service.run)``, then
+    read `port`.  `connection_counts` adds ports the service cannot see
+    (e.g. "ws") to gloomd_connections; master, slave and http are counted
+    here.
     """
+
+    name = "http"
 
     def __init__(
         self,
@@ -100,6 +108,10 @@ class HttpService:
         """From now on /healthz answers 503 draining (requests are still served)."""
         self.draining = True
 
+    async def shutdown(self) -> None:
+        """The daemon is stopping: say so on /healthz (`start_draining`)."""
+        self.start_draining()
+
     def is_draining(self) -> bool:
         broker = self.server.broker
         return self.draining or (broker is not None and broker.halted)
@@ -117,7 +129,9 @@ class HttpService:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[str | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         s = self.settings
         async with trio.open_nursery() as nursery:
             listeners: list[trio.SocketListener] = await nursery.start(
@@ -131,7 +145,7 @@ class HttpService:
                 "on" if s.ssl_context is not None else "off",
                 "on" if s.token is not None else "off",
             )
-            task_status.started(self.port)
+            task_status.started(f"http={s.host}:{self.port}")
 
     # ------------------------------------------------------------ one connection
 

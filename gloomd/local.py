@@ -1,0 +1,239 @@
+"""In-process masters: a peer of the broker whose connection is a Python object.
+
+A service that lives in the daemon's own process (the scheduler's `submit`
+jobs, the HTTP port's admin API) reaches the broker as any master does,
+through a `MasterIngest`: the same validation, check order and error frames
+as the master port, byte for byte.  It needs no socket, no TLS and no token:
+there is nobody to authenticate in one's own process, and no reason to dial
+it over loopback (the scheduler used to, with TLS verification off).
+
+Two ways in:
+
+* `request(frame)`, synchronous: the frames the broker answered at once
+  (the HTTP admin API: `stats`, `jobs`, `kick`..., one answer each);
+* `await call(id, type, body, priority=, timeout=)`: submit one job and
+  wait for its result by id (the scheduler).  Submits are answered at once
+  (the ack, or why not), so no error frame can be matched to the wrong one.
+
+Frames the broker queues later (results, `job_error`, `job_failed`) reach
+it through the server's flush, like any peer's: `write` below is this
+connection's end of it, and `role`, `paused`, `closed` and `abort` are what
+the flush reads of a connection.  The peer is registered `internal`: a
+master in every rule (its jobs are HALTED at shutdown, removed when it
+leaves) that `stats` does not count among connections.
+
+A seat belongs to one run of the server: when the server stops, its
+in-process masters are aborted (every waiting call fails, as over a
+connection that closed), and the next request takes a new seat.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from gloomwire import codec
+from gloomwire.framing import FrameDecoder
+from gloomwire.vocabulary import error, submit
+
+from .broker import Broker
+from .ingest import MasterIngest
+
+if TYPE_CHECKING:
+    from .server import GloomServer
+
+__all__ = ["LocalMaster", "LocalMasterError", "RemoteJobError", "SubmitRejected"]
+
+log = logging.getLogger("gloomd.local")
+
+#: Frames from our own broker are trusted: no cap but the length prefix's.
+_NO_CAP: Final = 1 << 32
+
+
+class LocalMasterError(RuntimeError):
+    """gloomd is not running, or stopped before it answered."""
+
+
+class SubmitRejected(LocalMasterError):
+    """gloomd refused the submit (`id_exists`, `queue_full`, a bad field...)."""
+
+    def __init__(self, frame: dict[str, Any]) -> None:
+        super().__init__(f"submit rejected: {frame.get('error')}: {frame.get('reason')!r}")
+        self.frame = frame
+
+
+class RemoteJobError(LocalMasterError):
+    """The job ended with `job_error` (the slave failed it) or `job_failed` (lost, timed out)."""
+
+    def __init__(self, frame: dict[str, Any]) -> None:
+        category = frame.get("category")
+        detail = f" ({category})" if category else ""
+        super().__init__(f"{frame.get('error')}{detail}: {frame.get('reason')!r}")
+        self.frame = frame
+
+
+class _Outcome:
+    """Where a result (or the error that ends a call) is left for one id."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.value, self.error = value, error
+            self.done.set()
+
+
+class LocalMaster:
+    """An in-process master of a `GloomServer`'s broker (see the module docstring).
+
+    :param server: the server whose broker to sit at; it need not be running
+        yet (a request then raises `LocalMasterError`).
+    :param name: the peer's name in the daemon's logs.
+    """
+
+    #: What the server's flush reads of a connection: written like a master's
+    #: (it may wait for the end of a busy spell), never paused.
+    role: Final = "master"
+    paused: Final = False
+
+    def __init__(self, server: GloomServer, name: str) -> None:
+        self._server = server
+        self.name = name
+        self.closed = False
+        self.overflowed = False
+        self._broker: Broker | None = None
+        self._ingest: MasterIngest | None = None
+        self._decoder = FrameDecoder(_NO_CAP)
+        self._waiting: dict[Any, _Outcome] = {}
+
+    # ------------------------------------------------------------ the seat
+
+    def _seat(self) -> tuple[Broker, MasterIngest]:
+        broker = self._server.broker
+        if broker is None:
+            raise LocalMasterError("gloomd is not running")
+        if broker is not self._broker or self._ingest is None or self.closed:
+            # A broker per server run: take a fresh seat if it was replaced.
+            self._broker = broker
+            peer = broker.connect_master(self.name, self, internal=True)
+            self._ingest = MasterIngest(broker, peer)
+            self.closed = self.overflowed = False
+        return broker, self._ingest
+
+    def close(self) -> None:
+        """Leave the broker, as a master that disconnects: its queued jobs go."""
+        self._leave(LocalMasterError(f"{self.name} closed"))
+
+    def _leave(self, reason: BaseException) -> None:
+        self.closed = True
+        ingest, broker = self._ingest, self._broker
+        self._ingest = None
+        if ingest is not None and broker is not None:
+            ingest.peer.transport = None
+            broker.disconnect(ingest.peer)
+        waiting, self._waiting = self._waiting, {}
+        for outcome in waiting.values():
+            outcome.set(error=reason)
+
+    # ------------------------------------------------------------ frames in and out
+
+    def request(self, frame: dict[str, Any]) -> list[dict[str, Any]]:
+        """Send one master frame; return the frames the broker answered at once.
+
+        The frame is encoded and fed to the ingest as a connection's payload
+        would be, so the broker judges it exactly as it judges the master
+        port's (the decoding policy and the value cap included).
+        """
+        broker, ingest = self._seat()
+        peer = ingest.peer
+        if peer.outbox:  # answers queued before, not yet flushed: theirs first
+            self._deliver(self._take(broker))
+        ingest.receive(codec.dumps(frame))
+        replies = self._take(broker)
+        # The request may have given other peers frames (a submit hands a
+        # job to an idle slave): write them now, not at the next flush.
+        if broker.dirty or broker.timers_changed:
+            self._server.flush()
+        return replies
+
+    def _take(self, broker: Broker) -> list[dict[str, Any]]:
+        assert self._ingest is not None
+        peer = self._ingest.peer
+        items, peer.outbox, peer.pending = peer.outbox, [], 0
+        broker.dirty.pop(peer, None)
+        replies = []
+        for item in items:
+            # Pre-encoded frames (OK_FRAME, stats) skip their 4-byte length.
+            decoded = codec.loads(item[4:]) if type(item) is bytes else item
+            assert isinstance(decoded, dict)
+            replies.append(decoded)
+        return replies
+
+    async def call(
+        self,
+        job_id: Any,
+        job_type: Any,
+        body: Any,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> Any:
+        """Submit one job and return the body of its result.
+
+        Raises `LocalMasterError` (not running, or stopped before the
+        answer), `SubmitRejected`, or `RemoteJobError`.
+        """
+        if job_id in self._waiting:
+            # gloomd would answer id_exists too; refusing here keeps the
+            # waiting call's result slot from being overwritten.
+            raise SubmitRejected(error("id_exists", job_id))
+        extra = {} if timeout is None else {"timeout": timeout}
+        replies = self.request(submit(job_id, job_type, body, priority, **extra))
+        answer = replies[0]
+        outcome = _Outcome()
+        if answer.get("ok") is not True or answer.get("id") != job_id:
+            if answer.get("error") in ("job_error", "job_failed") and answer.get("id") == job_id:
+                raise RemoteJobError(answer)  # e.g. HALTED: the daemon is stopping
+            raise SubmitRejected(answer)
+        self._waiting[job_id] = outcome
+        try:
+            self._deliver(replies[1:])  # an `after` that had already failed, say
+            await outcome.done.wait()
+        finally:
+            if self._waiting.get(job_id) is outcome:  # cancelled while waiting
+                del self._waiting[job_id]
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.value
+
+    def _deliver(self, frames: list[dict[str, Any]]) -> None:
+        for frame in frames:
+            job_id = frame.get("id")
+            outcome = self._waiting.get(job_id)
+            if outcome is None:
+                continue  # progress, or the answer to a call no longer waiting
+            if frame.get("error") in ("job_error", "job_failed"):
+                del self._waiting[job_id]
+                outcome.set(error=RemoteJobError(frame))
+            elif "body" in frame:
+                del self._waiting[job_id]
+                outcome.set(value=frame["body"])
+
+    # ------------------------------------------------------------ the flush's side
+
+    def write(self, data: bytes) -> None:
+        """Frames the server's flush wrote to this "connection"."""
+        self._deliver([codec.loads(payload) for payload in self._decoder.feed(data)])
+
+    def abort(self) -> None:
+        """The server dropped this peer (it stopped, or the output cap was passed)."""
+        if not self.closed:
+            log.info("event=disconnect role=local peer=%s", self.name)
+            self._leave(LocalMasterError("gloomd stopped before it answered"))

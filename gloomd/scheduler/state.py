@@ -1,0 +1,104 @@
+"""The scheduler's status on disk: one JSON file, written atomically, off the loop.
+
+`StateFile` is the `dump_status`/`reload_status` pair over a file;
+`BackgroundWriter` keeps its fsync out of the daemon's event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from gloomwire import codec
+
+__all__ = ["BackgroundWriter", "StateFile", "StatusDict"]
+
+#: Every job's status by name: what `dump_status` receives and the file holds.
+StatusDict = dict[str, dict[str, Any]]
+
+log = logging.getLogger("gloomd.scheduler")
+
+
+class StateFile:
+    """The scheduler status as a JSON file, written atomically (temp file + rename).
+
+    `dump` and `reload` are the `dump_status`/`reload_status` callbacks.  A
+    file that cannot be read or parsed is logged and treated as absent: a
+    scheduler that refuses to start over a corrupt status file would be worse
+    than one that recomputes its fire times.
+    """
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+
+    def dump(self, status: StatusDict) -> None:
+        data = codec.dumps(status)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(self.path)
+
+    def reload(self) -> StatusDict | None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.error("cannot read schedule state %s: %s", self.path, exc)
+            return None
+        try:
+            status = codec.loads(data)
+        except codec.DecodeError as exc:
+            log.error("schedule state %s is not JSON (%s); starting afresh", self.path, exc)
+            return None
+        if not isinstance(status, dict):
+            log.error("schedule state %s is not an object; starting afresh", self.path)
+            return None
+        return status
+
+
+class BackgroundWriter:
+    """Writes the latest status snapshot in a worker thread, coalescing bursts.
+
+    In the daemon the scheduler shares its trio run with the broker; an fsync
+    in the event loop would stall every connection for as long as the disk
+    takes.  So `dump_status` only hands the snapshot over, and `run` writes
+    the newest one from a thread; snapshots superseded meanwhile are skipped.
+    The price is a window of a few milliseconds in which a fire has started
+    but is not yet on disk.  On cancellation the last pending snapshot is
+    written before `run` returns.
+    """
+
+    def __init__(self, write: Callable[[StatusDict], None]) -> None:
+        self._write = write
+        self._pending: StatusDict | None = None
+        self._ready = trio.Event()
+
+    def submit(self, status: StatusDict) -> None:
+        self._pending = status
+        self._ready.set()
+
+    def _write_logged(self, status: StatusDict) -> None:
+        try:
+            self._write(status)
+        except Exception:
+            log.exception("writing the schedule state failed")
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready = trio.Event()
+                status, self._pending = self._pending, None
+                if status is not None:
+                    await trio.to_thread.run_sync(self._write_logged, status)
+        finally:
+            if self._pending is not None:
+                self._write_logged(self._pending)

@@ -1,0 +1,655 @@
+"""A hypothesis state machine against the pure Broker: random interleavings of
+every action on both ports, checked against an independent model.
+
+The model predicts everything the broker owes a *master* (acks, refusals,
+results, failures, progress, stats) and every reply owed to the slave that
+acted; job frames to slaves are the one thing it observes instead of
+predicting (which idle slave gets which job is policy, not contract), and it
+checks each one: a live, ready job of the slave's type, held by no one else,
+given to a slave holding nothing, with the right body and attempt count.
+
+Invariants, after every step:
+  * every frame a master receives about a job answers one of its own
+    unanswered jobs (so no job is answered twice, none after its master was
+    told it was removed); at the end, after a drain, none is left unanswered
+    unless its master left or cancelled it;
+  * no job on two slaves, at most one per slave (also read from the
+    broker's own state);
+  * no idle slave of a type while a ready job of that type is queued;
+  * the broker's totals and stats agree with the model's counters;
+  * once everybody disconnected and results expired, nothing is left:
+    no job, id, type, queue entry, timer, stored result, master or slave.
+
+Runs `GLOOMD_FUZZ_EXAMPLES` examples (default 120, about 20 s) of up to
+`GLOOMD_FUZZ_STEPS` steps (default 50); raise both for a long run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from gloomwire import codec
+from gloomd.broker import RUNNING, Broker, BrokerLimits, MasterPeer, SlavePeer, iter_frames
+
+from tests.support.brokerkit import FakeClock, receive
+
+pytestmark = pytest.mark.timeout(300)
+
+EXAMPLES = int(os.environ.get("GLOOMD_FUZZ_EXAMPLES", "120"))
+STEPS = int(os.environ.get("GLOOMD_FUZZ_STEPS", "50"))
+
+MAX_QUEUED = 6
+MAX_RETRIES = 2
+TTL = 40.0
+MASTER_SLOTS = 3
+SLAVE_SLOTS = 4
+
+IDS: list[str | int] = [0, 1, 2, 3, 4, "0", "1", "x"]
+TYPES = ["a", "b"]
+CATEGORIES = ["ERROR", "TIMEOUT", "CRASH", "HALTED"]
+
+#: Every error name the broker may put in a frame (protocol.md).
+ERROR_NAMES = {
+    "invalid_json", "missing_field", "invalid_type", "invalid_action", "unknown_type",
+    "unknown_action", "invalid_state", "id_exists", "unknown_id", "not_ready", "queue_full",
+    "dependency_cycle", "unknown_dependency", "job_failed", "job_error",
+}
+
+ids = st.sampled_from(IDS)
+types = st.sampled_from(TYPES)
+
+# Frames each port must refuse whatever the state (the slave ones that need a
+# job answer invalid_state without one, and a field error with one).
+BAD_MASTER = [
+    {}, {"action": 7}, {"action": "bogus"}, {"action": "join", "type": "a"},
+    {"action": "respond", "body": 1}, {"action": "progress", "body": 1}, {"action": "fail"},
+    {"action": "submit"}, {"action": "submit", "id": 1.5, "type": "a", "body": 1},
+    {"action": "submit", "id": True, "type": "a", "body": 1},
+    {"action": "submit", "id": 9, "body": 1},
+    {"action": "submit", "id": 9, "type": "a", "priority": "5", "body": 1},
+    {"action": "submit", "id": 9, "type": "a", "priority": 5.0, "body": 1},
+    {"action": "submit", "id": 9, "type": "a"},
+    {"action": "submit", "id": 9, "type": "a", "body": 1, "timeout": -1},
+    {"action": "submit", "id": 9, "type": "a", "body": 1, "timeout": "5"},
+    {"action": "submit", "id": 9, "type": "a", "body": 1, "detach": "yes"},
+    {"action": "submit", "id": 9, "type": "a", "body": 1, "after": "x"},
+    {"action": "submit", "id": 9, "type": "a", "body": 1, "after": [1.5]},
+    {"action": "cancel"}, {"action": "cancel", "id": None}, {"action": "result", "id": [1]},
+]
+BAD_SLAVE = [
+    {}, {"action": 7}, {"action": "bogus"}, {"action": "join"},
+    {"action": "submit", "id": 1, "type": "a", "body": 1}, {"action": "cancel", "id": 1},
+    {"action": "stats"}, {"action": "result", "id": 1}, {"action": "respond"},
+    {"action": "progress"}, {"action": "fail"}, {"action": "fail", "error": "NOPE"},
+    {"action": "fail", "error": 3},
+]
+bad_payloads = st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from([b"", b"[]", b"1", b'"s"', b"null", b"{", b'{"action":', b"\xff\xfe"]),
+)
+
+
+def key(job_id: Any) -> tuple[type, Any]:
+    return (type(job_id), job_id)
+
+
+def canon(frame: Any) -> str:
+    return json.dumps(frame, sort_keys=True)
+
+
+@dataclass(eq=False)
+class MJob:
+    id: Any
+    type: str
+    body: Any
+    priority: int
+    seq: int
+    master: int | None  # slot of the master still owed an answer
+    detached: bool
+    timeout: float | None
+    state: str = "queued"  # waiting | queued | running | gone
+    deps: set[tuple[type, Any]] = field(default_factory=set)
+    dependents: list[MJob] = field(default_factory=list)
+    losses: int = 0
+    attempts: int = 0
+    deadline: float = 0.0
+
+
+@dataclass(eq=False)
+class MSlave:
+    peer: SlavePeer
+    type: str | None = None
+    held: MJob | None = None  # possibly an orphan (state "gone")
+
+
+@dataclass(eq=False)
+class MMaster:
+    peer: MasterPeer
+    pending: dict[tuple[type, Any], MJob] = field(default_factory=dict)
+
+
+class BrokerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.broker = Broker(
+            # One stats row at most: with both types live the other is summed
+            # in `types_omitted`, from the broker's running sums.
+            BrokerLimits(
+                max_queued=MAX_QUEUED, max_retries=MAX_RETRIES, result_ttl=TTL, max_stats_types=1
+            ),
+            clock=self.clock,
+        )
+        self.masters: dict[int, MMaster] = {}
+        self.slaves: dict[int, MSlave] = {}
+        self.live: dict[tuple[type, Any], MJob] = {}
+        self.outcomes: dict[tuple[type, Any], tuple[float, bool]] = {}
+        self.results: dict[tuple[type, Any], tuple[float, dict[str, Any]]] = {}
+        self.totals = Counter({"submitted": 0, "completed": 0, "failed": 0, "requeued": 0, "cancelled": 0})
+        self.seq = 0
+        self.names = 0
+        self.answered = 0  # jobs whose master got their one answer
+        # Per step: what masters are owed, by master slot (multisets of frames).
+        self.expected: dict[int, list[Any]] = {}
+
+    # ------------------------------------------------------------ plumbing
+
+    def _name(self) -> str:
+        self.names += 1
+        return f"p{self.names}"
+
+    def master(self, slot: int) -> MMaster:
+        if slot not in self.masters:
+            self.masters[slot] = MMaster(self.broker.connect_master(self._name()))
+        return self.masters[slot]
+
+    def slave(self, slot: int) -> MSlave:
+        """The slave in `slot`; a new one joins a type at once (as real slaves do),
+        so that random runs spend their steps on work rather than on idle peers."""
+        if slot not in self.slaves:
+            self.slaves[slot] = MSlave(self.broker.connect_slave(self._name()))
+            self.join(slot, TYPES[slot % len(TYPES)])
+        return self.slaves[slot]
+
+    def slot_of(self, master: MMaster) -> int:
+        return next(s for s, m in self.masters.items() if m is master)
+
+    def send(self, peer: Any, obj: Any) -> None:
+        receive(self.broker, peer, codec.dumps(obj))
+
+    @staticmethod
+    def take(peer: Any) -> list[Any]:
+        frames = [codec.loads(f[4:]) for f in iter_frames(peer.outbox)]
+        peer.outbox.clear()
+        return frames
+
+    def owe(self, slot: int | None, frame: Any) -> None:
+        if slot is not None and slot in self.masters:
+            self.expected.setdefault(slot, []).append(frame)
+
+    def finish_step(self, *, acting_slave: MSlave | None = None, slave_reply: Any = None) -> None:
+        """Check every outbox against the model, then clear them."""
+        # Masters: exactly the frames the model says they are owed.
+        for slot, master in self.masters.items():
+            got = sorted(map(canon, self.take(master.peer)))
+            want = sorted(map(canon, self.expected.get(slot, [])))
+            assert got == want, (slot, got, want)
+        self.expected = {}
+        # Slaves: the acting one's reply first, then at most one job each.
+        dispatched: list[tuple[MSlave, dict[str, Any]]] = []
+        for slave in self.slaves.values():
+            frames = self.take(slave.peer)
+            if slave is acting_slave and slave_reply is not None:
+                assert frames and frames[0] == slave_reply, (frames, slave_reply)
+                frames = frames[1:]
+            assert len(frames) <= 1, frames
+            for frame in frames:
+                assert frame.get("action") == "job", frame
+                dispatched.append((slave, frame))
+        self.broker.dirty.clear()
+        only = len(dispatched) == 1 and dispatched[0][0] is acting_slave
+        for slave, frame in dispatched:
+            self.observe_dispatch(slave, frame, check_order=only)
+
+    def observe_dispatch(self, slave: MSlave, frame: dict[str, Any], check_order: bool) -> None:
+        job = self.live.get(key(frame["id"]))
+        assert job is not None and job.state == "queued", frame  # live and ready
+        assert slave.held is None and slave.type == job.type, (frame, slave.held)
+        assert frame["type"] == job.type and frame["body"] == job.body
+        assert not any(s.held is job for s in self.slaves.values())
+        if check_order:
+            # A slave that picked from its queue took the best ready job.
+            best = max(
+                (j for j in self.live.values() if j.state == "queued" and j.type == job.type),
+                key=lambda j: (j.priority, -j.seq),
+            )
+            assert best is job, (frame, best.id)
+        job.attempts += 1
+        # `attempt` only on a redelivery: a missing one reads as 1.
+        if job.attempts == 1:
+            assert "attempt" not in frame, frame
+        else:
+            assert frame["attempt"] == job.attempts
+        if job.timeout is None:
+            assert "timeout" not in frame
+        else:
+            assert frame["timeout"] == job.timeout
+            job.deadline = self.clock.now + job.timeout
+        job.state = "running"
+        slave.held = job
+
+    # ------------------------------------------------------------ model endings
+
+    def end(self, job: MJob, frame: dict[str, Any], ok: bool) -> None:
+        """The job is answered with `frame` (to its master, if still there)."""
+        job.state = "gone"
+        if job.master is not None:
+            master = self.masters.get(job.master)
+            if master is not None:
+                del master.pending[key(job.id)]
+                self.owe(job.master, frame)
+                self.answered += 1
+            job.master = None
+        if job.detached:
+            self.results[key(job.id)] = (self.clock.now + TTL, frame)
+        self.forget(job, ok)
+
+    def forget(self, job: MJob, ok: bool) -> None:
+        job.state = "gone"
+        self.live.pop(key(job.id), None)
+        self.outcomes[key(job.id)] = (self.clock.now + TTL, ok)
+        dependents, job.dependents = job.dependents, []
+        for dep in dependents:
+            if dep.state != "waiting":
+                continue
+            if ok:
+                dep.deps.discard(key(job.id))
+                if not dep.deps:
+                    dep.state = "queued"
+            else:
+                self.end(dep, failed(dep.id, "DEPENDENCY", dependency=job.id), ok=False)
+
+    def queued_total(self) -> int:
+        return sum(1 for j in self.live.values() if j.state in ("waiting", "queued"))
+
+    # ------------------------------------------------------------ master rules
+
+    @rule(
+        slot=st.integers(0, MASTER_SLOTS - 1),
+        job_id=ids,
+        job_type=types,
+        priority=st.integers(-2, 2),
+        timeout=st.one_of(st.none(), st.sampled_from([1, 2.5, 10])),
+        detach=st.booleans(),
+        after=st.one_of(st.none(), st.none(), st.none(), st.lists(ids, min_size=1, max_size=2)),
+    )
+    def submit(self, slot: int, job_id: Any, job_type: str, priority: int, timeout: Any,
+               detach: bool, after: list[Any] | None) -> None:
+        master = self.master(slot)
+        self.seq += 1
+        body = {"n": self.seq}
+        msg: dict[str, Any] = {"action": "submit", "id": job_id, "type": job_type, "priority": priority, "body": body}
+        if timeout is not None:
+            msg["timeout"] = timeout
+        if detach:
+            msg["detach"] = True
+        if after is not None:
+            msg["after"] = after
+        reply = self.predict_submit(slot, job_id, job_type, priority, body, timeout, detach, after or [])
+        self.send(master.peer, msg)
+        self.expected.setdefault(slot, []).insert(0, reply)
+        self.finish_step()
+
+    # Registered twice: submitting is what gives every other rule something to do.
+    submit_more = submit
+
+    def predict_submit(self, slot: int, job_id: Any, job_type: str, priority: int, body: Any,
+                       timeout: Any, detach: bool, after: list[Any]) -> dict[str, Any]:
+        if key(job_id) in self.live:
+            return {"error": "id_exists", "reason": job_id}
+        waiting_on: list[MJob] = []
+        failed_dep: Any = None
+        for dep in after:
+            if key(dep) == key(job_id):
+                return {"error": "dependency_cycle", "reason": dep}
+            live = self.live.get(key(dep))
+            if live is not None:
+                waiting_on.append(live)
+                continue
+            outcome = self.outcomes.get(key(dep))
+            if outcome is None:
+                return {"error": "unknown_dependency", "reason": dep}
+            if not outcome[1] and failed_dep is None:
+                failed_dep = dep
+        if self.queued_total() >= MAX_QUEUED:
+            return {"error": "queue_full", "reason": job_id}
+        job = MJob(job_id, job_type, body, priority, self.seq, slot, detach, timeout)
+        self.live[key(job_id)] = job
+        self.masters[slot].pending[key(job_id)] = job
+        self.totals["submitted"] += 1
+        if failed_dep is not None:
+            self.end(job, failed(job_id, "DEPENDENCY", dependency=failed_dep), ok=False)
+        elif waiting_on:
+            job.state = "waiting"
+            for dep in waiting_on:
+                job.deps.add(key(dep.id))
+                dep.dependents.append(job)
+        return {"ok": True, "id": job_id}
+
+    @rule(slot=st.integers(0, MASTER_SLOTS - 1), job_id=ids)
+    def cancel(self, slot: int, job_id: Any) -> None:
+        master = self.master(slot)
+        job = self.live.get(key(job_id))
+        if job is None or not (job.master == slot or job.detached):
+            reply: dict[str, Any] = {"error": "unknown_id", "reason": job_id}
+        elif job.state == "running":
+            reply = {"error": "invalid_state", "reason": "running"}
+        else:
+            reply = {"ok": True, "id": job_id}
+            self.totals["cancelled"] += 1
+            if job.master == slot:
+                del master.pending[key(job_id)]  # the ack is its answer
+                self.answered += 1
+                job.master = None
+            self.end(job, failed(job_id, "CANCELLED"), ok=False)
+        self.send(master.peer, {"action": "cancel", "id": job_id})
+        self.expected.setdefault(slot, []).insert(0, reply)
+        self.finish_step()
+
+    @rule(slot=st.integers(0, MASTER_SLOTS - 1), job_id=ids)
+    def result(self, slot: int, job_id: Any) -> None:
+        master = self.master(slot)
+        stored = self.results.get(key(job_id))
+        job = self.live.get(key(job_id))
+        if stored is not None:
+            reply = stored[1]
+        elif job is not None and (job.detached or job.master == slot):
+            reply = {"error": "not_ready", "reason": job_id}
+        else:
+            reply = {"error": "unknown_id", "reason": job_id}
+        self.send(master.peer, {"action": "result", "id": job_id})
+        self.owe(slot, reply)
+        self.finish_step()
+
+    @rule(slot=st.integers(0, MASTER_SLOTS - 1))
+    def stats(self, slot: int) -> None:
+        master = self.master(slot)
+        self.send(master.peer, {"action": "stats"})
+        frames = self.take(master.peer)
+        assert len(frames) == 1 and frames[0]["ok"] is True
+        stats = frames[0]["stats"]
+        assert stats["totals"] == dict(self.totals)
+        assert stats["connections"] == {"masters": len(self.masters), "slaves": len(self.slaves)}
+        want = []
+        for job_type in TYPES:
+            row = {
+                "type": job_type,
+                "queued": sum(1 for j in self.live.values() if j.type == job_type and j.state == "queued"),
+                "running": sum(1 for j in self.live.values() if j.type == job_type and j.state == "running"),
+                "slaves": sum(1 for s in self.slaves.values() if s.type == job_type),
+                "idle": sum(1 for s in self.slaves.values() if s.type == job_type and s.held is None),
+            }
+            if row["queued"] or row["running"] or row["slaves"]:
+                want.append(row)
+        shown = stats["types"]
+        assert len(shown) == min(1, len(want))
+        assert all(canon(row) in map(canon, want) for row in shown)
+        if len(want) > 1:
+            rest = [row for row in want if canon(row) not in map(canon, shown)]
+            counts = ("queued", "running", "slaves", "idle")
+            summed = {"types": len(rest), **{n: sum(row[n] for row in rest) for n in counts}}
+            assert stats["types_omitted"] == summed
+        else:
+            assert "types_omitted" not in stats
+        assert stats["waiting"] == sum(1 for j in self.live.values() if j.state == "waiting")
+        self.finish_step()
+
+    @rule(slot=st.integers(0, MASTER_SLOTS - 1))
+    def master_leaves(self, slot: int) -> None:
+        master = self.masters.get(slot)
+        if master is None:
+            return
+        self.broker.disconnect(master.peer)
+        del self.masters[slot]
+        self.expected.pop(slot, None)
+        jobs = list(master.pending.values())
+        for job in jobs:
+            job.master = None
+        for job in jobs:
+            if job.detached or job.state == "gone":
+                continue
+            self.forget(job, ok=False)  # a running one stays with its slave as an orphan
+        self.finish_step()
+
+    # ------------------------------------------------------------ slave rules
+
+    @rule(slot=st.integers(0, SLAVE_SLOTS - 1), job_type=types)
+    def join(self, slot: int, job_type: str) -> None:
+        if slot not in self.slaves:
+            self.slaves[slot] = MSlave(self.broker.connect_slave(self._name()))
+        slave = self.slaves[slot]
+        held, slave.held = slave.held, None
+        if held is not None and held.state == "running":
+            held.state = "queued"  # given back, no loss counted
+        slave.type = job_type
+        self.send(slave.peer, {"action": "join", "type": job_type})
+        self.finish_step(acting_slave=slave, slave_reply={"ok": True})
+
+    def _needs_job(self, slave: MSlave) -> dict[str, Any] | None:
+        return None if slave.held is not None else {"error": "invalid_state", "reason": "not_processing"}
+
+    @rule(slot=st.integers(0, SLAVE_SLOTS - 1), body=st.integers(0, 9))
+    def respond(self, slot: int, body: int) -> None:
+        slave = self.slave(slot)
+        refusal = self._needs_job(slave)
+        job, slave.held = slave.held, None
+        if job is not None and job.state == "running":
+            self.totals["completed"] += 1
+            self.end(job, {"id": job.id, "body": body}, ok=True)
+        self.send(slave.peer, {"action": "respond", "body": body})
+        self.finish_step(acting_slave=slave, slave_reply=refusal or {"ok": True})
+
+    @rule(slot=st.integers(0, SLAVE_SLOTS - 1), category=st.sampled_from(CATEGORIES), reason=st.integers(0, 3))
+    def fail(self, slot: int, category: str, reason: int) -> None:
+        slave = self.slave(slot)
+        refusal = self._needs_job(slave)
+        job, slave.held = slave.held, None
+        if job is not None and job.state == "running":
+            self.totals["failed"] += 1
+            frame = {"error": "job_error", "reason": reason, "id": job.id, "category": category}
+            self.end(job, frame, ok=False)
+        self.send(slave.peer, {"action": "fail", "error": category, "reason": reason})
+        self.finish_step(acting_slave=slave, slave_reply=refusal or {"ok": True})
+
+    @rule(slot=st.integers(0, SLAVE_SLOTS - 1), value=st.integers(0, 100))
+    def progress(self, slot: int, value: int) -> None:
+        slave = self.slave(slot)
+        job = slave.held
+        if job is not None and job.state == "running" and job.master is not None:
+            self.owe(job.master, {"id": job.id, "progress": value})
+        self.send(slave.peer, {"action": "progress", "body": value})
+        self.finish_step(acting_slave=slave, slave_reply=self._needs_job(slave))
+
+    @rule(slot=st.integers(0, SLAVE_SLOTS - 1))
+    def slave_leaves(self, slot: int) -> None:
+        slave = self.slaves.pop(slot, None)
+        if slave is None:
+            return
+        self.broker.disconnect(slave.peer)
+        job = slave.held
+        if job is not None and job.state == "running":
+            job.losses += 1
+            if job.losses > MAX_RETRIES:
+                self.totals["failed"] += 1
+                self.end(job, failed(job.id, "CRASH"), ok=False)
+            else:
+                self.totals["requeued"] += 1
+                job.state = "queued"
+        self.finish_step()
+
+    # ------------------------------------------------------------ noise and time
+
+    @rule(
+        port=st.sampled_from(["master", "slave"]),
+        slot=st.integers(0, 2),
+        frame=st.one_of(
+            st.sampled_from(BAD_MASTER).map(lambda f: ("master", f)),
+            st.sampled_from(BAD_SLAVE).map(lambda f: ("slave", f)),
+            st.just(("any", {"action": "auth", "token": "t"})),
+            st.just(("any", {"action": "ping"})),
+            bad_payloads.map(lambda p: ("any", p)),
+        ),
+    )
+    def noise(self, port: str, slot: int, frame: tuple[str, Any]) -> None:
+        """A frame the port must refuse (or an auth frame, harmless without a token)."""
+        meant_for, content = frame
+        if meant_for != "any":
+            port = meant_for
+        peer = self.master(slot).peer if port == "master" else self.slave(slot).peer
+        if isinstance(content, bytes):
+            try:
+                obj = codec.loads(content)
+            except codec.DecodeError:
+                obj = None
+            if isinstance(obj, dict) and "action" in obj:
+                return  # a real request by chance: not noise
+            receive(self.broker, peer, content)
+        else:
+            self.send(peer, content)
+        if content in ({"action": "auth", "token": "t"}, {"action": "ping"}):
+            assert self.take(peer) == [{"ok": True}]
+            self.finish_step()
+            return
+        self._one_error(peer)
+
+    @rule(index=st.integers(0, 7))
+    def crash_busy_slave(self, index: int) -> None:
+        """A slave holding a job is lost (the path that requeues and fails with CRASH)."""
+        busy = [slot for slot, s in self.slaves.items() if s.held is not None]
+        if busy:
+            self.slave_leaves(busy[index % len(busy)])
+
+    @rule(index=st.integers(0, 7))
+    def cancel_own(self, index: int) -> None:
+        """A master cancels one of its own jobs (queued, waiting or running)."""
+        owned = [j for j in self.live.values() if j.master is not None]
+        if owned:
+            job = owned[index % len(owned)]
+            assert job.master is not None
+            self.cancel(job.master, job.id)
+
+    @rule(body=st.integers(0, 9))
+    def serve_all(self, body: int) -> None:
+        """Every slave holding a job answers it (keeps work flowing)."""
+        for slot in [k for k, v in self.slaves.items() if v.held is not None]:
+            self.respond(slot, body)
+
+    def _one_error(self, peer: Any) -> None:
+        frames = self.take(peer)
+        assert len(frames) == 1 and frames[0].get("error") in ERROR_NAMES, frames
+        assert set(frames[0]) == {"error", "reason"}
+        self.finish_step()
+
+    @rule(advance=st.sampled_from([0.5, 1.0, 3.0, 15.0, 45.0]))
+    def tick(self, advance: float) -> None:
+        self.clock.now += advance
+        now = self.clock.now
+        due = sorted(
+            (j for j in self.live.values() if j.state == "running" and j.timeout is not None and j.deadline <= now),
+            key=lambda j: (j.deadline, j.seq),
+        )
+        for job in due:
+            if job.state != "running":
+                continue
+            self.totals["failed"] += 1
+            self.end(job, failed(job.id, "TIMEOUT"), ok=False)  # its slave keeps it as an orphan
+        self.broker.tick(now)
+        for store in (self.outcomes, self.results):
+            for k in [k for k, v in store.items() if v[0] <= now]:
+                del store[k]
+        self.finish_step()
+
+    # ------------------------------------------------------------ invariants
+
+    @invariant()
+    def broker_agrees(self) -> None:
+        b = self.broker
+        assert b.totals == dict(self.totals)
+        assert len(b.masters) == len(self.masters) and len(b.slaves) == len(self.slaves)
+        assert {key(i) for i in b.jobs} == set(self.live)
+        assert b.queued_total == self.queued_total()
+        holders = Counter(id(s.job) for s in b.slaves if s.job is not None and s.job.state == RUNNING)
+        assert all(n == 1 for n in holders.values())  # no job on two slaves
+        running = [j for j in b.jobs.values() if j.state == RUNNING]
+        assert len(running) == len(holders)
+        for slave in self.slaves.values():
+            assert (slave.peer.job is None) == (slave.held is None)
+            if slave.held is not None:
+                assert key(slave.peer.job.id) == key(slave.held.id)
+
+    @invariant()
+    def no_idle_slave_beside_ready_work(self) -> None:
+        for job_type in TYPES:
+            idle = any(s.type == job_type and s.held is None for s in self.slaves.values())
+            ready = any(j.type == job_type and j.state == "queued" for j in self.live.values())
+            assert not (idle and ready), job_type
+
+    # ------------------------------------------------------------ the end
+
+    def teardown(self) -> None:
+        if self.live or self.masters or self.slaves:
+            self.drain()
+        for slot in list(self.masters):
+            self.master_leaves(slot)
+        for slot in list(self.slaves):
+            self.slave_leaves(slot)
+        self.clock.now += TTL + 100
+        self.broker.tick(self.clock.now)
+        b = self.broker
+        assert b.jobs == {} and b.types == {} and b.queued_total == 0
+        assert b.masters == set() and b.slaves == set() and not b.dirty
+        assert not b._results and not b._outcomes and not b._timeouts
+        assert b.next_deadline() == float("inf")
+
+    def drain(self) -> None:
+        """Serve everything left, so that every job still owed an answer gets it."""
+        for _ in range(200):
+            busy = [s for s in self.slaves.values() if s.held is not None]
+            if busy:
+                slot = next(k for k, v in self.slaves.items() if v is busy[0])
+                self.respond(slot, 0)
+                continue
+            stuck = {j.type for j in self.live.values() if j.state == "queued"}
+            if not stuck:
+                break
+            for job_type in stuck:
+                slot = max(self.slaves, default=-1) + 1
+                self.join(slot, job_type)
+        assert not any(j.state in ("queued", "running") for j in self.live.values())
+        # Waiting jobs can only wait on live jobs, and none is left to wait on.
+        assert not self.live, list(self.live)
+        for master in self.masters.values():
+            assert not master.pending  # every accepted job was answered
+
+
+def failed(job_id: Any, category: str, **extra: Any) -> dict[str, Any]:
+    return {"error": "job_failed", "reason": job_id, "id": job_id, "category": category, **extra}
+
+
+BrokerMachine.TestCase.settings = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=STEPS,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    derandomize=os.environ.get("GLOOMD_FUZZ_RANDOM") is None,
+)
+TestBrokerMachine = BrokerMachine.TestCase
