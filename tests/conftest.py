@@ -10,7 +10,7 @@ import trio
 from gloomd.config import Config
 from gloomd.server import GloomServer
 
-from .wire import Peer
+from tests.support.wire import Peer
 
 
 @pytest.fixture

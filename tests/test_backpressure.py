@@ -20,7 +20,7 @@ import trustme
 from gloomwire import codec
 from gloomd.broker import Broker, Peer as BrokerPeer
 
-from .wire import Peer, frame, join
+from tests.support.wire import Peer, frame, join
 
 TlsContexts = tuple[ssl.SSLContext, ssl.SSLContext]
 

@@ -19,7 +19,7 @@ import pytest
 from benchmarks.latency_floor import compare, forwarder_latency
 from benchmarks.servers import installed
 
-from .daemon import spawn_gloomd
+from tests.support.daemon import spawn_gloomd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

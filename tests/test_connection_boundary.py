@@ -20,7 +20,7 @@ from gloomd.broker import Broker
 from gloomd.messages import Join
 from gloomd.transport import PlainConnection
 
-from .wire import Peer, frame, join
+from tests.support.wire import Peer, frame, join
 
 TlsContexts = tuple[ssl.SSLContext, ssl.SSLContext]
 

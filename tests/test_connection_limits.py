@@ -13,8 +13,8 @@ import pytest
 import trio
 import trustme
 
-from .daemon import spawn_gloomd
-from .wire import Peer, frame, join
+from tests.support.daemon import spawn_gloomd
+from tests.support.wire import Peer, frame, join
 
 pytestmark = pytest.mark.timeout(60)
 

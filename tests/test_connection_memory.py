@@ -21,7 +21,7 @@ from gloomd.broker import MasterPeer
 from gloomwire.framing import FrameDecoder
 from gloomd.transport import PlainConnection
 
-from .wire import Peer
+from tests.support.wire import Peer
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from .daemon import spawn_gloomd
-from .wire import frame
+from tests.support.daemon import spawn_gloomd
+from tests.support.wire import frame
 
 pytestmark = pytest.mark.timeout(60)
 

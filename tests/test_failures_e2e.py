@@ -10,7 +10,7 @@ import trio
 
 from gloomd.server import GloomServer
 
-from .wire import Peer, frame, join
+from tests.support.wire import Peer, frame, join
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -24,8 +24,8 @@ import trio
 
 from gloomd.server import GloomServer
 
-from .daemon import spawn_gloomd
-from .wire import Peer, frame, join
+from tests.support.daemon import spawn_gloomd
+from tests.support.wire import Peer, frame, join
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,8 +15,8 @@ import pytest
 
 from gloomwire import codec
 
-from .daemon import Daemon, spawn_gloomd
-from .wire import frame, raw_frame
+from tests.support.daemon import Daemon, spawn_gloomd
+from tests.support.wire import frame, raw_frame
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -24,7 +24,7 @@ from benchmarks import http_scrape
 from benchmarks.http_scrape import start_with_http
 from benchmarks.servers import Server
 
-from .wire import Peer, join
+from tests.support.wire import Peer, join
 
 JOBS = 30_000
 WINDOW = 200

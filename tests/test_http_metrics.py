@@ -25,7 +25,7 @@ from gloomd.server import GloomServer
 
 from .brokerkit import Kit
 from .httpkit import Client, fetch, start_http
-from .wire import Peer, frame, join
+from tests.support.wire import Peer, frame, join
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -29,7 +29,7 @@ import trio
 from gloomd.server import GloomServer
 
 from .httpkit import start_http
-from .wire import Peer, join
+from tests.support.wire import Peer, join
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

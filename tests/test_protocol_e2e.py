@@ -13,7 +13,7 @@ import trio
 
 from gloomd.server import GloomServer
 
-from .wire import Peer, join, raw_frame
+from tests.support.wire import Peer, join, raw_frame
 
 pytestmark = pytest.mark.timeout(30)
 

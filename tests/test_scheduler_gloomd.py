@@ -20,7 +20,7 @@ from gloomd.master_link import MasterLink, MasterLinkError, RemoteJobError, Subm
 from gloomd.scheduler import JobScheduler
 from gloomd.server import GloomServer
 
-from . import wire
+from tests.support import wire
 from .schedjobs.store import Store
 
 pytestmark = pytest.mark.timeout(30)

@@ -14,8 +14,8 @@ import trustme
 from gloomd.cli import _is_loopback
 from gloomd.security import TokenError, load_token, server_ssl_context
 
-from .daemon import spawn_gloomd
-from .wire import Peer, frame, raw_frame
+from tests.support.daemon import spawn_gloomd
+from tests.support.wire import Peer, frame, raw_frame
 
 pytestmark = pytest.mark.timeout(30)
 

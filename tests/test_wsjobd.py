@@ -32,7 +32,7 @@ from trio_websocket import (
 
 from gloomd.wsjobd import WsJobService
 
-from .daemon import spawn_gloomd
+from tests.support.daemon import spawn_gloomd
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -35,7 +35,7 @@ from gloomd.wslimits import WsLimits
 LONG_INT = "1234567890123456789012"
 SURROGATE_PAYLOAD = '{"ident": %s, "func": "echo.run", "echo": "\\ud800"}' % LONG_INT
 INFINITE_PAYLOAD = '{"ident": %s, "func": "echo.run", "echo": 1e400}' % LONG_INT
-from .daemon import spawn_gloomd
+from tests.support.daemon import spawn_gloomd
 from .test_wsjobd import (  # noqa: F401  (gate_names is a fixture)
     HOST,
     JOBS_DIR,

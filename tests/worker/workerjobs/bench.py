@@ -1,9 +1,9 @@
 """Rough figures for the worker runner: echo-job throughput and pool-process start time.
 
-Run: python tests/workerjobs/bench.py [JOBS] [CONCURRENCY]   (not collected by pytest)
+Run: python tests/worker/workerjobs/bench.py [JOBS] [CONCURRENCY]   (not collected by pytest)
 """
 import functools, os, sys, time, trio
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 from gloomd.config import Config
 from gloomd.server import GloomServer
 import gloom

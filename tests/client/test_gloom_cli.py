@@ -25,7 +25,7 @@ import gloom
 from gloom._cli_slave import parse_stdout
 from gloom._render import progress_fraction
 
-from .daemon import Daemon, spawn_gloomd
+from tests.support.daemon import Daemon, spawn_gloomd
 
 pytestmark = pytest.mark.timeout(60)
 
