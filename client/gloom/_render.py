@@ -17,6 +17,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -66,23 +67,20 @@ def stderr_console() -> Console:
 
 def job_bar(console: Console) -> Progress:
     """One job's bar, fed by its progress frames."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[note]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
+    return _bar(console, TaskProgressColumn())
 
 
 def count_bar(console: Console) -> Progress:
     """A bar over many jobs' completions."""
+    return _bar(console, MofNCompleteColumn())
+
+
+def _bar(console: Console, amount: ProgressColumn) -> Progress:
+    """Description, bar, `amount` (a percentage or done/total), note, time."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        amount,
         TextColumn("{task.fields[note]}"),
         TimeElapsedColumn(),
         console=console,
