@@ -15,7 +15,7 @@ from typing import Any
 
 import pexpect
 import pytest
-from gloom._cli_top import TopView
+from gloom.cli.top import TopView
 
 from tests.support.daemon import Daemon, spawn_gloomd
 

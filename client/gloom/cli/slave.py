@@ -28,9 +28,9 @@ import trio
 
 from gloomwire import codec
 
-from ._trio_slave import SlaveJob, open_slave
-from .cli import EXIT_OK, Command, UsageError, connection_security
-from .errors import TransportError
+from .._trio_slave import SlaveJob, open_slave
+from ..errors import TransportError
+from .common import EXIT_OK, Command, UsageError, connection_security
 
 __all__ = ["COMMANDS", "command_outcome"]
 

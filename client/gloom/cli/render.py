@@ -27,7 +27,7 @@ from rich.text import Text
 
 from gloomwire import codec
 
-__all__ = ["count_bar", "job_bar", "progress_fraction", "stats_table", "to_json"]
+__all__ = ["count_bar", "job_bar", "progress_fraction", "stats_table", "to_json", "type_text"]
 
 _DONE_KEYS = ("done", "completed", "current")
 
@@ -88,7 +88,8 @@ def _bar(console: Console, amount: ProgressColumn) -> Progress:
     )
 
 
-def _type_text(job_type: Any) -> str:
+def type_text(job_type: Any) -> str:
+    """A job type as a label: a string as it is, anything else as JSON."""
     return job_type if isinstance(job_type, str) else to_json(job_type)
 
 
@@ -98,10 +99,10 @@ def stats_table(stats: dict[str, Any]) -> Group:
     table.add_column("type")
     for column in ("queued", "running", "slaves", "idle"):
         table.add_column(column, justify="right")
-    types = sorted(stats.get("types", []), key=lambda row: _type_text(row.get("type")))
+    types = sorted(stats.get("types", []), key=lambda row: type_text(row.get("type")))
     for row in types:
         table.add_row(
-            _type_text(row.get("type")),
+            type_text(row.get("type")),
             *(str(row.get(column, 0)) for column in ("queued", "running", "slaves", "idle")),
         )
     totals = stats.get("totals", {})
