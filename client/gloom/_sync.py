@@ -24,7 +24,7 @@ from typing import Any, Generic, Iterable, Iterator, Mapping, Protocol, Sequence
 from ._connect import Backoff, Endpoint, Security, connect_blocking
 from ._master_protocol import Finished, MasterProtocol, Notice, Progressed, check_specs, new_job_id
 from ._protocol import Request
-from ._slave_protocol import JobOffered, SlaveProtocol
+from ._slave_protocol import JobOffered, SlaveProtocol, attempt_of
 from ._slave_protocol import Notice as SlaveNotice
 from .errors import GloomError, TransportError, WaitTimeout
 
@@ -53,8 +53,12 @@ class Job(dict[str, Any]):
 
     @property
     def attempt(self) -> int | None:
-        """Delivery count of a job given to a slave (1 for the first), if sent."""
-        return self.get("attempt")
+        """Delivery count of a job given to a slave: 1 for the first, whose
+        frame carries no ``attempt`` (gloomd sends it only on a redelivery).
+        None for a result, which has no delivery count."""
+        if self.get("action") != "job":
+            return self.get("attempt")
+        return attempt_of(self)
 
     @property
     def timeout(self) -> float | None:

@@ -23,7 +23,7 @@ import trio
 
 from ._connect import Backoff, Endpoint, Security, connect, reconnect
 from ._protocol import Request
-from ._slave_protocol import Answered, JobOffered, Notice, SlaveProtocol
+from ._slave_protocol import Answered, JobOffered, Notice, SlaveProtocol, attempt_of
 from ._trio_connection import FrameConnection, running_beside, wake
 from .errors import GloomError, ProtocolError, TransportError, Unauthorized
 
@@ -91,17 +91,18 @@ class SlaveConnection:
 class SlaveJob:
     """A job handed to this slave.
 
-    `attempt` is the delivery count (1 for the first) and `timeout` the job's
-    run-time limit in seconds, when the daemon sent them (gloomd does; Gloom
-    did not, which leaves them None).  `frame` is the raw job frame.
-    Answer exactly once with `respond` or `fail`.
+    `attempt` is the delivery count: 1 for the first, whose frame carries no
+    ``attempt`` (gloomd sends it only on a redelivery, Gloom never did).
+    `timeout` is the job's run-time limit in seconds when the submit set one,
+    else None.  `frame` is the raw job frame.  Answer exactly once with
+    `respond` or `fail`.
     """
 
     def __init__(self, slave: AsyncSlave, link: SlaveConnection, frame: dict[str, Any]) -> None:
         self.id: Any = frame["id"]
         self.type: Any = frame["type"]
         self.body: Any = frame["body"]
-        self.attempt: int | None = frame.get("attempt")
+        self.attempt: int = attempt_of(frame)
         self.timeout: float | None = frame.get("timeout")
         self.frame = frame
         self.answered = False

@@ -141,7 +141,7 @@ async def command_outcome(command: list[str], job: SlaveJob) -> tuple[str, Any]:
         **os.environ,
         "GLOOM_JOB_ID": str(job.id),
         "GLOOM_JOB_TYPE": job.type if isinstance(job.type, str) else codec.dumps(job.type).decode(),
-        "GLOOM_JOB_ATTEMPT": str(job.attempt or 1),
+        "GLOOM_JOB_ATTEMPT": str(job.attempt),
     }
     limit = job.timeout if isinstance(job.timeout, (int, float)) and job.timeout > 0 else math.inf
     try:
