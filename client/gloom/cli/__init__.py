@@ -55,7 +55,6 @@ __all__ = ["COMMAND_MODULES", "ENTRY_POINT_GROUP", "Command", "build_parser", "c
 COMMAND_MODULES: list[str] = [
     "gloom.cli.master",
     "gloom.cli.slave",
-    "gloom._cli_schedule",
     "gloom.cli.top",
     "gloom.worker.cli",
 ]
