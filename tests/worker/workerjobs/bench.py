@@ -29,7 +29,7 @@ async def main():
         times = []
         for _ in range(10):
             t0 = time.monotonic()
-            p = await runner._factory.spawn()
+            p = await runner.factory.spawn()
             times.append(time.monotonic() - t0)
             await p.retire(5)
         times.sort()
