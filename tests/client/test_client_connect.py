@@ -76,7 +76,9 @@ def test_leave_is_a_join_of_the_parking_type() -> None:
     ("extra", "attempt"),
     [({}, 1), ({"attempt": 3}, 3), ({"attempt": None}, 1), ({"attempt": True}, 1)],
 )
-def test_a_job_frame_without_attempt_is_a_first_delivery(extra: dict[str, Any], attempt: int) -> None:
+def test_a_job_frame_without_attempt_is_a_first_delivery(
+    extra: dict[str, Any], attempt: int
+) -> None:
     job = {"action": "job", "id": 1, "type": "t", "body": None, **extra}
     assert attempt_of(job) == attempt
 
@@ -134,7 +136,10 @@ async def test_abort_ends_the_connection_with_its_reason_and_close_is_bounded(
 # ---------------------------------------------------------------- the twins and the probe
 
 
-def _serve_once(reply: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> tuple[socket.socket, list[Any]]:
+Reply = Callable[[dict[str, Any]], list[dict[str, Any]]]
+
+
+def _serve_once(reply: Reply) -> tuple[socket.socket, list[Any]]:
     """A one-connection server on a thread: each frame read gets `reply(frame)`'s
     frames back; an empty list closes the connection."""
     listener = socket.create_server((HOST, 0))
@@ -174,9 +179,12 @@ def server() -> Iterator[Callable[..., tuple[int, list[Any]]]]:
         listener.close()
 
 
+JOB = {"action": "job", "id": 1, "type": "t", "body": None}
+
+
 def _ok_with_extra(message: dict[str, Any]) -> list[dict[str, Any]]:
     # Bytes that follow the auth reply in the same read must reach the protocol.
-    return [{"ok": True}, {"action": "job", "id": 1, "type": "t", "body": None}]
+    return [{"ok": True}, JOB]
 
 
 async def test_trio_and_blocking_connect_send_the_same_auth_and_keep_what_follows(
@@ -185,12 +193,13 @@ async def test_trio_and_blocking_connect_send_the_same_auth_and_keep_what_follow
     port, seen = server(_ok_with_extra)
     stream = await connect(Endpoint(HOST, port, token="t"))
     with trio.fail_after(5):
-        assert await stream.receive_some() == frame({"action": "job", "id": 1, "type": "t", "body": None})
+        assert await stream.receive_some() == frame(JOB)
     await stream.aclose()
     port2, seen2 = server(_ok_with_extra)
-    sock, leftover = await trio.to_thread.run_sync(connect_blocking, Endpoint(HOST, port2, token="t"))
+    endpoint = Endpoint(HOST, port2, token="t")
+    sock, leftover = await trio.to_thread.run_sync(connect_blocking, endpoint)
     sock.close()
-    assert leftover == frame({"action": "job", "id": 1, "type": "t", "body": None})
+    assert leftover == frame(JOB)
     assert seen == seen2 == [{"action": "auth", "token": "t"}]
 
 

@@ -29,7 +29,9 @@ class SlavePort:
         self.port = 0
         self.changed = trio.Event()
 
-    async def run(self, *, task_status: trio.TaskStatus[SlavePort] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[SlavePort] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:

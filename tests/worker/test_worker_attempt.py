@@ -9,6 +9,7 @@ frames verbatim (the runner's start-up ping and its joins are answered too).
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import pytest
 import trio
@@ -22,11 +23,14 @@ from .workerjobs.support import TESTS_DIR
 pytestmark = pytest.mark.timeout(60)
 
 
-async def test_handler_and_events_see_attempt_1_when_the_frame_has_none(nursery: trio.Nursery) -> None:
+async def test_handler_and_events_see_attempt_1_when_the_frame_has_none(
+    nursery: trio.Nursery,
+) -> None:
     first = {"action": "job", "id": "a", "type": "w", "body": 1}
     again = {"action": "job", "id": "b", "type": "w", "body": 2, "attempt": 4}
     port: SlavePort = await nursery.start(SlavePort([first, again]).run)
-    options = {"slave_port": port.port, "concurrency": 1, "grace": 1.0, "import_path": [TESTS_DIR]}
+    options: dict[str, Any] = {"slave_port": port.port, "concurrency": 1, "grace": 1.0}
+    options["import_path"] = [TESTS_DIR]
     runner: Runner = await nursery.start(partial(serve, "w", "workerjobs.jobs:echo_job", **options))
     with trio.fail_after(20):
         answers = await port.wait_answers(2)
