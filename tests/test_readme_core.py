@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from .daemon import spawn_gloomd
+from tests.support.daemon import spawn_gloomd
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 

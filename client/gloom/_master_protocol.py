@@ -26,16 +26,52 @@ The I/O shells (trio and blocking sockets) feed received bytes to
 
 from __future__ import annotations
 
+import uuid
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
-from .errors import GloomError, JobCancelled, JobFailed, ProtocolError, ServerError, error_from_frame
+from gloomwire import vocabulary
+
 from ._protocol import Request, RequestQueue, decode_frames, encode, id_key, new_decoder
+from .errors import (
+    GloomError,
+    JobCancelled,
+    JobFailed,
+    ProtocolError,
+    ServerError,
+    error_from_frame,
+)
 
-__all__ = ["Answered", "Finished", "MasterProtocol", "Notice", "Progressed"]
+__all__ = [
+    "SUBMIT_KEYS",
+    "Answered",
+    "Finished",
+    "MasterProtocol",
+    "Notice",
+    "Progressed",
+    "check_specs",
+    "new_job_id",
+]
 
 _OUTCOME_ERRORS = ("job_failed", "job_error")
+
+#: Keys a job spec may hold (`submit_many`, `do_many`): `submit`'s keyword arguments.
+SUBMIT_KEYS = frozenset({"type", "body", "priority", "id", "timeout", "after", "detach"})
+
+
+def new_job_id() -> str:
+    """A fresh job id, as Gloom's client made them (upper-case uuid4 hex)."""
+    return uuid.uuid4().hex.upper()
+
+
+def check_specs(specs: Iterable[Mapping[str, Any]], also: frozenset[str] = frozenset()) -> None:
+    """Refuse, before anything is sent, a spec with keys `submit` does not take."""
+    for spec in specs:
+        unknown = spec.keys() - SUBMIT_KEYS - also
+        if unknown:
+            raise TypeError(f"unknown submit keys: {', '.join(sorted(unknown))}")
 
 
 @dataclass(frozen=True)
@@ -108,14 +144,9 @@ class MasterProtocol:
         token: Any = None,
     ) -> tuple[Request, bytes]:
         # Gloom's key order first; gloomd's extensions only when used, so a
-        # plain submit is byte-for-byte what Gloom's own client sent.
-        frame: dict[str, Any] = {
-            "action": "submit",
-            "id": job_id,
-            "type": type,
-            "priority": priority,
-            "body": body,
-        }
+        # plain submit is byte-for-byte what Gloom's own client sent.  (Added
+        # here rather than passed as `extra`: no dict built per plain submit.)
+        frame = vocabulary.submit(job_id, type, body, priority)
         if timeout is not None:
             frame["timeout"] = timeout
         if detach:
@@ -128,14 +159,29 @@ class MasterProtocol:
         self._requests.push(request)
         return request, data
 
+    def submit_spec(
+        self, job_id: Any, spec: Mapping[str, Any], token: Any
+    ) -> tuple[Request, bytes]:
+        """`submit` for a job spec: a mapping of `SUBMIT_KEYS` (id apart)."""
+        return self.submit(
+            job_id,
+            spec.get("type"),
+            spec.get("body"),
+            priority=spec.get("priority", 0),
+            timeout=spec.get("timeout"),
+            detach=spec.get("detach", False),
+            after=spec.get("after"),
+            token=token,
+        )
+
     def cancel(self, job_id: Any) -> tuple[Request, bytes]:
-        return self._simple("cancel", {"action": "cancel", "id": job_id}, job_id)
+        return self._simple("cancel", vocabulary.cancel(job_id), job_id)
 
     def stats(self) -> tuple[Request, bytes]:
-        return self._simple("stats", {"action": "stats"}, None)
+        return self._simple("stats", vocabulary.stats_request(), None)
 
     def result(self, job_id: Any) -> tuple[Request, bytes]:
-        return self._simple("result", {"action": "result", "id": job_id}, job_id)
+        return self._simple("result", vocabulary.result_request(job_id), job_id)
 
     def _simple(self, kind: str, frame: dict[str, Any], job_id: Any) -> tuple[Request, bytes]:
         data = encode(frame)

@@ -16,9 +16,9 @@ import ssl
 import struct
 from typing import Any, Mapping
 
-from gloomwire import codec
-from gloomwire.framing import encode_frame
+from gloomwire import codec, vocabulary
 from gloomwire.auth import ENV_TOKEN, TokenError, load_token
+from gloomwire.framing import encode_frame
 
 from .errors import ProtocolError, ServerError, Unauthorized
 
@@ -38,7 +38,7 @@ def resolve_token(
 ) -> str | None:
     """The token to present: `token`, else `token_file`'s first line, else $GLOOMD_TOKEN.
 
-    The same rules as the daemon's (`gloomd.security.load_token`): surrounding
+    The same rules as the daemon's (`gloomwire.auth.load_token`): surrounding
     whitespace is stripped and an empty token is an error (`TokenError`, a
     ValueError), never a silent "no token".  None: no auth frame is sent.
     """
@@ -81,7 +81,7 @@ class AuthHandshake:
     """
 
     def __init__(self, token: str) -> None:
-        self.request = encode_frame({"action": "auth", "token": token})
+        self.request = encode_frame(vocabulary.auth(token))
         self._buf = bytearray()
         self.leftover = b""
 

@@ -1,9 +1,12 @@
 """The slave side of the protocol as a state machine: bytes in, events out.
 
-A slave connection carries at most one job at a time.  `join`, `respond` and
-`fail` each get one reply, in order; `progress` gets none; the daemon pushes a
-job frame whenever the connection is joined and idle (the ``ok`` for a
-respond is always written before the next job frame).
+A slave connection carries at most one job at a time.  `join`, `respond`,
+`fail`, `ping` and `leave` each get one reply, in order; `progress` gets none;
+the daemon pushes a job frame whenever the connection is joined and idle (the
+``ok`` for a respond is always written before the next job frame).
+
+A job frame carries ``attempt`` only on a redelivery (protocol.md, "Job frame
+extras"): whoever reads one takes a missing ``attempt`` as 1 (`attempt_of`).
 """
 
 from __future__ import annotations
@@ -11,13 +14,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import GloomError, ProtocolError, ServerError, error_from_frame
+from gloomwire import vocabulary
+from gloomwire.vocabulary import CATEGORIES
+
 from ._protocol import Request, RequestQueue, decode_frames, encode, new_decoder
+from .errors import GloomError, ProtocolError, ServerError, error_from_frame
 
-__all__ = ["CATEGORIES", "Answered", "JobOffered", "Notice", "SlaveProtocol"]
+__all__ = [
+    "CATEGORIES",
+    "PARKING_TYPE",
+    "Answered",
+    "JobOffered",
+    "Notice",
+    "SlaveProtocol",
+    "attempt_of",
+]
 
-#: Failure categories a slave may report with ``fail``.
-CATEGORIES = ("ERROR", "TIMEOUT", "CRASH", "HALTED")
+#: The type a slave joins to stop being offered jobs (`SlaveProtocol.leave`).
+#: Nobody submits jobs of this type, and a re-join makes the daemon put back
+#: a job it had just handed over without counting it as lost.
+PARKING_TYPE: Any = ["gloom.worker", "leaving"]
+
+
+def attempt_of(frame: dict[str, Any]) -> int:
+    """The delivery count of a job frame: its ``attempt``, 1 when absent
+    (gloomd sends it only on a redelivery; Gloom never did)."""
+    attempt = frame.get("attempt", 1)
+    return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
 
 
 @dataclass(frozen=True)
@@ -46,20 +69,33 @@ class SlaveProtocol:
         self._requests = RequestQueue()
 
     def join(self, type: Any) -> tuple[Request, bytes]:
-        return self._request("join", {"action": "join", "type": type})
+        return self._request("join", vocabulary.join(type))
+
+    def leave(self) -> tuple[Request, bytes]:
+        """Join `PARKING_TYPE`: no more jobs, and one on its way is put back.
+
+        Every job frame that arrives before this request's reply is such a
+        job: the daemon has taken it back, so it must not be run.
+        """
+        return self._request("leave", vocabulary.join(PARKING_TYPE))
+
+    def ping(self) -> tuple[Request, bytes]:
+        """A sign-of-life request: gloomd answers ``{"ok":true}``; older daemons
+        and Gloom answer with an error frame, which resolves it just as well."""
+        return self._request("ping", vocabulary.ping())
 
     def respond(self, body: Any) -> tuple[Request, bytes]:
-        return self._request("respond", {"action": "respond", "body": body})
+        return self._request("respond", vocabulary.respond(body))
 
     def fail(self, category: str, reason: Any = None) -> tuple[Request, bytes]:
         if category not in CATEGORIES:
             # Checked here because the daemon's answer (invalid_type) would
             # come back on a connection that still holds the job.
             raise ValueError(f"category must be one of {', '.join(CATEGORIES)}, not {category!r}")
-        return self._request("fail", {"action": "fail", "error": category, "reason": reason})
+        return self._request("fail", vocabulary.fail(category, reason))
 
     def progress(self, value: Any) -> bytes:
-        return encode({"action": "progress", "body": value})
+        return encode(vocabulary.progress_report(value))
 
     def _request(self, kind: str, frame: dict[str, Any]) -> tuple[Request, bytes]:
         data = encode(frame)

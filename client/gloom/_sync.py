@@ -16,19 +16,16 @@ import: same class names, same positional arguments, same `Job` dict with
 
 from __future__ import annotations
 
-import os
 import socket
-import ssl
 import time
 from collections import deque
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Generic, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar, Unpack
 
-from ._master_protocol import Answered, Finished, MasterProtocol, Notice
+from ._connect import Backoff, Endpoint, Security, connect_blocking
+from ._master_protocol import Finished, MasterProtocol, Notice, Progressed, check_specs, new_job_id
 from ._protocol import Request
-from ._security import AuthHandshake, client_ssl_context, resolve_token
-from ._slave_protocol import JobOffered, SlaveProtocol
+from ._slave_protocol import JobOffered, SlaveProtocol, attempt_of
 from ._slave_protocol import Notice as SlaveNotice
-from ._trio_master import SUBMIT_KEYS, new_job_id
 from .errors import GloomError, TransportError, WaitTimeout
 
 __all__ = ["Job", "Master", "Slave"]
@@ -56,8 +53,12 @@ class Job(dict[str, Any]):
 
     @property
     def attempt(self) -> int | None:
-        """Delivery count of a job given to a slave (1 for the first), if sent."""
-        return self.get("attempt")
+        """Delivery count of a job given to a slave: 1 for the first, whose
+        frame carries no ``attempt`` (gloomd sends it only on a redelivery).
+        None for a result, which has no delivery count."""
+        if self.get("action") != "job":
+            return self.get("attempt")
+        return attempt_of(self)
 
     @property
     def timeout(self) -> float | None:
@@ -77,66 +78,26 @@ def _address(addr: Any, port: int | None, default_port: int) -> Address:
 class _Connection:
     """A blocking socket plus deadline bookkeeping shared by Master and Slave.
 
-    `open` also does TLS and the auth exchange when configured, so a
+    `open` connects through `connect_blocking`, TLS and auth included, so a
     reconnecting slave is wrapped and authenticated exactly like the first
-    connection was.
+    connection was.  `timeout`, the default limit of each call, also bounds
+    the connect (10 s when None).
     """
 
-    def __init__(
-        self,
-        addr: Address,
-        timeout: float | None,
-        ssl_context: ssl.SSLContext | None = None,
-        token: str | None = None,
-    ) -> None:
-        self.addr = addr
+    def __init__(self, endpoint: Endpoint, timeout: float | None) -> None:
+        self.endpoint = endpoint
         self.timeout = timeout
-        self.ssl_context = ssl_context
-        self.token = token
         self.sock: socket.socket | None = None
         self.error: GloomError | None = None
         self._leftover = b""  # bytes read past the auth reply
 
     @property
     def peer(self) -> str:
-        return f"{self.addr[0]}:{self.addr[1]}"
+        return self.endpoint.peer
 
     def open(self) -> None:
-        try:
-            sock = socket.create_connection(self.addr, timeout=self.timeout or 10.0)
-        except OSError as exc:
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise TransportError(f"cannot reach gloomd at {self.peer}: {reason}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            if self.ssl_context is not None:
-                try:
-                    sock = self.ssl_context.wrap_socket(sock, server_hostname=self.addr[0])
-                except (OSError, ValueError) as exc:
-                    raise TransportError(f"TLS handshake with gloomd at {self.peer} failed: {exc}") from None
-            self._leftover = b"" if self.token is None else self._authenticate(sock, self.token)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+        self.sock, self._leftover = connect_blocking(self.endpoint)
         self.error = None
-
-    def _authenticate(self, sock: socket.socket, token: str) -> bytes:
-        """Send the auth frame and read its reply (bounded by the connect timeout)."""
-        handshake = AuthHandshake(token)
-        try:
-            sock.settimeout(self.timeout or 10.0)
-            sock.sendall(handshake.request)
-            while True:
-                data = sock.recv(_READ_SIZE)
-                if not data:
-                    raise TransportError(f"gloomd at {self.peer} closed the connection during auth")
-                if handshake.receive_data(data):
-                    return handshake.leftover
-        except TimeoutError:
-            raise TransportError(f"no answer to auth from gloomd at {self.peer}") from None
-        except OSError as exc:
-            raise TransportError(f"connection to gloomd at {self.peer} lost during auth: {exc}") from None
 
     def close(self) -> None:
         if self.sock is not None:
@@ -196,14 +157,40 @@ def _remaining(deadline: float | None) -> float | None:
     return left
 
 
-class _Endpoint:
+class _Receiver(Protocol):
+    """What `_Endpoint` needs of a sans-IO protocol."""
+
+    def receive_data(self, data: bytes | bytearray) -> Sequence[object]: ...
+
+    def connection_lost(self, error: GloomError) -> object: ...
+
+
+_P = TypeVar("_P", bound=_Receiver)
+
+
+class _Endpoint(Generic[_P]):
     """What the blocking master and slave share: a request sent, then frames
     pumped until its answer arrives (each subclass handles what else comes)."""
 
     _conn: _Connection
+    _proto: _P
 
     def _pump(self, deadline: float | None) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _receive(self, deadline: float | None) -> list[object]:
+        """The protocol's events for the next bytes read; a lost connection
+        fails every outstanding request first."""
+        try:
+            data = self._conn.recv(deadline)
+        except TransportError as exc:
+            self._proto.connection_lost(exc)
+            raise
+        return list(self._proto.receive_data(data))
+
+    def _refused(self, error: GloomError) -> None:
+        """A notice before the daemon closes: the reason the connection ends."""
+        self._conn.error = TransportError(f"gloomd refused the connection: {error}")
 
     def _call(self, request: Request, data: bytes, timeout: Any) -> Any:
         deadline = self._conn.deadline(timeout)
@@ -215,7 +202,7 @@ class _Endpoint:
         return request.value
 
 
-class Master(_Endpoint):
+class Master(_Endpoint[MasterProtocol]):
     """A blocking master connection (Gloom's `Master`, extended).
 
     ``Master()`` connects to 127.0.0.1:9998; ``Master(("host", port))`` or
@@ -231,18 +218,10 @@ class Master(_Endpoint):
         port: int | None = None,
         *,
         timeout: float | None = None,
-        token: str | None = None,
-        token_file: str | os.PathLike[str] | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-        tls: bool = False,
-        tls_ca: str | os.PathLike[str] | None = None,
+        **security: Unpack[Security],
     ) -> None:
-        self._conn = _Connection(
-            _address(addr, port, 9998),
-            timeout,
-            client_ssl_context(ssl_context, tls=tls, tls_ca=tls_ca),
-            resolve_token(token, token_file),
-        )
+        host, port = _address(addr, port, 9998)
+        self._conn = _Connection(Endpoint.configure(host, port, timeout, **security), timeout)
         self._proto = MasterProtocol()
         self._results: deque[Job | GloomError] = deque()
         #: Latest progress value per job id still running (progress frames
@@ -279,16 +258,9 @@ class Master(_Endpoint):
     ) -> Any:
         """Submit a job and return its id once acked (`ServerError` if refused)."""
         job_id = self.new_job_id() if id is None else id
-        request, data = self._proto.submit(
-            job_id,
-            type,
-            body,
-            priority=priority,
-            timeout=job_timeout,
-            detach=detach,
-            after=after,
-            token=True,
-        )
+        spec = {"type": type, "body": body, "priority": priority, "timeout": job_timeout}
+        spec.update(detach=detach, after=after)
+        request, data = self._proto.submit_spec(job_id, spec, True)
         self._call(request, data, timeout)
         return job_id
 
@@ -312,25 +284,15 @@ class Master(_Endpoint):
         """
         deadline = self._conn.deadline(timeout)
         specs = [dict(spec) for spec in jobs]
-        for spec in specs:
-            unknown = spec.keys() - SUBMIT_KEYS - {"job_timeout"}
-            if unknown:
-                raise TypeError(f"unknown submit keys: {', '.join(sorted(unknown))}")
+        check_specs(specs, also=frozenset({"job_timeout"}))
         requests: list[tuple[Any, Request]] = []
         frames: list[bytes] = []
         for spec in specs:
+            if "job_timeout" in spec:  # the blocking client's name for the job's limit
+                spec["timeout"] = spec.pop("job_timeout")
             job_id = spec.get("id")
             job_id = self.new_job_id() if job_id is None else job_id
-            request, data = self._proto.submit(
-                job_id,
-                spec.get("type"),
-                spec.get("body"),
-                priority=spec.get("priority", 0),
-                timeout=spec.get("job_timeout", spec.get("timeout")),
-                detach=spec.get("detach", False),
-                after=spec.get("after"),
-                token=True,
-            )
+            request, data = self._proto.submit_spec(job_id, spec, True)
             requests.append((job_id, request))
             frames.append(data)
         self._conn.send(b"".join(frames), deadline)
@@ -363,12 +325,7 @@ class Master(_Endpoint):
         return self._call(*self._proto.result(id), timeout)
 
     def _pump(self, deadline: float | None) -> None:
-        try:
-            data = self._conn.recv(deadline)
-        except TransportError as exc:
-            self._proto.connection_lost(exc)
-            raise
-        for event in self._proto.receive_data(data):
+        for event in self._receive(deadline):
             if isinstance(event, Finished):
                 _forget(self.progress, event.job_id)
                 if event.token is None:
@@ -378,11 +335,10 @@ class Master(_Endpoint):
                 else:
                     self._results.append(Job(id=event.job_id, body=event.body))
             elif isinstance(event, Notice):
-                self._conn.error = TransportError(f"gloomd refused the connection: {event.error}")
-            elif isinstance(event, Answered):
-                pass  # the request object now holds its answer
-            elif isinstance(event.job_id, (str, int)):
+                self._refused(event.error)
+            elif isinstance(event, Progressed) and isinstance(event.job_id, (str, int)):
                 self.progress[event.job_id] = event.value
+            # Answered: the request object now holds its answer.
 
 
 def _key(job_id: Any) -> tuple[type, Any]:
@@ -394,7 +350,7 @@ def _forget(progress: dict[Any, Any], job_id: Any) -> None:
         progress.pop(job_id, None)
 
 
-class Slave(_Endpoint):
+class Slave(_Endpoint[SlaveProtocol]):
     """A blocking slave connection (Gloom's `Slave`, extended).
 
     `job()` waits for the next job and `respond(body)` answers it.  If the
@@ -415,23 +371,13 @@ class Slave(_Endpoint):
         reconnect: bool = True,
         reconnect_delay: float = 1.0,
         max_reconnect_delay: float = 30.0,
-        token: str | None = None,
-        token_file: str | os.PathLike[str] | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-        tls: bool = False,
-        tls_ca: str | os.PathLike[str] | None = None,
+        **security: Unpack[Security],
     ) -> None:
-        self._conn = _Connection(
-            _address(addr, port, 9999),
-            timeout,
-            client_ssl_context(ssl_context, tls=tls, tls_ca=tls_ca),
-            resolve_token(token, token_file),
-        )
+        host, port = _address(addr, port, 9999)
+        self._conn = _Connection(Endpoint.configure(host, port, timeout, **security), timeout)
         self._proto = SlaveProtocol()
         self._offers: deque[Job] = deque()
-        self._reconnect = reconnect
-        self._delay = reconnect_delay
-        self._max_delay = max_reconnect_delay
+        self._backoff = Backoff(reconnect_delay, max_reconnect_delay) if reconnect else None
         self._type: Any = _DEFAULT
         self._generation = 0
         self._holding: int | None = None  # generation of the connection that gave the current job
@@ -466,9 +412,9 @@ class Slave(_Endpoint):
             try:
                 self._pump(deadline)
             except TransportError:
-                if not self._reconnect:
+                if self._backoff is None:
                     raise
-                self._reopen(deadline)
+                self._reopen(self._backoff, deadline)
         self._holding = self._generation
         return self._offers.popleft()
 
@@ -498,28 +444,24 @@ class Slave(_Endpoint):
             raise TransportError("connection lost while holding the job; the daemon requeues it")
 
     def _pump(self, deadline: float | None) -> None:
-        try:
-            data = self._conn.recv(deadline)
-        except TransportError as exc:
-            self._proto.connection_lost(exc)
-            raise
-        for event in self._proto.receive_data(data):
+        for event in self._receive(deadline):
             if isinstance(event, JobOffered):
                 self._offers.append(Job(event.frame))
             elif isinstance(event, SlaveNotice):
-                self._conn.error = TransportError(f"gloomd refused the connection: {event.error}")
+                self._refused(event.error)
 
-    def _reopen(self, deadline: float | None) -> None:
-        delay = self._delay
+    def _reopen(self, backoff: Backoff, deadline: float | None) -> None:
+        """`reconnect`'s blocking twin, bounded by the caller's deadline; re-joins."""
         self._offers.clear()  # jobs of the dead connection were requeued by the daemon
+        backoff.reset()
         while True:
+            delay = backoff.next()
             if deadline is not None and time.monotonic() + delay > deadline:
                 raise WaitTimeout("gloomd unreachable until the deadline")
             time.sleep(delay)
             try:
                 self._conn.open()
             except TransportError:
-                delay = min(delay * 2, self._max_delay)
                 continue
             self._proto = SlaveProtocol()
             self._generation += 1

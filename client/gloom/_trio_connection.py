@@ -1,4 +1,4 @@
-"""A trio TCP connection carrying frames: one reader, one writer, no torn frames.
+"""A trio connection carrying frames: one reader, one writer, no torn frames.
 
 Senders never touch the socket.  They append encoded frames to an unbounded
 memory channel (`send_nowait`, no checkpoint), and a writer task drains it,
@@ -17,119 +17,23 @@ large writes.
 from __future__ import annotations
 
 import math
-import ssl
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Callable
+from typing import Any, Callable
 
 import trio
 
-from ._security import AuthHandshake
+from ._protocol import Request
 from .errors import GloomError, ProtocolError, TransportError
 
-__all__ = ["FrameConnection", "StartedStream", "connect"]
+__all__ = ["FrameConnection", "running_beside", "wake"]
 
 _READ_SIZE = 256 * 1024
 _WRITE_BATCH = 1024 * 1024
-
-
-async def connect(
-    host: str,
-    port: int,
-    timeout: float | None = 10.0,
-    *,
-    ssl_context: ssl.SSLContext | None = None,
-    token: str | None = None,
-) -> trio.abc.Stream:
-    """Open a stream to gloomd, in TLS and authenticated when asked.
-
-    Everything (TCP, TLS handshake, auth exchange) shares one `timeout`.  A
-    failure to connect or to complete TLS is a `TransportError`; a refused
-    token is `Unauthorized`.  Bytes that followed the auth reply, if any, are
-    returned first by the stream (see `StartedStream`).
-    """
-    where = f"{host}:{port}"
-    stream: trio.abc.Stream | None = None
-    phase = "connection"
-    try:
-        with trio.fail_after(math.inf if timeout is None else timeout):
-            stream = await trio.open_tcp_stream(host, port)
-            if ssl_context is not None:
-                phase = "TLS handshake"
-                stream = trio.SSLStream(stream, ssl_context, server_hostname=host)
-                await stream.do_handshake()
-            leftover = b""
-            if token is not None:
-                phase = "auth"
-                leftover = await _authenticate(stream, token, where)
-            return StartedStream(stream, leftover)
-    except trio.TooSlowError:
-        await _close_quietly(stream)
-        raise TransportError(f"cannot reach gloomd at {where}: {phase} timed out") from None
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        await _close_quietly(stream)
-        cause = exc.__cause__ or exc
-        raise TransportError(f"{phase} with gloomd at {where} failed: {cause}") from None
-    except OSError as exc:
-        await _close_quietly(stream)
-        reason = exc.strerror or str(exc)
-        raise TransportError(f"cannot reach gloomd at {where}: {reason}") from None
-    except BaseException:
-        await _close_quietly(stream)
-        raise
-
-
-async def _authenticate(stream: trio.abc.Stream, token: str, where: str) -> bytes:
-    """Send the auth frame and wait for its reply; returns bytes read past it."""
-    handshake = AuthHandshake(token)
-    await stream.send_all(handshake.request)
-    while True:
-        data = await stream.receive_some(_READ_SIZE)
-        if not data:
-            # gloomd always says why before closing; silence means something
-            # else hung up (a TLS-only port, a proxy, not gloomd).
-            raise TransportError(f"gloomd at {where} closed the connection during auth")
-        if handshake.receive_data(data):
-            return handshake.leftover
-
-
-async def _close_quietly(stream: trio.abc.Stream | None) -> None:
-    if stream is not None:
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(stream)
-
-
-class StartedStream(trio.abc.Stream):
-    """A connected stream plus the bytes already read from it during auth.
-
-    Wrapping rather than returning a pair keeps `connect`'s callers unchanged:
-    they get a Stream, and the first `receive_some` returns the leftover.
-    """
-
-    def __init__(self, stream: trio.abc.Stream, leftover: bytes = b"") -> None:
-        self.stream = stream
-        self._leftover = leftover
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._leftover:
-            data, self._leftover = self._leftover, b""
-            await trio.lowlevel.checkpoint()
-            return data
-        return await self.stream.receive_some(max_bytes)
-
-    async def send_eof(self) -> None:
-        send_eof = getattr(self.stream, "send_eof", None)
-        if send_eof is not None:
-            await send_eof()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
+#: Seconds a closing TLS connection may spend sending its close_notify: a
+#: daemon that stopped reading must not hold the client (the transport is
+#: closed anyway).
+_CLOSE_TIMEOUT = 1.0
 
 
 class FrameConnection:
@@ -139,16 +43,33 @@ class FrameConnection:
         self.peer = peer
         self._stream = stream
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[bytes](math.inf)
+        self._scope: trio.CancelScope | None = None
         self.error: GloomError | None = None
 
     @property
     def alive(self) -> bool:
         return self.error is None
 
+    @property
+    def stream(self) -> trio.abc.Stream:
+        """The stream underneath (for socket options; never read or write it)."""
+        return self._stream
+
     def send_nowait(self, data: bytes) -> None:
         if self.error is not None:
             raise TransportError(str(self.error))
         self._outbox_send.send_nowait(data)
+
+    async def call(self, request: Request, data: bytes) -> Any:
+        """Send a request and wait until the reader resolves it (and `wake`s
+        it): its value, or its error raised."""
+        event = trio.Event()
+        request.waker = event
+        self.send_nowait(data)
+        await event.wait()
+        if request.error is not None:
+            raise request.error
+        return request.value
 
     async def run(self, on_data: Callable[[bytes], None]) -> GloomError:
         """Read into `on_data` and write the outbox until the connection ends.
@@ -158,15 +79,20 @@ class FrameConnection:
         """
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop, nursery.cancel_scope)
-                await self._read_loop(on_data)
+                self._scope = nursery.cancel_scope
+                if self.error is None:  # not aborted before it ran
+                    nursery.start_soon(self._write_loop, nursery.cancel_scope)
+                    await self._read_loop(on_data)
                 nursery.cancel_scope.cancel()
         finally:
             if self.error is None:
                 self.error = TransportError(f"connection to gloomd at {self.peer} closed")
             self._outbox_send.close()
             with trio.CancelScope(shield=True):
-                await self._stream.aclose()
+                with trio.move_on_after(_CLOSE_TIMEOUT):
+                    await self._stream.aclose()
+                # A cancelled aclose still closes the transport; this makes sure.
+                await trio.aclose_forcefully(self._stream)
         return self.error
 
     async def _read_loop(self, on_data: Callable[[bytes], None]) -> None:
@@ -211,6 +137,19 @@ class FrameConnection:
     def close_with(self, error: GloomError) -> None:
         """Remember why the connection is being closed (e.g. a server notice)."""
         self._fail(error)
+
+    def abort(self, error: GloomError) -> None:
+        """End the connection now, `error` being why (e.g. a silent daemon):
+        `run` stops reading and writing, closes the stream and returns it."""
+        self._fail(error)
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+def wake(request: Request) -> None:
+    """Wake whoever waits in `FrameConnection.call` for this request."""
+    if isinstance(request.waker, trio.Event):
+        request.waker.set()
 
 
 @asynccontextmanager

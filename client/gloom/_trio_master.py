@@ -8,31 +8,29 @@ handles and wakes whoever waits for them; the protocol state machine
 from __future__ import annotations
 
 import math
-import os
-import ssl
-import uuid
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Iterable, Mapping
+from typing import Any, AsyncIterator, Iterable, Mapping, Unpack
 
 import trio
 
-from ._master_protocol import Answered, Finished, MasterProtocol, Notice, Progressed
+from ._connect import Endpoint, Security, connect
+from ._master_protocol import (
+    SUBMIT_KEYS,
+    Answered,
+    Finished,
+    MasterProtocol,
+    Notice,
+    Progressed,
+    check_specs,
+    new_job_id,
+)
 from ._protocol import JobState, Request
-from ._security import client_ssl_context, resolve_token
-from ._trio_connection import FrameConnection, connect, running_beside
+from ._trio_connection import FrameConnection, running_beside, wake
 from .errors import GloomError, JobCancelled, ServerError, TransportError, WaitTimeout
 
-__all__ = ["AsyncMaster", "Job", "new_job_id", "open_master"]
-
-#: Keys `submit_many` accepts in each job dict (the keyword arguments of `submit`).
-SUBMIT_KEYS = frozenset({"type", "body", "priority", "id", "timeout", "after", "detach"})
+__all__ = ["SUBMIT_KEYS", "AsyncMaster", "Job", "master_session", "new_job_id", "open_master"]
 
 _TERMINAL = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
-
-
-def new_job_id() -> str:
-    """A fresh job id, as Gloom's client made them (upper-case uuid4 hex)."""
-    return uuid.uuid4().hex.upper()
 
 
 class Job:
@@ -182,7 +180,8 @@ class AsyncMaster:
         `detach` keeps the job alive without this connection (fetch its
         result with `result`).  Raises `ServerError` if the daemon refused it.
         """
-        job = self._send_submit(type, body, priority, id, timeout, after, detach)
+        spec = {"type": type, "body": body, "priority": priority, "id": id, "timeout": timeout}
+        job = self._send_submit({**spec, "after": after, "detach": detach})
         await job._acked.wait()
         if job._refused and job.error is not None:
             raise job.error
@@ -195,24 +194,10 @@ class AsyncMaster:
         refused comes back already failed, its `error` the `ServerError`.
         """
         specs = [dict(spec) for spec in jobs]
-        for spec in specs:
-            unknown = spec.keys() - SUBMIT_KEYS
-            if unknown:
-                raise TypeError(f"unknown submit keys: {', '.join(sorted(unknown))}")
-            if "type" not in spec:
-                raise TypeError("every job needs a 'type'")
-        handles = [
-            self._send_submit(
-                spec["type"],
-                spec.get("body"),
-                spec.get("priority", 0),
-                spec.get("id"),
-                spec.get("timeout"),
-                spec.get("after"),
-                spec.get("detach", False),
-            )
-            for spec in specs
-        ]
+        check_specs(specs)
+        if any("type" not in spec for spec in specs):
+            raise TypeError("every job needs a 'type'")
+        handles = [self._send_submit(spec) for spec in specs]
         for handle in handles:
             await handle._acked.wait()
         return handles
@@ -235,42 +220,20 @@ class AsyncMaster:
 
     # -- internals ----------------------------------------------------------------
 
-    def _send_submit(
-        self,
-        type: Any,
-        body: Any,
-        priority: Any,
-        id: Any,
-        timeout: Any,
-        after: Iterable[Any] | None,
-        detach: bool,
-    ) -> Job:
+    def _send_submit(self, spec: Mapping[str, Any]) -> Job:
         self._check_open()
-        job_id = new_job_id() if id is None else id
-        job = Job(self, job_id, type)
-        request, data = self._proto.submit(
-            job_id,
-            type,
-            body,
-            priority=priority,
-            timeout=timeout,
-            detach=detach,
-            after=after,
-            token=job,
-        )
+        job_id = spec.get("id")
+        if job_id is None:
+            job_id = new_job_id()
+        job = Job(self, job_id, spec["type"])
+        request, data = self._proto.submit_spec(job_id, spec, token=job)
         request.waker = job
         self._conn.send_nowait(data)
         return job
 
     async def _call(self, request: Request, data: bytes) -> Any:
         self._check_open()
-        event = trio.Event()
-        request.waker = event
-        self._conn.send_nowait(data)
-        await event.wait()
-        if request.error is not None:
-            raise request.error
-        return request.value
+        return await self._conn.call(request, data)
 
     def _check_open(self) -> None:
         if not self._conn.alive:
@@ -309,8 +272,8 @@ class AsyncMaster:
                 waker._finish(JobState.FAILED, error=request.error)
             else:
                 waker._acked.set()
-        elif isinstance(waker, trio.Event):
-            waker.set()
+        else:
+            wake(request)
 
     async def _run(self) -> None:
         error = await self._conn.run(self._on_data)
@@ -328,11 +291,7 @@ async def open_master(
     port: int = 9998,
     *,
     connect_timeout: float | None = 10.0,
-    token: str | None = None,
-    token_file: str | os.PathLike[str] | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-    tls: bool = False,
-    tls_ca: str | os.PathLike[str] | None = None,
+    **security: Unpack[Security],
 ) -> AsyncIterator[AsyncMaster]:
     """Connect to gloomd's master port for the duration of the block.
 
@@ -346,13 +305,14 @@ async def open_master(
     with an optional CA file `tls_ca`, wraps the connection in TLS with the
     daemon's certificate checked against `host`.
     """
-    stream = await connect(
-        host,
-        port,
-        connect_timeout,
-        ssl_context=client_ssl_context(ssl_context, tls=tls, tls_ca=tls_ca),
-        token=resolve_token(token, token_file),
-    )
-    master = AsyncMaster(FrameConnection(stream, f"{host}:{port}"))
+    endpoint = Endpoint.configure(host, port, connect_timeout, **security)
+    async with master_session(endpoint) as master:
+        yield master
+
+
+@asynccontextmanager
+async def master_session(endpoint: Endpoint) -> AsyncIterator[AsyncMaster]:
+    """`open_master` for an `Endpoint` already resolved (the worker runner's)."""
+    master = AsyncMaster(FrameConnection(await connect(endpoint), endpoint.peer))
     async with running_beside(master._run):
         yield master

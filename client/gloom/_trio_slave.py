@@ -16,50 +16,93 @@ carry the daemon's job-frame extras.
 from __future__ import annotations
 
 import math
-import os
-import ssl
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, Unpack
 
 import trio
 
-from ._slave_protocol import Answered, JobOffered, Notice, SlaveProtocol
+from ._connect import Backoff, Endpoint, Security, connect, reconnect
 from ._protocol import Request
-from ._security import client_ssl_context, resolve_token
-from ._trio_connection import FrameConnection, connect, running_beside
+from ._slave_protocol import Answered, JobOffered, Notice, SlaveProtocol, attempt_of
+from ._trio_connection import FrameConnection, running_beside, wake
 from .errors import GloomError, ProtocolError, TransportError, Unauthorized
 
-__all__ = ["AsyncSlave", "SlaveJob", "open_slave"]
+__all__ = ["AsyncSlave", "SlaveConnection", "SlaveJob", "open_slave"]
 
 _UNSET: Any = object()
 
 
-class _Link:
-    """One connection generation: its stream and its protocol state."""
+class SlaveConnection:
+    """One slave connection: its frames, its protocol state, and their dispatch.
 
-    def __init__(self, connection: FrameConnection) -> None:
-        self.connection = connection
+    Received bytes go through `SlaveProtocol`; job offers are handed to
+    `on_job`, replies wake whoever waits on their request (`call`), and a
+    notice (an error frame that answers nothing, sent before a close) is kept
+    as the reason the connection ends.  `AsyncSlave` makes one per
+    (re)connection; the worker runner's links are built on it too.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        peer: str,
+        on_job: Callable[[SlaveConnection, dict[str, Any]], None],
+    ) -> None:
+        self.connection = FrameConnection(stream, peer)
         self.protocol = SlaveProtocol()
+        self._on_job = on_job
+        #: trio time of the last bytes received (a heartbeat reads it).
+        self.last_inbound = trio.current_time()
 
     @property
     def alive(self) -> bool:
         return self.connection.alive
 
+    async def call(self, request: Request, data: bytes) -> None:
+        """Send a request and wait for its reply; raise its error, which is a
+        `TransportError` when the connection ends first."""
+        await self.connection.call(request, data)
+
+    async def run(self) -> GloomError:
+        """Move frames until the connection ends; return why (see `FrameConnection.run`).
+
+        Every request still waiting is then answered with that error.
+        """
+        try:
+            return await self.connection.run(self._on_data)
+        finally:
+            error = self.connection.error or TransportError("connection closed")
+            for request in self.protocol.connection_lost(error):
+                wake(request)
+
+    def _on_data(self, data: bytes) -> None:
+        self.last_inbound = trio.current_time()
+        for event in self.protocol.receive_data(data):
+            if isinstance(event, JobOffered):
+                self._on_job(self, event.frame)
+            elif isinstance(event, Answered):
+                wake(event.request)
+            elif isinstance(event, Notice):
+                self.connection.close_with(
+                    TransportError(f"gloomd refused the connection: {event.error}")
+                )
+
 
 class SlaveJob:
     """A job handed to this slave.
 
-    `attempt` is the delivery count (1 for the first) and `timeout` the job's
-    run-time limit in seconds, when the daemon sent them (gloomd does; Gloom
-    did not, which leaves them None).  `frame` is the raw job frame.
-    Answer exactly once with `respond` or `fail`.
+    `attempt` is the delivery count: 1 for the first, whose frame carries no
+    ``attempt`` (gloomd sends it only on a redelivery, Gloom never did).
+    `timeout` is the job's run-time limit in seconds when the submit set one,
+    else None.  `frame` is the raw job frame.  Answer exactly once with
+    `respond` or `fail`.
     """
 
-    def __init__(self, slave: AsyncSlave, link: _Link, frame: dict[str, Any]) -> None:
+    def __init__(self, slave: AsyncSlave, link: SlaveConnection, frame: dict[str, Any]) -> None:
         self.id: Any = frame["id"]
         self.type: Any = frame["type"]
         self.body: Any = frame["body"]
-        self.attempt: int | None = frame.get("attempt")
+        self.attempt: int = attempt_of(frame)
         self.timeout: float | None = frame.get("timeout")
         self.frame = frame
         self.answered = False
@@ -100,34 +143,20 @@ class SlaveJob:
 
     async def _answer(self, request: Request, data: bytes) -> None:
         self.answered = True
-        await self._slave._call(self._link, request, data)
+        await self._link.call(request, data)
 
 
 class AsyncSlave:
     """A slave connection that reconnects by itself.  Get one with `open_slave`."""
 
     def __init__(
-        self,
-        host: str,
-        port: int,
-        link: _Link,
-        *,
-        reconnect: bool,
-        reconnect_delay: float,
-        max_reconnect_delay: float,
-        connect_timeout: float | None,
-        ssl_context: ssl.SSLContext | None = None,
-        token: str | None = None,
+        self, endpoint: Endpoint, stream: trio.abc.Stream, backoff: Backoff | None
     ) -> None:
-        self.host = host
-        self.port = port
-        self._link = link
-        self._reconnect = reconnect
-        self._delay = reconnect_delay
-        self._max_delay = max_reconnect_delay
-        self._connect_timeout = connect_timeout
-        self._ssl_context = ssl_context
-        self._token = token
+        self.host = endpoint.host
+        self.port = endpoint.port
+        self._endpoint = endpoint
+        self._link = SlaveConnection(stream, endpoint.peer, self._offer)
+        self._backoff = backoff  # None: a lost connection is not replaced
         self._type: Any = _UNSET
         self._offers_send, self._offers = trio.open_memory_channel[SlaveJob](math.inf)
         self._new_link = trio.Event()
@@ -150,10 +179,10 @@ class AsyncSlave:
         while True:
             link = await self._current_link()
             try:
-                await self._call(link, *link.protocol.join(type))
+                await link.call(*link.protocol.join(type))
                 return
             except TransportError:
-                if not self._reconnect:
+                if self._backoff is None:
                     raise
 
     async def next_job(self) -> SlaveJob:
@@ -174,7 +203,7 @@ class AsyncSlave:
 
     # -- internals ----------------------------------------------------------------
 
-    async def _current_link(self) -> _Link:
+    async def _current_link(self) -> SlaveConnection:
         while not self._link.alive:
             if isinstance(self._closed, Unauthorized):
                 raise Unauthorized(self._closed.reason)
@@ -183,47 +212,25 @@ class AsyncSlave:
             await self._new_link.wait()
         return self._link
 
-    async def _call(self, link: _Link, request: Request, data: bytes) -> None:
-        event = trio.Event()
-        request.waker = event
-        link.connection.send_nowait(data)
-        await event.wait()
-        if request.error is not None:
-            raise request.error
-
-    def _on_data(self, link: _Link, data: bytes) -> None:
-        for event in link.protocol.receive_data(data):
-            if isinstance(event, JobOffered):
-                self._offers_send.send_nowait(SlaveJob(self, link, event.frame))
-            elif isinstance(event, Answered):
-                if isinstance(event.request.waker, trio.Event):
-                    event.request.waker.set()
-            elif isinstance(event, Notice):
-                link.connection.close_with(
-                    TransportError(f"gloomd refused the connection: {event.error}")
-                )
-
-    async def _serve(self, link: _Link) -> GloomError:
-        error = await link.connection.run(lambda data: self._on_data(link, data))
-        for request in link.protocol.connection_lost(error):
-            if isinstance(request.waker, trio.Event):
-                request.waker.set()
-        return error
+    def _offer(self, link: SlaveConnection, frame: dict[str, Any]) -> None:
+        self._offers_send.send_nowait(SlaveJob(self, link, frame))
 
     async def _run(self) -> None:
         link = self._link
         while True:
-            error = await self._serve(link)
-            if not self._reconnect:
+            error = await link.run()
+            if self._backoff is None:
                 self._stop(error)
                 return
             try:
-                link = await self._reconnect_link()
+                # In TLS and authenticated again, as the first connection was.
+                stream = await reconnect(self._endpoint, self._backoff)
             except Unauthorized as refused:
                 # The daemon came back with another token: retrying cannot
                 # help, so the slave stops and says why.
                 self._stop(refused)
                 return
+            link = SlaveConnection(stream, self._endpoint.peer, self._offer)
             self._link = link
             self.reconnects += 1
             event, self._new_link = self._new_link, trio.Event()
@@ -237,24 +244,6 @@ class AsyncSlave:
         self._closed = error
         self._offers_send.close()
         self._new_link.set()
-
-    async def _reconnect_link(self) -> _Link:
-        """A new connection, in TLS and authenticated again as the first one was."""
-        delay = self._delay
-        while True:
-            await trio.sleep(delay)
-            try:
-                stream = await connect(
-                    self.host,
-                    self.port,
-                    self._connect_timeout,
-                    ssl_context=self._ssl_context,
-                    token=self._token,
-                )
-            except TransportError:
-                delay = min(delay * 2, self._max_delay)
-                continue
-            return _Link(FrameConnection(stream, f"{self.host}:{self.port}"))
 
 
 class _Jobs:
@@ -280,11 +269,7 @@ async def open_slave(
     reconnect_delay: float = 1.0,
     max_reconnect_delay: float = 30.0,
     connect_timeout: float | None = 10.0,
-    token: str | None = None,
-    token_file: str | os.PathLike[str] | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-    tls: bool = False,
-    tls_ca: str | os.PathLike[str] | None = None,
+    **security: Unpack[Security],
 ) -> AsyncIterator[AsyncSlave]:
     """Connect to gloomd's slave port for the duration of the block.
 
@@ -297,20 +282,9 @@ async def open_slave(
     `ssl_context` / `tls` / `tls_ca`); every reconnect authenticates again,
     and a token refused on reconnect ends `jobs()` with `Unauthorized`.
     """
-    context = client_ssl_context(ssl_context, tls=tls, tls_ca=tls_ca)
-    secret = resolve_token(token, token_file)
-    stream = await connect(host, port, connect_timeout, ssl_context=context, token=secret)
-    slave = AsyncSlave(
-        host,
-        port,
-        _Link(FrameConnection(stream, f"{host}:{port}")),
-        reconnect=reconnect,
-        reconnect_delay=reconnect_delay,
-        max_reconnect_delay=max_reconnect_delay,
-        connect_timeout=connect_timeout,
-        ssl_context=context,
-        token=secret,
-    )
+    endpoint = Endpoint.configure(host, port, connect_timeout, **security)
+    backoff = Backoff(reconnect_delay, max_reconnect_delay) if reconnect else None
+    slave = AsyncSlave(endpoint, await connect(endpoint), backoff)
     async with running_beside(slave._run):
         yield slave
 

@@ -19,7 +19,6 @@ The public names stay importable from `gloomd.scheduler`, pykit's API first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 from .engine import FILTERED_MESSAGE, JobExistError, JobScheduler, Submit
 from .firetime import JobConfigError, NextFireTimeError, ScheduleError, get_next_fire_time
@@ -39,19 +38,5 @@ __all__ = [
     "StatusDict",
     "Submit",
     "get_next_fire_time",
-    "schedule_list_main",
     "serve_schedule",
 ]
-
-
-def schedule_list_main(argv: Sequence[str]) -> int:
-    """`gloom schedule list --schedule FILE.toml [--schedule-state FILE]`.
-
-    What `gloom`'s own `schedule` module calls until `gloom` loads the entry
-    point group `gloom.commands` (then `listing.COMMANDS` is the way in).
-    Imported here on call: the listing needs `rich` and `gloom`, the daemon
-    neither.
-    """
-    from .listing import main
-
-    return main(argv)

@@ -9,9 +9,6 @@ See `run` for the knobs and the README's "Worker runner" section for the rules.
 
 from __future__ import annotations
 
-import os
-import ssl
-from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -39,26 +36,8 @@ async def serve(
     type: Any,
     handler: str,
     *,
-    host: str = "127.0.0.1",
-    slave_port: int = 9999,
-    master_port: int = 9998,
-    concurrency: int | None = None,
-    min: int | None = None,
-    max: int | None = None,
-    timeout: float = 300,
-    grace: float = 10,
-    max_jobs_per_process: int = 1000,
-    import_path: Sequence[str] = (),
-    class_args: Iterable[Any] = (),
-    class_kwargs: Mapping[str, Any] | None = None,
-    burst: bool = False,
-    token: str | None = None,
-    token_file: str | os.PathLike[str] | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-    tls: bool = False,
-    tls_ca: str | os.PathLike[str] | None = None,
     task_status: trio.TaskStatus[Runner] = trio.TASK_STATUS_IGNORED,
-    **tuning: Any,
+    **options: Any,
 ) -> RunnerStats:
     """Serve jobs of `type` with `handler` until stopped; returns the run's counters.
 
@@ -87,35 +66,14 @@ async def serve(
         or with `tls=True` the default client context trusting `tls_ca` (a CA
         file, which implies `tls`) or the system's CAs.  A certificate that does
         not verify is a `gloom.TransportError` at startup.
-    :param tuning: `WorkerOptions` fields for the finer knobs (heartbeat, liveness,
-        reconnect_delay, scale_interval, idle_grace, crash_backoff, ...).
+    :param host, slave_port, master_port: the daemon (127.0.0.1, 9999, 9998).
+    :param options: these and the finer knobs (heartbeat, liveness,
+        reconnect_delay, scale_interval, idle_grace, crash_backoff, ...) are the
+        fields of `WorkerOptions`, which holds their defaults and checks them.
 
     Cancelling it drains like SIGTERM: running jobs get `grace` seconds.
     """
-    options = WorkerOptions(
-        type=type,
-        handler=handler,
-        host=host,
-        slave_port=slave_port,
-        master_port=master_port,
-        concurrency=concurrency,
-        min=min,
-        max=max,
-        timeout=timeout,
-        grace=grace,
-        max_jobs_per_process=max_jobs_per_process,
-        import_path=tuple(import_path),
-        class_args=tuple(class_args),
-        class_kwargs=None if class_kwargs is None else dict(class_kwargs),
-        burst=burst,
-        token=token,
-        token_file=token_file,
-        ssl_context=ssl_context,
-        tls=tls,
-        tls_ca=tls_ca,
-        **tuning,
-    )
-    runner = Runner(options)
+    runner = Runner(WorkerOptions(type, handler, **options))
     await runner.run(task_status=task_status)
     return runner.stats
 

@@ -2,8 +2,9 @@
 
 This module is what runs *inside* each pool process, in a process group of
 its own.  It is loaded without importing the `gloom` package (see
-`pool.BOOTSTRAP`), so it may import only the standard library, `gloomd`'s
-framing and codec, and `handler`; trio is imported only for async handlers.
+`pool.BOOTSTRAP`), so it may import only the standard library, gloomwire
+(framing, codec, vocabulary: no trio) and `handler`; trio is imported only for
+async handlers.
 It talks to the supervisor over two pipes with the daemon's own framing
 (4-byte length, JSON), using blocking I/O: a pool process has nothing else
 to do.
@@ -35,7 +36,7 @@ import threading
 import traceback
 from typing import Any
 
-from gloomwire import codec
+from gloomwire import codec, vocabulary
 from gloomwire.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 
 from .handler import Handler, HandlerError, HandlerSpec, resolve
@@ -70,15 +71,16 @@ class _Writer:
 class JobContext:
     """What a handler declared as ``fn(body, job)`` receives.
 
-    `attempt` counts deliveries (1 for the first); `timeout` is the limit this
-    run is held to (None: no limit); `pid` is this pool process.
+    `attempt` counts deliveries (1 for the first: the daemon sends it only on
+    a redelivery); `timeout` is the limit this run is held to (None: no
+    limit); `pid` is this pool process.
     """
 
     def __init__(self, frame: dict[str, Any], writer: _Writer) -> None:
         self.id: Any = frame.get("id")
         self.type: Any = frame.get("type")
         self.body: Any = frame.get("body")
-        self.attempt: int | None = frame.get("attempt")
+        self.attempt: int = frame.get("attempt") or 1
         self.timeout: float | None = frame.get("timeout")
         self.pid = os.getpid()
         self._writer = writer
@@ -103,7 +105,7 @@ def error_reason(exc: BaseException, kind: str | None = None) -> dict[str, Any]:
 
 
 def _fail_frame(reason: dict[str, Any]) -> dict[str, Any]:
-    return {"action": "fail", "error": "ERROR", "reason": reason}
+    return vocabulary.fail("ERROR", reason)
 
 
 async def _await(awaitable: Any) -> Any:
@@ -129,7 +131,7 @@ def run_job(handler: Handler, frame: dict[str, Any], writer: _Writer, max_frame:
     except BaseException as exc:  # noqa: BLE001 - every failure of user code is the job's
         return encode_frame({"op": "done", "frame": _fail_frame(error_reason(exc))})
     try:
-        data = encode_frame({"op": "done", "frame": {"action": "respond", "body": result}})
+        data = encode_frame({"op": "done", "frame": vocabulary.respond(result)})
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         reason = error_reason(exc, "SerializationError")
         reason["message"] = f"result of type {type(result).__name__} cannot be encoded as JSON: {exc}"

@@ -32,6 +32,23 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
+#: Options handed to `gloom.worker.run` under their own names.
+PASSED_ON = (
+    "host",
+    "slave_port",
+    "master_port",
+    "concurrency",
+    "min",
+    "max",
+    "timeout",
+    "grace",
+    "max_jobs_per_process",
+    "import_path",
+    "class_args",
+    "class_kwargs",
+    "burst",
+)
+
 HELP = "run a handler for a job type in a supervised process pool"
 DESCRIPTION = """\
 Serve jobs of TYPE with HANDLER (pkg.mod:func or pkg.mod:Class.method) in a
@@ -107,36 +124,14 @@ def run_args(args: argparse.Namespace) -> int:
         print(f"gloom worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        run(
-            args.type,
-            args.handler,
-            host=args.host,
-            slave_port=args.slave_port,
-            master_port=args.master_port,
-            concurrency=args.concurrency,
-            min=args.min,
-            max=args.max,
-            timeout=args.timeout,
-            grace=args.grace,
-            max_jobs_per_process=args.max_jobs_per_process,
-            import_path=args.import_path,
-            class_args=args.class_args,
-            class_kwargs=args.class_kwargs,
-            burst=args.burst,
-            **security,
-        )
-    except HandlerError as exc:
-        print(f"gloom worker: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as exc:
-        print(f"gloom worker: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        options = {name: getattr(args, name) for name in PASSED_ON}
+        run(args.type, args.handler, **options, **security)
     except Unauthorized as exc:
         print(f"gloom worker: {exc} (gloomd at {args.host}:{args.slave_port})", file=sys.stderr)
         return EXIT_REFUSED
-    except TransportError as exc:
+    except (HandlerError, ValueError, TransportError) as exc:
         print(f"gloom worker: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return EXIT_UNREACHABLE if isinstance(exc, TransportError) else EXIT_USAGE
     return EXIT_OK
 
 

@@ -17,11 +17,11 @@ import trio.testing
 from gloomd.scheduler.firetime import JobConfigError, NextFireTimeError
 from gloomd.scheduler.config import build_job, default_state_path, load_schedule_file
 from gloomd.scheduler.listing import rows
+from gloomd.scheduler.listing import main as listing_main
 from gloomd.scheduler import (
     BackgroundWriter,
     JobScheduler,
     StateFile,
-    schedule_list_main,
     serve_schedule,
 )
 
@@ -303,7 +303,7 @@ def test_list_main_prints_a_table(
     path = write(tmp_path, SCHEDULE)
     state = tmp_path / "custom.json"
     StateFile(state).dump({"frequent": {"message": "[bold]not markup[/bold]", "fire_time": {"ts": 1e9}}})
-    assert schedule_list_main(["--schedule", str(path), "--schedule-state", str(state)]) == 0
+    assert listing_main(["--schedule", str(path), "--schedule-state", str(state)]) == 0
     out = capsys.readouterr().out
     for text in (
         "nightly",
@@ -320,5 +320,5 @@ def test_list_main_prints_a_table(
 def test_list_main_reports_a_bad_file(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert schedule_list_main(["--schedule", str(tmp_path / "missing.toml")]) == 2
+    assert listing_main(["--schedule", str(tmp_path / "missing.toml")]) == 2
     assert "gloom schedule list:" in capsys.readouterr().err

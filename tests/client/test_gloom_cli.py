@@ -22,10 +22,10 @@ from typing import Any, Callable
 import pytest
 
 import gloom
-from gloom._cli_slave import parse_stdout
-from gloom._render import progress_fraction
+from gloom.cli.slave import parse_stdout
+from gloom.cli.render import progress_fraction
 
-from .daemon import Daemon, spawn_gloomd
+from tests.support.daemon import Daemon, spawn_gloomd
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -28,9 +28,9 @@ import trio
 
 from gloomwire import codec
 
-from ._trio_slave import SlaveJob, open_slave
-from .cli import EXIT_OK, Command, UsageError, connection_security
-from .errors import TransportError
+from .._trio_slave import SlaveJob, open_slave
+from ..errors import TransportError
+from .common import EXIT_OK, Command, UsageError, connection_security
 
 __all__ = ["COMMANDS", "command_outcome"]
 
@@ -141,7 +141,7 @@ async def command_outcome(command: list[str], job: SlaveJob) -> tuple[str, Any]:
         **os.environ,
         "GLOOM_JOB_ID": str(job.id),
         "GLOOM_JOB_TYPE": job.type if isinstance(job.type, str) else codec.dumps(job.type).decode(),
-        "GLOOM_JOB_ATTEMPT": str(job.attempt or 1),
+        "GLOOM_JOB_ATTEMPT": str(job.attempt),
     }
     limit = job.timeout if isinstance(job.timeout, (int, float)) and job.timeout > 0 else math.inf
     try:

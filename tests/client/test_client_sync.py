@@ -17,7 +17,7 @@ import pytest
 
 import gloom
 
-from .daemon import Daemon, spawn_gloomd
+from tests.support.daemon import Daemon, spawn_gloomd
 
 pytestmark = pytest.mark.timeout(60)
 

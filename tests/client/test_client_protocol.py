@@ -23,7 +23,7 @@ from gloom.errors import (
     WaitTimeout,
 )
 
-from .wire import frame, raw_frame
+from tests.support.wire import frame, raw_frame
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -19,10 +19,17 @@ from rich.progress import Progress, TaskID
 
 from gloomwire import codec
 
-from ._render import count_bar, job_bar, progress_fraction, stats_table, stderr_console, to_json
-from ._trio_master import AsyncMaster, Job, open_master
-from .cli import EXIT_FAILED, EXIT_OK, Command, UsageError, connection_security
-from .errors import GloomError, JobError, ServerError, WaitTimeout
+from .._trio_master import AsyncMaster, Job, open_master
+from ..errors import GloomError, JobError, ServerError, WaitTimeout
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Command,
+    UsageError,
+    connection_security,
+    positive_number,
+)
+from .render import count_bar, job_bar, progress_fraction, stats_table, stderr_console, to_json
 
 __all__ = ["COMMANDS"]
 
@@ -32,16 +39,6 @@ def _json_arg(text: str) -> Any:
         return codec.loads(text.encode("utf-8"))
     except codec.DecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
-    return value
 
 
 def _count(text: str) -> int:
@@ -79,10 +76,10 @@ def _configure_submit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("body", metavar="BODY", type=_json_arg, help="job body, as JSON")
     parser.add_argument("--priority", type=int, default=0, help="larger runs first (default 0)")
     parser.add_argument(
-        "--timeout", type=_positive, default=None, help="job run-time limit in seconds"
+        "--timeout", type=positive_number, default=None, help="job run-time limit in seconds"
     )
     parser.add_argument(
-        "--wait-timeout", type=_positive, default=None, help="give up waiting after S seconds"
+        "--wait-timeout", type=positive_number, default=None, help="give up waiting after S seconds"
     )
     parser.add_argument(
         "--detach", action="store_true", help="submit a detached job, print its id and exit"
@@ -272,7 +269,7 @@ def _configure_stats(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the raw stats as JSON")
     parser.add_argument("--watch", action="store_true", help="refresh the table until Ctrl-C")
     parser.add_argument(
-        "--interval", type=_positive, default=1.0, help="seconds between refreshes (--watch)"
+        "--interval", type=positive_number, default=1.0, help="seconds between refreshes (--watch)"
     )
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pexpect
 import pytest
-from gloom._cli_top import TopView
+from gloom.cli.top import TopView
 
-from .daemon import Daemon, spawn_gloomd
+from tests.support.daemon import Daemon, spawn_gloomd
 
 GLOOM = str(Path(sys.executable).with_name("gloom"))
 WAIT = 20  # seconds for the screen to show a state (it refreshes every 0.2 s)

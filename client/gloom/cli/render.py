@@ -17,6 +17,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -26,7 +27,7 @@ from rich.text import Text
 
 from gloomwire import codec
 
-__all__ = ["count_bar", "job_bar", "progress_fraction", "stats_table", "to_json"]
+__all__ = ["count_bar", "job_bar", "progress_fraction", "stats_table", "to_json", "type_text"]
 
 _DONE_KEYS = ("done", "completed", "current")
 
@@ -66,23 +67,20 @@ def stderr_console() -> Console:
 
 def job_bar(console: Console) -> Progress:
     """One job's bar, fed by its progress frames."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[note]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
+    return _bar(console, TaskProgressColumn())
 
 
 def count_bar(console: Console) -> Progress:
     """A bar over many jobs' completions."""
+    return _bar(console, MofNCompleteColumn())
+
+
+def _bar(console: Console, amount: ProgressColumn) -> Progress:
+    """Description, bar, `amount` (a percentage or done/total), note, time."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        amount,
         TextColumn("{task.fields[note]}"),
         TimeElapsedColumn(),
         console=console,
@@ -90,7 +88,8 @@ def count_bar(console: Console) -> Progress:
     )
 
 
-def _type_text(job_type: Any) -> str:
+def type_text(job_type: Any) -> str:
+    """A job type as a label: a string as it is, anything else as JSON."""
     return job_type if isinstance(job_type, str) else to_json(job_type)
 
 
@@ -100,10 +99,10 @@ def stats_table(stats: dict[str, Any]) -> Group:
     table.add_column("type")
     for column in ("queued", "running", "slaves", "idle"):
         table.add_column(column, justify="right")
-    types = sorted(stats.get("types", []), key=lambda row: _type_text(row.get("type")))
+    types = sorted(stats.get("types", []), key=lambda row: type_text(row.get("type")))
     for row in types:
         table.add_row(
-            _type_text(row.get("type")),
+            type_text(row.get("type")),
             *(str(row.get(column, 0)) for column in ("queued", "running", "slaves", "idle")),
         )
     totals = stats.get("totals", {})

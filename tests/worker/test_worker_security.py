@@ -87,7 +87,7 @@ async def test_token_and_tls_runner_completes_jobs(
     # keepalive set (the options live on the socket under the TLS layer).
     for slot in runner.slots.values():
         assert slot.link is not None
-        inner = slot.link._stream
+        inner = slot.link.stream
         assert isinstance(getattr(inner, "stream", None), trio.SSLStream)
         tcp = socket_stream(inner)
         assert tcp is not None

@@ -20,7 +20,7 @@ import trio.testing
 import gloom
 from gloomd.server import GloomServer
 
-from .daemon import spawn_gloomd
+from tests.support.daemon import spawn_gloomd
 
 pytestmark = pytest.mark.timeout(60)
 

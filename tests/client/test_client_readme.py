@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from .daemon import Daemon, spawn_gloomd
+from tests.support.daemon import Daemon, spawn_gloomd
 
 pytestmark = pytest.mark.timeout(90)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 START = "<!-- client-examples:start -->"
 END = "<!-- client-examples:end -->"
 BLOCK = re.compile(r"^```(python|sh)\n(.*?)^```", re.M | re.S)

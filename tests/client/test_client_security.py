@@ -27,7 +27,7 @@ from gloom._security import AuthHandshake, client_ssl_context, resolve_token
 from gloomwire.framing import encode_frame
 from gloomd.security import TokenError
 
-from .daemon import Daemon, spawn_gloomd
+from tests.support.daemon import Daemon, spawn_gloomd
 
 pytestmark = pytest.mark.timeout(60)
 

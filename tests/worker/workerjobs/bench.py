@@ -1,9 +1,9 @@
 """Rough figures for the worker runner: echo-job throughput and pool-process start time.
 
-Run: python tests/workerjobs/bench.py [JOBS] [CONCURRENCY]   (not collected by pytest)
+Run: python tests/worker/workerjobs/bench.py [JOBS] [CONCURRENCY]   (not collected by pytest)
 """
 import functools, os, sys, time, trio
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 from gloomd.config import Config
 from gloomd.server import GloomServer
 import gloom
@@ -29,7 +29,7 @@ async def main():
         times = []
         for _ in range(10):
             t0 = time.monotonic()
-            p = await runner._factory.spawn()
+            p = await runner.factory.spawn()
             times.append(time.monotonic() - t0)
             await p.retire(5)
         times.sort()

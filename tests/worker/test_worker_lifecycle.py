@@ -18,6 +18,7 @@ import trio
 import gloom
 from gloom import JobError, JobFailed, WaitTimeout
 from gloom.worker import serve
+from gloom._connect import Endpoint
 from gloom.worker.link import LEAVING_TYPE, open_link
 from gloomd.config import Config
 from gloomd.server import GloomServer
@@ -202,11 +203,11 @@ async def test_scaling_rides_out_a_daemon_restart(
 async def test_leaving_hands_back_an_unstarted_job_without_a_loss(
     gloomd_server: Any, master: gloom.AsyncMaster
 ) -> None:
-    async with open_link("127.0.0.1", gloomd_server.slave_port, heartbeat=0) as link:
+    async with open_link(Endpoint("127.0.0.1", gloomd_server.slave_port), heartbeat=0) as link:
         await link.join("w")
         job = await master.submit("w", "unstarted")
         with trio.fail_after(10):
-            while link._jobs.statistics().current_buffer_used == 0:  # the frame is here, not taken
+            while link.jobs_waiting == 0:  # the frame is here, not taken
                 await trio.sleep(0)
         assert await link.leave() == 1
         stats = await master.stats()

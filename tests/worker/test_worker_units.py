@@ -20,7 +20,7 @@ from gloom.worker import HandlerImportError, HandlerNotFound, WorkerOptions
 from gloom.worker.child import JobContext, run_job
 from gloom.worker.cli import worker_main
 from gloom.worker.handler import HandlerSpec, resolve
-from gloom.worker.runner import _effective_timeout
+from gloom.worker.jobrun import effective_timeout as _effective_timeout
 from gloom.worker.scaling import ScalePlan, plan
 from gloomwire import codec
 from gloomwire.framing import FrameDecoder

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import signal
 import sys
@@ -29,9 +28,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ._render import to_json
-from ._trio_master import open_master
-from .cli import EXIT_OK, Command, connection_security
+from .._trio_master import open_master
+from .common import EXIT_OK, Command, connection_security, positive_number
+from .render import type_text
 
 __all__ = ["COMMANDS", "TopView"]
 
@@ -47,24 +46,10 @@ DEPTHS = (
 QUIT_KEYS = frozenset(b"qQ")
 
 
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
-    return value
-
-
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--interval", type=_interval, default=1.0, help="seconds between refreshes (default 1)"
+        "--interval", type=positive_number, default=1.0, help="seconds between refreshes (default 1)"
     )
-
-
-def _label(job_type: Any) -> str:
-    return job_type if isinstance(job_type, str) else to_json(job_type)
 
 
 def _shown(value: Any) -> str:
@@ -109,17 +94,17 @@ class TopView:
         """One row of cells per type, the busiest first."""
         assert self.current is not None
         seconds = self._seconds()
-        before = {_label(row.get("type")): row for row in (self.previous or {}).get("types", [])}
+        before = {type_text(row.get("type")): row for row in (self.previous or {}).get("types", [])}
         types = sorted(
             self.current.get("types", []),
             key=lambda row: (
                 -(row.get("queued", 0) + row.get("running", 0)),
-                _label(row.get("type")),
+                type_text(row.get("type")),
             ),
         )
         rows = []
         for row in types:
-            label = _label(row.get("type"))
+            label = type_text(row.get("type"))
             old = before.get(label, {})
             idle = row.get("idle", 0)
             paused = row.get("paused")

@@ -1,0 +1,155 @@
+"""A slot: one pool process and one slave connection, kept honest together.
+
+* **Credit = idle processes.**  A slot's connection is joined only while its
+  process is alive, free and not due for retirement; every answer re-offers
+  the slot (see `provision`).
+* **One job per process; the connection is held while it runs.**  Closing it
+  would make the daemon requeue the job.
+* **Leaving without losing.**  A slot that stops taking jobs (shutdown,
+  scale-down) re-joins a type nobody uses before it closes, so a job already
+  on its way is put back by the daemon without counting as a loss.
+* **Reconnecting.**  A lost connection is made again after the run's back-off
+  (`reconnect_delay` doubling to `max_reconnect_delay`, back to the start
+  once a join succeeds); a refused token is final and stops the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from ..errors import GloomError, Unauthorized
+from .jobrun import run_job
+from .link import LinkLost, SlaveLink, open_link
+from .pool import PoolProcess
+from .provision import RETIRE_TIMEOUT, ready_process, spawn_for
+from .state import RunState, Slot
+
+__all__ = ["LEAVE_TIMEOUT", "add_slot"]
+
+log = logging.getLogger("gloom.worker")
+
+#: Seconds a leaving slot waits for the daemon to confirm its parking join.
+LEAVE_TIMEOUT = 5.0
+
+
+def add_slot(run: RunState, proc: PoolProcess | None) -> Slot:
+    """A new slot, served by its own task in the run's slot nursery."""
+    assert run.slot_nursery is not None
+    slot = Slot(run.next_slot, proc)
+    run.next_slot += 1
+    run.slots[slot.id] = slot
+    run.slot_nursery.start_soon(_slot_task, run, slot)
+    return slot
+
+
+async def _slot_task(run: RunState, slot: Slot) -> None:
+    opts = run.options
+    endpoint = opts.slave_endpoint
+    beat, lives = opts.heartbeat, opts.liveness
+    backoff = opts.backoff()
+    try:
+        if slot.proc is None and not await spawn_for(run, slot):
+            return
+        while not (run.stopping or slot.retire):
+            if slot.proc is None or not slot.proc.alive:
+                # Its job was abandoned (link lost) and the process killed:
+                # join again only with a live process behind the slot.
+                await ready_process(run, slot)
+                if slot.proc is None:
+                    break
+            slot.state = "connecting"
+            ended = "lost"
+            try:
+                async with open_link(endpoint, heartbeat=beat, liveness=lives) as link:
+                    slot.link = link
+                    await link.join(opts.type)
+                    run.stats.joins += 1
+                    backoff.reset()
+                    ended = await _serve_link(run, slot, link)
+                    if ended == "leave":
+                        slot.state = "leaving"
+                        with trio.move_on_after(LEAVE_TIMEOUT):
+                            run.stats.returned += await link.leave()
+                reason = link.lost
+            except Unauthorized as exc:
+                # The daemon's token changed under us: no retry can help.
+                slot.link = None
+                run.refused(slot, exc)
+                break
+            except (OSError, trio.TooSlowError, LinkLost, GloomError) as exc:
+                reason = str(exc)
+            slot.link = None
+            if ended == "leave" or run.stopping or slot.retire:
+                break
+            delay = backoff.next()
+            run.stats.reconnects += 1
+            log.warning(
+                "event=link_lost slot=%d reason=%s retry_in=%.2f", slot.id, reason, delay
+            )
+            run.emit("link_lost", slot, reason=reason)
+            slot.state = "reconnecting"
+            await run.sleep_unless_stopping(delay)
+    finally:
+        with trio.CancelScope(shield=True):
+            slot.state = "closing"
+            for proc in (slot.proc, slot.successor):
+                if proc is not None:
+                    await proc.retire(RETIRE_TIMEOUT)
+            slot.proc = slot.successor = None
+            del run.slots[slot.id]
+            run.emit("slot_closed", slot)
+
+
+async def _serve_link(run: RunState, slot: Slot, link: SlaveLink) -> str:
+    """Take and run jobs until told to leave ("leave") or the link dies ("lost")."""
+    while True:
+        if run.stopping or slot.retire:
+            return "leave"
+        slot.state = "idle"
+        slot.idle_since = trio.current_time()
+        run.emit("idle", slot)
+        proc = slot.proc
+        frame: dict[str, Any] | None = None
+        lost = False
+        with trio.CancelScope() as scope:
+            slot.idle_scope = scope
+            try:
+                async with trio.open_nursery() as nursery:
+                    if proc is not None:
+                        nursery.start_soon(_cancel_when_dead, proc, scope)
+                    try:
+                        frame = await link.next_job()
+                    except LinkLost:
+                        lost = True
+                    nursery.cancel_scope.cancel()
+            finally:
+                slot.idle_scope = None
+        if lost:
+            return "lost"
+        if frame is None:
+            if proc is None or not proc.alive:
+                # Died while idle (OOM killer, kill -9): no job to report,
+                # but the slot must not stay joined without a process.
+                slot.crashes += 1
+                run.emit("died_idle", slot, pid=None if proc is None else proc.pid)
+                if not run.stopping:
+                    await ready_process(run, slot)
+            continue
+        answer = await run_job(run, slot, link, frame)
+        if answer is None:
+            return "lost"
+        if not run.stopping:
+            await ready_process(run, slot)
+        try:
+            await link.answer(answer)
+        except LinkLost:
+            return "lost"
+        run.stats.answers += 1
+
+
+async def _cancel_when_dead(proc: PoolProcess, scope: trio.CancelScope) -> None:
+    await proc.exited.wait()
+    scope.cancel()
