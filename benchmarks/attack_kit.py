@@ -45,9 +45,9 @@ __all__ = [
     "daemon_sockets",
     "frame",
     "raw_frame",
+    "readable",
     "reset_peak_rss",
     "start_daemon",
-    "readable",
     "supported_flags",
 ]
 
@@ -277,7 +277,7 @@ def start_daemon(flags: list[str], log_path: str, *, nofile: int | None = None) 
             cwd=ROOT,
             # The limit must hold from the daemon's first instruction (it may raise
             # its soft limit at start); the harness forks before its threads start.
-            preexec_fn=limit,  # noqa: PLW1509
+            preexec_fn=limit,
         )
     assert proc.stdout is not None
     deadline = time.monotonic() + READY_TIMEOUT

@@ -263,7 +263,7 @@ def run_attack(spec: Attack, *, quick: bool = False, budget: float | None = None
             # The daemon closed, reset or stopped reading the attacker's connection
             # (a defence, or its death: `up` says which); checks it cut short fail below.
             ctx.note(f"the attack ended early: {type(exc).__name__}: {exc}"[:200])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             # The daemon's doing (a reset, an EOF when it died) or the harness's:
             # either way a row of the table, not the end of the run.
             error = f"{type(exc).__name__}: {exc}"[:200]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from .bodies import BodyMaker, parse_ids
 from .wire import Bytes, Result, note_error
 
-__all__ = ["BeanstalkMaster", "BeanstalkWorker", "split_replies", "TTR"]
+__all__ = ["TTR", "BeanstalkMaster", "BeanstalkWorker", "split_replies"]
 
 #: Seconds a reserved job may stay undeleted before beanstalkd hands it out
 #: again; far beyond any run's deadline so a slow run cannot cause a retry.
@@ -54,7 +54,7 @@ def split_replies(buf: bytearray) -> list[tuple[bytes, bytes | None]]:
 
 
 class BeanstalkMaster:
-    __slots__ = ("master", "bodies", "channels", "out", "acked", "errors", "_bufs")
+    __slots__ = ("_bufs", "acked", "bodies", "channels", "errors", "master", "out")
 
     def __init__(self, master: int, bodies: BodyMaker) -> None:
         self.master = master
@@ -108,7 +108,7 @@ class BeanstalkMaster:
 
 
 class BeanstalkWorker:
-    __slots__ = ("ready", "jobs", "errors", "_buf", "_tube", "_watching")
+    __slots__ = ("_buf", "_tube", "_watching", "errors", "jobs", "ready")
 
     def __init__(self) -> None:
         self.ready = False

@@ -16,7 +16,7 @@ __all__ = ["BodyMaker", "parse_ids"]
 class BodyMaker:
     """Builds the body of job ``jid`` of master ``master``, ``size`` bytes long."""
 
-    __slots__ = ("size", "_pad")
+    __slots__ = ("_pad", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size

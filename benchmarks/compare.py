@@ -22,7 +22,7 @@ import orjson
 
 from .systems import SYSTEMS
 
-__all__ = ["load", "render", "main"]
+__all__ = ["load", "main", "render"]
 
 Line = dict[str, Any]
 
@@ -76,8 +76,10 @@ def _problem(line: Line) -> str | None:
         return f"failed: {str(line['error']).splitlines()[0][:160]}"
     bad = {k: line.get(k) for k in ("lost", "duplicates", "bad_bodies", "unsent") if line.get(k)}
     if bad or line.get("deadline_hit"):
-        return "incomplete: " + ", ".join(f"{k}={v}" for k, v in bad.items()) + (
-            " (deadline hit)" if line.get("deadline_hit") else ""
+        return (
+            "incomplete: "
+            + ", ".join(f"{k}={v}" for k, v in bad.items())
+            + (" (deadline hit)" if line.get("deadline_hit") else "")
         )
     return None
 

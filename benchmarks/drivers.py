@@ -99,7 +99,7 @@ def _connect(address: tuple[str, int]) -> socket.socket:
 class _Channel:
     """One socket and the bytes still to send on it."""
 
-    __slots__ = ("sock", "out", "session", "index", "writing")
+    __slots__ = ("index", "out", "session", "sock", "writing")
 
     def __init__(self, sock: socket.socket, out: bytearray, session: Any, index: int) -> None:
         self.sock = sock
@@ -231,7 +231,7 @@ def worker_main(plan: WorkerPlan, pipe: Connection) -> None:
 class _Session:
     """One master (one or two sockets) and the state of its jobs."""
 
-    __slots__ = ("wire", "first", "count", "next", "inflight", "done", "sent", "chans", "alive")
+    __slots__ = ("alive", "chans", "count", "done", "first", "inflight", "next", "sent", "wire")
 
     def __init__(self, wire: MasterWire, first: int, count: int) -> None:
         self.wire = wire
@@ -333,7 +333,7 @@ def master_main(plan: MasterPlan, pipe: Connection) -> None:
                         sent = s.sent
                         for jid, ok in results:
                             i = jid - first
-                            if not 0 <= i < s.count or done[i] == 0 and i >= s.next:
+                            if not 0 <= i < s.count or (done[i] == 0 and i >= s.next):
                                 report.unexpected += 1
                             elif done[i]:
                                 report.duplicates += 1

@@ -114,7 +114,7 @@ class GearmanMaster(OneSocketMaster):
 class GearmanWorker:
     """One worker connection: CAN_DO echo, then grab / complete / grab..."""
 
-    __slots__ = ("ready", "jobs", "errors", "_buf", "_sleeping")
+    __slots__ = ("_buf", "_sleeping", "errors", "jobs", "ready")
 
     def __init__(self) -> None:
         self.ready = False

@@ -12,7 +12,7 @@ import orjson
 
 from .wire import Bytes, OneSocketMaster, Result, note_error
 
-__all__ = ["GloomMaster", "GloomWorker", "split_frames", "JOB_TYPE"]
+__all__ = ["JOB_TYPE", "GloomMaster", "GloomWorker", "split_frames"]
 
 JOB_TYPE = "echo"
 
@@ -92,7 +92,7 @@ class GloomMaster(OneSocketMaster):
 class GloomWorker:
     """One slave connection echoing each job's body back as its result."""
 
-    __slots__ = ("ready", "jobs", "errors", "_buf")
+    __slots__ = ("_buf", "errors", "jobs", "ready")
 
     def __init__(self) -> None:
         self.ready = False

@@ -46,11 +46,11 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import orjson  # noqa: E402
+import orjson
 
-from benchmarks import loadgen, workloads  # noqa: E402
-from benchmarks.procstat import cpu_seconds  # noqa: E402
-from benchmarks.servers import Server, start_reporting, start_server  # noqa: E402
+from benchmarks import loadgen, workloads
+from benchmarks.procstat import cpu_seconds
+from benchmarks.servers import Server, start_reporting, start_server
 
 HERE = os.path.abspath(__file__)
 

@@ -107,8 +107,10 @@ def fill(store: JournalStore, count: int, per_batch: int = 10_000) -> None:
 
 def section_load(scratch: Scratch, quick: bool) -> None:
     print("== load: open + load() of N queued jobs (records ~200 B), page cache warm")
-    print(f"{'jobs':>9} {'file MB':>8} {'B/job':>6} {'open s':>7} {'load s':>7} "
-          f"{'rows/s':>10} {'decode s':>9}  load share of 10 s")
+    print(
+        f"{'jobs':>9} {'file MB':>8} {'B/job':>6} {'open s':>7} {'load s':>7} "
+        f"{'rows/s':>10} {'decode s':>9}  load share of 10 s"
+    )
     for count in (10_000, 100_000) if quick else (100_000, 1_000_000):
         path = scratch.path()
         with JournalStore.open(path, "normal") as store:
@@ -130,10 +132,12 @@ def section_load(scratch: Scratch, quick: bool) -> None:
             decodes.append(t3 - t2)
             del snapshot, decoded
         load_s = statistics.median(loads)
-        print(f"{count:>9,} {size / 1e6:>8.1f} {size / count:>6.0f} "
-              f"{statistics.median(opens):>7.3f} {load_s:>7.3f} {count / load_s:>10,.0f} "
-              f"{statistics.median(decodes):>9.3f}  "
-              f"{100 * load_s / 10 * 1_000_000 / count:.1f}% (scaled to 1M)")
+        print(
+            f"{count:>9,} {size / 1e6:>8.1f} {size / count:>6.0f} "
+            f"{statistics.median(opens):>7.3f} {load_s:>7.3f} {count / load_s:>10,.0f} "
+            f"{statistics.median(decodes):>9.3f}  "
+            f"{100 * load_s / 10 * 1_000_000 / count:.1f}% (scaled to 1M)"
+        )
         os.unlink(path)
 
 
@@ -158,8 +162,10 @@ def section_commit(scratch: Scratch, quick: bool) -> None:
                     batch = Batch({job_key(i): ("queued", record(i)) for i in ids})
                     times.append(store.commit(batch))
             median = statistics.median(times)
-            print(f"{sync:>6} {per:>5} {len(times):>8} {median * 1e3:>10.3f} "
-                  f"{percentile(times, 0.99) * 1e3:>8.3f} {per / statistics.mean(times):>10,.0f}")
+            print(
+                f"{sync:>6} {per:>5} {len(times):>8} {median * 1e3:>10.3f} "
+                f"{percentile(times, 0.99) * 1e3:>8.3f} {per / statistics.mean(times):>10,.0f}"
+            )
             os.unlink(path)
 
 
@@ -206,19 +212,25 @@ def through(
 
 
 def print_through(label: str, r: dict[str, float], seconds: float) -> None:
-    print(f"{label:<34} {r['at_depth'] / 1e6:>7.2f} {r['largest'] / 1e6:>8.2f} "
-          f"{r['final'] / 1e6:>7.2f} {r['ratio']:>6.2f} {r['wal'] / 1e6:>7.2f} "
-          f"{r['commit_ms']:>7.3f} {r['commit_p99_ms']:>7.3f} {seconds:>6.1f}")
+    print(
+        f"{label:<34} {r['at_depth'] / 1e6:>7.2f} {r['largest'] / 1e6:>8.2f} "
+        f"{r['final'] / 1e6:>7.2f} {r['ratio']:>6.2f} {r['wal'] / 1e6:>7.2f} "
+        f"{r['commit_ms']:>7.3f} {r['commit_p99_ms']:>7.3f} {seconds:>6.1f}"
+    )
 
 
-THROUGH_HEADER = (f"{'':<34} {'depth MB':>7} {'largest':>8} {'final':>7} {'ratio':>6} "
-                  f"{'WAL MB':>7} {'ms/com':>7} {'p99 ms':>7} {'sec':>6}")
+THROUGH_HEADER = (
+    f"{'':<34} {'depth MB':>7} {'largest':>8} {'final':>7} {'ratio':>6} "
+    f"{'WAL MB':>7} {'ms/com':>7} {'p99 ms':>7} {'sec':>6}"
+)
 
 
 def section_space(scratch: Scratch, quick: bool) -> None:
     count, depth = (100_000, 2_000) if quick else (1_000_000, 10_000)
-    print(f"== space: {count:,} jobs through at a depth of {depth:,}, 100 per commit, "
-          "sync normal (target: largest < 2x the size at depth)")
+    print(
+        f"== space: {count:,} jobs through at a depth of {depth:,}, 100 per commit, "
+        "sync normal (target: largest < 2x the size at depth)"
+    )
     print(THROUGH_HEADER)
     for name, ids in (("integer ids", int_ids()), ("random string ids", random_ids())):
         path = scratch.path()
@@ -238,15 +250,18 @@ def raw_layout(path: str, without_rowid: bool) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     if without_rowid:
-        conn.execute("CREATE TABLE jobs (key BLOB PRIMARY KEY, state TEXT NOT NULL, "
-                     "record BLOB NOT NULL) WITHOUT ROWID")
+        conn.execute(
+            "CREATE TABLE jobs (key BLOB PRIMARY KEY, state TEXT NOT NULL, "
+            "record BLOB NOT NULL) WITHOUT ROWID"
+        )
     else:
         conn.execute(journal_schema.CREATE[0])
     return conn
 
 
-def raw_through(conn: sqlite3.Connection, path: str, count: int, depth: int,
-                ids: Iterator[bytes]) -> dict[str, float]:
+def raw_through(
+    conn: sqlite3.Connection, path: str, count: int, depth: int, ids: Iterator[bytes]
+) -> dict[str, float]:
     live: list[bytes] = []
     at_depth = largest = 0
     times = []
@@ -267,10 +282,15 @@ def raw_through(conn: sqlite3.Connection, path: str, count: int, depth: int,
         if not at_depth and len(live) >= depth:
             at_depth = pages
         largest = max(largest, pages)
-    return {"at_depth": at_depth, "largest": largest, "final": pages,
-            "ratio": largest / at_depth, "wal": os.path.getsize(path + "-wal"),
-            "commit_ms": statistics.mean(times) * 1e3,
-            "commit_p99_ms": percentile(times, 0.99) * 1e3}
+    return {
+        "at_depth": at_depth,
+        "largest": largest,
+        "final": pages,
+        "ratio": largest / at_depth,
+        "wal": os.path.getsize(path + "-wal"),
+        "commit_ms": statistics.mean(times) * 1e3,
+        "commit_p99_ms": percentile(times, 0.99) * 1e3,
+    }
 
 
 def section_settings(scratch: Scratch, quick: bool) -> None:
@@ -301,8 +321,10 @@ def section_settings(scratch: Scratch, quick: bool) -> None:
             os.unlink(path)
 
     backlog = 20_000 if quick else 100_000
-    print(f"== settings: auto_vacuum after a backlog of {backlog:,} jobs drained "
-          "(file MB after close), and what giving the space back takes")
+    print(
+        f"== settings: auto_vacuum after a backlog of {backlog:,} jobs drained "
+        "(file MB after close), and what giving the space back takes"
+    )
     print(f"{'auto_vacuum':>12} {'peak MB':>8} {'drained MB':>11}  giving it back")
     for vacuum in ("none", "incremental"):
         path = scratch.path()
@@ -335,10 +357,13 @@ def section_settings(scratch: Scratch, quick: bool) -> None:
         os.unlink(path)
 
     burst = 20_000 if quick else 100_000
-    print(f"== settings: journal_size_limit: the WAL after one pass that stores {burst:,} jobs, "
-          "then 50 commits of 100 (MB), and ms per commit of 100 in steady state")
-    print(f"{'limit':>10} {'WAL after burst':>16} {'WAL after':>10} {'ms/commit':>10} "
-          f"{'p99 ms':>7}")
+    print(
+        f"== settings: journal_size_limit: the WAL after one pass that stores {burst:,} jobs, "
+        "then 50 commits of 100 (MB), and ms per commit of 100 in steady state"
+    )
+    print(
+        f"{'limit':>10} {'WAL after burst':>16} {'WAL after':>10} {'ms/commit':>10} {'p99 ms':>7}"
+    )
     for limit in (-1, 1 << 20, 8 << 20):
         path = scratch.path()
         with JournalStore.open(path, "normal", tuning=Tuning(journal_size_limit=limit)) as store:
@@ -347,8 +372,10 @@ def section_settings(scratch: Scratch, quick: bool) -> None:
             result = through(store, 200_000 if not quick else 30_000, 5_000, int_ids())
             wal_after = store.space().wal_bytes
         shown = "none" if limit < 0 else f"{limit >> 20} MiB"
-        print(f"{shown:>10} {after_burst / 1e6:>16.2f} {wal_after / 1e6:>10.2f} "
-              f"{result['commit_ms']:>10.3f} {result['commit_p99_ms']:>7.3f}")
+        print(
+            f"{shown:>10} {after_burst / 1e6:>16.2f} {wal_after / 1e6:>10.2f} "
+            f"{result['commit_ms']:>10.3f} {result['commit_p99_ms']:>7.3f}"
+        )
         os.unlink(path)
 
     print("== settings: wal_autocheckpoint, sync full, commits of 100 new jobs at depth 10k")
@@ -364,11 +391,14 @@ def section_settings(scratch: Scratch, quick: bool) -> None:
                 live.extend(keys)
                 gone = live[:-10_000] if len(live) > 10_000 else []
                 del live[: len(gone)]
-                times.append(store.commit(Batch({k: ("queued", record(0)) for k in keys},
-                                                set(gone))))
+                times.append(
+                    store.commit(Batch({k: ("queued", record(0)) for k in keys}, set(gone)))
+                )
             wal = store.space().wal_bytes
-        print(f"{pages:>6} {statistics.mean(times) * 1e3:>10.3f} "
-              f"{percentile(times, 0.99) * 1e3:>7.3f} {max(times) * 1e3:>7.3f} {wal / 1e6:>7.2f}")
+        print(
+            f"{pages:>6} {statistics.mean(times) * 1e3:>10.3f} "
+            f"{percentile(times, 0.99) * 1e3:>7.3f} {max(times) * 1e3:>7.3f} {wal / 1e6:>7.2f}"
+        )
         os.unlink(path)
 
 

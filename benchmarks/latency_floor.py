@@ -125,7 +125,9 @@ class Forwarder:
         if self.idle:
             slave = self.idle.popleft()
             self.holding[slave.fileno()] = job_id
-            slave.send(_frame({"action": "job", "id": job_id, "type": msg["type"], "body": msg["body"]}))
+            slave.send(
+                _frame({"action": "job", "id": job_id, "type": msg["type"], "body": msg["body"]})
+            )
         else:
             self.queue.append((job_id, msg))
         master.send(_frame({"ok": True, "id": job_id}))
@@ -136,7 +138,10 @@ class Forwarder:
         if self.queue:
             next_id, job = self.queue.popleft()
             self.holding[fd] = next_id
-            slave.send(_OK + _frame({"action": "job", "id": next_id, "type": job["type"], "body": job["body"]}))
+            slave.send(
+                _OK
+                + _frame({"action": "job", "id": next_id, "type": job["type"], "body": job["body"]})
+            )
         else:
             slave.send(_OK)
             self.idle.append(slave)
@@ -161,7 +166,16 @@ def serve(master_port: int, slave_port: int, use_trio: bool) -> None:
 
 
 def _latency_run(args: list[str], jobs: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.loadgen", "--workload", "latency", "--jobs", str(jobs), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.loadgen",
+        "--workload",
+        "latency",
+        "--jobs",
+        str(jobs),
+        *args,
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=300, check=False)
     lines = done.stdout.decode().strip().splitlines()
     if not lines:
@@ -173,16 +187,31 @@ def _latency_run(args: list[str], jobs: int) -> dict[str, Any]:
 
 
 def forwarder_latency(use_trio: bool, jobs: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.latency_floor", "serve", *(["--trio"] if use_trio else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.latency_floor",
+        "serve",
+        *(["--trio"] if use_trio else []),
+    ]
     with start_reporting("floor", cmd, cwd=ROOT) as server:
         (host, mport), (_, sport) = server.master, server.slave
-        connect = ["--system", "gloomd", "--connect", f"{host}:{mport}:{sport}", "--server-pid", str(server.pid)]
+        connect = [
+            "--system",
+            "gloomd",
+            "--connect",
+            f"{host}:{mport}:{sport}",
+            "--server-pid",
+            str(server.pid),
+        ]
         return _latency_run(connect, jobs)
 
 
 def compare(rounds: int, jobs: int) -> list[dict[str, Any]]:
     """Median p50 and server CPU per job of each contender over `rounds` rounds."""
-    contenders = ["floor-epoll", "floor-trio", "gloomd"] + (["beanstalkd"] if installed("beanstalkd") else [])
+    contenders = ["floor-epoll", "floor-trio", "gloomd"] + (
+        ["beanstalkd"] if installed("beanstalkd") else []
+    )
     seen: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name in contenders:
@@ -207,13 +236,19 @@ def compare(rounds: int, jobs: int) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.latency_floor", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.latency_floor", description=__doc__.split("\n\n")[0]
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     sv = sub.add_parser("serve", help="run the forwarder")
-    sv.add_argument("--trio", action="store_true", help="wait through trio, as gloomd's reactor does")
+    sv.add_argument(
+        "--trio", action="store_true", help="wait through trio, as gloomd's reactor does"
+    )
     sv.add_argument("--master-port", type=int, default=0)
     sv.add_argument("--slave-port", type=int, default=0)
-    cp = sub.add_parser("compare", help="latency of the forwarders, gloomd and beanstalkd, round after round")
+    cp = sub.add_parser(
+        "compare", help="latency of the forwarders, gloomd and beanstalkd, round after round"
+    )
     cp.add_argument("--rounds", type=int, default=5)
     cp.add_argument("--jobs", type=int, default=4000)
     args = ap.parse_args(argv)
@@ -223,12 +258,16 @@ def main(argv: list[str] | None = None) -> None:
         except KeyboardInterrupt:
             pass
         return
-    print("| contender | p50 ms (median) | server CPU µs/job | p50 / beanstalkd | p50 of each round |")
+    print(
+        "| contender | p50 ms (median) | server CPU µs/job | p50 / beanstalkd | p50 of each round |"
+    )
     print("|---|---|---|---|---|")
     for s in compare(args.rounds, args.jobs):
         ratio = f"{s['vs_beanstalkd']:.2f}×" if s["vs_beanstalkd"] else "n/a"
         each = ", ".join(f"{p:.3f}" for p in s["p50_each"])
-        print(f"| {s['contender']} | {s['p50_ms']:.3f} | {s['server_cpu_us_per_job']:.1f} | {ratio} | {each} |")
+        print(
+            f"| {s['contender']} | {s['p50_ms']:.3f} | {s['server_cpu_us_per_job']:.1f} | {ratio} | {each} |"
+        )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from .servers import Server, ServerError, installed, start_server
 from .systems import SYSTEMS
 from .workloads import Workload
 
-__all__ = ["run", "main", "RunFailed"]
+__all__ = ["RunFailed", "main", "run"]
 
 #: Time the orchestrator allows beyond a run's deadline for reports to arrive.
 GRACE = 15.0
@@ -112,9 +112,13 @@ def _revision() -> str | None:
     """The repository's commit, with ``+dirty`` when gloomd/ has uncommitted changes."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, timeout=5
-        ).stdout.decode().strip()
+        head = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, timeout=5
+            )
+            .stdout.decode()
+            .strip()
+        )
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--", "gloomd"],
             cwd=root,
@@ -170,7 +174,7 @@ def run(
     line["machine"] = _machine()
     if system == "gloomd":
         line["revision"] = _revision()
-    line["when"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    line["when"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     return line
 
 
@@ -249,7 +253,7 @@ def _drive(
         # reports instead: the rates then cover the jobs it did queue.
         queued = sum(
             v[1].acked if v[0] == "report" else sum(c for _, _, c in g)
-            for g, v in ((g, got[id(p)]) for g, p in zip(groups, master_pipes))
+            for g, v in ((g, got[id(p)]) for g, p in zip(groups, master_pipes, strict=False))
         )
         t_queued = max(v[1] if v[0] == "acked" else v[1].t_end for v in got.values())
         if queued and t_queued > t_go:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["Server", "ServerError", "start_reporting", "start_server", "installed"]
+__all__ = ["Server", "ServerError", "installed", "start_reporting", "start_server"]
 
 READY_TIMEOUT = 20.0
 
@@ -99,12 +99,16 @@ def _start_gloomd(extra: list[str]) -> Server:
     return start_reporting("gloomd", cmd)
 
 
-def start_reporting(system: str, cmd: list[str], cwd: str | os.PathLike[str] | None = None) -> Server:
+def start_reporting(
+    system: str, cmd: list[str], cwd: str | os.PathLike[str] | None = None
+) -> Server:
     """Start `cmd`, a server that prints gloomd's ready line with the ports it
     bound (gloomd itself, or `benchmarks.latency_floor serve`)."""
     tmp = tempfile.TemporaryDirectory(prefix=f"bench-{system}-")
     log = open(os.path.join(tmp.name, "stderr.log"), "wb")
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL
+    )
     log.close()
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()

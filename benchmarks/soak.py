@@ -102,7 +102,11 @@ async def master(server: Server, run: Run, window: int, batch: int) -> None:
             upto = min(sent + batch, run.jobs)
             await stream.send_all(
                 b"".join(
-                    frame(_dumps({"action": "submit", "id": i, "type": "soak", "priority": 0, "body": i}))
+                    frame(
+                        _dumps(
+                            {"action": "submit", "id": i, "type": "soak", "priority": 0, "body": i}
+                        )
+                    )
                     for i in range(sent, upto)
                 )
             )
@@ -210,7 +214,9 @@ def summarize(run: Run, seconds: float, cpu: float) -> int:
     doubled = run.jobs - lost - counts.count(1)
     series = [kb for _, kb in run.rss]
     half = series[len(series) // 2 :] or series
-    print(f"jobs={run.jobs} seconds={seconds:.1f} jobs_per_s={run.jobs / seconds:.0f} daemon_cpu_s={cpu:.1f}")
+    print(
+        f"jobs={run.jobs} seconds={seconds:.1f} jobs_per_s={run.jobs / seconds:.0f} daemon_cpu_s={cpu:.1f}"
+    )
     print(f"kills={run.kills} (holding a job: {run.killed_holding}) failed_jobs={run.failures}")
     print(
         f"rss_kb first={series[0]} min={min(series)} max={max(series)} last={series[-1]} "
@@ -221,18 +227,25 @@ def summarize(run: Run, seconds: float, cpu: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.soak", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--slaves", type=int, default=8)
     parser.add_argument("--window", type=int, default=4_000, help="jobs in flight (default 4000)")
     parser.add_argument("--batch", type=int, default=500, help="submits per write (default 500)")
-    parser.add_argument("--churn-every", type=int, default=2_000, help="results between slave drops")
+    parser.add_argument(
+        "--churn-every", type=int, default=2_000, help="results between slave drops"
+    )
     parser.add_argument("--max-seconds", type=float, default=1_800.0)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     server = start_server("gloomd")
     try:
-        print(f"soak: gloomd pid={server.pid} jobs={args.jobs} slaves={args.slaves} window={args.window}", flush=True)
+        print(
+            f"soak: gloomd pid={server.pid} jobs={args.jobs} slaves={args.slaves} window={args.window}",
+            flush=True,
+        )
         started = time.monotonic()
         cpu0 = cpu_seconds(server.pid)
         run = trio.run(soak, args, server)

@@ -24,10 +24,10 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import gloom  # noqa: E402
-import trio  # noqa: E402
+import trio
 
-from benchmarks.http_scrape import start_with_http  # noqa: E402
+import gloom
+from benchmarks.http_scrape import start_with_http
 
 ROOT = Path(__file__).resolve().parent.parent
 

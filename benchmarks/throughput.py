@@ -22,7 +22,7 @@ if __package__ in (None, ""):
     # Run as a script: make the repository root importable for `benchmarks.*`.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import loadgen  # noqa: E402
+from benchmarks import loadgen
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from .bodies import BodyMaker
 
-__all__ = ["Bytes", "MasterWire", "OneSocketMaster", "WorkerWire", "Result"]
+__all__ = ["Bytes", "MasterWire", "OneSocketMaster", "Result", "WorkerWire"]
 
 #: What the drivers feed: a view of their reused receive buffer (see drivers.py).
 Bytes = bytes | bytearray | memoryview
@@ -84,7 +84,7 @@ class OneSocketMaster:
     """State shared by the masters that submit and read results on one socket
     (gloomd, gearmand); beanstalkd's needs a second one and keeps its own."""
 
-    __slots__ = ("master", "bodies", "channels", "out", "acked", "errors", "_buf")
+    __slots__ = ("_buf", "acked", "bodies", "channels", "errors", "master", "out")
 
     def __init__(self, master: int, bodies: BodyMaker) -> None:
         self.master = master

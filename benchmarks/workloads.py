@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-__all__ = ["Workload", "FULL", "QUICK", "get", "names"]
+__all__ = ["FULL", "QUICK", "Workload", "get", "names"]
 
 
 @dataclass(frozen=True)

@@ -99,10 +99,27 @@ def start_daemon(
     raised to the client count: this measures report timeliness, not the caps.
     """
     if server == "gloomd":
-        command = [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0",
-                   "--http-port", "0", "--ws-port", "0", "--jobs-dir", jobs_dir, "--log-level", "warning",
-                   "--ws-max-jobs", str(max(clients, 1)),
-                   "--ws-max-connections", str(clients + 16)]
+        command = [
+            sys.executable,
+            "-m",
+            "gloomd",
+            "--master-port",
+            "0",
+            "--slave-port",
+            "0",
+            "--http-port",
+            "0",
+            "--ws-port",
+            "0",
+            "--jobs-dir",
+            jobs_dir,
+            "--log-level",
+            "warning",
+            "--ws-max-jobs",
+            str(max(clients, 1)),
+            "--ws-max-connections",
+            str(clients + 16),
+        ]
     else:
         command = [sys.executable, os.path.abspath(__file__), "--serve-wsjobd", jobs_dir]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
@@ -120,14 +137,15 @@ def start_daemon(
 
 def serve_wsjobd(jobs_dir: str) -> None:
     """The service alone, as the daemon would run it (``--server wsjobd``)."""
-    from gloomd.wsjobd import serve
-    from gloomd.wsjobd import WsLimits
+    from gloomd.wsjobd import WsLimits, serve
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 limits = WsLimits(max_connections=100_000, max_jobs=100_000)
-                port = await nursery.start(functools.partial(serve, limits=limits), HOST, 0, jobs_dir)
+                port = await nursery.start(
+                    functools.partial(serve, limits=limits), HOST, 0, jobs_dir
+                )
                 print(f"wsjobd ready ws={HOST}:{port}", flush=True)
                 async for _ in signals:
                     break
@@ -155,8 +173,12 @@ class Client:
 
 
 async def run_client(
-    index: int, ws_port: int, description: dict[str, Any], client: Client,
-    handshakes: trio.CapacityLimiter, first_report: trio.MemorySendChannel[int],
+    index: int,
+    ws_port: int,
+    description: dict[str, Any],
+    client: Client,
+    handshakes: trio.CapacityLimiter,
+    first_report: trio.MemorySendChannel[int],
 ) -> None:
     async with handshakes:
         stream = await trio.open_tcp_stream(HOST, ws_port)
@@ -180,11 +202,16 @@ async def run_client(
         await stream.aclose()
 
 
-async def gloom_round_trips(master_port: int, slave_port: int, until: float, out: list[float]) -> None:
+async def gloom_round_trips(
+    master_port: int, slave_port: int, until: float, out: list[float]
+) -> None:
     """Sequential submit -> slave answers -> result, until trio time `until`."""
     from gloom import open_master, open_slave
 
-    async with open_slave(HOST, slave_port, reconnect=False) as slave, open_master(HOST, master_port) as master:
+    async with (
+        open_slave(HOST, slave_port, reconnect=False) as slave,
+        open_master(HOST, master_port) as master,
+    ):
         await slave.join("wsjobd-bench-probe")
 
         async def answer() -> None:
@@ -209,7 +236,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         jobs_dir.mkdir()
         (jobs_dir / "bench.py").write_text(JOB_MODULE)
         stop_file = str(Path(tmp) / "stop")
-        proc, master_port, slave_port, ws_port = start_daemon(str(jobs_dir), args.server, args.clients)
+        proc, master_port, slave_port, ws_port = start_daemon(
+            str(jobs_dir), args.server, args.clients
+        )
         daemon = psutil.Process(proc.pid)
         try:
             return await measure(args, master_port, slave_port, ws_port, stop_file, daemon)
@@ -224,8 +253,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def measure(
-    args: argparse.Namespace, master_port: int, slave_port: int, ws_port: int,
-    stop_file: str, daemon: psutil.Process,
+    args: argparse.Namespace,
+    master_port: int,
+    slave_port: int,
+    ws_port: int,
+    stop_file: str,
+    daemon: psutil.Process,
 ) -> dict[str, Any]:
     interval = args.interval
     description = {
@@ -239,7 +272,9 @@ async def measure(
     loaded_rtt: list[float] = []
     probe = args.probe > 0 and master_port != 0
     if probe:
-        await gloom_round_trips(master_port, slave_port, trio.current_time() + args.probe, baseline_rtt)
+        await gloom_round_trips(
+            master_port, slave_port, trio.current_time() + args.probe, baseline_rtt
+        )
 
     clients = [Client() for _ in range(args.clients)]
     send_first, receive_first = trio.open_memory_channel[int](args.clients)
@@ -248,7 +283,9 @@ async def measure(
         handshakes = trio.CapacityLimiter(64)
         connect_began = trio.current_time()
         for index, client in enumerate(clients):
-            nursery.start_soon(run_client, index, ws_port, description, client, handshakes, send_first)
+            nursery.start_soon(
+                run_client, index, ws_port, description, client, handshakes, send_first
+            )
         with trio.fail_after(args.deadline):
             for _ in range(args.clients):
                 await receive_first.receive()
@@ -323,14 +360,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=1000)
     ap.add_argument("--interval", type=float, default=1.0, help="progress.interval, seconds")
     ap.add_argument("--duration", type=float, default=10.0, help="measured window, seconds")
-    ap.add_argument("--job", choices=("thread", "async"), default="thread",
-                    help="plain function in a worker thread (pykit's way) or async def")
-    ap.add_argument("--tick", type=float, default=1.0, help="how often each job updates its data, seconds")
+    ap.add_argument(
+        "--job",
+        choices=("thread", "async"),
+        default="thread",
+        help="plain function in a worker thread (pykit's way) or async def",
+    )
+    ap.add_argument(
+        "--tick", type=float, default=1.0, help="how often each job updates its data, seconds"
+    )
     ap.add_argument("--report-system-load", action="store_true")
-    ap.add_argument("--probe", type=float, default=3.0, help="baseline Gloom round trips, seconds (0: no probe)")
+    ap.add_argument(
+        "--probe", type=float, default=3.0, help="baseline Gloom round trips, seconds (0: no probe)"
+    )
     ap.add_argument("--deadline", type=float, default=120.0, help="limit for connecting everyone")
-    ap.add_argument("--server", choices=("gloomd", "wsjobd"), default="gloomd",
-                    help="the whole daemon (default), or the websocket service alone (no Gloom probe)")
+    ap.add_argument(
+        "--server",
+        choices=("gloomd", "wsjobd"),
+        default="gloomd",
+        help="the whole daemon (default), or the websocket service alone (no Gloom probe)",
+    )
     ap.add_argument("--serve-wsjobd", metavar="JOBS_DIR", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_wsjobd:

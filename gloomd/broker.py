@@ -137,7 +137,7 @@ class Peer:
     looks at it.
     """
 
-    __slots__ = ("outbox", "pending", "overflowed", "name", "transport", "logs")
+    __slots__ = ("logs", "name", "outbox", "overflowed", "pending", "transport")
 
     def __init__(self, name: str, transport: Any = None) -> None:
         #: Encoded frames not yet handed to the I/O layer (tests may add dicts).
@@ -160,7 +160,7 @@ class MasterPeer(Peer):
 
 
 class SlavePeer(Peer):
-    __slots__ = ("queue", "job")
+    __slots__ = ("job", "queue")
 
     def __init__(self, name: str, transport: Any = None) -> None:
         super().__init__(name, transport)
@@ -170,21 +170,21 @@ class SlavePeer(Peer):
 
 class Job:
     __slots__ = (
-        "id",
-        "type",
-        "key",
-        "priority",
-        "body",
-        "seq",
-        "master",
-        "detached",
-        "timeout",
         "attempt",
-        "losses",
-        "state",
+        "body",
         "deadline",
-        "waiting",
         "dependents",
+        "detached",
+        "id",
+        "key",
+        "losses",
+        "master",
+        "priority",
+        "seq",
+        "state",
+        "timeout",
+        "type",
+        "waiting",
     )
 
     def __init__(self, msg: m.Submit, seq: int, master: MasterPeer | None) -> None:
@@ -208,7 +208,7 @@ class Job:
 class TypeQueue:
     """Everything about one job type: its heap, its slaves, its counters."""
 
-    __slots__ = ("type", "key", "heap", "queued", "running", "slaves", "idle")
+    __slots__ = ("heap", "idle", "key", "queued", "running", "slaves", "type")
 
     def __init__(self, job_type: Any, key: bytes | str) -> None:
         self.type = job_type

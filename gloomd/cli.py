@@ -69,20 +69,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"gloomd {__version__}")
     net = p.add_argument_group("network")
     net.add_argument("--host", default=d.host, help="address to bind the master and slave ports to")
-    net.add_argument("--master-port", type=int, default=d.master_port, help="port for masters (0: any free)")
-    net.add_argument("--slave-port", type=int, default=d.slave_port, help="port for slaves (0: any free)")
+    net.add_argument(
+        "--master-port", type=int, default=d.master_port, help="port for masters (0: any free)"
+    )
+    net.add_argument(
+        "--slave-port", type=int, default=d.slave_port, help="port for slaves (0: any free)"
+    )
     caps = p.add_argument_group("limits")
-    caps.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME, help="largest frame payload, bytes")
+    caps.add_argument(
+        "--max-frame", type=int, default=DEFAULT_MAX_FRAME, help="largest frame payload, bytes"
+    )
     caps.add_argument("--max-queued", type=int, default=lim.max_queued, help="queued jobs in all")
-    caps.add_argument("--max-connections", type=int, default=d.max_connections, help="open connections in all")
-    caps.add_argument("--max-retries", type=int, default=lim.max_retries, help="requeues of a job whose slave was lost")
-    caps.add_argument("--max-outbuf", type=int, default=d.max_outbuf, help="bytes buffered for one connection")
-    caps.add_argument("--result-ttl", type=float, default=lim.result_ttl, help="seconds a detached result is kept")
-    caps.add_argument("--max-results", type=int, default=lim.max_results, help="detached results kept at most")
-    caps.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace, help="seconds to flush at shutdown")
-    caps.add_argument("--max-per-host", type=int, default=d.max_per_host, help="open connections from one address")
-    caps.add_argument("--frame-timeout", type=float, default=d.frame_timeout, help="seconds a started frame may take")
-    caps.add_argument("--auth-timeout", type=float, default=d.auth_timeout, help="seconds to authenticate (and finish TLS)")
+    caps.add_argument(
+        "--max-connections", type=int, default=d.max_connections, help="open connections in all"
+    )
+    caps.add_argument(
+        "--max-retries",
+        type=int,
+        default=lim.max_retries,
+        help="requeues of a job whose slave was lost",
+    )
+    caps.add_argument(
+        "--max-outbuf", type=int, default=d.max_outbuf, help="bytes buffered for one connection"
+    )
+    caps.add_argument(
+        "--result-ttl", type=float, default=lim.result_ttl, help="seconds a detached result is kept"
+    )
+    caps.add_argument(
+        "--max-results", type=int, default=lim.max_results, help="detached results kept at most"
+    )
+    caps.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=d.shutdown_grace,
+        help="seconds to flush at shutdown",
+    )
+    caps.add_argument(
+        "--max-per-host", type=int, default=d.max_per_host, help="open connections from one address"
+    )
+    caps.add_argument(
+        "--frame-timeout",
+        type=float,
+        default=d.frame_timeout,
+        help="seconds a started frame may take",
+    )
+    caps.add_argument(
+        "--auth-timeout",
+        type=float,
+        default=d.auth_timeout,
+        help="seconds to authenticate (and finish TLS)",
+    )
     caps.add_argument(
         "--output-high-water",
         type=int,
@@ -115,13 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         ka.add_argument(flag, type=int, default=default, help=text)
     sec = p.add_argument_group("security")
-    sec.add_argument("--token-file", type=Path, default=None, help="require this shared token (first line of the file); also GLOOMD_TOKEN")
-    sec.add_argument("--tls-cert", type=Path, default=None, help="TLS certificate chain (PEM): every port becomes TLS-only")
+    sec.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="require this shared token (first line of the file); also GLOOMD_TOKEN",
+    )
+    sec.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        help="TLS certificate chain (PEM): every port becomes TLS-only",
+    )
     sec.add_argument("--tls-key", type=Path, default=None, help="TLS private key (PEM)")
     ws = p.add_argument_group("websocket job service (wsjobd)")
-    ws.add_argument("--ws-port", type=int, default=None, help="serve wsjobd on this port (off by default)")
+    ws.add_argument(
+        "--ws-port", type=int, default=None, help="serve wsjobd on this port (off by default)"
+    )
     ws.add_argument("--ws-host", default="127.0.0.1", help="address for the websocket service")
-    ws.add_argument("--jobs-dir", type=Path, default=None, help="directory holding wsjobd job modules")
+    ws.add_argument(
+        "--jobs-dir", type=Path, default=None, help="directory holding wsjobd job modules"
+    )
     wsd = WsLimits()
     ws.add_argument(
         "--ws-max-connections", type=positive_int, default=wsd.max_connections,
@@ -158,7 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sched = p.add_argument_group("scheduler")
     sched.add_argument("--schedule", type=Path, default=None, help="TOML file of periodic jobs")
-    sched.add_argument("--schedule-state", type=Path, default=None, help="JSON status file (default: next to the TOML)")
+    sched.add_argument(
+        "--schedule-state",
+        type=Path,
+        default=None,
+        help="JSON status file (default: next to the TOML)",
+    )
     p.add_argument(
         "--gc-interval",
         type=float,
@@ -174,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace, token: str | None = None, ssl_context: Any = None) -> Config:
+def config_from_args(
+    args: argparse.Namespace, token: str | None = None, ssl_context: Any = None
+) -> Config:
     return Config(
         host=args.host,
         master_port=args.master_port,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 
-from .broker import BrokerLimits
 from gloomwire.framing import DEFAULT_MAX_FRAME
+
+from .broker import BrokerLimits
 from .transport import DEFAULT_HIGH_WATER
 
 __all__ = ["Config"]

@@ -73,7 +73,7 @@ class Ingest:
     `decoder.pending` after it (slow-frame deadline, EOF in mid-frame).
     """
 
-    __slots__ = ("decoder", "peer", "authenticated", "_broker", "_token", "_caps", "_max_values")
+    __slots__ = ("_broker", "_caps", "_max_values", "_token", "authenticated", "decoder", "peer")
 
     def __init__(
         self,

@@ -38,7 +38,7 @@ log = logging.getLogger("gloomd.broker")
 class LogBudget:
     """One connection's bucket.  It starts full (`allow` sees `stamp` None)."""
 
-    __slots__ = ("tokens", "stamp", "suppressed")
+    __slots__ = ("stamp", "suppressed", "tokens")
 
     def __init__(self) -> None:
         self.tokens = 0.0
@@ -68,7 +68,7 @@ class LogBudget:
 
 
 class _Window:
-    __slots__ = ("start", "count", "suppressed")
+    __slots__ = ("count", "start", "suppressed")
 
     def __init__(self, start: float) -> None:
         self.start = start

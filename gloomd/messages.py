@@ -72,7 +72,7 @@ class Caps:
     them large (issue 18: 1 MB ids made 11 KB of progress frames cost 576 MB).
     """
 
-    __slots__ = ("max_id", "max_type", "max_after", "max_values", "int_bound")
+    __slots__ = ("int_bound", "max_after", "max_id", "max_type", "max_values")
 
     def __init__(
         self,

@@ -79,7 +79,9 @@ class ReactorClient(Protocol):
 
 
 class Reactor:
-    def __init__(self, client: ReactorClient, clock: Callable[[], float] = trio.current_time) -> None:
+    def __init__(
+        self, client: ReactorClient, clock: Callable[[], float] = trio.current_time
+    ) -> None:
         self._client = client
         self._clock = clock
         self._epoll = select.epoll()

@@ -85,7 +85,9 @@ class GloomServer:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def run(self, *, task_status: trio.TaskStatus[GloomServer] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[GloomServer] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         cfg = self.config
         # The run's clock itself: `trio.current_time` reaches the same method
         # through three more calls, and the broker reads it once per job.
@@ -389,7 +391,9 @@ class GloomServer:
         cfg = self.config
         assert cfg.ssl_context is not None
         stream = trio.SSLStream(
-            trio.SocketStream(trio.socket.from_stdlib_socket(sock)), cfg.ssl_context, server_side=True
+            trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
+            cfg.ssl_context,
+            server_side=True,
         )
         self._handshaking += 1
         shaken = False
@@ -525,9 +529,7 @@ class GloomServer:
                 else:
                     # The frames of every job are encoded here, in one pass
                     # (see `Broker.send`); `write` weighs them against the cap.
-                    conn.write(
-                        b"".join([i if type(i) is bytes else encode_frame(i) for i in out])
-                    )
+                    conn.write(b"".join([i if type(i) is bytes else encode_frame(i) for i in out]))
             except Exception as exc:
                 self._write_failed(conn, exc)
 
@@ -604,4 +606,3 @@ def _refuse(sock: socket.socket, frame: bytes | None) -> None:
 def _first_cause(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__ or exc
     return str(cause) or type(cause).__name__
-

@@ -35,7 +35,7 @@ import trio
 
 from gloomwire.framing import FrameDecoder
 
-__all__ = ["Connection", "Inbound", "PlainConnection", "StreamConnection", "RECV_SIZE"]
+__all__ = ["RECV_SIZE", "Connection", "Inbound", "PlainConnection", "StreamConnection"]
 
 RECV_SIZE = 256 * 1024
 INF = float("inf")
@@ -64,25 +64,25 @@ class Connection(Generic[InboundT]):
     """What both transports keep: ingest, output buffer, deadlines, lifecycle."""
 
     __slots__ = (
-        "name",
-        "host",
-        "role",
-        "ingest",
-        "outbuf",
-        "max_outbuf",
+        "_drained",
+        "auth_deadline",
         "closed",
         "closing",
-        "released",
-        "overflowed",
-        "auth_deadline",
         "frame_deadline",
+        "high_water",
+        "host",
+        "in_flight",
+        "ingest",
+        "max_outbuf",
+        "name",
+        "outbuf",
+        "overflowed",
+        "paused",
+        "released",
+        "role",
+        "stash",
         "write_deadline",
         "write_timeout",
-        "high_water",
-        "paused",
-        "stash",
-        "in_flight",
-        "_drained",
     )
 
     def __init__(
@@ -178,16 +178,16 @@ class PlainConnection(Connection[InboundT]):
     """
 
     __slots__ = (
-        "sock",
+        "_on_abort",
+        "_on_change",
         "fd",
-        "serial",
+        "linger_deadline",
+        "lingering",
         "mask",
         "progress",
+        "serial",
+        "sock",
         "write_mark",
-        "lingering",
-        "linger_deadline",
-        "_on_change",
-        "_on_abort",
     )
 
     def __init__(
@@ -287,7 +287,7 @@ class PlainConnection(Connection[InboundT]):
 class StreamConnection(Connection[InboundT]):
     """A trio Stream (TLS): buffered writes, sent by `write_loop`."""
 
-    __slots__ = ("stream", "scope", "timed_out", "_writer_lot", "_drain_lot")
+    __slots__ = ("_drain_lot", "_writer_lot", "scope", "stream", "timed_out")
 
     def __init__(
         self,

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["DecodeError", "NO_LIMIT", "loads", "dumps", "canonical"]
+__all__ = ["NO_LIMIT", "DecodeError", "canonical", "dumps", "loads"]
 
 # 19 digits is the shortest run that can leave the signed 64-bit range
 # (-9223372036854775809); anything shorter orjson decodes exactly.  To find

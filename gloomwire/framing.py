@@ -59,7 +59,7 @@ class FrameDecoder:
     close from a close in the middle of a frame, and to time out slow senders.
     """
 
-    __slots__ = ("_chunks", "pending", "_need", "max_frame")
+    __slots__ = ("_chunks", "_need", "max_frame", "pending")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame

@@ -155,7 +155,9 @@ def fail(category: str, reason: Any = None) -> dict[str, Any]:
     return {"action": "fail", "error": category, "reason": reason}
 
 
-def submit(job_id: Any, job_type: Any, body: Any, priority: int = 0, **extra: Any) -> dict[str, Any]:
+def submit(
+    job_id: Any, job_type: Any, body: Any, priority: int = 0, **extra: Any
+) -> dict[str, Any]:
     """A master's submit; `extra` holds the optional keys (timeout, detach, after, ...)."""
     frame = {"action": "submit", "id": job_id, "type": job_type, "priority": priority, "body": body}
     if extra:

@@ -9,7 +9,6 @@ import trio
 
 from gloomd.config import Config
 from gloomd.server import GloomServer
-
 from tests.support.wire import Peer
 
 

@@ -142,7 +142,9 @@ def test_no_import_runs_to_a_higher_layer() -> None:
             continue
         if layer(target) > layer(source):
             wrong.append(f"{source} ({LAYER_NAMES[layer(source)]}) imports {target}")
-        elif layer(source) == layer(target) == SERVICES and service_of(source) != service_of(target):
+        elif layer(source) == layer(target) == SERVICES and service_of(source) != service_of(
+            target
+        ):
             wrong.append(f"{source} imports another service's {target}")
     assert wrong == []
 

@@ -18,9 +18,13 @@ def test_protocol_example_in_readme_runs() -> None:
     code = re.search(r"```python\n(.*?)```", section, re.S)
     assert code, "README lost its protocol example"
     with spawn_gloomd() as daemon:
-        source = code.group(1).replace("9999", str(daemon.slave_port)).replace("9998", str(daemon.master_port))
+        source = (
+            code.group(1)
+            .replace("9999", str(daemon.slave_port))
+            .replace("9998", str(daemon.master_port))
+        )
         namespace: dict[str, object] = {}
-        exec(compile(source, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+        exec(compile(source, "README.md", "exec"), namespace)
         for name in ("slave", "master"):
             namespace[name].close()  # type: ignore[attr-defined]
 

@@ -19,7 +19,15 @@ from gloomwire.framing import DEFAULT_MAX_FRAME, FrameDecoder, FrameTooLarge, en
 
 from .errors import GloomError, ProtocolError
 
-__all__ = ["JobState", "Request", "RequestQueue", "decode_frames", "encode", "id_key", "new_decoder"]
+__all__ = [
+    "JobState",
+    "Request",
+    "RequestQueue",
+    "decode_frames",
+    "encode",
+    "id_key",
+    "new_decoder",
+]
 
 
 class JobState(str, enum.Enum):

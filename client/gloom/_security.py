@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import ssl
 import struct
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from gloomwire import codec, vocabulary
 from gloomwire.auth import ENV_TOKEN, TokenError, load_token

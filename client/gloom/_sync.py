@@ -19,7 +19,8 @@ from __future__ import annotations
 import socket
 import time
 from collections import deque
-from typing import Any, Generic, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar, Unpack
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Generic, Protocol, TypeVar, Unpack
 
 from ._connect import Backoff, Endpoint, Security, connect_blocking
 from ._master_protocol import Finished, MasterProtocol, Notice, Progressed, check_specs, new_job_id

@@ -8,8 +8,9 @@ handles and wakes whoever waits for them; the protocol state machine
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Iterable, Mapping, Unpack
+from typing import Any, Unpack
 
 import trio
 

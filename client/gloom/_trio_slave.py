@@ -16,8 +16,9 @@ carry the daemon's job-frame extras.
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Unpack
+from typing import Any, Unpack
 
 import trio
 
@@ -237,7 +238,7 @@ class AsyncSlave:
             event.set()
             if self._type is not _UNSET:
                 # Not awaited here: the reply is read by the `_serve` below.
-                request, data = link.protocol.join(self._type)
+                _request, data = link.protocol.join(self._type)
                 link.connection.send_nowait(data)
 
     def _stop(self, error: GloomError) -> None:
@@ -287,4 +288,3 @@ async def open_slave(
     slave = AsyncSlave(endpoint, await connect(endpoint), backoff)
     async with running_beside(slave._run):
         yield slave
-

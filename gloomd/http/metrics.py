@@ -109,7 +109,7 @@ class HistogramSnapshot:
         """Prometheus buckets: (le, observations at or below it), ending with +Inf."""
         buckets: list[tuple[str, float]] = []
         running = 0
-        for bound, count in zip(self.bounds, self.counts):
+        for bound, count in zip(self.bounds, self.counts, strict=False):
             running += count
             buckets.append((_float_text(bound), float(running)))
         buckets.append(("+Inf", float(running + self.counts[-1])))
@@ -118,7 +118,7 @@ class HistogramSnapshot:
     def plus(self, other: HistogramSnapshot) -> HistogramSnapshot:
         if other.bounds != self.bounds:
             raise ValueError("cannot add histograms with different bounds")
-        counts = tuple(a + b for a, b in zip(self.counts, other.counts))
+        counts = tuple(a + b for a, b in zip(self.counts, other.counts, strict=False))
         return HistogramSnapshot(self.bounds, counts, self.total + other.total)
 
 
@@ -143,7 +143,7 @@ class TypeMetrics:
     def state_counts(self) -> Iterator[tuple[str, int]]:
         """(state, jobs) for the states this row knows, in JOB_STATES order."""
         values = (self.queued, self.delayed, self.waiting, self.running, self.dead)
-        for state, value in zip(JOB_STATES, values):
+        for state, value in zip(JOB_STATES, values, strict=False):
             if value is not None:
                 yield state, value
 

@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 import trio
 
 from gloomwire import codec
+
 from ..messages import ProtocolViolation, decode_object
 from ..server import GloomServer
 from .admin import AdminChannel, status_for

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 
-from ..config import Config
 from gloomwire.framing import DEFAULT_MAX_FRAME
+
+from ..config import Config
 
 __all__ = ["DEFAULT_HTTP_PORT", "HttpSettings"]
 

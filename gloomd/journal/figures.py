@@ -17,7 +17,18 @@ from typing import Final, NamedTuple
 #: that touched only the page cache (synchronous=NORMAL, ~0.2 ms) to one
 #: stuck behind a slow disk or a long checkpoint.
 COMMIT_BOUNDS: Final = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
 )
 
 #: How many recent commits `p99_ms` looks at: enough for a p99 to mean

@@ -123,9 +123,7 @@ class JournalStore:
     thread may call them while a commit runs.
     """
 
-    def __init__(
-        self, path: str, sync: Sync, conn: sqlite3.Connection, lock_fd: int
-    ) -> None:
+    def __init__(self, path: str, sync: Sync, conn: sqlite3.Connection, lock_fd: int) -> None:
         """Use `JournalStore.open`, which runs the checks."""
         self._path = path
         self._sync: Sync = sync
@@ -249,9 +247,7 @@ class JournalStore:
                 int(conn.execute(f"PRAGMA {name}").fetchone()[0])
                 for name in ("page_size", "page_count", "freelist_count")
             )
-        return Space(
-            _size(self._path), _size(self._path + "-wal"), page_size, pages, free
-        )
+        return Space(_size(self._path), _size(self._path + "-wal"), page_size, pages, free)
 
     def commit_histogram(self) -> CommitHistogram:
         """(bounds, counts, total) of commit seconds, for gloomd_journal_commit_seconds."""

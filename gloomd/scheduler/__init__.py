@@ -19,7 +19,6 @@ The public names stay importable from `gloomd.scheduler`, pykit's API first.
 
 from __future__ import annotations
 
-
 from .engine import FILTERED_MESSAGE, JobExistError, JobScheduler, Submit
 from .firetime import JobConfigError, NextFireTimeError, ScheduleError, get_next_fire_time
 from .service import SchedulerService, serve_schedule

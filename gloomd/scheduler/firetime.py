@@ -138,6 +138,7 @@ def is_fire_ts(value: Any) -> bool:
         return False
     return 0 <= value <= MAX_TS  # False for NaN; inf and huge ints are out of range
 
+
 #: `at` fields, finest first, with their allowed ranges.
 AT_FIELDS = ("second", "minute", "hour", "day")
 _AT_RANGE = {"second": (0, 59), "minute": (0, 59), "hour": (0, 23), "day": (1, 31)}

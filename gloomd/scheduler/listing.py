@@ -156,7 +156,5 @@ def _run_list(args: argparse.Namespace) -> int:
 
 #: What the entry point `gloom.commands` / `schedule` hands to `gloom`.
 COMMANDS = [
-    Command(
-        "schedule", "inspect the scheduler's jobs (gloomd --schedule)", _configure, _run_list
-    )
+    Command("schedule", "inspect the scheduler's jobs (gloomd --schedule)", _configure, _run_list)
 ]

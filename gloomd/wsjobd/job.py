@@ -8,6 +8,7 @@ import trio
 
 __all__ = ["Job", "ProgressAvailable"]
 
+
 class ProgressAvailable:
     """pykit's ``job.progress_available``, kept so pykit job functions run unchanged.
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",

@@ -36,10 +36,10 @@ import psutil
 import trio
 
 __all__ = [
-    "CpuReading",
     "DEFAULT_CPU_LOW_THRESHOLD",
     "DEFAULT_MAX_CLIENT_NUMBER",
     "DEFAULT_MEM_LOW_THRESHOLD",
+    "CpuReading",
     "LoadSampler",
     "LoadSamplingError",
     "SystemLoad",
@@ -164,7 +164,7 @@ def _read_now() -> tuple[CpuReading, int]:
 class _Pending:
     """One sampling in flight, shared by everyone who asked for the same window."""
 
-    __slots__ = ("done", "result", "error")
+    __slots__ = ("done", "error", "result")
 
     def __init__(self) -> None:
         self.done = trio.Event()

@@ -61,7 +61,7 @@ _REFUSE_SEND_TIMEOUT = 0.5
 class _Client:
     """Keeps one connection counted in ``client_number`` until its close begins."""
 
-    __slots__ = ("_service", "counted", "closing")
+    __slots__ = ("_service", "closing", "counted")
 
     def __init__(self, service: WsJobService) -> None:
         self._service = service

@@ -18,7 +18,6 @@ import pytest
 
 from benchmarks.latency_floor import compare, forwarder_latency
 from benchmarks.servers import installed
-
 from tests.support.daemon import spawn_gloomd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -17,7 +17,6 @@ import pytest
 import trio
 
 import gloom
-
 from tests.support.slave_port import SlavePort
 
 pytestmark = pytest.mark.timeout(30)

@@ -26,7 +26,6 @@ from gloom.errors import ServerError, TransportError, Unauthorized
 from gloom.worker.probe import probe
 from gloomwire import codec
 from gloomwire.framing import FrameDecoder
-
 from tests.support.wire import frame, raw_frame
 
 pytestmark = pytest.mark.timeout(20)

@@ -32,14 +32,14 @@ DAEMON_ONLY = ("gloomd", "psutil", "pendulum", "trio_websocket", "h11", "prometh
 CHECK = """
 import importlib.util, json, sys
 import gloom, gloom.worker, gloom.cli, gloomwire
-print(json.dumps({
+print(json.dumps({{
     "gloom": gloom.__file__,
     "gloomwire": gloomwire.__file__,
     "version": gloomwire.__version__,
-    "present": [n for n in %r if importlib.util.find_spec(n) is not None],
+    "present": [n for n in {!r} if importlib.util.find_spec(n) is not None],
     "gloomd_loaded": sorted(m for m in sys.modules if m.split(".")[0] == "gloomd"),
-}))
-""" % (DAEMON_ONLY,)
+}}))
+""".format(DAEMON_ONLY)
 
 
 def pip(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,6 @@ from gloom.errors import (
     TransportError,
     WaitTimeout,
 )
-
 from tests.support.wire import frame, raw_frame
 
 pytestmark = pytest.mark.timeout(10)
@@ -111,14 +110,25 @@ def test_job_failures_become_typed_exceptions() -> None:
     events = feed(
         proto,
         {"error": "job_failed", "reason": "f", "id": "f", "category": "TIMEOUT"},
-        {"error": "job_error", "reason": {"type": "KeyError", "message": "k", "traceback": "TB"},
-         "id": "e", "category": "ERROR"},
+        {
+            "error": "job_error",
+            "reason": {"type": "KeyError", "message": "k", "traceback": "TB"},
+            "id": "e",
+            "category": "ERROR",
+        },
         {"error": "job_failed", "reason": "g"},  # Gloom's shape: no id, no category
     )
     failed, errored, gloomish = (e.error for e in events)
     assert isinstance(failed, JobFailed) and not isinstance(failed, JobError)
-    assert (failed.id, failed.category, failed.error, failed.reason) == ("f", "TIMEOUT", "job_failed", "f")
-    assert isinstance(errored, JobError) and errored.traceback == "TB" and errored.category == "ERROR"
+    assert (failed.id, failed.category, failed.error, failed.reason) == (
+        "f",
+        "TIMEOUT",
+        "job_failed",
+        "f",
+    )
+    assert (
+        isinstance(errored, JobError) and errored.traceback == "TB" and errored.category == "ERROR"
+    )
     assert errored.error == "job_error" and isinstance(errored, ServerError)
     assert isinstance(gloomish, JobFailed) and gloomish.id == "g" and gloomish.category is None
     assert [e.token for e in events] == ["F", "E", "G"]
@@ -128,7 +138,9 @@ def test_cancel_by_another_master_reaches_the_submitter_as_cancelled() -> None:
     proto = MasterProtocol()
     proto.submit("d", "t", 0, detach=True, token="D")
     feed(proto, {"ok": True, "id": "d"})
-    (event,) = feed(proto, {"error": "job_failed", "reason": "d", "id": "d", "category": "CANCELLED"})
+    (event,) = feed(
+        proto, {"error": "job_failed", "reason": "d", "id": "d", "category": "CANCELLED"}
+    )
     assert isinstance(event.error, JobCancelled) and event.token == "D"
 
 
@@ -161,8 +173,11 @@ def test_result_request_not_ready_and_failure() -> None:
     proto = MasterProtocol()
     waiting, _ = proto.result("w")
     failed, _ = proto.result("f")
-    feed(proto, {"error": "not_ready", "reason": "w"},
-         {"error": "job_error", "reason": "bad", "id": "f", "category": "ERROR"})
+    feed(
+        proto,
+        {"error": "not_ready", "reason": "w"},
+        {"error": "job_error", "reason": "bad", "id": "f", "category": "ERROR"},
+    )
     assert isinstance(waiting.error, ServerError) and waiting.error.error == "not_ready"
     assert isinstance(failed.error, JobError) and failed.error.reason == "bad"
 
@@ -171,8 +186,11 @@ def test_outcome_instead_of_ack_answers_the_submit() -> None:
     proto = MasterProtocol()
     request, _ = proto.submit("h", "t", 0, token="H")
     stats, _ = proto.stats()
-    events = feed(proto, {"error": "job_failed", "reason": "h", "id": "h", "category": "HALTED"},
-                  {"ok": True, "stats": {}})
+    events = feed(
+        proto,
+        {"error": "job_failed", "reason": "h", "id": "h", "category": "HALTED"},
+        {"ok": True, "stats": {}},
+    )
     assert events == [Answered(request), Answered(stats)]
     assert isinstance(request.error, JobFailed) and request.error.category == "HALTED"
 
@@ -222,8 +240,11 @@ def test_slave_protocol_round_trip() -> None:
     proto = SlaveProtocol()
     join, data = proto.join("echo")
     assert data == raw_frame(b'{"action":"join","type":"echo"}')
-    events = feed(proto, {"ok": True},
-                  {"action": "job", "id": 1, "type": "echo", "body": None, "attempt": 2, "timeout": 5})
+    events = feed(
+        proto,
+        {"ok": True},
+        {"action": "job", "id": 1, "type": "echo", "body": None, "attempt": 2, "timeout": 5},
+    )
     assert events[0].request is join and join.value is True
     assert isinstance(events[1], JobOffered) and events[1].frame["attempt"] == 2
     respond, data = proto.respond({"r": 1})

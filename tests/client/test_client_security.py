@@ -24,9 +24,8 @@ import trustme
 
 import gloom
 from gloom._security import AuthHandshake, client_ssl_context, resolve_token
-from gloomwire.framing import encode_frame
 from gloomd.security import TokenError
-
+from gloomwire.framing import encode_frame
 from tests.support.daemon import Daemon, spawn_gloomd
 
 pytestmark = pytest.mark.timeout(60)
@@ -163,7 +162,9 @@ async def test_trio_wrong_or_missing_token(make_server: Any) -> None:
                 await master.stats()  # and the daemon hung up
 
 
-async def test_token_from_environment_and_file(make_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+async def test_token_from_environment_and_file(
+    make_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     server = await make_server(token=TOKEN)
     monkeypatch.setenv("GLOOMD_TOKEN", TOKEN)
     async with gloom.open_master(HOST, server.master_port) as master:
@@ -171,7 +172,9 @@ async def test_token_from_environment_and_file(make_server: Any, monkeypatch: py
     path = tmp_path / "token"
     path.write_text(TOKEN + "\n")
     monkeypatch.setenv("GLOOMD_TOKEN", "stale")
-    async with gloom.open_master(HOST, server.master_port, token_file=path) as master:  # the file wins
+    async with gloom.open_master(
+        HOST, server.master_port, token_file=path
+    ) as master:  # the file wins
         assert (await master.stats())["connections"]["masters"] == 1
 
 
@@ -189,9 +192,13 @@ async def test_auth_timeout_reported(make_server: Any) -> None:
 
 async def test_trio_tls_with_token(make_server: Any, nursery: trio.Nursery, certs: Certs) -> None:
     server = await make_server(token=TOKEN, ssl_context=certs.server_ctx)
-    async with gloom.open_slave(HOST, server.slave_port, token=TOKEN, tls_ca=certs.ca_file) as slave:
+    async with gloom.open_slave(
+        HOST, server.slave_port, token=TOKEN, tls_ca=certs.ca_file
+    ) as slave:
         await nursery.start(echo, slave)
-        async with gloom.open_master(HOST, server.master_port, token=TOKEN, ssl_context=certs.client_ctx) as master:
+        async with gloom.open_master(
+            HOST, server.master_port, token=TOKEN, ssl_context=certs.client_ctx
+        ) as master:
             with trio.fail_after(10):
                 jobs = await master.submit_many({"type": "echo", "body": n} for n in range(50))
                 assert [await job.wait() for job in jobs] == list(range(50))
@@ -211,9 +218,13 @@ async def test_trio_tls_refusals(make_server: Any, certs: Certs) -> None:
                 await master.stats()
 
 
-async def test_slave_authenticates_again_after_reconnect(make_server: Any, nursery: trio.Nursery) -> None:
+async def test_slave_authenticates_again_after_reconnect(
+    make_server: Any, nursery: trio.Nursery
+) -> None:
     server = await make_server(token=TOKEN)
-    async with gloom.open_slave(HOST, server.slave_port, token=TOKEN, reconnect_delay=0.01) as slave:
+    async with gloom.open_slave(
+        HOST, server.slave_port, token=TOKEN, reconnect_delay=0.01
+    ) as slave:
         await nursery.start(echo, slave)
         # Drop every slave connection on the daemon side.
         for conn in list(server._connections):
@@ -233,7 +244,14 @@ async def test_slave_authenticates_again_after_reconnect(make_server: Any, nurse
 def secured_daemon(tmp_path: Path, certs: Certs) -> Iterator[tuple[Daemon, Path]]:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    args = ("--token-file", str(token_file), "--tls-cert", str(certs.cert_file), "--tls-key", str(certs.key_file))
+    args = (
+        "--token-file",
+        str(token_file),
+        "--tls-cert",
+        str(certs.cert_file),
+        "--tls-key",
+        str(certs.key_file),
+    )
     with spawn_gloomd(*args, env={"GLOOMD_TEST_QUIET_LOGS": "1"}) as daemon:
         yield daemon, token_file
 
@@ -250,8 +268,12 @@ def test_blocking_client_tls_and_token(secured_daemon: tuple[Daemon, Path], cert
 
     thread = threading.Thread(target=work)
     thread.start()
-    with gloom.Master(daemon.master_addr, timeout=10, token=TOKEN, ssl_context=certs.client_ctx) as master:
-        results = sorted(job.body for job in master.do_many({"type": "upper", "body": b} for b in "abc"))
+    with gloom.Master(
+        daemon.master_addr, timeout=10, token=TOKEN, ssl_context=certs.client_ctx
+    ) as master:
+        results = sorted(
+            job.body for job in master.do_many({"type": "upper", "body": b} for b in "abc")
+        )
         assert results == ["A", "B", "C"]
     thread.join(10)
     slave.close()
@@ -261,7 +283,9 @@ def test_blocking_client_tls_and_token(secured_daemon: tuple[Daemon, Path], cert
         gloom.Master(daemon.master_addr, timeout=10, token=TOKEN)  # no TLS
 
 
-def run_gloom(daemon: Daemon, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_gloom(
+    daemon: Daemon, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {
         **{k: v for k, v in os.environ.items() if k != "GLOOMD_TOKEN"},
         "GLOOM_MASTER_PORT": str(daemon.master_port),
@@ -269,7 +293,9 @@ def run_gloom(daemon: Daemon, *args: str, env: dict[str, str] | None = None) -> 
         "NO_COLOR": "1",
         **(env or {}),
     }
-    return subprocess.run([str(GLOOM), *args], capture_output=True, text=True, timeout=30, env=full_env, check=False)
+    return subprocess.run(
+        [str(GLOOM), *args], capture_output=True, text=True, timeout=30, env=full_env, check=False
+    )
 
 
 def test_cli_security_flags(secured_daemon: tuple[Daemon, Path], certs: Certs) -> None:

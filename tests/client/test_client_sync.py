@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 import gloom
-
 from tests.support.daemon import Daemon, spawn_gloomd
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,7 +32,13 @@ def daemon() -> Iterator[Daemon]:
 class SlaveThread(threading.Thread):
     """A `gloom.Slave` serving `job_type` with `handle(slave, job)` in a thread."""
 
-    def __init__(self, daemon: Daemon, job_type: Any, handle: Callable[[gloom.Slave, gloom.SyncJob], Any], count: int) -> None:
+    def __init__(
+        self,
+        daemon: Daemon,
+        job_type: Any,
+        handle: Callable[[gloom.Slave, gloom.SyncJob], Any],
+        count: int,
+    ) -> None:
         super().__init__(daemon=True)
         self.slave = gloom.Slave(daemon.slave_addr, timeout=T)
         self.slave.join(job_type)
@@ -107,7 +112,11 @@ def test_failures_timeouts_and_extensions(daemon: Daemon) -> None:
         job_id = master.submit(None, "bad", None, priority=3)
         with pytest.raises(gloom.JobError) as raised:
             master.receive()
-        assert (raised.value.id, raised.value.category, raised.value.traceback) == (job_id, "ERROR", "tb")
+        assert (raised.value.id, raised.value.category, raised.value.traceback) == (
+            job_id,
+            "ERROR",
+            "tb",
+        )
         assert isinstance(raised.value, gloom.ServerError) and raised.value.error == "job_error"
 
         master.submit("parked", "nobody", 1)
@@ -148,7 +157,9 @@ def test_sync_slave_reconnects_and_rejoins() -> None:
     quiet = {"GLOOMD_TEST_QUIET_LOGS": "1"}
     with spawn_gloomd(env=quiet) as first:
         ports = ("--master-port", str(first.master_port), "--slave-port", str(first.slave_port))
-        slave = gloom.Slave(first.slave_addr, timeout=T, reconnect_delay=0.02, max_reconnect_delay=0.1)
+        slave = gloom.Slave(
+            first.slave_addr, timeout=T, reconnect_delay=0.02, max_reconnect_delay=0.1
+        )
         slave.join("re")
         first.stop(signal.SIGKILL)
         with spawn_gloomd(*ports, env=quiet) as second:
@@ -185,8 +196,13 @@ def test_code_written_for_gloom_still_works(daemon: Daemon) -> None:
     jid = m.submit(id=m.new_job_id(), type="echo", body={"a": 1}, timeout=T)
     job = m.receive(timeout=T)
     assert job.id == jid and job.body == {"echo": {"a": 1}} and job["id"] == jid
-    out = {j.id: j.body for j in m.do_many([{"type": "echo", "body": 1, "id": "i1"},
-                                            {"type": "echo", "body": 2, "id": "i2"}], timeout=T)}
+    out = {
+        j.id: j.body
+        for j in m.do_many(
+            [{"type": "echo", "body": 1, "id": "i1"}, {"type": "echo", "body": 2, "id": "i2"}],
+            timeout=T,
+        )
+    }
     assert out == {"i1": {"echo": 1}, "i2": {"echo": 2}}
     try:
         m.submit("i1", "nobody", None, timeout=T)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import signal
 import socket
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import trio
@@ -19,7 +20,6 @@ import trio.testing
 
 import gloom
 from gloomd.server import GloomServer
-
 from tests.support.daemon import spawn_gloomd
 
 pytestmark = pytest.mark.timeout(60)
@@ -117,8 +117,11 @@ async def test_submit_refusals(gloomd_server: GloomServer) -> None:
             await master.submit("nobody", 1, id="dup")
         assert (refused.value.error, refused.value.reason) == ("id_exists", "dup")
         jobs = await master.submit_many(
-            [{"type": "nobody", "body": 1, "id": "a"}, {"type": "nobody", "body": 2, "id": "dup"},
-             {"type": "nobody", "body": 3, "id": 5, "priority": 9}]
+            [
+                {"type": "nobody", "body": 1, "id": "a"},
+                {"type": "nobody", "body": 2, "id": "dup"},
+                {"type": "nobody", "body": 3, "id": 5, "priority": 9},
+            ]
         )
         assert [job.state for job in jobs] == ["queued", "failed", "queued"]
         assert isinstance(jobs[1].error, gloom.ServerError) and jobs[1].error.error == "id_exists"
@@ -184,7 +187,9 @@ async def test_cancel(gloomd_server: GloomServer, nursery: trio.Nursery) -> None
         assert queued.state == "cancelled"
         with pytest.raises(gloom.JobCancelled) as cancelled:
             await queued.wait()
-        assert cancelled.value.id == queued.id and not isinstance(cancelled.value, gloom.ServerError)
+        assert cancelled.value.id == queued.id and not isinstance(
+            cancelled.value, gloom.ServerError
+        )
         with pytest.raises(gloom.ServerError) as unknown:
             await master.cancel(queued.id)
         assert unknown.value.error == "unknown_id"
@@ -200,9 +205,13 @@ async def test_cancel(gloomd_server: GloomServer, nursery: trio.Nursery) -> None
             assert await running.wait() is None
 
 
-async def test_job_error_reaches_the_master(gloomd_server: GloomServer, nursery: trio.Nursery) -> None:
+async def test_job_error_reaches_the_master(
+    gloomd_server: GloomServer, nursery: trio.Nursery
+) -> None:
     async def explode(job: gloom.SlaveJob) -> None:
-        await job.fail("ERROR", {"type": "ValueError", "message": "bad input", "traceback": "Traceback: ..."})
+        await job.fail(
+            "ERROR", {"type": "ValueError", "message": "bad input", "traceback": "Traceback: ..."}
+        )
 
     await nursery.start(serve, gloomd_server.slave_port, "boom", explode)
     async with gloom.open_master(HOST, gloomd_server.master_port) as master:
@@ -356,8 +365,12 @@ async def test_slave_reconnects_and_rejoins_after_a_restart() -> None:
         async with trio.open_nursery() as nursery:
             slave: gloom.AsyncSlave = await nursery.start(
                 lambda task_status: serve(
-                    first.slave_port, "r", handler, task_status=task_status,
-                    reconnect_delay=0.02, max_reconnect_delay=0.1,
+                    first.slave_port,
+                    "r",
+                    handler,
+                    task_status=task_status,
+                    reconnect_delay=0.02,
+                    max_reconnect_delay=0.1,
                 )
             )
             async with gloom.open_master(HOST, first.master_port) as master:

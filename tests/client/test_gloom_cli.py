@@ -15,16 +15,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 import gloom
-from gloom.cli.slave import parse_stdout
 from gloom.cli.render import progress_fraction
-
+from gloom.cli.slave import parse_stdout
 from tests.support.daemon import Daemon, spawn_gloomd
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,14 +48,18 @@ def env_for(daemon: Daemon) -> dict[str, str]:
     }
 
 
-def gloom_cmd(daemon: Daemon | None, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def gloom_cmd(
+    daemon: Daemon | None, *args: str, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     env = env_for(daemon) if daemon is not None else {**os.environ, "COLUMNS": "120"}
     return subprocess.run(
         [str(GLOOM), *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
 
 
-def serve_in_thread(daemon: Daemon, job_type: str, handle: Callable[[gloom.Slave, gloom.SyncJob], None], count: int) -> threading.Thread:
+def serve_in_thread(
+    daemon: Daemon, job_type: str, handle: Callable[[gloom.Slave, gloom.SyncJob], None], count: int
+) -> threading.Thread:
     slave = gloom.Slave(daemon.slave_addr, timeout=T)
     slave.join(job_type)
 
@@ -89,7 +92,9 @@ def test_submit_waits_shows_a_bar_and_prints_compact_json(daemon: Daemon) -> Non
         slave.respond({"got": job.body, "list": [1, 2.5, None]})
 
     thread = serve_in_thread(daemon, "cli-echo", work, 1)
-    done = gloom_cmd(daemon, "submit", "cli-echo", '{"n": 1, "s": "x"}', "--priority", "2", "--timeout", "30")
+    done = gloom_cmd(
+        daemon, "submit", "cli-echo", '{"n": 1, "s": "x"}', "--priority", "2", "--timeout", "30"
+    )
     thread.join(T)
     assert done.returncode == 0, done.stderr
     assert done.stdout == '{"got":{"n":1,"s":"x"},"list":[1,2.5,null]}\n'
@@ -107,7 +112,14 @@ def test_count_submits_copies_and_counts_completions(daemon: Daemon) -> None:
 
 def test_failed_job_exits_1_with_the_reason_and_traceback(daemon: Daemon) -> None:
     def explode(slave: gloom.Slave, job: gloom.SyncJob) -> None:
-        slave.fail("ERROR", {"type": "KeyError", "message": "'k'", "traceback": "Traceback (most recent call last):\n  boom"})
+        slave.fail(
+            "ERROR",
+            {
+                "type": "KeyError",
+                "message": "'k'",
+                "traceback": "Traceback (most recent call last):\n  boom",
+            },
+        )
 
     thread = serve_in_thread(daemon, "cli-bad", explode, 1)
     done = gloom_cmd(daemon, "submit", "cli-bad", "null", "--quiet", "--id", "bad-1")
@@ -119,7 +131,9 @@ def test_failed_job_exits_1_with_the_reason_and_traceback(daemon: Daemon) -> Non
 
 
 def test_wait_timeout_exits_1_and_names_the_job(daemon: Daemon) -> None:
-    done = gloom_cmd(daemon, "submit", "cli-nobody", "1", "--wait-timeout", "0.2", "--id", "w-1", "-q")
+    done = gloom_cmd(
+        daemon, "submit", "cli-nobody", "1", "--wait-timeout", "0.2", "--id", "w-1", "-q"
+    )
     assert done.returncode == 1
     assert "job w-1 not finished after 0.2 s" in done.stderr
 
@@ -254,7 +268,11 @@ def test_gloom_slave_runs_a_command_per_job(daemon: Daemon) -> None:
             for _ in range(3):
                 job = master.receive()
                 results[job.id] = job.body
-            assert results == {"json": {"id": "json", "attempt": "1"}, "text": "plain text\n", "empty": None}
+            assert results == {
+                "json": {"id": "json", "attempt": "1"},
+                "text": "plain text\n",
+                "empty": None,
+            }
 
             master.submit("fails", "cli-cmd", {"op": "fail"})
             with pytest.raises(gloom.JobError) as raised:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pexpect
 import pytest
-from gloom.cli.top import TopView
 
+from gloom.cli.top import TopView
 from tests.support.daemon import Daemon, spawn_gloomd
 
 GLOOM = str(Path(sys.executable).with_name("gloom"))

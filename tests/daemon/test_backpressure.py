@@ -17,9 +17,9 @@ import pytest
 import trio
 import trustme
 
+from gloomd.broker import Broker
+from gloomd.broker import Peer as BrokerPeer
 from gloomwire import codec
-from gloomd.broker import Broker, Peer as BrokerPeer
-
 from tests.support.wire import Peer, frame, join
 
 TlsContexts = tuple[ssl.SSLContext, ssl.SSLContext]

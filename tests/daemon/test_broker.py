@@ -48,7 +48,7 @@ def test_priority_then_acceptance_order() -> None:
     s = k.slave("t")
     order = [k.out(s)[0]["id"]]
     for _ in range(4):
-        ok, job = k.send(s, {"action": "respond", "body": None})
+        _ok, job = k.send(s, {"action": "respond", "body": None})
         order.append(job["id"])
     assert order == ["b", "d", "a", "c", "e"]
 
@@ -260,7 +260,12 @@ def test_finished_jobs_do_not_pile_up_behind_their_timeouts() -> None:
     k.out(m)
     k.submit(m, "last", timeout=3600)
     k.tick(3600.5)
-    assert k.out(m)[-1] == {"error": "job_failed", "reason": "last", "id": "last", "category": "TIMEOUT"}
+    assert k.out(m)[-1] == {
+        "error": "job_failed",
+        "reason": "last",
+        "id": "last",
+        "category": "TIMEOUT",
+    }
 
 
 def test_progress_and_fail_reach_the_master() -> None:
@@ -270,7 +275,9 @@ def test_progress_and_fail_reach_the_master() -> None:
     k.submit(m, "j")
     k.out(s)
     assert k.send(s, {"action": "progress", "body": {"pct": 10}}) == []
-    assert k.send(s, {"action": "fail", "error": "ERROR", "reason": {"message": "boom"}}) == [{"ok": True}]
+    assert k.send(s, {"action": "fail", "error": "ERROR", "reason": {"message": "boom"}}) == [
+        {"ok": True}
+    ]
     assert k.out(m) == [
         {"id": "j", "progress": {"pct": 10}},
         {"error": "job_error", "reason": {"message": "boom"}, "id": "j", "category": "ERROR"},
@@ -289,10 +296,16 @@ def test_cancel_rules() -> None:
     k.submit(m, "run")
     k.submit(m, "wait")
     k.out(m)
-    assert k.send(other, {"action": "cancel", "id": "wait"}) == [{"error": "unknown_id", "reason": "wait"}]
-    assert k.send(m, {"action": "cancel", "id": "run"}) == [{"error": "invalid_state", "reason": "running"}]
+    assert k.send(other, {"action": "cancel", "id": "wait"}) == [
+        {"error": "unknown_id", "reason": "wait"}
+    ]
+    assert k.send(m, {"action": "cancel", "id": "run"}) == [
+        {"error": "invalid_state", "reason": "running"}
+    ]
     assert k.send(m, {"action": "cancel", "id": "wait"}) == [{"ok": True, "id": "wait"}]
-    assert k.send(m, {"action": "cancel", "id": "wait"}) == [{"error": "unknown_id", "reason": "wait"}]
+    assert k.send(m, {"action": "cancel", "id": "wait"}) == [
+        {"error": "unknown_id", "reason": "wait"}
+    ]
     assert k.out(s) == [job_frame("run")]
     # The cancelled job is never sent.
     assert k.send(s, {"action": "respond", "body": 1}) == [{"ok": True}]
@@ -365,7 +378,13 @@ def test_stats_shape() -> None:
         {"type": "t", "queued": 1, "running": 1, "slaves": 1, "idle": 0},
         {"type": ["list", "type"], "queued": 1, "running": 0, "slaves": 0, "idle": 0},
     ]
-    assert stats["totals"] == {"submitted": 3, "completed": 0, "failed": 0, "requeued": 0, "cancelled": 0}
+    assert stats["totals"] == {
+        "submitted": 3,
+        "completed": 0,
+        "failed": 0,
+        "requeued": 0,
+        "cancelled": 0,
+    }
     assert stats["connections"] == {"masters": 1, "slaves": 1}
     assert "uptime_s" in stats
 
@@ -393,8 +412,20 @@ def test_dependency_failure_fails_dependents_without_running() -> None:
     assert k.out(s) == [job_frame("a")]
     assert k.send(s, {"action": "fail", "error": "ERROR", "reason": "x"}) == [{"ok": True}]
     assert k.out(m)[1:] == [
-        {"error": "job_failed", "reason": "b", "id": "b", "category": "DEPENDENCY", "dependency": "a"},
-        {"error": "job_failed", "reason": "c", "id": "c", "category": "DEPENDENCY", "dependency": "b"},
+        {
+            "error": "job_failed",
+            "reason": "b",
+            "id": "b",
+            "category": "DEPENDENCY",
+            "dependency": "a",
+        },
+        {
+            "error": "job_failed",
+            "reason": "c",
+            "id": "c",
+            "category": "DEPENDENCY",
+            "dependency": "b",
+        },
     ]
     assert k.broker.queued_total == 0 and k.broker.jobs == {}
 
@@ -411,7 +442,13 @@ def test_dependency_on_finished_jobs_and_rejections() -> None:
     assert k.submit(m, "x", after=["ok"]) == [{"ok": True, "id": "x"}]
     assert k.submit(m, "y", after=["bad"]) == [
         {"ok": True, "id": "y"},
-        {"error": "job_failed", "reason": "y", "id": "y", "category": "DEPENDENCY", "dependency": "bad"},
+        {
+            "error": "job_failed",
+            "reason": "y",
+            "id": "y",
+            "category": "DEPENDENCY",
+            "dependency": "bad",
+        },
     ]
     assert k.submit(m, "z", after=["nope"]) == [{"error": "unknown_dependency", "reason": "nope"}]
     assert k.submit(m, "self", after=["self"]) == [{"error": "dependency_cycle", "reason": "self"}]
@@ -433,7 +470,9 @@ def test_halt_answers_every_unanswered_job() -> None:
     assert all(f["error"] == "job_failed" and f["category"] == "HALTED" for f in halted)
     assert k.send(s, {"action": "respond", "body": 1}) == [{"ok": True}]
     assert k.out(m) == []
-    assert k.submit(m, "late") == [{"error": "job_failed", "reason": "late", "id": "late", "category": "HALTED"}]
+    assert k.submit(m, "late") == [
+        {"error": "job_failed", "reason": "late", "id": "late", "category": "HALTED"}
+    ]
 
 
 def test_no_leaks_after_everyone_leaves() -> None:
@@ -442,7 +481,13 @@ def test_no_leaks_after_everyone_leaves() -> None:
     slaves = [k.slave(t, f"s{t}") for t in ("a", "b")]
     for i, m in enumerate(masters):
         for j in range(5):
-            k.submit(m, f"{i}-{j}", job_type="ab"[j % 2], timeout=5 if j == 0 else None, after=[f"{i}-0"] if j == 4 else [])
+            k.submit(
+                m,
+                f"{i}-{j}",
+                job_type="ab"[j % 2],
+                timeout=5 if j == 0 else None,
+                after=[f"{i}-0"] if j == 4 else [],
+            )
     k.broker.disconnect(slaves[0])
     k.broker.disconnect(masters[0])
     k.tick(10)
@@ -500,7 +545,9 @@ def test_dispatch_order_property(operations) -> None:  # type: ignore[no-untyped
             next_id += 1
             accepted[next_id] = (-arg, next_id)
             model[next_id] = (-arg, next_id)
-            k.deliver(m, {"action": "submit", "id": next_id, "type": "t", "priority": arg, "body": None})
+            k.deliver(
+                m, {"action": "submit", "id": next_id, "type": "t", "priority": arg, "body": None}
+            )
             collect_all()
         elif op == "join":
             slaves.append(k.slave("t", f"s{len(slaves)}"))

@@ -37,9 +37,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from gloomwire import codec
 from gloomd.broker import RUNNING, Broker, BrokerLimits, MasterPeer, SlavePeer, iter_frames
-
+from gloomwire import codec
 from tests.support.brokerkit import FakeClock, receive
 
 pytestmark = pytest.mark.timeout(300)
@@ -59,9 +58,21 @@ CATEGORIES = ["ERROR", "TIMEOUT", "CRASH", "HALTED"]
 
 #: Every error name the broker may put in a frame (protocol.md).
 ERROR_NAMES = {
-    "invalid_json", "missing_field", "invalid_type", "invalid_action", "unknown_type",
-    "unknown_action", "invalid_state", "id_exists", "unknown_id", "not_ready", "queue_full",
-    "dependency_cycle", "unknown_dependency", "job_failed", "job_error",
+    "invalid_json",
+    "missing_field",
+    "invalid_type",
+    "invalid_action",
+    "unknown_type",
+    "unknown_action",
+    "invalid_state",
+    "id_exists",
+    "unknown_id",
+    "not_ready",
+    "queue_full",
+    "dependency_cycle",
+    "unknown_dependency",
+    "job_failed",
+    "job_error",
 }
 
 ids = st.sampled_from(IDS)
@@ -70,9 +81,15 @@ types = st.sampled_from(TYPES)
 # Frames each port must refuse whatever the state (the slave ones that need a
 # job answer invalid_state without one, and a field error with one).
 BAD_MASTER = [
-    {}, {"action": 7}, {"action": "bogus"}, {"action": "join", "type": "a"},
-    {"action": "respond", "body": 1}, {"action": "progress", "body": 1}, {"action": "fail"},
-    {"action": "submit"}, {"action": "submit", "id": 1.5, "type": "a", "body": 1},
+    {},
+    {"action": 7},
+    {"action": "bogus"},
+    {"action": "join", "type": "a"},
+    {"action": "respond", "body": 1},
+    {"action": "progress", "body": 1},
+    {"action": "fail"},
+    {"action": "submit"},
+    {"action": "submit", "id": 1.5, "type": "a", "body": 1},
     {"action": "submit", "id": True, "type": "a", "body": 1},
     {"action": "submit", "id": 9, "body": 1},
     {"action": "submit", "id": 9, "type": "a", "priority": "5", "body": 1},
@@ -83,13 +100,23 @@ BAD_MASTER = [
     {"action": "submit", "id": 9, "type": "a", "body": 1, "detach": "yes"},
     {"action": "submit", "id": 9, "type": "a", "body": 1, "after": "x"},
     {"action": "submit", "id": 9, "type": "a", "body": 1, "after": [1.5]},
-    {"action": "cancel"}, {"action": "cancel", "id": None}, {"action": "result", "id": [1]},
+    {"action": "cancel"},
+    {"action": "cancel", "id": None},
+    {"action": "result", "id": [1]},
 ]
 BAD_SLAVE = [
-    {}, {"action": 7}, {"action": "bogus"}, {"action": "join"},
-    {"action": "submit", "id": 1, "type": "a", "body": 1}, {"action": "cancel", "id": 1},
-    {"action": "stats"}, {"action": "result", "id": 1}, {"action": "respond"},
-    {"action": "progress"}, {"action": "fail"}, {"action": "fail", "error": "NOPE"},
+    {},
+    {"action": 7},
+    {"action": "bogus"},
+    {"action": "join"},
+    {"action": "submit", "id": 1, "type": "a", "body": 1},
+    {"action": "cancel", "id": 1},
+    {"action": "stats"},
+    {"action": "result", "id": 1},
+    {"action": "respond"},
+    {"action": "progress"},
+    {"action": "fail"},
+    {"action": "fail", "error": "NOPE"},
     {"action": "fail", "error": 3},
 ]
 bad_payloads = st.one_of(
@@ -154,7 +181,9 @@ class BrokerMachine(RuleBasedStateMachine):
         self.live: dict[tuple[type, Any], MJob] = {}
         self.outcomes: dict[tuple[type, Any], tuple[float, bool]] = {}
         self.results: dict[tuple[type, Any], tuple[float, dict[str, Any]]] = {}
-        self.totals = Counter({"submitted": 0, "completed": 0, "failed": 0, "requeued": 0, "cancelled": 0})
+        self.totals = Counter(
+            {"submitted": 0, "completed": 0, "failed": 0, "requeued": 0, "cancelled": 0}
+        )
         self.seq = 0
         self.names = 0
         self.answered = 0  # jobs whose master got their one answer
@@ -292,19 +321,35 @@ class BrokerMachine(RuleBasedStateMachine):
         detach=st.booleans(),
         after=st.one_of(st.none(), st.none(), st.none(), st.lists(ids, min_size=1, max_size=2)),
     )
-    def submit(self, slot: int, job_id: Any, job_type: str, priority: int, timeout: Any,
-               detach: bool, after: list[Any] | None) -> None:
+    def submit(
+        self,
+        slot: int,
+        job_id: Any,
+        job_type: str,
+        priority: int,
+        timeout: Any,
+        detach: bool,
+        after: list[Any] | None,
+    ) -> None:
         master = self.master(slot)
         self.seq += 1
         body = {"n": self.seq}
-        msg: dict[str, Any] = {"action": "submit", "id": job_id, "type": job_type, "priority": priority, "body": body}
+        msg: dict[str, Any] = {
+            "action": "submit",
+            "id": job_id,
+            "type": job_type,
+            "priority": priority,
+            "body": body,
+        }
         if timeout is not None:
             msg["timeout"] = timeout
         if detach:
             msg["detach"] = True
         if after is not None:
             msg["after"] = after
-        reply = self.predict_submit(slot, job_id, job_type, priority, body, timeout, detach, after or [])
+        reply = self.predict_submit(
+            slot, job_id, job_type, priority, body, timeout, detach, after or []
+        )
         self.send(master.peer, msg)
         self.expected.setdefault(slot, []).insert(0, reply)
         self.finish_step()
@@ -312,8 +357,17 @@ class BrokerMachine(RuleBasedStateMachine):
     # Registered twice: submitting is what gives every other rule something to do.
     submit_more = submit
 
-    def predict_submit(self, slot: int, job_id: Any, job_type: str, priority: int, body: Any,
-                       timeout: Any, detach: bool, after: list[Any]) -> dict[str, Any]:
+    def predict_submit(
+        self,
+        slot: int,
+        job_id: Any,
+        job_type: str,
+        priority: int,
+        body: Any,
+        timeout: Any,
+        detach: bool,
+        after: list[Any],
+    ) -> dict[str, Any]:
         if key(job_id) in self.live:
             return {"error": "id_exists", "reason": job_id}
         waiting_on: list[MJob] = []
@@ -393,10 +447,16 @@ class BrokerMachine(RuleBasedStateMachine):
         for job_type in TYPES:
             row = {
                 "type": job_type,
-                "queued": sum(1 for j in self.live.values() if j.type == job_type and j.state == "queued"),
-                "running": sum(1 for j in self.live.values() if j.type == job_type and j.state == "running"),
+                "queued": sum(
+                    1 for j in self.live.values() if j.type == job_type and j.state == "queued"
+                ),
+                "running": sum(
+                    1 for j in self.live.values() if j.type == job_type and j.state == "running"
+                ),
                 "slaves": sum(1 for s in self.slaves.values() if s.type == job_type),
-                "idle": sum(1 for s in self.slaves.values() if s.type == job_type and s.held is None),
+                "idle": sum(
+                    1 for s in self.slaves.values() if s.type == job_type and s.held is None
+                ),
             }
             if row["queued"] or row["running"] or row["slaves"]:
                 want.append(row)
@@ -445,7 +505,11 @@ class BrokerMachine(RuleBasedStateMachine):
         self.finish_step(acting_slave=slave, slave_reply={"ok": True})
 
     def _needs_job(self, slave: MSlave) -> dict[str, Any] | None:
-        return None if slave.held is not None else {"error": "invalid_state", "reason": "not_processing"}
+        return (
+            None
+            if slave.held is not None
+            else {"error": "invalid_state", "reason": "not_processing"}
+        )
 
     @rule(slot=st.integers(0, SLAVE_SLOTS - 1), body=st.integers(0, 9))
     def respond(self, slot: int, body: int) -> None:
@@ -458,7 +522,11 @@ class BrokerMachine(RuleBasedStateMachine):
         self.send(slave.peer, {"action": "respond", "body": body})
         self.finish_step(acting_slave=slave, slave_reply=refusal or {"ok": True})
 
-    @rule(slot=st.integers(0, SLAVE_SLOTS - 1), category=st.sampled_from(CATEGORIES), reason=st.integers(0, 3))
+    @rule(
+        slot=st.integers(0, SLAVE_SLOTS - 1),
+        category=st.sampled_from(CATEGORIES),
+        reason=st.integers(0, 3),
+    )
     def fail(self, slot: int, category: str, reason: int) -> None:
         slave = self.slave(slot)
         refusal = self._needs_job(slave)
@@ -564,7 +632,11 @@ class BrokerMachine(RuleBasedStateMachine):
         self.clock.now += advance
         now = self.clock.now
         due = sorted(
-            (j for j in self.live.values() if j.state == "running" and j.timeout is not None and j.deadline <= now),
+            (
+                j
+                for j in self.live.values()
+                if j.state == "running" and j.timeout is not None and j.deadline <= now
+            ),
             key=lambda j: (j.deadline, j.seq),
         )
         for job in due:
@@ -587,7 +659,9 @@ class BrokerMachine(RuleBasedStateMachine):
         assert len(b.masters) == len(self.masters) and len(b.slaves) == len(self.slaves)
         assert {key(i) for i in b.jobs} == set(self.live)
         assert b.queued_total == self.queued_total()
-        holders = Counter(id(s.job) for s in b.slaves if s.job is not None and s.job.state == RUNNING)
+        holders = Counter(
+            id(s.job) for s in b.slaves if s.job is not None and s.job.state == RUNNING
+        )
         assert all(n == 1 for n in holders.values())  # no job on two slaves
         running = [j for j in b.jobs.values() if j.state == RUNNING]
         assert len(running) == len(holders)

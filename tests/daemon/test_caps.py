@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from gloomd.broker import STORE_ENTRY_BYTES
-
 from tests.support.brokerkit import Kit
 
 
@@ -175,4 +174,3 @@ def test_small_stats_answer_keeps_its_shape() -> None:
     k.out(m)
     (reply,) = k.send(m, {"action": "stats"})
     assert list(reply["stats"]) == ["types", "totals", "waiting", "connections", "uptime_s"]
-

@@ -53,7 +53,10 @@ def test_shutdown_halts_unanswered_jobs_and_exits_zero(sig: int) -> None:
             assert daemon.stop(sig) == 0
             halted = [recv_frame(master), recv_frame(master)]
             assert sorted(f["id"] for f in halted) == ["queued", "running"]  # type: ignore[index]
-            assert all(f == {"error": "job_failed", "reason": f["id"], "id": f["id"], "category": "HALTED"} for f in halted)  # type: ignore[index]
+            assert all(
+                f == {"error": "job_failed", "reason": f["id"], "id": f["id"], "category": "HALTED"}
+                for f in halted
+            )  # type: ignore[index]
             assert recv_frame(master) is None  # then a clean EOF
             assert recv_frame(slave) is None
 
@@ -74,8 +77,18 @@ def test_port_in_use_is_a_one_line_error() -> None:
 
 
 def test_help_lists_the_limits() -> None:
-    out = subprocess.run([sys.executable, "-m", "gloomd", "--help"], capture_output=True, timeout=30, text=True).stdout
-    for flag in ("--host", "--master-port", "--slave-port", "--max-frame", "--max-queued", "--max-connections", "--log-level"):
+    out = subprocess.run(
+        [sys.executable, "-m", "gloomd", "--help"], capture_output=True, timeout=30, text=True
+    ).stdout
+    for flag in (
+        "--host",
+        "--master-port",
+        "--slave-port",
+        "--max-frame",
+        "--max-queued",
+        "--max-connections",
+        "--log-level",
+    ):
         assert flag in out
 
 
@@ -110,7 +123,15 @@ def test_structured_log_lines() -> None:
         assert daemon.stop() == 0
         assert daemon.proc.stderr is not None
         log = daemon.proc.stderr.read().decode()
-    for event in ("event=listening", "event=connect role=slave", "event=join", "event=submit", "event=requeue", "event=disconnect", "event=shutdown"):
+    for event in (
+        "event=listening",
+        "event=connect role=slave",
+        "event=join",
+        "event=submit",
+        "event=requeue",
+        "event=disconnect",
+        "event=shutdown",
+    ):
         assert event in log, event
 
 
@@ -124,7 +145,9 @@ def test_gc_policy_freezes_startup_heap_and_defers_full_collections() -> None:
 
 
 def test_gc_interval_must_be_positive() -> None:
-    proc = subprocess.run([sys.executable, "-m", "gloomd", "--gc-interval", "0"], capture_output=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gloomd", "--gc-interval", "0"], capture_output=True, timeout=30
+    )
     assert proc.returncode == 2
     assert b"--gc-interval must be positive" in proc.stderr
 

@@ -19,7 +19,6 @@ import trustme
 from gloomd.broker import Broker
 from gloomd.messages import Join
 from gloomd.transport import PlainConnection
-
 from tests.support.wire import Peer, frame, join
 
 TlsContexts = tuple[ssl.SSLContext, ssl.SSLContext]

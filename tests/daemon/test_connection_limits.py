@@ -87,9 +87,7 @@ async def test_output_that_does_not_drain_is_dropped(
     assert await slave.request({"action": "ping"}) == {"ok": True}  # the others are served on
 
 
-async def test_refused_connections_are_closed_at_once(
-    make_server: Any
-) -> None:
+async def test_refused_connections_are_closed_at_once(make_server: Any) -> None:
     """The refused socket is closed when the refusal is sent: the client sees
     EOF while its own end is still open, and the daemon holds no descriptor."""
     server = await make_server(max_per_host=1)
@@ -107,9 +105,7 @@ async def test_refused_connections_are_closed_at_once(
     assert len(os.listdir("/proc/self/fd")) - before == 20
 
 
-async def test_accepted_sockets_have_keepalive(
-    make_server: Any
-) -> None:
+async def test_accepted_sockets_have_keepalive(make_server: Any) -> None:
     server = await make_server(keepalive_idle=42, keepalive_interval=7, keepalive_count=3)
     slave = await join(server.slave_port, "t")
     assert await slave.request({"action": "ping"}) == {"ok": True}

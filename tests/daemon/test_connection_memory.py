@@ -18,9 +18,8 @@ import pytest
 import trio
 
 from gloomd.broker import MasterPeer
-from gloomwire.framing import FrameDecoder
 from gloomd.transport import PlainConnection
-
+from gloomwire.framing import FrameDecoder
 from tests.support.wire import Peer
 
 pytestmark = pytest.mark.timeout(30)

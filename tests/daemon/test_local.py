@@ -8,7 +8,6 @@ import trio.testing
 
 from gloomd.local import LocalMaster, RemoteJobError
 from gloomd.server import GloomServer
-
 from tests.support.wire import Peer, join
 
 pytestmark = pytest.mark.timeout(30)
@@ -84,7 +83,10 @@ async def test_halt_and_a_stopped_server_fail_the_waiting_calls(nursery: trio.Nu
     (halted,) = failures
     assert isinstance(halted, RemoteJobError)
     assert halted.frame == {
-        "error": "job_failed", "reason": "queued", "id": "queued", "category": "HALTED"
+        "error": "job_failed",
+        "reason": "queued",
+        "id": "queued",
+        "category": "HALTED",
     }
     with pytest.raises(RemoteJobError, match="HALTED"):
         await local.call("late", "t", None)  # a halted broker takes no new work

@@ -7,7 +7,6 @@ import logging
 import pytest
 
 from gloomd.logs import LogBudget
-
 from tests.support.brokerkit import Kit
 
 

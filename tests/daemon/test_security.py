@@ -13,9 +13,8 @@ import trustme
 
 from gloomd.cli import _is_loopback
 from gloomd.security import TokenError, load_token, server_ssl_context
-
 from tests.support.daemon import spawn_gloomd
-from tests.support.wire import Peer, frame, raw_frame
+from tests.support.wire import Peer, frame
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -54,11 +53,16 @@ async def test_right_token_then_normal_traffic(make_server) -> None:  # type: ig
     slave = await Peer.connect(server.slave_port)
     master = await Peer.connect(server.master_port)
     # Auth and the first real frame may come in one packet.
-    await slave.send_raw(frame({"action": "auth", "token": TOKEN}) + frame({"action": "join", "type": "t"}))
+    await slave.send_raw(
+        frame({"action": "auth", "token": TOKEN}) + frame({"action": "join", "type": "t"})
+    )
     assert await slave.recv() == {"ok": True}
     assert await slave.recv() == {"ok": True}
     assert await master.request({"action": "auth", "token": TOKEN}) == {"ok": True}
-    assert await master.request({"action": "submit", "id": 1, "type": "t", "body": 2}) == {"ok": True, "id": 1}
+    assert await master.request({"action": "submit", "id": 1, "type": "t", "body": 2}) == {
+        "ok": True,
+        "id": 1,
+    }
     assert (await slave.recv())["body"] == 2
     # A later auth frame is harmless.
     assert await master.request({"action": "auth", "token": TOKEN}) == {"ok": True}
@@ -102,7 +106,17 @@ def test_empty_token_stops_startup(tmp_path) -> None:  # type: ignore[no-untyped
     path = tmp_path / "token"
     path.write_text("\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0", "--token-file", str(path)],
+        [
+            sys.executable,
+            "-m",
+            "gloomd",
+            "--master-port",
+            "0",
+            "--slave-port",
+            "0",
+            "--token-file",
+            str(path),
+        ],
         capture_output=True,
         timeout=30,
     )
@@ -126,7 +140,11 @@ def test_daemon_with_token_file(tmp_path) -> None:  # type: ignore[no-untyped-de
 
 def test_loopback_detection() -> None:
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
-    assert not _is_loopback("0.0.0.0") and not _is_loopback("10.1.2.3") and not _is_loopback("example.org")
+    assert (
+        not _is_loopback("0.0.0.0")
+        and not _is_loopback("10.1.2.3")
+        and not _is_loopback("example.org")
+    )
 
 
 # ------------------------------------------------------------------ abuse limits
@@ -171,7 +189,11 @@ async def test_master_that_never_reads_is_dropped(make_server) -> None:  # type:
     master = await Peer.connect(server.master_port)
     big = "x" * (256 * 1024)
     n = 80  # 20 MiB of results: more than loopback buffers hold
-    await master.send_raw(b"".join(frame({"action": "submit", "id": i, "type": "big", "body": None}) for i in range(n)))
+    await master.send_raw(
+        b"".join(
+            frame({"action": "submit", "id": i, "type": "big", "body": None}) for i in range(n)
+        )
+    )
     slave = await Peer.connect(server.slave_port)
     await slave.send({"action": "join", "type": "big"})
     assert await slave.recv() == {"ok": True}
@@ -224,7 +246,10 @@ async def test_tls_end_to_end_with_token(make_server, tls_pair) -> None:  # type
     assert await slave.request({"action": "auth", "token": TOKEN}) == {"ok": True}
     assert await slave.request({"action": "join", "type": "t"}) == {"ok": True}
     assert await master.request({"action": "auth", "token": TOKEN}) == {"ok": True}
-    assert await master.request({"action": "submit", "id": "s", "type": "t", "body": "secret"}) == {"ok": True, "id": "s"}
+    assert await master.request({"action": "submit", "id": "s", "type": "t", "body": "secret"}) == {
+        "ok": True,
+        "id": "s",
+    }
     job = await slave.recv()
     assert job["body"] == "secret"
     assert await slave.request({"action": "respond", "body": "done"}) == {"ok": True}

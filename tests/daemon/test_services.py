@@ -28,7 +28,6 @@ from gloomd.cli import (
 from gloomd.config import Config
 from gloomd.http import HttpService
 from gloomd.server import GloomServer
-
 from tests.support import WSJOBS
 from tests.support.daemon import READY, spawn_gloomd
 from tests.support.httpkit import fetch

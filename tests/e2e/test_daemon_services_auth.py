@@ -34,10 +34,15 @@ def test_scheduler_submits_through_an_authenticated_daemon(tmp_path: Path) -> No
     token = tmp_path / "token"
     token.write_text("t0ken\n")
     schedule = tmp_path / "jobs.toml"
-    schedule.write_text('[jobs.tick]\nsubmit = { type = "tick", body = "hello" }\nevery = [1, "second"]\n')
+    schedule.write_text(
+        '[jobs.tick]\nsubmit = { type = "tick", body = "hello" }\nevery = [1, "second"]\n'
+    )
     with spawn_gloomd("--token-file", str(token), "--schedule", str(schedule)) as daemon:
         with socket.create_connection(daemon.slave_addr, timeout=20) as slave:
-            slave.sendall(frame({"action": "auth", "token": "t0ken"}) + frame({"action": "join", "type": "tick"}))
+            slave.sendall(
+                frame({"action": "auth", "token": "t0ken"})
+                + frame({"action": "join", "type": "tick"})
+            )
             assert recv(slave) == {"ok": True}
             assert recv(slave) == {"ok": True}
             job = recv(slave)  # the first fire is at once; bounded by the socket timeout

@@ -9,7 +9,6 @@ import pytest
 import trio
 
 from gloomd.server import GloomServer
-
 from tests.support.wire import Peer, frame, join
 
 pytestmark = pytest.mark.timeout(60)
@@ -18,7 +17,10 @@ pytestmark = pytest.mark.timeout(60)
 async def test_slave_killed_mid_job_completes_on_another(gloomd_server: GloomServer) -> None:
     doomed = await join(gloomd_server.slave_port, "t")
     master = await Peer.connect(gloomd_server.master_port)
-    assert await master.request({"action": "submit", "id": "j", "type": "t", "body": 7}) == {"ok": True, "id": "j"}
+    assert await master.request({"action": "submit", "id": "j", "type": "t", "body": 7}) == {
+        "ok": True,
+        "id": "j",
+    }
     assert (await doomed.recv())["id"] == "j"
     await doomed.aclose()
     survivor = await join(gloomd_server.slave_port, "t")
@@ -42,7 +44,12 @@ async def test_job_fails_after_fourth_loss(gloomd_server: GloomServer) -> None:
         assert job.get("attempt", 1) == attempt and ("attempt" in job) == (attempt > 1)
         await slave.aclose()
     with trio.fail_after(5):
-        assert await master.recv() == {"error": "job_failed", "reason": "x", "id": "x", "category": "CRASH"}
+        assert await master.recv() == {
+            "error": "job_failed",
+            "reason": "x",
+            "id": "x",
+            "category": "CRASH",
+        }
 
 
 async def test_master_killed_with_queued_and_running_jobs(gloomd_server: GloomServer) -> None:
@@ -60,7 +67,10 @@ async def test_master_killed_with_queued_and_running_jobs(gloomd_server: GloomSe
     stats = (await observer.request({"action": "stats"}))["stats"]
     assert stats["types"] == [{"type": "t", "queued": 0, "running": 0, "slaves": 1, "idle": 0}]
     # The ids are free again, and the slave's late answer is acked and dropped.
-    assert await observer.request({"action": "submit", "id": "run", "type": "u", "body": None}) == {"ok": True, "id": "run"}
+    assert await observer.request({"action": "submit", "id": "run", "type": "u", "body": None}) == {
+        "ok": True,
+        "id": "run",
+    }
     assert await slave.request({"action": "respond", "body": "late"}) == {"ok": True}
     # The slave is free: it takes the next job of its type.
     await observer.request({"action": "submit", "id": "next", "type": "t", "body": None})
@@ -86,7 +96,16 @@ async def test_ten_thousand_jobs_mixed_priorities_four_slaves(gloomd_server: Glo
         for _ in range(4):
             await nursery.start(echo_slave, gloomd_server.slave_port, seen)
         master = await Peer.connect(gloomd_server.master_port)
-        jobs = [{"action": "submit", "id": i, "type": "bulk", "priority": rng.randint(-3, 3), "body": {"n": i}} for i in range(n)]
+        jobs = [
+            {
+                "action": "submit",
+                "id": i,
+                "type": "bulk",
+                "priority": rng.randint(-3, 3),
+                "body": {"n": i},
+            }
+            for i in range(n)
+        ]
         await master.send_raw(b"".join(frame(j) for j in jobs))
         acks = 0
         results: Counter = Counter()

@@ -23,7 +23,6 @@ import pytest
 import trio
 
 from gloomd.server import GloomServer
-
 from tests.support.daemon import spawn_gloomd
 from tests.support.wire import Peer, frame, join
 
@@ -80,7 +79,15 @@ class Tally:
 
 def submits(ids: range, job_type: str = "t", rng: random.Random | None = None) -> bytes:
     return b"".join(
-        frame({"action": "submit", "id": i, "type": job_type, "priority": rng.randint(-2, 2) if rng else 0, "body": {"n": i}})
+        frame(
+            {
+                "action": "submit",
+                "id": i,
+                "type": job_type,
+                "priority": rng.randint(-2, 2) if rng else 0,
+                "body": {"n": i},
+            }
+        )
         for i in ids
     )
 
@@ -145,7 +152,9 @@ SLAVE_PROCESS = textwrap.dedent(
 
 def start_slave_process(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", SLAVE_PROCESS, str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        [sys.executable, "-c", SLAVE_PROCESS, str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     assert proc.stdout is not None and proc.stdout.readline() == b"joined\n"
     return proc
@@ -238,7 +247,10 @@ async def test_masters_dropping_with_queued_and_running_jobs(gloomd_server: Gloo
     # The lost masters' ids are free again.
     observer = await Peer.connect(gloomd_server.master_port)
     lost_id = min(doomed) * per_master + per_master - 1
-    assert await observer.request({"action": "submit", "id": lost_id, "type": "u", "body": 0}) == {"ok": True, "id": lost_id}
+    assert await observer.request({"action": "submit", "id": lost_id, "type": "u", "body": 0}) == {
+        "ok": True,
+        "id": lost_id,
+    }
 
 
 # ------------------------------------------------------------------ stalls
@@ -248,7 +260,9 @@ async def test_slave_stalling_mid_frame_loses_its_job_to_another(make_server: An
     server = await make_server(frame_timeout=0.3)
     staller = await join(server.slave_port, "t")
     master = await Peer.connect(server.master_port)
-    assert await master.request({"action": "submit", "id": "j", "type": "t", "body": {"n": "j"}}) == {"ok": True, "id": "j"}
+    assert await master.request(
+        {"action": "submit", "id": "j", "type": "t", "body": {"n": "j"}}
+    ) == {"ok": True, "id": "j"}
     assert "attempt" not in await staller.recv()  # the first delivery: attempt 1
     whole = frame({"action": "respond", "body": "never finished"})
     await staller.send_raw(whole[: len(whole) // 2])  # and then nothing
@@ -277,9 +291,16 @@ async def test_master_that_never_reads_is_dropped_as_a_disconnect(
     raw.connect(("127.0.0.1", server.master_port))
     sleeper = Peer(trio.SocketStream(trio.socket.from_stdlib_socket(raw)))
     big = "x" * (64 * 1024)
-    await sleeper.send_raw(b"".join(frame({"action": "submit", "id": i, "type": "big", "body": None}) for i in range(200)))
+    await sleeper.send_raw(
+        b"".join(
+            frame({"action": "submit", "id": i, "type": "big", "body": None}) for i in range(200)
+        )
+    )
     reader = await Peer.connect(server.master_port)  # a well-behaved master alongside
-    assert await reader.request({"action": "submit", "id": "mine", "type": "small", "body": 1}) == {"ok": True, "id": "mine"}
+    assert await reader.request({"action": "submit", "id": "mine", "type": "small", "body": 1}) == {
+        "ok": True,
+        "id": "mine",
+    }
     slave = await join(server.slave_port, "big")
     answered = 0
     with trio.fail_after(20):

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import pytest
 
 from gloomwire import codec
-
 from tests.support.daemon import Daemon, spawn_gloomd
 from tests.support.wire import frame, raw_frame
 

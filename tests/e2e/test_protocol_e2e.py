@@ -12,7 +12,6 @@ import pytest
 import trio
 
 from gloomd.server import GloomServer
-
 from tests.support.wire import Peer, join, raw_frame
 
 pytestmark = pytest.mark.timeout(30)
@@ -31,7 +30,9 @@ async def test_slave_happy_path(gloomd_server: GloomServer) -> None:
     await slave.send({"action": "join", "type": "echo"})
     await expect_raw(slave, b'{"ok":true}')
     master = await Peer.connect(gloomd_server.master_port)
-    await master.send({"action": "submit", "id": "m1", "type": "echo", "priority": 3, "body": [1, {"a": None}]})
+    await master.send(
+        {"action": "submit", "id": "m1", "type": "echo", "priority": 3, "body": [1, {"a": None}]}
+    )
     await expect_raw(master, b'{"ok":true,"id":"m1"}')
     # The first delivery is byte for byte Gloom's frame: no `attempt`.
     await expect_raw(slave, b'{"action":"job","id":"m1","type":"echo","body":[1,{"a":null}]}')
@@ -47,7 +48,10 @@ SLAVE_ERRORS = [
     ({"action": "respond"}, b'{"error":"invalid_state","reason":"not_processing"}'),
     ({"action": "progress", "body": 1}, b'{"error":"invalid_state","reason":"not_processing"}'),
     ({"action": "fail", "error": "ERROR"}, b'{"error":"invalid_state","reason":"not_processing"}'),
-    ({"action": "submit", "id": 1, "type": "t", "body": 1}, b'{"error":"invalid_action","reason":"not_a_master"}'),
+    (
+        {"action": "submit", "id": 1, "type": "t", "body": 1},
+        b'{"error":"invalid_action","reason":"not_a_master"}',
+    ),
     ({"action": "cancel", "id": 1}, b'{"error":"invalid_action","reason":"not_a_master"}'),
     ({"action": "stats"}, b'{"error":"invalid_action","reason":"not_a_master"}'),
     ({"action": "result", "id": 1}, b'{"error":"invalid_action","reason":"not_a_master"}'),
@@ -57,7 +61,9 @@ SLAVE_ERRORS = [
 
 
 @pytest.mark.parametrize(("msg", "expected"), SLAVE_ERRORS)
-async def test_slave_errors_keep_connection(gloomd_server: GloomServer, msg: dict, expected: bytes) -> None:
+async def test_slave_errors_keep_connection(
+    gloomd_server: GloomServer, msg: dict, expected: bytes
+) -> None:
     slave = await Peer.connect(gloomd_server.slave_port)
     await slave.send(msg)
     await expect_raw(slave, expected)
@@ -76,10 +82,15 @@ HOLDING_ERRORS = [
 
 
 @pytest.mark.parametrize(("msg", "expected"), HOLDING_ERRORS)
-async def test_slave_errors_while_holding_a_job(gloomd_server: GloomServer, msg: dict, expected: bytes) -> None:
+async def test_slave_errors_while_holding_a_job(
+    gloomd_server: GloomServer, msg: dict, expected: bytes
+) -> None:
     slave = await join(gloomd_server.slave_port, "t")
     master = await Peer.connect(gloomd_server.master_port)
-    assert await master.request({"action": "submit", "id": 1, "type": "t", "body": None}) == {"ok": True, "id": 1}
+    assert await master.request({"action": "submit", "id": 1, "type": "t", "body": None}) == {
+        "ok": True,
+        "id": 1,
+    }
     assert (await slave.recv())["id"] == 1
     await slave.send(msg)
     await expect_raw(slave, expected)
@@ -98,7 +109,9 @@ async def test_progress_and_fail_extensions(gloomd_server: GloomServer) -> None:
     await expect_raw(master, b'{"id":"p","progress":{"done":1,"of":2}}')
     await slave.send({"action": "fail", "error": "TIMEOUT", "reason": "too slow"})
     await expect_raw(slave, b'{"ok":true}')
-    await expect_raw(master, b'{"error":"job_error","reason":"too slow","id":"p","category":"TIMEOUT"}')
+    await expect_raw(
+        master, b'{"error":"job_error","reason":"too slow","id":"p","category":"TIMEOUT"}'
+    )
 
 
 # ------------------------------------------------------------------ master port
@@ -108,15 +121,39 @@ MASTER_ERRORS = [
     ({"action": "submit", "type": "t", "body": 1}, b'{"error":"missing_field","reason":"id"}'),
     ({"action": "submit", "id": 1, "body": 1}, b'{"error":"missing_field","reason":"type"}'),
     ({"action": "submit", "id": 1, "type": "t"}, b'{"error":"missing_field","reason":"body"}'),
-    ({"action": "submit", "id": 1, "type": "t", "priority": 5.0, "body": 1}, b'{"error":"invalid_type","reason":"priority"}'),
-    ({"action": "submit", "id": 1, "type": "t", "priority": "5", "body": 1}, b'{"error":"invalid_type","reason":"priority"}'),
-    ({"action": "submit", "id": 1, "type": "t", "priority": True, "body": 1}, b'{"error":"invalid_type","reason":"priority"}'),
+    (
+        {"action": "submit", "id": 1, "type": "t", "priority": 5.0, "body": 1},
+        b'{"error":"invalid_type","reason":"priority"}',
+    ),
+    (
+        {"action": "submit", "id": 1, "type": "t", "priority": "5", "body": 1},
+        b'{"error":"invalid_type","reason":"priority"}',
+    ),
+    (
+        {"action": "submit", "id": 1, "type": "t", "priority": True, "body": 1},
+        b'{"error":"invalid_type","reason":"priority"}',
+    ),
     # First failure only: priority is checked before body.
-    ({"action": "submit", "id": 1, "type": "t", "priority": "x"}, b'{"error":"invalid_type","reason":"priority"}'),
-    ({"action": "submit", "id": 1, "type": "t", "body": 1, "timeout": 0}, b'{"error":"invalid_type","reason":"timeout"}'),
-    ({"action": "submit", "id": 1, "type": "t", "body": 1, "timeout": "5"}, b'{"error":"invalid_type","reason":"timeout"}'),
-    ({"action": "submit", "id": 1, "type": "t", "body": 1, "detach": 1}, b'{"error":"invalid_type","reason":"detach"}'),
-    ({"action": "submit", "id": 1.5, "type": "t", "body": 1}, b'{"error":"invalid_type","reason":"id"}'),
+    (
+        {"action": "submit", "id": 1, "type": "t", "priority": "x"},
+        b'{"error":"invalid_type","reason":"priority"}',
+    ),
+    (
+        {"action": "submit", "id": 1, "type": "t", "body": 1, "timeout": 0},
+        b'{"error":"invalid_type","reason":"timeout"}',
+    ),
+    (
+        {"action": "submit", "id": 1, "type": "t", "body": 1, "timeout": "5"},
+        b'{"error":"invalid_type","reason":"timeout"}',
+    ),
+    (
+        {"action": "submit", "id": 1, "type": "t", "body": 1, "detach": 1},
+        b'{"error":"invalid_type","reason":"detach"}',
+    ),
+    (
+        {"action": "submit", "id": 1.5, "type": "t", "body": 1},
+        b'{"error":"invalid_type","reason":"id"}',
+    ),
     ({"action": "join", "type": "t"}, b'{"error":"invalid_action","reason":"not_a_slave"}'),
     ({"action": "respond", "body": 1}, b'{"error":"invalid_action","reason":"not_a_slave"}'),
     ({"action": "progress", "body": 1}, b'{"error":"invalid_action","reason":"not_a_slave"}'),
@@ -129,7 +166,9 @@ MASTER_ERRORS = [
 
 
 @pytest.mark.parametrize(("msg", "expected"), MASTER_ERRORS)
-async def test_master_errors_keep_connection(gloomd_server: GloomServer, msg: dict, expected: bytes) -> None:
+async def test_master_errors_keep_connection(
+    gloomd_server: GloomServer, msg: dict, expected: bytes
+) -> None:
     master = await Peer.connect(gloomd_server.master_port)
     await master.send(msg)
     await expect_raw(master, expected)
@@ -158,7 +197,9 @@ async def test_id_echoed_exactly_including_big_integers(gloomd_server: GloomServ
     slave = await join(gloomd_server.slave_port, "t")
     assert (await slave.recv())["id"] == big
     await slave.send({"action": "respond", "body": big})
-    await expect_raw(master, b'{"id":123456789012345678901234567890,"body":123456789012345678901234567890}')
+    await expect_raw(
+        master, b'{"id":123456789012345678901234567890,"body":123456789012345678901234567890}'
+    )
 
 
 async def test_cancel_and_stats(gloomd_server: GloomServer) -> None:
@@ -174,7 +215,9 @@ async def test_cancel_and_stats(gloomd_server: GloomServer) -> None:
 
 async def test_detached_result_fetched_by_another_master(gloomd_server: GloomServer) -> None:
     submitter = await Peer.connect(gloomd_server.master_port)
-    await submitter.request({"action": "submit", "id": "bg", "type": "t", "body": 5, "detach": True})
+    await submitter.request(
+        {"action": "submit", "id": "bg", "type": "t", "body": 5, "detach": True}
+    )
     await submitter.aclose()
     fetcher = await Peer.connect(gloomd_server.master_port)
     await fetcher.send({"action": "result", "id": "bg"})
@@ -210,7 +253,9 @@ async def test_oversized_frame_gets_size_error_and_close(make_server) -> None:  
     server = await make_server(max_frame=1024)
     slave = await Peer.connect(server.slave_port)
     # A good frame pipelined before the bad header is still handled.
-    await slave.send_raw(raw_frame(b'{"action":"join","type":"t"}') + struct.pack(">I", 1025) + b"x" * 100)
+    await slave.send_raw(
+        raw_frame(b'{"action":"join","type":"t"}') + struct.pack(">I", 1025) + b"x" * 100
+    )
     await expect_raw(slave, b'{"ok":true}')
     await expect_raw(slave, b'{"error":"size_error","reason":"length too large"}')
     with trio.fail_after(5):
@@ -255,7 +300,9 @@ async def test_redelivery_carries_attempt_then_timeout(gloomd_server: GloomServe
     await expect_raw(first, b'{"action":"job","id":"r","type":"t","body":1,"timeout":30}')
     await first.aclose()  # lost while holding it: the job goes back
     second = await join(gloomd_server.slave_port, "t")
-    await expect_raw(second, b'{"action":"job","id":"r","type":"t","body":1,"attempt":2,"timeout":30}')
+    await expect_raw(
+        second, b'{"action":"job","id":"r","type":"t","body":1,"attempt":2,"timeout":30}'
+    )
 
 
 async def test_ping_on_both_ports(gloomd_server: GloomServer) -> None:

@@ -22,9 +22,7 @@ def fingerprint(directory: Path) -> dict[str, str]:
     the sqlite3 shell included; it holds no data.
     """
     return {
-        entry.name: _signature(entry)
-        for entry in sorted(directory.iterdir())
-        if entry.is_file()
+        entry.name: _signature(entry) for entry in sorted(directory.iterdir()) if entry.is_file()
     }
 
 

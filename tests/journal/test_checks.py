@@ -78,9 +78,7 @@ def test_a_new_journal_is_created_with_gloomds_marks(tmp_path: Path) -> None:
         assert len(store.load().jobs) == 3
 
 
-def test_a_new_files_name_is_made_durable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_new_files_name_is_made_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # SQLite syncs the directory for the -wal it creates, not for the main
     # file we create: the store does, once, when it creates the file.
     synced: list[str] = []

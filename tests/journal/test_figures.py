@@ -46,7 +46,10 @@ def test_store_stats_and_histogram(tmp_path: Path) -> None:
     path = str(tmp_path / "j.db")
     with JournalStore.open(path, "full") as store:
         assert store.stats() == {
-            "path": path, "sync": "full", "bytes": store.stats()["bytes"], "commits": 0,
+            "path": path,
+            "sync": "full",
+            "bytes": store.stats()["bytes"],
+            "commits": 0,
             "commit_ms_p99": 0.0,
         }
         for n in range(20):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gloomwire import codec
 from gloomd.broker import Broker, BrokerLimits, Peer, iter_frames
 from gloomd.ingest import ingest_for
+from gloomwire import codec
 
 
 def receive(broker: Broker, peer: Peer, payload: bytes) -> None:
@@ -59,8 +59,23 @@ class Kit:
         self.broker.dirty.pop(peer, None)
         return frames
 
-    def submit(self, master: Peer, job_id: Any, job_type: Any = "t", priority: int = 0, body: Any = None, **extra: Any) -> list[Any]:
-        msg = {"action": "submit", "id": job_id, "type": job_type, "priority": priority, "body": body, **extra}
+    def submit(
+        self,
+        master: Peer,
+        job_id: Any,
+        job_type: Any = "t",
+        priority: int = 0,
+        body: Any = None,
+        **extra: Any,
+    ) -> list[Any]:
+        msg = {
+            "action": "submit",
+            "id": job_id,
+            "type": job_type,
+            "priority": priority,
+            "body": body,
+            **extra,
+        }
         return self.send(master, msg)
 
     def tick(self, advance: float) -> None:

@@ -96,7 +96,9 @@ def spawn_gloomd(
         args,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE if capture_logs else (subprocess.DEVNULL if (env or {}).get("GLOOMD_TEST_QUIET_LOGS") else None),
+        stderr=subprocess.PIPE
+        if capture_logs
+        else (subprocess.DEVNULL if (env or {}).get("GLOOMD_TEST_QUIET_LOGS") else None),
         env={**os.environ, **(env or {})},
         preexec_fn=preexec_fn,
     )

@@ -14,9 +14,9 @@ from typing import Any
 import h11
 import trio
 
-from gloomwire import codec
 from gloomd.http import HttpService, HttpSettings
 from gloomd.server import GloomServer
+from gloomwire import codec
 
 
 @dataclass

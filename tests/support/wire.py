@@ -32,7 +32,7 @@ class Peer:
     (conftest) closes whatever a test left open.
     """
 
-    OPEN: "list[Peer]" = []
+    OPEN: list[Peer] = []
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
@@ -40,7 +40,7 @@ class Peer:
         Peer.OPEN.append(self)
 
     @classmethod
-    async def connect(cls, port: int, host: str = "127.0.0.1") -> "Peer":
+    async def connect(cls, port: int, host: str = "127.0.0.1") -> Peer:
         return cls(await trio.open_tcp_stream(host, port))
 
     async def send(self, obj: Any) -> None:

@@ -16,22 +16,18 @@ for a long, freshly seeded run.
 from __future__ import annotations
 
 import json
-
 import os
 import struct
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gloomwire import codec
-
 from gloomd import messages
 from gloomd.broker import Broker, BrokerLimits, iter_frames
 from gloomd.ingest import ingest_for
+from gloomwire import codec
 from gloomwire.framing import FrameDecoder, FrameTooLarge, encode_frame
-
 from tests.support.brokerkit import receive
 
 pytestmark = pytest.mark.timeout(300)
@@ -46,12 +42,37 @@ fuzz = settings(
 
 #: Error names a peer may receive (protocol.md, plus the security frames).
 DOCUMENTED = {
-    "invalid_json", "missing_field", "invalid_type", "invalid_action", "unknown_type",
-    "unknown_action", "invalid_state", "id_exists", "unknown_id", "not_ready", "queue_full",
-    "dependency_cycle", "unknown_dependency", "job_failed", "job_error",
+    "invalid_json",
+    "missing_field",
+    "invalid_type",
+    "invalid_action",
+    "unknown_type",
+    "unknown_action",
+    "invalid_state",
+    "id_exists",
+    "unknown_id",
+    "not_ready",
+    "queue_full",
+    "dependency_cycle",
+    "unknown_dependency",
+    "job_failed",
+    "job_error",
 }
 
-ACTIONS = ["submit", "cancel", "result", "stats", "join", "respond", "progress", "fail", "auth", "ping", "nope", ""]
+ACTIONS = [
+    "submit",
+    "cancel",
+    "result",
+    "stats",
+    "join",
+    "respond",
+    "progress",
+    "fail",
+    "auth",
+    "ping",
+    "nope",
+    "",
+]
 
 scalars = st.one_of(
     st.none(),
@@ -62,7 +83,9 @@ scalars = st.one_of(
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=12,
 )
 finite_floats = st.floats(allow_nan=False, allow_infinity=False)
@@ -77,8 +100,12 @@ near_valid = st.fixed_dictionaries(
         # (non-finite numbers on the wire: tests/test_codec_policy.py).
         "timeout": st.one_of(finite_floats, st.integers(-2, 5), json_values),
         "detach": st.one_of(st.booleans(), json_values),
-        "after": st.one_of(st.lists(st.one_of(st.integers(0, 3), st.text(max_size=2))), json_values),
-        "error": st.one_of(st.sampled_from(["ERROR", "TIMEOUT", "CRASH", "HALTED", "X"]), json_values),
+        "after": st.one_of(
+            st.lists(st.one_of(st.integers(0, 3), st.text(max_size=2))), json_values
+        ),
+        "error": st.one_of(
+            st.sampled_from(["ERROR", "TIMEOUT", "CRASH", "HALTED", "X"]), json_values
+        ),
         "reason": json_values,
         "token": json_values,
     },
@@ -89,7 +116,9 @@ payloads = st.one_of(
     json_values.map(codec.dumps),
     # Valid JSON with one byte flipped or cut short.
     st.tuples(near_valid.map(codec.dumps), st.integers(0, 200), st.integers(0, 255)).map(
-        lambda t: t[0][: t[1] % (len(t[0]) + 1)] + bytes([t[2]]) + t[0][t[1] % (len(t[0]) + 1) + 1 :]
+        lambda t: (
+            t[0][: t[1] % (len(t[0]) + 1)] + bytes([t[2]]) + t[0][t[1] % (len(t[0]) + 1) + 1 :]
+        )
     ),
 )
 
@@ -99,9 +128,14 @@ def frame_bytes(payload: bytes) -> bytes:
 
 
 @fuzz
-@given(data=st.binary(max_size=300), cuts=st.lists(st.integers(0, 300), max_size=8), limit=st.integers(0, 64))
+@given(
+    data=st.binary(max_size=300),
+    cuts=st.lists(st.integers(0, 300), max_size=8),
+    limit=st.integers(0, 64),
+)
 def test_decoder_takes_any_bytes_in_any_chunks(data: bytes, cuts: list[int], limit: int) -> None:
     """Only payloads or FrameTooLarge come out, and chunking never changes them."""
+
     def run(chunks: list[bytes]) -> tuple[list[bytes], bool]:
         decoder = FrameDecoder(limit)
         out: list[bytes] = []
@@ -114,7 +148,7 @@ def test_decoder_takes_any_bytes_in_any_chunks(data: bytes, cuts: list[int], lim
         return out, False
 
     points = sorted({c % (len(data) + 1) for c in cuts})
-    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=False)]
     whole = run([data])
     assert run(chunks) == whole
     assert all(len(p) <= limit for p in whole[0])
@@ -172,7 +206,10 @@ def _may_be_silent(payload: bytes) -> bool:
 
 
 @fuzz
-@given(stream=st.lists(st.one_of(payloads.map(frame_bytes), st.binary(max_size=16)), max_size=10), cut=st.integers(1, 64))
+@given(
+    stream=st.lists(st.one_of(payloads.map(frame_bytes), st.binary(max_size=16)), max_size=10),
+    cut=st.integers(1, 64),
+)
 def test_whole_way_in(stream: list[bytes], cut: int) -> None:
     """Bytes -> decoder -> ingest -> broker, as the server runs it, in small reads."""
     broker = Broker()
@@ -210,7 +247,7 @@ def test_nesting_limit_is_what_the_encoder_can_write_back(depth: int) -> None:
     # The frame object is one level; a body of 253 makes a 254-deep frame,
     # the most orjson can write back (as the job frame to the slave).
     body = "[" * depth + "]" * depth
-    payload = ('{"action":"submit","id":1,"type":"t","body":%s}' % body).encode()
+    payload = ('{{"action":"submit","id":1,"type":"t","body":{}}}'.format(body)).encode()
     broker = Broker()
     master = broker.connect_master("m")
     slave = broker.connect_slave("s")

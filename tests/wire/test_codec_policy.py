@@ -14,9 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gloomwire import codec
-
 from gloomd import messages
+from gloomwire import codec
 from gloomwire.framing import encode_frame
 
 LONG_INT = b"123456789012345678901234567890"  # a 19+ digit run: the exact path

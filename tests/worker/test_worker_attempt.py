@@ -15,7 +15,6 @@ import pytest
 import trio
 
 from gloom.worker import Runner, serve
-
 from tests.support.slave_port import SlavePort
 
 from .workerjobs.support import TESTS_DIR

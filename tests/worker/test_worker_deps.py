@@ -16,7 +16,7 @@ import gloom
 from gloom import JobError, JobFailed, ServerError
 
 from .workerjobs.gate import Gate
-from .workerjobs.support import StartWorker, gate, master, start_worker, type_stats  # noqa: F401
+from .workerjobs.support import StartWorker, type_stats
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,7 +82,9 @@ async def test_timed_out_dependency_fails_its_dependent(
     assert dep.value.category == "DEPENDENCY"
 
 
-async def test_finished_dependencies_are_remembered(start_worker: StartWorker, master: gloom.AsyncMaster) -> None:
+async def test_finished_dependencies_are_remembered(
+    start_worker: StartWorker, master: gloom.AsyncMaster
+) -> None:
     await start_worker("echo", type="e", concurrency=1)
     await start_worker("boom", type="b", concurrency=1)
     assert await (await master.submit("e", 1, id="done-ok")).wait(10) == 1

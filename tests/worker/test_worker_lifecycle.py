@@ -7,31 +7,28 @@ through pidfds; the runner's own event log says when it scaled or reconnected.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import sys
-from functools import partial
 from typing import Any
 
 import pytest
 import trio
 
 import gloom
-from gloom import JobError, JobFailed, WaitTimeout
-from gloom.worker import serve
+from gloom import JobError, WaitTimeout
 from gloom._connect import Endpoint
+from gloom.worker import serve
 from gloom.worker.link import LEAVING_TYPE, open_link
 from gloomd.config import Config
 from gloomd.server import GloomServer
 
 from .workerjobs.gate import Gate
 from .workerjobs.proxy import Proxy
-from .workerjobs.support import (  # noqa: F401
+from .workerjobs.support import (
     TESTS_DIR,
     StartWorker,
-    gate,
     gone,
-    master,
-    start_worker,
     type_stats,
     wait_gone,
     worker_options,
@@ -65,13 +62,15 @@ async def test_scaling_grows_to_backlog_and_shrinks_idle_ones_only(
     # One long job keeps its process busy while the pool shrinks around it.
     long_job = await master.submit("w", gate.body(tag="long"))
     long = await gate.next()
-    busy_slot = next(s.id for s in runner.slots.values() if s.proc is not None and s.proc.pid == long.pid)
+    busy_slot = next(
+        s.id for s in runner.slots.values() if s.proc is not None and s.proc.pid == long.pid
+    )
     with trio.fail_after(20):
         await runner.wait_for(lambda: runner.size() == 1)
     downs = [e for e in runner.events if e.kind == "scale_down"]
     assert len(downs) == 3
     assert busy_slot not in {e.slot for e in downs}  # never the busy one
-    gaps = [b.time - a.time for a, b in zip(downs, downs[1:])]
+    gaps = [b.time - a.time for a, b in itertools.pairwise(downs)]
     assert all(gap >= 0.1 * 0.9 for gap in gaps)  # one per tick
     await long.release()
     assert (await long_job.wait(10))["pid"] == long.pid
@@ -139,7 +138,11 @@ async def test_heartbeat_pings_and_silence_makes_it_reconnect(
 
 
 async def test_job_running_when_the_link_drops_is_not_reported_twice(
-    gloomd_server: Any, nursery: trio.Nursery, start_worker: StartWorker, master: gloom.AsyncMaster, gate: Gate
+    gloomd_server: Any,
+    nursery: trio.Nursery,
+    start_worker: StartWorker,
+    master: gloom.AsyncMaster,
+    gate: Gate,
 ) -> None:
     proxy, target = await _proxied(gloomd_server, nursery)
     runner = await start_worker("gated", server=target, concurrency=2)
@@ -164,9 +167,13 @@ async def test_job_running_when_the_link_drops_is_not_reported_twice(
     assert runner.stats.answers == 1
 
 
-async def test_reconnects_to_a_restarted_daemon(nursery: trio.Nursery, start_worker: StartWorker) -> None:
+async def test_reconnects_to_a_restarted_daemon(
+    nursery: trio.Nursery, start_worker: StartWorker
+) -> None:
     async with trio.open_nursery() as first_run:
-        first: GloomServer = await first_run.start(GloomServer(Config(master_port=0, slave_port=0)).run)
+        first: GloomServer = await first_run.start(
+            GloomServer(Config(master_port=0, slave_port=0)).run
+        )
         ports = {"master_port": first.master_port, "slave_port": first.slave_port}
         runner = await start_worker("echo", server=first, concurrency=2)
         first_run.cancel_scope.cancel()
@@ -185,9 +192,13 @@ async def test_scaling_rides_out_a_daemon_restart(
 ) -> None:
     """The scaler's master connection comes back with the daemon, as the links do."""
     async with trio.open_nursery() as first_run:
-        first: GloomServer = await first_run.start(GloomServer(Config(master_port=0, slave_port=0)).run)
+        first: GloomServer = await first_run.start(
+            GloomServer(Config(master_port=0, slave_port=0)).run
+        )
         ports = {"master_port": first.master_port, "slave_port": first.slave_port}
-        runner = await start_worker("gated", server=first, min=1, max=3, scale_interval=0.05, idle_grace=60)
+        runner = await start_worker(
+            "gated", server=first, min=1, max=3, scale_interval=0.05, idle_grace=60
+        )
         first_run.cancel_scope.cancel()
     await runner.wait_for(lambda: any(e.kind == "link_lost" for e in runner.events))
     second: GloomServer = await nursery.start(GloomServer(Config(**ports)).run)
@@ -256,7 +267,12 @@ async def test_cancelling_serve_drains_like_sigterm(
     async def worker(task_status: trio.TaskStatus[Any]) -> None:
         try:
             with scope:
-                await serve("w", "workerjobs.jobs:gated", task_status=task_status, **worker_options(gloomd_server, grace=5.0))
+                await serve(
+                    "w",
+                    "workerjobs.jobs:gated",
+                    task_status=task_status,
+                    **worker_options(gloomd_server, grace=5.0),
+                )
         finally:
             finished.set()
 
@@ -275,16 +291,22 @@ async def test_cancelling_serve_drains_like_sigterm(
         assert gone(pid)
 
 
-async def test_burst_returns_once_the_queue_is_empty(gloomd_server: Any, master: gloom.AsyncMaster) -> None:
+async def test_burst_returns_once_the_queue_is_empty(
+    gloomd_server: Any, master: gloom.AsyncMaster
+) -> None:
     jobs = await master.submit_many([{"type": "w", "body": i} for i in range(7)])
     with trio.fail_after(30):
-        stats = await serve("w", "workerjobs.jobs:echo", burst=True, **worker_options(gloomd_server))
+        stats = await serve(
+            "w", "workerjobs.jobs:echo", burst=True, **worker_options(gloomd_server)
+        )
     assert stats.succeeded == 7 and stats.jobs_started == 7
     assert [await job.wait(1) for job in jobs] == list(range(7))
     assert (await master.stats())["connections"]["slaves"] == 0
 
 
-async def test_cli_sigterm_stops_cleanly(gloomd_server: Any, master: gloom.AsyncMaster, gate: Gate) -> None:
+async def test_cli_sigterm_stops_cleanly(
+    gloomd_server: Any, master: gloom.AsyncMaster, gate: Gate
+) -> None:
     cmd = [
         sys.executable, "-m", "gloom.worker", "--type", "cli", "--handler", "workerjobs.jobs:gated",
         "--import-path", TESTS_DIR, "--concurrency", "2", "--grace", "1",

@@ -8,7 +8,6 @@ that a process died from its pidfd, never from a sleep.
 
 from __future__ import annotations
 
-import os
 import signal
 from typing import Any
 
@@ -19,7 +18,7 @@ import gloom
 from gloom import JobError, JobFailed
 
 from .workerjobs.gate import Gate
-from .workerjobs.support import StartWorker, gate, gone, master, start_worker, type_stats, wait_gone  # noqa: F401
+from .workerjobs.support import StartWorker, gone, type_stats, wait_gone
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,9 +28,15 @@ BIG = 2**70 + 1
 # ---------------------------------------------------------------- 1. results
 
 
-async def test_function_result_is_the_exact_json_value(start_worker: StartWorker, master: gloom.AsyncMaster) -> None:
+async def test_function_result_is_the_exact_json_value(
+    start_worker: StartWorker, master: gloom.AsyncMaster
+) -> None:
     runner = await start_worker("echo_job")
-    body = {"args": [1, "two", 3.5, None, True], "kwargs": {"big": BIG, "text": "žluť 😀"}, "empty": {}}
+    body = {
+        "args": [1, "two", 3.5, None, True],
+        "kwargs": {"big": BIG, "text": "žluť 😀"},
+        "empty": {},
+    }
     job = await master.submit("w", body)
     result = await job.wait(10)
     assert result["body"] == body
@@ -41,7 +46,9 @@ async def test_function_result_is_the_exact_json_value(start_worker: StartWorker
     assert result["pid"] in runner.live_pids()
 
 
-async def test_plain_function_null_result_and_async_handler(start_worker: StartWorker, master: gloom.AsyncMaster) -> None:
+async def test_plain_function_null_result_and_async_handler(
+    start_worker: StartWorker, master: gloom.AsyncMaster
+) -> None:
     await start_worker("echo", type="plain", concurrency=1)
     await start_worker("async_echo", type="async", concurrency=1)
     assert await (await master.submit("plain", None)).wait(10) is None
@@ -50,7 +57,9 @@ async def test_plain_function_null_result_and_async_handler(start_worker: StartW
     assert await job.wait(10) == {"body": {"k": 1}, "async": True, "id": job.id}
 
 
-async def test_progress_reaches_the_master(start_worker: StartWorker, master: gloom.AsyncMaster) -> None:
+async def test_progress_reaches_the_master(
+    start_worker: StartWorker, master: gloom.AsyncMaster
+) -> None:
     await start_worker("reporter", concurrency=1)
     job = await master.submit("w", {"steps": 3})
     seen = [value async for value in job.progress_updates()]
@@ -61,8 +70,12 @@ async def test_progress_reaches_the_master(start_worker: StartWorker, master: gl
 # ---------------------------------------------------------------- 2. class handlers
 
 
-async def test_class_handler_gets_a_fresh_instance_per_job(start_worker: StartWorker, master: gloom.AsyncMaster) -> None:
-    runner = await start_worker("Counter.bump", concurrency=1, class_kwargs={"start": 10, "step": 5})
+async def test_class_handler_gets_a_fresh_instance_per_job(
+    start_worker: StartWorker, master: gloom.AsyncMaster
+) -> None:
+    runner = await start_worker(
+        "Counter.bump", concurrency=1, class_kwargs={"start": 10, "step": 5}
+    )
     results = [await (await master.submit("w", None)).wait(10) for _ in range(3)]
     # Same process every time, a new instance every time, no count carried over.
     assert {r["pid"] for r in results} == set(runner.live_pids())
@@ -95,7 +108,9 @@ async def test_exception_is_an_error_with_type_message_traceback(
     assert runner.live_pids() == [pid] and runner.stats.spawned == 1
 
 
-async def test_a_returned_error_string_is_a_result(start_worker: StartWorker, master: gloom.AsyncMaster) -> None:
+async def test_a_returned_error_string_is_a_result(
+    start_worker: StartWorker, master: gloom.AsyncMaster
+) -> None:
     await start_worker("looks_like_error", concurrency=1)
     job = await master.submit("w", None)
     assert await job.wait(10) == "ValueError: boom"
@@ -105,7 +120,9 @@ async def test_a_returned_error_string_is_a_result(start_worker: StartWorker, ma
 # ---------------------------------------------------------------- 5. unencodable results
 
 
-async def test_unencodable_result_is_a_serialisation_error(start_worker: StartWorker, master: gloom.AsyncMaster) -> None:
+async def test_unencodable_result_is_a_serialisation_error(
+    start_worker: StartWorker, master: gloom.AsyncMaster
+) -> None:
     runner = await start_worker("unencodable", concurrency=1)
     pid = runner.live_pids()[0]
     with pytest.raises(JobError) as info:
@@ -186,7 +203,11 @@ async def test_sigterm_ignorer_is_sigkilled_after_grace_with_its_children(
     [("crash_exit", 7, {"exitcode": 7}), ("crash_signal", None, {"signal": signal.SIGKILL})],
 )
 async def test_crash_is_reported_with_exit_status_and_the_pool_refilled(
-    start_worker: StartWorker, master: gloom.AsyncMaster, handler: str, body: Any, expected: dict[str, int]
+    start_worker: StartWorker,
+    master: gloom.AsyncMaster,
+    handler: str,
+    body: Any,
+    expected: dict[str, int],
 ) -> None:
     runner = await start_worker(handler)
     before = set(runner.live_pids())
@@ -218,7 +239,9 @@ async def test_crash_loop_backs_off(start_worker: StartWorker, master: gloom.Asy
 # ---------------------------------------------------------------- 9. recycling
 
 
-async def test_recycling_changes_pid_and_loses_nothing(start_worker: StartWorker, master: gloom.AsyncMaster) -> None:
+async def test_recycling_changes_pid_and_loses_nothing(
+    start_worker: StartWorker, master: gloom.AsyncMaster
+) -> None:
     runner = await start_worker("echo_job", max_jobs_per_process=3)
     jobs = await master.submit_many([{"type": "w", "body": i} for i in range(12)])
     results = [await job.wait(10) for job in jobs]
@@ -304,12 +327,23 @@ async def test_cli_exits_2_on_unknown_handler_and_3_without_daemon() -> None:
     from .workerjobs.support import TESTS_DIR
 
     async def status(*args: str) -> tuple[int, bytes]:
-        cmd = [sys.executable, "-m", "gloom.worker", "--type", "w", "--import-path", TESTS_DIR, *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gloom.worker",
+            "--type",
+            "w",
+            "--import-path",
+            TESTS_DIR,
+            *args,
+        ]
         with trio.fail_after(30):
             done = await trio.run_process(cmd, capture_stderr=True, check=False)
         return done.returncode, done.stderr
 
     code, err = await status("--handler", "workerjobs.jobs:nosuchfunction", "--slave-port", "1")
     assert code == 2 and b"has no attribute 'nosuchfunction'" in err
-    code, err = await status("--handler", "workerjobs.jobs:echo", "--slave-port", "1", "--concurrency", "1")
+    code, err = await status(
+        "--handler", "workerjobs.jobs:echo", "--slave-port", "1", "--concurrency", "1"
+    )
     assert code == 3 and b"cannot reach gloomd" in err

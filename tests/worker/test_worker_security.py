@@ -27,7 +27,13 @@ from gloom.worker.link import socket_stream
 from gloomd.config import Config
 from gloomd.server import GloomServer
 
-from .workerjobs.support import TESTS_DIR, StartWorker, gone, start_worker, wait_gone, worker_options  # noqa: F401
+from .workerjobs.support import (
+    TESTS_DIR,
+    StartWorker,
+    gone,
+    wait_gone,
+    worker_options,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -74,8 +80,12 @@ async def test_token_and_tls_runner_completes_jobs(
     make_server: Any, certs: Certs, start_worker: StartWorker, no_env_token: None
 ) -> None:
     server = await make_server(token=TOKEN, ssl_context=certs.server)
-    runner = await start_worker("echo_job", server=server, concurrency=2, token=TOKEN, ssl_context=certs.client)
-    async with gloom.open_master(HOST, server.master_port, token=TOKEN, ssl_context=certs.client) as master:
+    runner = await start_worker(
+        "echo_job", server=server, concurrency=2, token=TOKEN, ssl_context=certs.client
+    )
+    async with gloom.open_master(
+        HOST, server.master_port, token=TOKEN, ssl_context=certs.client
+    ) as master:
         jobs = [await master.submit("w", {"n": i}) for i in range(6)]
         results = [await job.wait(10) for job in jobs]
         assert [r["body"] for r in results] == [{"n": i} for i in range(6)]
@@ -107,7 +117,9 @@ async def test_burst_and_scaling_read_the_backlog_over_tls_with_the_env_token(
         options = worker_options(server, min=1, max=2, scale_interval=0.05)
         del options["concurrency"]
         with trio.fail_after(20):
-            stats = await serve("w", "workerjobs.jobs:echo", burst=True, tls_ca=certs.ca_file, **options)
+            stats = await serve(
+                "w", "workerjobs.jobs:echo", burst=True, tls_ca=certs.ca_file, **options
+            )
         assert stats.succeeded == 5
         assert [await job.wait(1) for job in jobs] == list(range(5))
         assert (await master.stats())["connections"]["slaves"] == 0
@@ -117,9 +129,15 @@ async def test_burst_and_scaling_read_the_backlog_over_tls_with_the_env_token(
 
 
 @pytest.mark.parametrize("token", ["wrong-token", None], ids=["wrong", "missing"])
-async def test_refused_token_fails_fast_at_startup(make_server: Any, no_env_token: None, token: str | None) -> None:
+async def test_refused_token_fails_fast_at_startup(
+    make_server: Any, no_env_token: None, token: str | None
+) -> None:
     server = await make_server(token=TOKEN)
-    runner = Runner(WorkerOptions(**worker_options(server, type="w", handler="workerjobs.jobs:echo", token=token)))
+    runner = Runner(
+        WorkerOptions(
+            **worker_options(server, type="w", handler="workerjobs.jobs:echo", token=token)
+        )
+    )
     with trio.fail_after(10):
         with pytest.raises(Unauthorized) as info:
             await runner.run()
@@ -129,10 +147,18 @@ async def test_refused_token_fails_fast_at_startup(make_server: Any, no_env_toke
     await check_gone(runner)
 
 
-async def test_tls_without_the_ca_is_a_clear_transport_error(make_server: Any, certs: Certs) -> None:
+async def test_tls_without_the_ca_is_a_clear_transport_error(
+    make_server: Any, certs: Certs
+) -> None:
     server = await make_server(token=TOKEN, ssl_context=certs.server)
     # TLS on, but trusting only the system's CAs: the trustme certificate fails.
-    runner = Runner(WorkerOptions(**worker_options(server, type="w", handler="workerjobs.jobs:echo", token=TOKEN, tls=True)))
+    runner = Runner(
+        WorkerOptions(
+            **worker_options(
+                server, type="w", handler="workerjobs.jobs:echo", token=TOKEN, tls=True
+            )
+        )
+    )
     with trio.fail_after(10):
         with pytest.raises(TransportError) as info:
             await runner.run()
@@ -148,7 +174,11 @@ async def test_plaintext_runner_on_a_tls_port_is_told_so(
     # tell that the daemon will never answer in plaintext; with one, the auth
     # exchange is where the daemon hangs up.
     server = await make_server(ssl_context=certs.server, token=token)
-    runner = Runner(WorkerOptions(**worker_options(server, type="w", handler="workerjobs.jobs:echo", token=token)))
+    runner = Runner(
+        WorkerOptions(
+            **worker_options(server, type="w", handler="workerjobs.jobs:echo", token=token)
+        )
+    )
     with trio.fail_after(10):
         with pytest.raises(TransportError) as info:
             await runner.run()
@@ -161,7 +191,9 @@ async def test_plaintext_runner_on_a_tls_port_is_told_so(
 
 
 @pytest.mark.parametrize(
-    ("first_token", "second_token"), [(TOKEN, "rotated"), (None, TOKEN)], ids=["rotated", "token-added"]
+    ("first_token", "second_token"),
+    [(TOKEN, "rotated"), (None, TOKEN)],
+    ids=["rotated", "token-added"],
 )
 async def test_token_refused_on_reconnect_stops_the_runner(
     nursery: trio.Nursery, no_env_token: None, first_token: str | None, second_token: str
@@ -175,7 +207,13 @@ async def test_token_refused_on_reconnect_stops_the_runner(
 
         async def worker(task_status: trio.TaskStatus[Runner]) -> None:
             try:
-                await serve("w", "workerjobs.jobs:echo", token=first_token, task_status=task_status, **worker_options(first))
+                await serve(
+                    "w",
+                    "workerjobs.jobs:echo",
+                    token=first_token,
+                    task_status=task_status,
+                    **worker_options(first),
+                )
             except BaseException as exc:
                 outcome.append(exc)
             finally:
@@ -218,10 +256,18 @@ async def test_gloom_worker_with_token_file_and_tls_completes_a_job(
     make_server: Any, certs: Certs, tmp_path: Path, no_env_token: None
 ) -> None:
     server = await make_server(token=TOKEN, ssl_context=certs.server)
-    async with gloom.open_master(HOST, server.master_port, token=TOKEN, tls_ca=certs.ca_file) as master:
+    async with gloom.open_master(
+        HOST, server.master_port, token=TOKEN, tls_ca=certs.ca_file
+    ) as master:
         job = await master.submit("cli", {"from": "cli"})
         cmd = worker_command(
-            server, "--burst", "--token-file", str(token_file(tmp_path, TOKEN)), "--tls", "--tls-ca", str(certs.ca_file)
+            server,
+            "--burst",
+            "--token-file",
+            str(token_file(tmp_path, TOKEN)),
+            "--tls",
+            "--tls-ca",
+            str(certs.ca_file),
         )
         with trio.fail_after(20):
             proc = await trio.run_process(cmd, capture_stderr=True, check=False)
@@ -233,7 +279,9 @@ async def test_gloom_worker_with_a_wrong_token_exits_1_with_one_line(
     make_server: Any, certs: Certs, tmp_path: Path, no_env_token: None
 ) -> None:
     server = await make_server(token=TOKEN, ssl_context=certs.server)
-    cmd = worker_command(server, "--token-file", str(token_file(tmp_path, "nope")), "--tls-ca", str(certs.ca_file))
+    cmd = worker_command(
+        server, "--token-file", str(token_file(tmp_path, "nope")), "--tls-ca", str(certs.ca_file)
+    )
     with trio.fail_after(20):
         proc = await trio.run_process(cmd, capture_stderr=True, check=False)
     lines = proc.stderr.decode().strip().splitlines()
@@ -241,7 +289,9 @@ async def test_gloom_worker_with_a_wrong_token_exits_1_with_one_line(
     assert len(lines) == 1 and lines[0].startswith("gloom worker: gloomd refused the token"), lines
 
 
-async def test_gloom_worker_with_a_missing_token_file_is_a_usage_error(make_server: Any, tmp_path: Path) -> None:
+async def test_gloom_worker_with_a_missing_token_file_is_a_usage_error(
+    make_server: Any, tmp_path: Path
+) -> None:
     server = await make_server(token=TOKEN)
     cmd = worker_command(server, "--token-file", str(tmp_path / "absent"))
     with trio.fail_after(20):

@@ -25,7 +25,7 @@ from gloom.worker.scaling import ScalePlan, plan
 from gloomwire import codec
 from gloomwire.framing import FrameDecoder
 
-from .workerjobs.support import TESTS_DIR, StartWorker, master, start_worker, wait_gone  # noqa: F401
+from .workerjobs.support import TESTS_DIR, StartWorker, wait_gone
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,7 +47,9 @@ def test_resolve_function_shapes() -> None:
 
 
 def test_resolve_class_method_builds_a_new_instance_each_time() -> None:
-    handler = resolve(spec("workerjobs.jobs:Counter.bump", class_args=(1,), class_kwargs={"step": 2}))
+    handler = resolve(
+        spec("workerjobs.jobs:Counter.bump", class_args=(1,), class_kwargs={"step": 2})
+    )
     assert handler.method == "bump" and not handler.wants_job
     first, second = handler.make(), handler.make()
     assert first.__self__ is not second.__self__  # type: ignore[attr-defined]
@@ -97,13 +99,24 @@ def test_run_job_outcomes_without_a_process() -> None:
     assert [m["body"]["step"] for m in writer.sent] == [0, 1]
     failed = _decode(run_job(resolve(spec("workerjobs.jobs:boom")), frame, writer, 1 << 20))  # type: ignore[arg-type]
     assert failed["frame"]["error"] == "ERROR" and failed["frame"]["reason"]["type"] == "ValueError"
-    too_big = _decode(run_job(resolve(spec("workerjobs.jobs:echo")), {**frame, "body": "x" * 5000}, writer, 4096))  # type: ignore[arg-type]
+    too_big = _decode(
+        run_job(resolve(spec("workerjobs.jobs:echo")), {**frame, "body": "x" * 5000}, writer, 4096)
+    )  # type: ignore[arg-type]
     assert too_big["frame"]["reason"]["type"] == "ResultTooLarge"
 
 
 def test_job_context_fields() -> None:
-    job = JobContext({"id": "a", "type": ["t"], "body": 1, "attempt": 2, "timeout": 1.5}, _NullWriter())  # type: ignore[arg-type]
-    assert (job.id, job.type, job.body, job.attempt, job.timeout, job.pid) == ("a", ["t"], 1, 2, 1.5, os.getpid())
+    job = JobContext(
+        {"id": "a", "type": ["t"], "body": 1, "attempt": 2, "timeout": 1.5}, _NullWriter()
+    )  # type: ignore[arg-type]
+    assert (job.id, job.type, job.body, job.attempt, job.timeout, job.pid) == (
+        "a",
+        ["t"],
+        1,
+        2,
+        1.5,
+        os.getpid(),
+    )
 
 
 # ---------------------------------------------------------------- scaling rule
@@ -117,7 +130,9 @@ def test_scaling_plan() -> None:
     assert plan(size=4, queued=50, idle=[], **base) == ScalePlan()
     # Shrink only idle slots idle long enough, the longest idle first, one at a time.
     assert plan(size=3, queued=0, idle=[(5, 9.5)], **base) == ScalePlan()
-    assert plan(size=3, queued=0, idle=[(5, 8.0), (2, 6.0), (7, 9.9)], **base) == ScalePlan(shrink=2)
+    assert plan(size=3, queued=0, idle=[(5, 8.0), (2, 6.0), (7, 9.9)], **base) == ScalePlan(
+        shrink=2
+    )
     assert plan(size=1, queued=0, idle=[(0, 0.0)], **base) == ScalePlan()
     assert plan(size=3, queued=2, idle=[(5, 0.0)], **base) == ScalePlan(grow=1)
 
@@ -136,7 +151,13 @@ def test_options_validation_and_bounds() -> None:
     assert WorkerOptions("t", "m:f", min=2, max=5).bounds == (2, 5)
     assert WorkerOptions("t", "m:f", max=5).bounds == (1, 5)
     assert WorkerOptions("t", "m:f", concurrency=3, min=2).bounds == (2, 3)
-    for bad in ({"min": 3, "max": 2}, {"min": 0}, {"concurrency": 0}, {"grace": -1}, {"max_jobs_per_process": 0}):
+    for bad in (
+        {"min": 3, "max": 2},
+        {"min": 0},
+        {"concurrency": 0},
+        {"grace": -1},
+        {"max_jobs_per_process": 0},
+    ):
         with pytest.raises(ValueError):
             WorkerOptions("t", "m:f", **bad)
     with pytest.raises(HandlerNotFound):
@@ -154,12 +175,16 @@ def test_cli_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 # ---------------------------------------------------------------- end to end extras
 
 
-async def test_process_killed_while_idle_is_replaced(start_worker: StartWorker, master: gloom.AsyncMaster) -> None:
+async def test_process_killed_while_idle_is_replaced(
+    start_worker: StartWorker, master: gloom.AsyncMaster
+) -> None:
     runner = await start_worker("pid", concurrency=1)
     (victim,) = runner.live_pids()
     os.kill(victim, signal.SIGKILL)
     await wait_gone(victim)
-    await runner.wait_for(lambda: any(e.kind == "died_idle" for e in runner.events) and len(runner.live_pids()) == 1)
+    await runner.wait_for(
+        lambda: any(e.kind == "died_idle" for e in runner.events) and len(runner.live_pids()) == 1
+    )
     (replacement,) = runner.live_pids()
     assert replacement != victim
     assert await (await master.submit("w", None)).wait(10) == replacement
@@ -188,8 +213,42 @@ def test_registers_as_a_gloom_subcommand(capsys: pytest.CaptureFixture[str]) -> 
     assert "gloom.worker.cli" in cli.COMMAND_MODULES
     parser = cli.build_parser()
     args = parser.parse_args(
-        ["worker", "--type", "t", "--handler", "m:f", "--slave-port", "1", "--min", "1", "--max", "3", "--class-args", "[1]"]
+        [
+            "worker",
+            "--type",
+            "t",
+            "--handler",
+            "m:f",
+            "--slave-port",
+            "1",
+            "--min",
+            "1",
+            "--max",
+            "3",
+            "--class-args",
+            "[1]",
+        ]
     )
-    assert (args.type, args.handler, args.slave_port, args.min, args.max, args.class_args) == ("t", "m:f", 1, 1, 3, [1])
-    assert cli.main(["worker", "--type", "t", "--handler", "workerjobs.jobs:nope", "--import-path", TESTS_DIR]) == 2
+    assert (args.type, args.handler, args.slave_port, args.min, args.max, args.class_args) == (
+        "t",
+        "m:f",
+        1,
+        1,
+        3,
+        [1],
+    )
+    assert (
+        cli.main(
+            [
+                "worker",
+                "--type",
+                "t",
+                "--handler",
+                "workerjobs.jobs:nope",
+                "--import-path",
+                TESTS_DIR,
+            ]
+        )
+        == 2
+    )
     assert "has no attribute 'nope'" in capsys.readouterr().err

@@ -34,10 +34,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
 from importlib.metadata import entry_points
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import GloomError, TransportError
+
 # Re-exported: `Command` and the helpers every subcommand (and plug-in) uses.
 from .common import EXIT_FAILED as EXIT_FAILED
 from .common import EXIT_OK as EXIT_OK
@@ -73,7 +75,7 @@ def commands() -> list[Command]:
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
             contributed = _plugin_commands(entry.load())
-        except Exception as exc:  # noqa: BLE001 - whatever a plug-in raises, gloom goes on
+        except Exception as exc:
             _warn(f"the {entry.name!r} commands ({entry.value}) cannot be loaded: {exc!r}")
             continue
         for command in contributed:

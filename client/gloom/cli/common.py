@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .._security import TokenError, client_ssl_context, resolve_token
 from ..errors import GloomError

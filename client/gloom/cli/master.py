@@ -293,7 +293,9 @@ async def _stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _watch(master: AsyncMaster, console: Console, stats: dict[str, Any], interval: float) -> None:
+async def _watch(
+    master: AsyncMaster, console: Console, stats: dict[str, Any], interval: float
+) -> None:
     with Live(stats_table(stats), console=console, auto_refresh=False) as live:
         try:
             while True:

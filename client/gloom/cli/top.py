@@ -48,7 +48,10 @@ QUIT_KEYS = frozenset(b"qQ")
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--interval", type=positive_number, default=1.0, help="seconds between refreshes (default 1)"
+        "--interval",
+        type=positive_number,
+        default=1.0,
+        help="seconds between refreshes (default 1)",
     )
 
 

@@ -53,9 +53,7 @@ def scale(run: RunState, stats: dict[str, Any]) -> None:
     low, high = opts.bounds
     entry = _queue_entry(run, stats)
     queued = entry["queued"] if entry else 0
-    idle = [
-        (s.id, s.idle_since) for s in run.slots.values() if s.state == "idle" and not s.retire
-    ]
+    idle = [(s.id, s.idle_since) for s in run.slots.values() if s.state == "idle" and not s.retire]
     decision = scaling.plan(
         size=run.size(),
         queued=queued,

@@ -96,7 +96,9 @@ class JobContext:
 def error_reason(exc: BaseException, kind: str | None = None) -> dict[str, Any]:
     """`{type, message, traceback}`: the reason of an ERROR failure."""
     cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
     return {
         "type": kind or name,
         "message": str(exc),
@@ -128,13 +130,15 @@ def run_job(handler: Handler, frame: dict[str, Any], writer: _Writer, max_frame:
                 import trio
 
                 result = trio.run(_await, result)
-    except BaseException as exc:  # noqa: BLE001 - every failure of user code is the job's
+    except BaseException as exc:
         return encode_frame({"op": "done", "frame": _fail_frame(error_reason(exc))})
     try:
         data = encode_frame({"op": "done", "frame": vocabulary.respond(result)})
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         reason = error_reason(exc, "SerializationError")
-        reason["message"] = f"result of type {type(result).__name__} cannot be encoded as JSON: {exc}"
+        reason["message"] = (
+            f"result of type {type(result).__name__} cannot be encoded as JSON: {exc}"
+        )
         return encode_frame({"op": "done", "frame": _fail_frame(reason)})
     if len(data) > max_frame - _ENVELOPE:
         # gloomd would answer size_error and drop the connection, which
@@ -204,7 +208,10 @@ def child_main(commands_fd: int, results_fd: int) -> int:
     for payload in pending:
         inbox.put(codec.loads(payload))
     reader = threading.Thread(
-        target=_read_commands, args=(commands_fd, inbox, decoder), name="gloom-commands", daemon=True
+        target=_read_commands,
+        args=(commands_fd, inbox, decoder),
+        name="gloom-commands",
+        daemon=True,
     )
     reader.start()
     writer.send({"op": "ready", "pid": os.getpid()})

@@ -68,36 +68,86 @@ def configure(parser: argparse.ArgumentParser, *, connection: bool = False) -> N
     """Add the worker's options; `connection` adds --host, the ports and the
     security options too (the ``gloom`` command's parent parser has them)."""
     parser.add_argument("--type", required=True, help="job type to serve (a string)")
-    parser.add_argument("--handler", required=True, metavar="PKG.MOD:FUNC", help="the callable that runs a job")
-    pool = parser.add_argument_group("pool")
-    pool.add_argument("--concurrency", type=int, default=None, metavar="N", help="processes (default: CPU count)")
-    pool.add_argument("--min", type=int, default=None, metavar="N", help="scale between --min and --max")
-    pool.add_argument("--max", type=int, default=None, metavar="N", help="(backlog read from --master-port)")
-    pool.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds per job, 0 = none (default 300)")
-    pool.add_argument("--grace", type=float, default=10.0, metavar="S", help="SIGTERM-to-SIGKILL and shutdown grace (default 10)")
-    pool.add_argument(
-        "--max-jobs-per-process", type=int, default=1000, metavar="N", help="recycle a process after N jobs (default 1000)"
+    parser.add_argument(
+        "--handler", required=True, metavar="PKG.MOD:FUNC", help="the callable that runs a job"
     )
-    pool.add_argument("--burst", action="store_true", help="exit once nothing of TYPE is queued or running")
+    pool = parser.add_argument_group("pool")
+    pool.add_argument(
+        "--concurrency", type=int, default=None, metavar="N", help="processes (default: CPU count)"
+    )
+    pool.add_argument(
+        "--min", type=int, default=None, metavar="N", help="scale between --min and --max"
+    )
+    pool.add_argument(
+        "--max", type=int, default=None, metavar="N", help="(backlog read from --master-port)"
+    )
+    pool.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="seconds per job, 0 = none (default 300)",
+    )
+    pool.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="SIGTERM-to-SIGKILL and shutdown grace (default 10)",
+    )
+    pool.add_argument(
+        "--max-jobs-per-process",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="recycle a process after N jobs (default 1000)",
+    )
+    pool.add_argument(
+        "--burst", action="store_true", help="exit once nothing of TYPE is queued or running"
+    )
     code = parser.add_argument_group("handler")
     code.add_argument(
-        "--import-path", action="append", default=[], metavar="DIR", help="prepend DIR to sys.path (repeatable)"
+        "--import-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="prepend DIR to sys.path (repeatable)",
     )
-    code.add_argument("--class-args", type=_json, default=[], metavar="JSON", help="JSON list for Class(...)")
-    code.add_argument("--class-kwargs", type=_json, default={}, metavar="JSON", help="JSON object for Class(...)")
-    parser.add_argument("--log-level", default="INFO", help="logging level on stderr (default INFO)")
+    code.add_argument(
+        "--class-args", type=_json, default=[], metavar="JSON", help="JSON list for Class(...)"
+    )
+    code.add_argument(
+        "--class-kwargs", type=_json, default={}, metavar="JSON", help="JSON object for Class(...)"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="logging level on stderr (default INFO)"
+    )
     if connection:
         env = os.environ
         daemon = parser.add_argument_group("daemon")
         daemon.add_argument("--host", default=env.get("GLOOM_HOST", "127.0.0.1"))
-        daemon.add_argument("--slave-port", type=int, default=int(env.get("GLOOM_SLAVE_PORT", "9999")))
-        daemon.add_argument("--master-port", type=int, default=int(env.get("GLOOM_MASTER_PORT", "9998")))
+        daemon.add_argument(
+            "--slave-port", type=int, default=int(env.get("GLOOM_SLAVE_PORT", "9999"))
+        )
+        daemon.add_argument(
+            "--master-port", type=int, default=int(env.get("GLOOM_MASTER_PORT", "9998"))
+        )
         security = parser.add_argument_group("security")
         security.add_argument(
-            "--token-file", metavar="FILE", default=None, help="present the token on FILE's first line (default: $GLOOMD_TOKEN)"
+            "--token-file",
+            metavar="FILE",
+            default=None,
+            help="present the token on FILE's first line (default: $GLOOMD_TOKEN)",
         )
-        security.add_argument("--tls", action="store_true", help="connect with TLS, checking the daemon's certificate")
-        security.add_argument("--tls-ca", metavar="FILE", default=None, help="CA certificate(s) for --tls (implies --tls)")
+        security.add_argument(
+            "--tls", action="store_true", help="connect with TLS, checking the daemon's certificate"
+        )
+        security.add_argument(
+            "--tls-ca",
+            metavar="FILE",
+            default=None,
+            help="CA certificate(s) for --tls (implies --tls)",
+        )
 
 
 def run_args(args: argparse.Namespace) -> int:

@@ -20,7 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Handler", "HandlerError", "HandlerImportError", "HandlerNotFound", "HandlerSpec", "resolve"]
+__all__ = [
+    "Handler",
+    "HandlerError",
+    "HandlerImportError",
+    "HandlerNotFound",
+    "HandlerSpec",
+    "resolve",
+]
 
 
 class HandlerError(Exception):
@@ -86,7 +93,7 @@ def _import(module: str, path: str) -> Any:
         if exc.name is not None and (module == exc.name or module.startswith(exc.name + ".")):
             raise HandlerNotFound(f"handler {path!r}: no module named {exc.name!r}") from None
         raise HandlerImportError(f"handler {path!r}: importing {module!r} failed: {exc!r}") from exc
-    except BaseException as exc:  # noqa: BLE001 - any import-time failure is reported alike
+    except BaseException as exc:
         raise HandlerImportError(f"handler {path!r}: importing {module!r} failed: {exc!r}") from exc
 
 
@@ -117,11 +124,15 @@ def resolve(spec: HandlerSpec) -> Handler:
         method = method_parts[0]
         fn = inspect.getattr_static(target, method, None)
         if fn is None:
-            raise HandlerNotFound(f"handler {spec.path!r}: class {target.__name__!r} has no method {method!r}")
+            raise HandlerNotFound(
+                f"handler {spec.path!r}: class {target.__name__!r} has no method {method!r}"
+            )
         # Look at the function as it will be bound to an instance.
         probe = getattr(target, method)
         if not callable(probe):
-            raise HandlerNotFound(f"handler {spec.path!r}: {target.__name__}.{method} is not callable")
+            raise HandlerNotFound(
+                f"handler {spec.path!r}: {target.__name__}.{method} is not callable"
+            )
         if isinstance(fn, (staticmethod, classmethod)) or not inspect.isfunction(probe):
             call = probe
         else:
@@ -130,7 +141,9 @@ def resolve(spec: HandlerSpec) -> Handler:
     if not callable(obj):
         raise HandlerNotFound(f"handler {spec.path!r} is not callable")
     if inspect.isclass(obj):
-        raise HandlerNotFound(f"handler {spec.path!r} is a class; name a method: {spec.path}.method")
+        raise HandlerNotFound(
+            f"handler {spec.path!r} is a class; name a method: {spec.path}.method"
+        )
     return Handler(spec, obj, None, _wants_job(obj), _is_async(obj))
 
 
@@ -151,7 +164,9 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     flagged = getattr(fn, "_is_async", None)
     if flagged is not None:
         return bool(flagged)
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)
+    )
 
 
 def _wants_job(fn: Callable[..., Any]) -> bool:

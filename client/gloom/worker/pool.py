@@ -281,7 +281,9 @@ class ProcessFactory:
                 first = await pool_proc.receive()
         except trio.TooSlowError:
             await pool_proc.kill()
-            raise SpawnFailed(f"pool process {pool_proc.pid} did not start within {self.startup_timeout} s") from None
+            raise SpawnFailed(
+                f"pool process {pool_proc.pid} did not start within {self.startup_timeout} s"
+            ) from None
         except BaseException:
             with trio.CancelScope(shield=True):
                 await pool_proc.kill()
@@ -290,7 +292,9 @@ class ProcessFactory:
             raise SpawnFailed(f"pool process {pool_proc.pid} {first.text()} before it was ready")
         if first.get("op") == "fatal":
             await pool_proc.exited.wait()
-            kind = HandlerImportError if first.get("kind") == "HandlerImportError" else HandlerNotFound
+            kind = (
+                HandlerImportError if first.get("kind") == "HandlerImportError" else HandlerNotFound
+            )
             error: HandlerError = kind(first.get("message", "handler did not resolve"))
             raise error
         return pool_proc

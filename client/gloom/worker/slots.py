@@ -86,9 +86,7 @@ async def _slot_task(run: RunState, slot: Slot) -> None:
                 break
             delay = backoff.next()
             run.stats.reconnects += 1
-            log.warning(
-                "event=link_lost slot=%d reason=%s retry_in=%.2f", slot.id, reason, delay
-            )
+            log.warning("event=link_lost slot=%d reason=%s retry_in=%.2f", slot.id, reason, delay)
             run.emit("link_lost", slot, reason=reason)
             slot.state = "reconnecting"
             await run.sleep_unless_stopping(delay)

@@ -23,7 +23,6 @@ import trio
 from benchmarks import http_scrape
 from benchmarks.http_scrape import start_with_http
 from benchmarks.servers import Server
-
 from tests.support.wire import Peer, join
 
 JOBS = 30_000

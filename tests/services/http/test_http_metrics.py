@@ -22,7 +22,6 @@ from gloomd.http.metrics import (
 )
 from gloomd.http.metrics import render as render_bytes
 from gloomd.server import GloomServer
-
 from tests.support.brokerkit import Kit
 from tests.support.httpkit import Client, fetch, start_http
 from tests.support.wire import Peer, frame, join

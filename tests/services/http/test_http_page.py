@@ -27,7 +27,6 @@ import pytest
 import trio
 
 from gloomd.server import GloomServer
-
 from tests.support.httpkit import start_http
 from tests.support.wire import Peer, join
 

@@ -10,13 +10,12 @@ from typing import Any
 
 import pytest
 
-from gloomwire import codec
 from gloomd.http.admin import AdminChannel, status_for
 from gloomd.http.messages import HttpRequest, HttpResponse, Offload
 from gloomd.http.routes import OFFLOAD_TYPES, HttpApp, split_target
 from gloomd.http.settings import HttpSettings
 from gloomd.server import GloomServer
-
+from gloomwire import codec
 from tests.support.brokerkit import Kit
 
 JSON = ((b"content-type", b"application/json"),)

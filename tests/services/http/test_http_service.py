@@ -18,7 +18,6 @@ import trustme
 
 from gloomd.http import HttpService
 from gloomd.server import GloomServer
-
 from tests.support.httpkit import Client, build_request, exchange_raw, fetch, start_http
 
 MAX_BODY = 1000

@@ -19,8 +19,8 @@ import pytest
 import trio
 import trio.testing
 
-from gloomd.scheduler.firetime import JobConfigError, NextFireTimeError
 from gloomd.scheduler import FILTERED_MESSAGE, JobExistError, JobScheduler
+from gloomd.scheduler.firetime import JobConfigError, NextFireTimeError
 
 from .schedjobs import tasks
 from .schedjobs.store import Store
@@ -142,7 +142,11 @@ async def test_failing_job_is_logged_and_recorded_and_keeps_firing(
 ) -> None:
     store = Store()
     # async: a worker thread could let the autojump clock run past the next fires
-    conf = {"func": "tests.services.scheduler.schedjobs.tasks:explode_async", "args": ["kaboom"], "every": [1, "hour"]}
+    conf = {
+        "func": "tests.services.scheduler.schedjobs.tasks:explode_async",
+        "args": ["kaboom"],
+        "every": [1, "hour"],
+    }
     sched = JobScheduler({"bad": conf}, dump_status=store.dump, wall_clock=Wall())
     with caplog.at_level(logging.ERROR, logger="gloomd.scheduler"):
         await nursery.start(sched.run)
@@ -347,7 +351,11 @@ async def test_add_job_from_another_thread_wakes_the_loop(
     store = Store()
     sched = JobScheduler({}, dump_status=store.dump, wall_clock=wall, max_sleep=1e9)
     await nursery.start(sched.run)
-    conf = {"func": "tests.services.scheduler.schedjobs.tasks:record_async", "args": ["hello"], "every": [1, "day"]}
+    conf = {
+        "func": "tests.services.scheduler.schedjobs.tasks:record_async",
+        "args": ["hello"],
+        "every": [1, "day"],
+    }
     await trio.to_thread.run_sync(sched.add_job, "late", conf)
     st = await store.wait_until(lambda s: "fire_time" in s.get("late", {}))
     assert st["late"]["fire_time"]["ts"] == wall.base

@@ -14,16 +14,16 @@ import pytest
 import trio
 import trio.testing
 
-from gloomd.scheduler.firetime import JobConfigError, NextFireTimeError
-from gloomd.scheduler.config import build_job, default_state_path, load_schedule_file
-from gloomd.scheduler.listing import rows
-from gloomd.scheduler.listing import main as listing_main
 from gloomd.scheduler import (
     BackgroundWriter,
     JobScheduler,
     StateFile,
     serve_schedule,
 )
+from gloomd.scheduler.config import build_job, default_state_path, load_schedule_file
+from gloomd.scheduler.firetime import JobConfigError, NextFireTimeError
+from gloomd.scheduler.listing import main as listing_main
+from gloomd.scheduler.listing import rows
 
 from .schedjobs import tasks
 
@@ -53,7 +53,10 @@ EVERY = {"every": [1, "hour"]}
         ({**EVERY, "func": "no_colon_here"}, "package.module:function"),
         ({**EVERY, "func": "tests.services.scheduler.schedjobs.nope:record"}, "cannot import"),
         ({**EVERY, "func": "tests.services.scheduler.schedjobs.tasks:missing"}, "has no 'missing'"),
-        ({**EVERY, "func": "tests.services.scheduler.schedjobs.tasks:NOT_CALLABLE"}, "not callable"),
+        (
+            {**EVERY, "func": "tests.services.scheduler.schedjobs.tasks:NOT_CALLABLE"},
+            "not callable",
+        ),
         ({**EVERY, "func": print, "args": "abc"}, "args must be a list"),
         ({**EVERY, "func": print, "kwargs": [1]}, "kwargs must be a table"),
         ({**EVERY, "func": print, "concurrence_n": 0}, "concurrence_n"),
@@ -80,7 +83,10 @@ def test_never_advancing_job_stays_a_next_fire_time_error() -> None:
 
 
 def test_func_by_name_resolves_nested_attributes() -> None:
-    spec = build_job("n", {"func": "tests.services.scheduler.schedjobs.tasks:Namespace.nested", "every": [1, "day"]})
+    spec = build_job(
+        "n",
+        {"func": "tests.services.scheduler.schedjobs.tasks:Namespace.nested", "every": [1, "day"]},
+    )
     assert spec.func is tasks.Namespace.nested
     assert spec.target == "tests.services.scheduler.schedjobs.tasks:Namespace.nested"
     assert spec.args == () and spec.kwargs == {}
@@ -302,7 +308,9 @@ def test_list_main_prints_a_table(
 ) -> None:
     path = write(tmp_path, SCHEDULE)
     state = tmp_path / "custom.json"
-    StateFile(state).dump({"frequent": {"message": "[bold]not markup[/bold]", "fire_time": {"ts": 1e9}}})
+    StateFile(state).dump(
+        {"frequent": {"message": "[bold]not markup[/bold]", "fire_time": {"ts": 1e9}}}
+    )
     assert listing_main(["--schedule", str(path), "--schedule-state", str(state)]) == 0
     out = capsys.readouterr().out
     for text in (

@@ -19,8 +19,8 @@ from gloomd.config import Config
 from gloomd.local import LocalMaster, LocalMasterError, RemoteJobError, SubmitRejected
 from gloomd.scheduler import JobScheduler
 from gloomd.server import GloomServer
-
 from tests.support import wire
+
 from .schedjobs.store import Store
 
 pytestmark = pytest.mark.timeout(30)
@@ -58,7 +58,12 @@ async def test_submit_job_reaches_a_slave_and_its_result_is_recorded(nursery: tr
     await start_scheduler(nursery, {"nightly": job_conf}, server, store)
     with trio.fail_after(WAIT):
         job = await slave.recv()
-    assert (job["action"], job["type"], job["body"], job["timeout"]) == ("job", "report", {"kind": "hourly"}, 60)
+    assert (job["action"], job["type"], job["body"], job["timeout"]) == (
+        "job",
+        "report",
+        {"kind": "hourly"},
+        60,
+    )
     assert job["id"].startswith("sched:nightly:")
     assert job["id"] in store.last["nightly"]["active_threads"]
 
@@ -124,11 +129,16 @@ async def test_slave_failure_and_timeout_are_recorded(nursery: trio.Nursery) -> 
     await start_scheduler(nursery, jobs, server, store)
     with trio.fail_after(WAIT):
         await failing_slave.recv()
-        ack = await failing_slave.request({"action": "fail", "error": "ERROR", "reason": "disk full"})
+        ack = await failing_slave.request(
+            {"action": "fail", "error": "ERROR", "reason": "disk full"}
+        )
         assert ack == {"ok": True}
         slow = await silent_slave.recv()  # and never answered: gloomd times it out
         st = await store.wait_until(
-            lambda s: s["failing"]["message"].startswith("failed") and s["slow"]["message"].startswith("failed")
+            lambda s: (
+                s["failing"]["message"].startswith("failed")
+                and s["slow"]["message"].startswith("failed")
+            )
         )
     assert st["failing"]["message"] == "failed: RemoteJobError: job_error (ERROR): 'disk full'"
     assert st["slow"]["message"] == f"failed: RemoteJobError: job_failed (TIMEOUT): {slow['id']!r}"
@@ -136,7 +146,9 @@ async def test_slave_failure_and_timeout_are_recorded(nursery: trio.Nursery) -> 
     await silent_slave.aclose()
 
 
-async def test_daemon_shutdown_and_lost_connection_fail_the_waiting_runs(nursery: trio.Nursery) -> None:
+async def test_daemon_shutdown_and_lost_connection_fail_the_waiting_runs(
+    nursery: trio.Nursery,
+) -> None:
     store = Store()
     async with trio.open_nursery() as daemon:
         server = await start_server(daemon)
@@ -146,7 +158,10 @@ async def test_daemon_shutdown_and_lost_connection_fail_the_waiting_runs(nursery
             await slave.recv()
             await server.shutdown()  # gloomd fails unanswered jobs with HALTED
             st = await store.wait_until(lambda s: not s["j"]["active_threads"])
-        assert st["j"]["message"] == f"failed: RemoteJobError: job_failed (HALTED): {st['j']['log'][0].split()[1]!r}"
+        assert (
+            st["j"]["message"]
+            == f"failed: RemoteJobError: job_failed (HALTED): {st['j']['log'][0].split()[1]!r}"
+        )
         await slave.aclose()
 
     async with trio.open_nursery() as daemon:
@@ -163,7 +178,9 @@ async def test_daemon_shutdown_and_lost_connection_fail_the_waiting_runs(nursery
     await slave.aclose()
 
 
-async def test_local_master_matches_results_by_id_and_reports_rejections(nursery: trio.Nursery) -> None:
+async def test_local_master_matches_results_by_id_and_reports_rejections(
+    nursery: trio.Nursery,
+) -> None:
     server = await start_server(nursery)
     link = LocalMaster(server, "scheduler")
     slave = await wire.join(server.slave_port, "t")

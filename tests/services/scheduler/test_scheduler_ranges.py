@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import trio
 
+from gloomd.scheduler import JobScheduler, StateFile, serve_schedule
+from gloomd.scheduler.config import build_job, load_schedule_file
 from gloomd.scheduler.firetime import (
     MAX_INTERVAL_SECONDS,
     MAX_MONTHS,
@@ -28,9 +30,7 @@ from gloomd.scheduler.firetime import (
     is_fire_ts,
     parse_timing,
 )
-from gloomd.scheduler.config import build_job, load_schedule_file
 from gloomd.scheduler.listing import rows
-from gloomd.scheduler import JobScheduler, StateFile, serve_schedule
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -50,13 +50,29 @@ def test_equal_to_every_limit_passes() -> None:
 @pytest.mark.parametrize(
     ("load", "thresholds", "message"),
     [
-        (SystemLoad(500 * MiB - 1, 50.0, 1), Thresholds(), "mem_available: 524287999 is less than: 524288000"),
+        (
+            SystemLoad(500 * MiB - 1, 50.0, 1),
+            Thresholds(),
+            "mem_available: 524287999 is less than: 524288000",
+        ),
         (SystemLoad(10**12, 2.99, 1), Thresholds(), "cpu_idle_percent: 2 is less than: 3"),
         (SystemLoad(10**12, 50.0, 1001), Thresholds(), "client_number: 1001 is greater than: 1000"),
         # pykit's %d truncated floats in the message, but compared them exactly.
-        (SystemLoad(100, 50.0, 1), Thresholds(mem_low_threshold=100.5), "mem_available: 100 is less than: 100"),
-        (SystemLoad(10**12, 99.9, 1), Thresholds(cpu_low_threshold=100.1), "cpu_idle_percent: 99 is less than: 100"),
-        (SystemLoad(10**12, 50.0, 2), Thresholds(max_client_number=1.5), "client_number: 2 is greater than: 1"),
+        (
+            SystemLoad(100, 50.0, 1),
+            Thresholds(mem_low_threshold=100.5),
+            "mem_available: 100 is less than: 100",
+        ),
+        (
+            SystemLoad(10**12, 99.9, 1),
+            Thresholds(cpu_low_threshold=100.1),
+            "cpu_idle_percent: 99 is less than: 100",
+        ),
+        (
+            SystemLoad(10**12, 50.0, 2),
+            Thresholds(max_client_number=1.5),
+            "client_number: 2 is greater than: 1",
+        ),
         # Several limits broken: memory is reported first, then CPU.
         (SystemLoad(0, 0.0, 5000), Thresholds(), "mem_available: 0 is less than: 524288000"),
         (SystemLoad(10**12, 0.0, 5000), Thresholds(), "cpu_idle_percent: 0 is less than: 3"),
@@ -73,7 +89,11 @@ def test_zero_thresholds_always_pass_and_client_limit_is_inclusive() -> None:
 
 
 def test_system_load_dict_uses_pykits_keys() -> None:
-    assert SystemLoad(1, 2.5, 3).as_dict() == {"mem_available": 1, "cpu_idle_percent": 2.5, "client_number": 3}
+    assert SystemLoad(1, 2.5, 3).as_dict() == {
+        "mem_available": 1,
+        "cpu_idle_percent": 2.5,
+        "client_number": 3,
+    }
 
 
 # ------------------------------------------------------------------ cpu_idle_percent, pure
@@ -116,7 +136,9 @@ async def test_sample_is_plausible(nursery: trio.Nursery) -> None:
     _plausible(await sampler.sample(0))
 
 
-async def test_the_window_is_a_trio_sleep_not_a_blocked_thread(autojump_clock: trio.testing.MockClock) -> None:
+async def test_the_window_is_a_trio_sleep_not_a_blocked_thread(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     # Under the autojump clock a trio.sleep(10) passes at once; a thread sleeping
     # for the window (as psutil.cpu_times_percent does) would take 10 real seconds.
     started = time.monotonic()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import ModuleType
@@ -30,7 +30,6 @@ from trio_websocket import (
 )
 
 from gloomd.wsjobd import WsJobService
-
 from tests.support import WSJOBS
 from tests.support.daemon import spawn_gloomd
 
@@ -81,21 +80,6 @@ class Served:
 
     def connect(self, resource: str = "/") -> Any:
         return ws_client(self.port, resource)
-
-
-@pytest.fixture
-def gate_names() -> Iterator[list[str]]:
-    """Unique gate names for the test; every one is released at teardown so no
-    job thread outlives the test waiting for a release that never comes."""
-    names: list[str] = []
-    yield names
-    import sys
-
-    for module_name, module in list(sys.modules.items()):
-        if module_name.startswith("_gloomd_wsjobs_") and module_name.endswith(".gates"):
-            for name in names:
-                for suffix in ("", "/1", "/2", "/3"):
-                    module.release(name + suffix)
 
 
 @pytest.fixture
@@ -177,8 +161,18 @@ OK = {"func": "echo.run", "ident": "i"}
 REFUSALS: list[tuple[str, Any, str, str]] = [
     # 1. JSON
     ("not json", "foo", "InvalidMessageError", "message is not a valid json string: foo"),
-    ("truncated json", '{"ident": 1', "InvalidMessageError", 'message is not a valid json string: {"ident": 1'),
-    ("NaN", '{"ident": NaN, "func": "echo.run"}', "InvalidMessageError", 'message is not a valid json string: {"ident": NaN, "func": "echo.run"}'),
+    (
+        "truncated json",
+        '{"ident": 1',
+        "InvalidMessageError",
+        'message is not a valid json string: {"ident": 1',
+    ),
+    (
+        "NaN",
+        '{"ident": NaN, "func": "echo.run"}',
+        "InvalidMessageError",
+        'message is not a valid json string: {"ident": NaN, "func": "echo.run"}',
+    ),
     # 2. object
     ("string", '"foo"', "InvalidMessageError", "message is not dictionary"),
     ("list", "[1, 2]", "InvalidMessageError", "message is not dictionary"),
@@ -187,61 +181,276 @@ REFUSALS: list[tuple[str, Any, str, str]] = [
     # 3. ident, checked before func: {} reports the ident
     ("empty object", {}, "InvalidMessageError", "'ident' is not in message"),
     ("func only", {"func": "echo.run"}, "InvalidMessageError", "'ident' is not in message"),
-    ("ident list", {"ident": [1], "func": "echo.run"}, "InvalidMessageError", "ident is not a string, number, boolean or null"),
-    ("ident object", {"ident": {"a": 1}, "func": "echo.run"}, "InvalidMessageError", "ident is not a string, number, boolean or null"),
+    (
+        "ident list",
+        {"ident": [1], "func": "echo.run"},
+        "InvalidMessageError",
+        "ident is not a string, number, boolean or null",
+    ),
+    (
+        "ident object",
+        {"ident": {"a": 1}, "func": "echo.run"},
+        "InvalidMessageError",
+        "ident is not a string, number, boolean or null",
+    ),
     # 4. func
     ("no func", {"ident": "bar"}, "InvalidMessageError", "'func' is not in message"),
-    ("no func, bad rest", {"ident": "bar", "progress": 0, "jobs_dir": "x"}, "InvalidMessageError", "'func' is not in message"),
+    (
+        "no func, bad rest",
+        {"ident": "bar", "progress": 0, "jobs_dir": "x"},
+        "InvalidMessageError",
+        "'func' is not in message",
+    ),
     ("func number", {"ident": 1, "func": 5}, "InvalidMessageError", "func is not a string"),
     ("func null", {"ident": 1, "func": None}, "InvalidMessageError", "func is not a string"),
     # 5. the other fields' types, in order: progress ...
-    ("progress 0", {**OK, "progress": 0}, "InvalidProgressError", "the progress in message is not a dictionary"),
-    ("progress true", {**OK, "progress": True}, "InvalidProgressError", "the progress in message is not a dictionary"),
-    ("progress list", {**OK, "progress": []}, "InvalidProgressError", "the progress in message is not a dictionary"),
-    ("progress string", {**OK, "progress": "fast"}, "InvalidProgressError", "the progress in message is not a dictionary"),
-    ("interval 0", {**OK, "progress": {"interval": 0}}, "InvalidProgressError", "progress interval is not a number greater than 0"),
-    ("interval negative", {**OK, "progress": {"interval": -1}}, "InvalidProgressError", "progress interval is not a number greater than 0"),
-    ("interval string", {**OK, "progress": {"interval": "5"}}, "InvalidProgressError", "progress interval is not a number greater than 0"),
-    ("interval bool", {**OK, "progress": {"interval": True}}, "InvalidProgressError", "progress interval is not a number greater than 0"),
-    ("interval null", {**OK, "progress": {"interval": None}}, "InvalidProgressError", "progress interval is not a number greater than 0"),
-    ("key number", {**OK, "progress": {"key": 5}}, "InvalidProgressError", "progress key is not a string"),
-    ("progress before check_load", {**OK, "progress": 1, "check_load": 1}, "InvalidProgressError", "the progress in message is not a dictionary"),
+    (
+        "progress 0",
+        {**OK, "progress": 0},
+        "InvalidProgressError",
+        "the progress in message is not a dictionary",
+    ),
+    (
+        "progress true",
+        {**OK, "progress": True},
+        "InvalidProgressError",
+        "the progress in message is not a dictionary",
+    ),
+    (
+        "progress list",
+        {**OK, "progress": []},
+        "InvalidProgressError",
+        "the progress in message is not a dictionary",
+    ),
+    (
+        "progress string",
+        {**OK, "progress": "fast"},
+        "InvalidProgressError",
+        "the progress in message is not a dictionary",
+    ),
+    (
+        "interval 0",
+        {**OK, "progress": {"interval": 0}},
+        "InvalidProgressError",
+        "progress interval is not a number greater than 0",
+    ),
+    (
+        "interval negative",
+        {**OK, "progress": {"interval": -1}},
+        "InvalidProgressError",
+        "progress interval is not a number greater than 0",
+    ),
+    (
+        "interval string",
+        {**OK, "progress": {"interval": "5"}},
+        "InvalidProgressError",
+        "progress interval is not a number greater than 0",
+    ),
+    (
+        "interval bool",
+        {**OK, "progress": {"interval": True}},
+        "InvalidProgressError",
+        "progress interval is not a number greater than 0",
+    ),
+    (
+        "interval null",
+        {**OK, "progress": {"interval": None}},
+        "InvalidProgressError",
+        "progress interval is not a number greater than 0",
+    ),
+    (
+        "key number",
+        {**OK, "progress": {"key": 5}},
+        "InvalidProgressError",
+        "progress key is not a string",
+    ),
+    (
+        "progress before check_load",
+        {**OK, "progress": 1, "check_load": 1},
+        "InvalidProgressError",
+        "the progress in message is not a dictionary",
+    ),
     # ... check_load ...
-    ("check_load list", {**OK, "check_load": []}, "InvalidMessageError", "check_load is not a dictionary"),
-    ("check_load true", {**OK, "check_load": True}, "InvalidMessageError", "check_load is not a dictionary"),
-    ("mem threshold string", {**OK, "check_load": {"mem_low_threshold": "foo"}}, "InvalidMessageError", "mem_low_threshold is not a number"),
-    ("cpu threshold null", {**OK, "check_load": {"cpu_low_threshold": None}}, "InvalidMessageError", "cpu_low_threshold is not a number"),
-    ("clients threshold object", {**OK, "check_load": {"max_client_number": {}}}, "InvalidMessageError", "max_client_number is not a number"),
-    ("threshold bool", {**OK, "check_load": {"max_client_number": True}}, "InvalidMessageError", "max_client_number is not a number"),
-    ("threshold overflowing", '{"func": "echo.run", "ident": 1, "check_load": {"mem_low_threshold": 1e999}}', "InvalidMessageError", "message is not a valid json string: "),
+    (
+        "check_load list",
+        {**OK, "check_load": []},
+        "InvalidMessageError",
+        "check_load is not a dictionary",
+    ),
+    (
+        "check_load true",
+        {**OK, "check_load": True},
+        "InvalidMessageError",
+        "check_load is not a dictionary",
+    ),
+    (
+        "mem threshold string",
+        {**OK, "check_load": {"mem_low_threshold": "foo"}},
+        "InvalidMessageError",
+        "mem_low_threshold is not a number",
+    ),
+    (
+        "cpu threshold null",
+        {**OK, "check_load": {"cpu_low_threshold": None}},
+        "InvalidMessageError",
+        "cpu_low_threshold is not a number",
+    ),
+    (
+        "clients threshold object",
+        {**OK, "check_load": {"max_client_number": {}}},
+        "InvalidMessageError",
+        "max_client_number is not a number",
+    ),
+    (
+        "threshold bool",
+        {**OK, "check_load": {"max_client_number": True}},
+        "InvalidMessageError",
+        "max_client_number is not a number",
+    ),
+    (
+        "threshold overflowing",
+        '{"func": "echo.run", "ident": 1, "check_load": {"mem_low_threshold": 1e999}}',
+        "InvalidMessageError",
+        "message is not a valid json string: ",
+    ),
     # A 19-digit ident takes the codec's exact path: 1e999 is invalid JSON there too.
-    ("threshold infinite", '{"func": "echo.run", "ident": 1234567890123456789012, "check_load": {"mem_low_threshold": 1e999}}', "InvalidMessageError", "message is not a valid json string: "),
-    ("type error before overload", {**OK, "check_load": {"mem_low_threshold": TOTAL_MEMORY * 2, "cpu_low_threshold": "x"}}, "InvalidMessageError", "cpu_low_threshold is not a number"),
+    (
+        "threshold infinite",
+        '{"func": "echo.run", "ident": 1234567890123456789012, "check_load": {"mem_low_threshold": 1e999}}',
+        "InvalidMessageError",
+        "message is not a valid json string: ",
+    ),
+    (
+        "type error before overload",
+        {**OK, "check_load": {"mem_low_threshold": TOTAL_MEMORY * 2, "cpu_low_threshold": "x"}},
+        "InvalidMessageError",
+        "cpu_low_threshold is not a number",
+    ),
     # ... report_system_load ...
-    ("report_system_load 1", {**OK, "report_system_load": 1}, "InvalidMessageError", "report_system_load is not a boolean"),
-    ("report_system_load string", {**OK, "report_system_load": "true"}, "InvalidMessageError", "report_system_load is not a boolean"),
+    (
+        "report_system_load 1",
+        {**OK, "report_system_load": 1},
+        "InvalidMessageError",
+        "report_system_load is not a boolean",
+    ),
+    (
+        "report_system_load string",
+        {**OK, "report_system_load": "true"},
+        "InvalidMessageError",
+        "report_system_load is not a boolean",
+    ),
     # ... cpu_sample_interval ...
-    ("cpu interval string", {**OK, "cpu_sample_interval": "foo"}, "InvalidMessageError", "cpu_sample_interval is not a number"),
-    ("cpu interval null", {**OK, "cpu_sample_interval": None}, "InvalidMessageError", "cpu_sample_interval is not a number"),
-    ("cpu interval bool", {**OK, "cpu_sample_interval": True}, "InvalidMessageError", "cpu_sample_interval is not a number"),
-    ("cpu interval negative", {**OK, "cpu_sample_interval": -0.1}, "InvalidMessageError", "cpu_sample_interval is not between 0 and 10"),
-    ("cpu interval too long", {**OK, "cpu_sample_interval": 10.5}, "InvalidMessageError", "cpu_sample_interval is not between 0 and 10"),
+    (
+        "cpu interval string",
+        {**OK, "cpu_sample_interval": "foo"},
+        "InvalidMessageError",
+        "cpu_sample_interval is not a number",
+    ),
+    (
+        "cpu interval null",
+        {**OK, "cpu_sample_interval": None},
+        "InvalidMessageError",
+        "cpu_sample_interval is not a number",
+    ),
+    (
+        "cpu interval bool",
+        {**OK, "cpu_sample_interval": True},
+        "InvalidMessageError",
+        "cpu_sample_interval is not a number",
+    ),
+    (
+        "cpu interval negative",
+        {**OK, "cpu_sample_interval": -0.1},
+        "InvalidMessageError",
+        "cpu_sample_interval is not between 0 and 10",
+    ),
+    (
+        "cpu interval too long",
+        {**OK, "cpu_sample_interval": 10.5},
+        "InvalidMessageError",
+        "cpu_sample_interval is not between 0 and 10",
+    ),
     # ... and no jobs_dir, whatever its value
-    ("jobs_dir string", {**OK, "jobs_dir": "/tmp"}, "InvalidMessageError", "jobs_dir is set by the server"),
-    ("jobs_dir null", {**OK, "jobs_dir": None}, "InvalidMessageError", "jobs_dir is set by the server"),
-    ("jobs_dir parent", {**OK, "jobs_dir": "../.."}, "InvalidMessageError", "jobs_dir is set by the server"),
-    ("jobs_dir before overload", {**OK, "jobs_dir": "jobs", "check_load": {"mem_low_threshold": TOTAL_MEMORY * 2}}, "InvalidMessageError", "jobs_dir is set by the server"),
+    (
+        "jobs_dir string",
+        {**OK, "jobs_dir": "/tmp"},
+        "InvalidMessageError",
+        "jobs_dir is set by the server",
+    ),
+    (
+        "jobs_dir null",
+        {**OK, "jobs_dir": None},
+        "InvalidMessageError",
+        "jobs_dir is set by the server",
+    ),
+    (
+        "jobs_dir parent",
+        {**OK, "jobs_dir": "../.."},
+        "InvalidMessageError",
+        "jobs_dir is set by the server",
+    ),
+    (
+        "jobs_dir before overload",
+        {**OK, "jobs_dir": "jobs", "check_load": {"mem_low_threshold": TOTAL_MEMORY * 2}},
+        "InvalidMessageError",
+        "jobs_dir is set by the server",
+    ),
     # 6. load check, before loading the function
-    ("overload before loading", {"ident": 1, "func": "no_such_module.run", "check_load": {"cpu_low_threshold": 100.1}}, "SystemOverloadError", "cpu_idle_percent: "),
+    (
+        "overload before loading",
+        {"ident": 1, "func": "no_such_module.run", "check_load": {"cpu_low_threshold": 100.1}},
+        "SystemOverloadError",
+        "cpu_idle_percent: ",
+    ),
     # 7. loading
-    ("missing module", {"ident": 1, "func": "no_such_module.run"}, "LoadingError", "failed to import jobs.no_such_module: ModuleNotFoundError"),
-    ("missing function", {"ident": 1, "func": "echo.nothing"}, "LoadingError", "function not found: 'nothing'"),
-    ("missing function in package", {"ident": 1, "func": "nothing"}, "LoadingError", "function not found: 'nothing'"),
-    ("not a function", {"ident": 1, "func": "answer"}, "LoadingError", "jobs.answer is not a function"),
-    ("generator function", {"ident": 1, "func": "numbers"}, "LoadingError", "jobs.numbers is not a function"),
-    ("module is not a function", {"ident": 1, "func": "sub.deep"}, "LoadingError", "function not found: 'deep'"),
-    ("import fails", {"ident": 1, "func": "broken_import.run"}, "LoadingError", "failed to import jobs.broken_import: ModuleNotFoundError"),
-    ("import raises", {"ident": 1, "func": "raising_import.run"}, "LoadingError", "failed to import jobs.raising_import: RuntimeError('refusing to be imported')"),
+    (
+        "missing module",
+        {"ident": 1, "func": "no_such_module.run"},
+        "LoadingError",
+        "failed to import jobs.no_such_module: ModuleNotFoundError",
+    ),
+    (
+        "missing function",
+        {"ident": 1, "func": "echo.nothing"},
+        "LoadingError",
+        "function not found: 'nothing'",
+    ),
+    (
+        "missing function in package",
+        {"ident": 1, "func": "nothing"},
+        "LoadingError",
+        "function not found: 'nothing'",
+    ),
+    (
+        "not a function",
+        {"ident": 1, "func": "answer"},
+        "LoadingError",
+        "jobs.answer is not a function",
+    ),
+    (
+        "generator function",
+        {"ident": 1, "func": "numbers"},
+        "LoadingError",
+        "jobs.numbers is not a function",
+    ),
+    (
+        "module is not a function",
+        {"ident": 1, "func": "sub.deep"},
+        "LoadingError",
+        "function not found: 'deep'",
+    ),
+    (
+        "import fails",
+        {"ident": 1, "func": "broken_import.run"},
+        "LoadingError",
+        "failed to import jobs.broken_import: ModuleNotFoundError",
+    ),
+    (
+        "import raises",
+        {"ident": 1, "func": "raising_import.run"},
+        "LoadingError",
+        "failed to import jobs.raising_import: RuntimeError('refusing to be imported')",
+    ),
 ]
 
 
@@ -252,7 +461,9 @@ def _check_refusal(reply: Any, name: str, text: str) -> None:
     assert reply["val"][0].startswith(text), reply
 
 
-@pytest.mark.parametrize(("message", "name", "text"), [c[1:] for c in REFUSALS], ids=[c[0] for c in REFUSALS])
+@pytest.mark.parametrize(
+    ("message", "name", "text"), [c[1:] for c in REFUSALS], ids=[c[0] for c in REFUSALS]
+)
 async def test_refusal_is_one_error_frame_then_a_normal_close(
     served: Served, message: Any, name: str, text: str
 ) -> None:
@@ -299,7 +510,9 @@ ESCAPES: list[tuple[str, str]] = [
 
 
 @pytest.mark.parametrize(("func", "outcome"), ESCAPES, ids=[repr(e[0]) for e in ESCAPES])
-async def test_func_cannot_leave_the_jobs_directory(served: Served, func: str, outcome: str) -> None:
+async def test_func_cannot_leave_the_jobs_directory(
+    served: Served, func: str, outcome: str
+) -> None:
     async with served.connect() as ws:
         await send(ws, {"ident": f"escape {func!r}", "func": func})
         reply = await receive(ws)
@@ -325,7 +538,9 @@ async def test_progress_without_key_reports_the_whole_dict_then_closes(served: S
 
 
 async def test_progress_with_key_reports_the_bare_value(served: Served) -> None:
-    values, _ = await run_job(served, {"func": "echo.run", "ident": "key", "progress": {"key": "foo"}})
+    values, _ = await run_job(
+        served, {"func": "echo.run", "ident": "key", "progress": {"key": "foo"}}
+    )
     assert values[-1] == "80%"
     assert set(values) <= {None, "80%"}  # null until the job wrote the key
 
@@ -333,7 +548,15 @@ async def test_progress_with_key_reports_the_bare_value(served: Served) -> None:
 async def test_missing_key_reports_null(served: Served, gate_names: list[str]) -> None:
     gate = new_gate(gate_names)
     async with served.connect() as ws:
-        await send(ws, {"func": "gates.waiting", "ident": gate, "gate": gate, "progress": {"key": "nope", "interval": NEVER}})
+        await send(
+            ws,
+            {
+                "func": "gates.waiting",
+                "ident": gate,
+                "gate": gate,
+                "progress": {"key": "nope", "interval": NEVER},
+            },
+        )
         assert await receive(ws) is None
         served.gates.release(gate)
         assert await receive(ws) is None
@@ -344,7 +567,15 @@ async def test_reports_follow_the_interval(served: Served, gate_names: list[str]
     gate = new_gate(gate_names)
     interval = 0.1
     async with served.connect() as ws:
-        await send(ws, {"func": "gates.waiting", "ident": gate, "gate": gate, "progress": {"interval": interval, "key": "gate"}})
+        await send(
+            ws,
+            {
+                "func": "gates.waiting",
+                "ident": gate,
+                "gate": gate,
+                "progress": {"interval": interval, "key": "gate"},
+            },
+        )
         times = []
         for _ in range(4):
             assert await receive(ws) == gate
@@ -357,7 +588,16 @@ async def test_reports_follow_the_interval(served: Served, gate_names: list[str]
 async def test_report_system_load_fields(served: Served, gate_names: list[str]) -> None:
     gate = new_gate(gate_names)
     async with served.connect() as ws:
-        await send(ws, {"func": "gates.waiting", "ident": gate, "gate": gate, "report_system_load": True, "progress": {"interval": NEVER}})
+        await send(
+            ws,
+            {
+                "func": "gates.waiting",
+                "ident": gate,
+                "gate": gate,
+                "report_system_load": True,
+                "progress": {"interval": NEVER},
+            },
+        )
         report = await receive(ws)
         load = report["system_load"]
         assert set(load) == {"mem_available", "cpu_idle_percent", "client_number"}
@@ -368,10 +608,21 @@ async def test_report_system_load_fields(served: Served, gate_names: list[str]) 
         # A second client attaching to the same job counts, and never sees the
         # first one's system_load: reports are copies, not the job's own dict.
         async with served.connect() as other:
-            await send(other, {"func": "gates.waiting", "ident": gate, "progress": {"interval": NEVER}, "report_system_load": True, "cpu_sample_interval": 0})
+            await send(
+                other,
+                {
+                    "func": "gates.waiting",
+                    "ident": gate,
+                    "progress": {"interval": NEVER},
+                    "report_system_load": True,
+                    "cpu_sample_interval": 0,
+                },
+            )
             assert (await receive(other))["system_load"]["client_number"] == 2
         async with served.connect() as plain:
-            await send(plain, {"func": "gates.waiting", "ident": gate, "progress": {"interval": NEVER}})
+            await send(
+                plain, {"func": "gates.waiting", "ident": gate, "progress": {"interval": NEVER}}
+            )
             assert "system_load" not in await receive(plain)
         job = served.service.running_job(gate)
         assert job is not None and "system_load" not in job.data
@@ -381,10 +632,21 @@ async def test_report_system_load_fields(served: Served, gate_names: list[str]) 
         assert (await closed(ws)).code == 1000
 
 
-async def test_system_load_is_not_added_to_a_bare_value(served: Served, gate_names: list[str]) -> None:
+async def test_system_load_is_not_added_to_a_bare_value(
+    served: Served, gate_names: list[str]
+) -> None:
     gate = new_gate(gate_names)
     async with served.connect() as ws:
-        await send(ws, {"func": "gates.waiting", "ident": gate, "gate": gate, "report_system_load": True, "progress": {"key": "gate", "interval": NEVER}})
+        await send(
+            ws,
+            {
+                "func": "gates.waiting",
+                "ident": gate,
+                "gate": gate,
+                "report_system_load": True,
+                "progress": {"key": "gate", "interval": NEVER},
+            },
+        )
         assert await receive(ws) == gate
 
 
@@ -393,7 +655,13 @@ async def test_report_now_and_progress_available_wake_every_listener(
 ) -> None:
     for func in ("gates.stepping", "gates.stepping_async"):
         gate = new_gate(gate_names)
-        message = {"func": func, "ident": gate, "gate": gate, "step": 0, "progress": {"interval": NEVER, "key": "step"}}
+        message = {
+            "func": func,
+            "ident": gate,
+            "gate": gate,
+            "step": 0,
+            "progress": {"interval": NEVER, "key": "step"},
+        }
         async with served.connect() as first, served.connect() as second:
             await send(first, message)
             assert await receive(first) == 0
@@ -412,11 +680,15 @@ async def test_report_now_and_progress_available_wake_every_listener(
                 assert (await closed(ws)).code == 1000
 
 
-async def test_progress_off_sends_nothing_but_still_closes(served: Served, gate_names: list[str]) -> None:
+async def test_progress_off_sends_nothing_but_still_closes(
+    served: Served, gate_names: list[str]
+) -> None:
     for progress in (None, False):
         gate = new_gate(gate_names)
         async with served.connect() as ws:
-            await send(ws, {"func": "gates.blocking", "ident": gate, "gate": gate, "progress": progress})
+            await send(
+                ws, {"func": "gates.blocking", "ident": gate, "gate": gate, "progress": progress}
+            )
             await wait_started(served, gate)
             served.gates.release(gate)
             assert (await closed(ws)).code == 1000  # and no frame before it
@@ -425,7 +697,15 @@ async def test_progress_off_sends_nothing_but_still_closes(served: Served, gate_
 async def test_messages_after_the_first_are_ignored(served: Served, gate_names: list[str]) -> None:
     gate = new_gate(gate_names)
     async with served.connect() as ws:
-        await send(ws, {"func": "gates.waiting", "ident": gate, "gate": gate, "progress": {"interval": NEVER, "key": "gate"}})
+        await send(
+            ws,
+            {
+                "func": "gates.waiting",
+                "ident": gate,
+                "gate": gate,
+                "progress": {"interval": NEVER, "key": "gate"},
+            },
+        )
         assert await receive(ws) == gate
         for junk in ("not json", {"func": "echo.run", "ident": "other"}, "{}"):
             await send(ws, junk)
@@ -445,11 +725,23 @@ async def test_second_listener_attaches_with_its_own_interval_and_key(
     gate = new_gate(gate_names)
     fast, slow = 0.02, 0.25
     async with served.connect() as first:
-        await send(first, {"func": "gates.waiting", "ident": gate, "gate": gate, "echo": "foo", "progress": {"interval": fast, "key": "result"}})
+        await send(
+            first,
+            {
+                "func": "gates.waiting",
+                "ident": gate,
+                "gate": gate,
+                "echo": "foo",
+                "progress": {"interval": fast, "key": "result"},
+            },
+        )
         await wait_started(served, gate)
         async with served.connect() as second:
             # Its own func must load, its own extra fields are ignored.
-            await send(second, {"func": "echo.run", "ident": gate, "echo": "bar", "progress": {"interval": slow}})
+            await send(
+                second,
+                {"func": "echo.run", "ident": gate, "echo": "bar", "progress": {"interval": slow}},
+            )
             slow_times: list[float] = []
             fast_count = 0
 
@@ -483,11 +775,16 @@ async def test_attaching_needs_a_loadable_func_and_passing_check_load(
 ) -> None:
     gate = new_gate(gate_names)
     async with served.connect() as ws:
-        await send(ws, {"func": "gates.waiting", "ident": gate, "gate": gate, "progress": {"interval": NEVER}})
+        await send(
+            ws,
+            {"func": "gates.waiting", "ident": gate, "gate": gate, "progress": {"interval": NEVER}},
+        )
         await receive(ws)
         reply, _ = await exchange(served, {"func": "echo.nothing", "ident": gate})
         assert reply["err"] == "LoadingError"
-        reply, _ = await exchange(served, {"func": "echo.run", "ident": gate, "check_load": {"cpu_low_threshold": 101}})
+        reply, _ = await exchange(
+            served, {"func": "echo.run", "ident": gate, "check_load": {"cpu_low_threshold": 101}}
+        )
         assert reply["err"] == "SystemOverloadError"
         served.gates.release(gate)
 
@@ -497,7 +794,16 @@ async def test_ident_types_are_distinct_keys(served: Served, gate_names: list[st
     async with trio.open_nursery() as nursery:
         for ident in idents:
             gate = new_gate(gate_names)
-            ws = await nursery.start(_open_job, served, {"func": "gates.waiting", "ident": ident, "gate": gate, "progress": {"interval": NEVER}})
+            ws = await nursery.start(
+                _open_job,
+                served,
+                {
+                    "func": "gates.waiting",
+                    "ident": ident,
+                    "gate": gate,
+                    "progress": {"interval": NEVER},
+                },
+            )
             await wait_started(served, gate)
             job = served.service.running_job(ident)
             assert job is not None and job.data["gate"] == gate
@@ -509,7 +815,9 @@ async def test_ident_types_are_distinct_keys(served: Served, gate_names: list[st
             served.gates.release(name)
 
 
-async def _open_job(served: Served, message: Any, *, task_status: trio.TaskStatus[WebSocketConnection]) -> None:
+async def _open_job(
+    served: Served, message: Any, *, task_status: trio.TaskStatus[WebSocketConnection]
+) -> None:
     async with served.connect() as ws:
         await send(ws, message)
         await receive(ws)
@@ -536,7 +844,16 @@ async def test_client_disconnect_keeps_the_job_and_reattach_works(
 ) -> None:
     gate = new_gate(gate_names)
     async with served.connect() as ws:
-        await send(ws, {"func": "gates.blocking", "ident": gate, "gate": gate, "echo": "foo", "progress": {"interval": NEVER}})
+        await send(
+            ws,
+            {
+                "func": "gates.blocking",
+                "ident": gate,
+                "gate": gate,
+                "echo": "foo",
+                "progress": {"interval": NEVER},
+            },
+        )
         await receive(ws)
     await wait_started(served, gate)
     await trio.testing.wait_all_tasks_blocked()
@@ -545,7 +862,15 @@ async def test_client_disconnect_keeps_the_job_and_reattach_works(
     assert job is not None and not job.done
 
     async with served.connect() as ws:
-        await send(ws, {"func": "gates.blocking", "ident": gate, "echo": "bar", "progress": {"interval": NEVER}})
+        await send(
+            ws,
+            {
+                "func": "gates.blocking",
+                "ident": gate,
+                "echo": "bar",
+                "progress": {"interval": NEVER},
+            },
+        )
         report = await receive(ws)
         assert report["result"] == "foo" and report["echo"] == "foo"
         served.gates.release(gate)
@@ -571,9 +896,14 @@ async def test_send_and_hang_up_still_starts_the_job(served: Served, gate_names:
 
 @pytest.mark.parametrize(
     ("func", "text"),
-    [("failing.raises", "ValueError: the job failed on purpose"), ("failing.raises_async", "KeyError: 'missing'")],
+    [
+        ("failing.raises", "ValueError: the job failed on purpose"),
+        ("failing.raises_async", "KeyError: 'missing'"),
+    ],
 )
-async def test_job_raising_sends_job_failed_error_then_closes(served: Served, func: str, text: str) -> None:
+async def test_job_raising_sends_job_failed_error_then_closes(
+    served: Served, func: str, text: str
+) -> None:
     frames, reason = await run_job(served, {"func": func, "ident": func})
     assert reason.code == 1000
     assert frames[-1] == {"err": "JobFailedError", "val": [text]}
@@ -582,16 +912,23 @@ async def test_job_raising_sends_job_failed_error_then_closes(served: Served, fu
 
 @pytest.mark.parametrize("func", ["gates.blocking", "gates.waiting"])
 @pytest.mark.parametrize("progress", [{"interval": NEVER}, None])
-async def test_failure_after_reports(served: Served, gate_names: list[str], func: str, progress: Any) -> None:
+async def test_failure_after_reports(
+    served: Served, gate_names: list[str], func: str, progress: Any
+) -> None:
     gate = new_gate(gate_names)
     async with served.connect() as ws:
-        await send(ws, {"func": func, "ident": gate, "gate": gate, "fail": True, "progress": progress})
+        await send(
+            ws, {"func": func, "ident": gate, "gate": gate, "fail": True, "progress": progress}
+        )
         if progress is not None:
             assert "err" not in await receive(ws)
         await wait_started(served, gate)
         served.gates.release(gate)
         # Even with reports off the failure is said, not swallowed.
-        assert await receive(ws) == {"err": "JobFailedError", "val": ["ValueError: failed on purpose after release"]}
+        assert await receive(ws) == {
+            "err": "JobFailedError",
+            "val": ["ValueError: failed on purpose after release"],
+        }
         assert (await closed(ws)).code == 1000
 
 
@@ -610,26 +947,55 @@ async def test_memory_threshold_above_total_memory_is_an_overload(served: Served
 
 
 async def test_cpu_threshold_above_100_percent_is_an_overload(served: Served) -> None:
-    reply, _ = await exchange(served, {**OK, "check_load": {"mem_low_threshold": 0, "cpu_low_threshold": 100.1}})
+    reply, _ = await exchange(
+        served, {**OK, "check_load": {"mem_low_threshold": 0, "cpu_low_threshold": 100.1}}
+    )
     _check_refusal(reply, "SystemOverloadError", "cpu_idle_percent: ")
     assert reply["val"][0].endswith(" is less than: 100")  # pykit's %d truncation
 
 
 async def test_thresholds_the_machine_always_passes(served: Served) -> None:
-    for check in ({"mem_low_threshold": 0, "cpu_low_threshold": 0}, {"mem_low_threshold": 1, "cpu_low_threshold": 0, "max_client_number": 1}):
+    for check in (
+        {"mem_low_threshold": 0, "cpu_low_threshold": 0},
+        {"mem_low_threshold": 1, "cpu_low_threshold": 0, "max_client_number": 1},
+    ):
         async with served.connect() as ws:
-            await send(ws, {"func": "echo.run", "ident": f"pass {check}", "check_load": check, "cpu_sample_interval": 0})
+            await send(
+                ws,
+                {
+                    "func": "echo.run",
+                    "ident": f"pass {check}",
+                    "check_load": check,
+                    "cpu_sample_interval": 0,
+                },
+            )
             assert "err" not in await receive(ws)
 
 
-async def test_max_client_number_counts_open_connections(served: Served, gate_names: list[str]) -> None:
+async def test_max_client_number_counts_open_connections(
+    served: Served, gate_names: list[str]
+) -> None:
     gate = new_gate(gate_names)
     check = {"max_client_number": 1, "cpu_low_threshold": 0, "mem_low_threshold": 0}
     async with served.connect() as first:
-        await send(first, {"func": "gates.waiting", "ident": gate, "gate": gate, "check_load": check, "progress": {"interval": NEVER}})
+        await send(
+            first,
+            {
+                "func": "gates.waiting",
+                "ident": gate,
+                "gate": gate,
+                "check_load": check,
+                "progress": {"interval": NEVER},
+            },
+        )
         assert "err" not in await receive(first)
-        reply, _ = await exchange(served, {"func": "echo.run", "ident": "second", "check_load": check})
-        assert reply == {"err": "SystemOverloadError", "val": ["client_number: 2 is greater than: 1"]}
+        reply, _ = await exchange(
+            served, {"func": "echo.run", "ident": "second", "check_load": check}
+        )
+        assert reply == {
+            "err": "SystemOverloadError",
+            "val": ["client_number: 2 is greater than: 1"],
+        }
     # The first client's close has begun: it no longer counts.
     await trio.testing.wait_all_tasks_blocked()
     assert served.service.client_number == 0
@@ -642,7 +1008,9 @@ async def test_max_client_number_counts_open_connections(served: Served, gate_na
 # ------------------------------------------------------------------- threads and the loop
 
 
-async def test_blocking_jobs_never_stall_the_event_loop(served: Served, gate_names: list[str]) -> None:
+async def test_blocking_jobs_never_stall_the_event_loop(
+    served: Served, gate_names: list[str]
+) -> None:
     # 45 jobs that block their thread: more than trio's default 40-thread limiter,
     # so this also shows plain-function jobs do not queue behind it.  While they
     # all block, new connections are still served.
@@ -650,7 +1018,16 @@ async def test_blocking_jobs_never_stall_the_event_loop(served: Served, gate_nam
     gates = [new_gate(gate_names) for _ in range(count)]
     async with trio.open_nursery() as nursery:
         for gate in gates:
-            await nursery.start(_open_job, served, {"func": "gates.blocking", "ident": gate, "gate": gate, "progress": {"interval": NEVER}})
+            await nursery.start(
+                _open_job,
+                served,
+                {
+                    "func": "gates.blocking",
+                    "ident": gate,
+                    "gate": gate,
+                    "progress": {"interval": NEVER},
+                },
+            )
         for gate in gates:
             await wait_started(served, gate)
         frames, _ = await run_job(served, {"func": "hello", "ident": "while blocked"})
@@ -660,7 +1037,10 @@ async def test_blocking_jobs_never_stall_the_event_loop(served: Served, gate_nam
 
 
 async def test_functions_in_the_package_and_in_sub_packages(served: Served) -> None:
-    for func, key, value in (("hello", "result", "hello from the jobs package"), ("sub.deep.run", "where", "sub.deep")):
+    for func, key, value in (
+        ("hello", "result", "hello from the jobs package"),
+        ("sub.deep.run", "where", "sub.deep"),
+    ):
         frames, _ = await run_job(served, {"func": func, "ident": func, "echo": "x"})
         assert frames[-1][key] == value
 
@@ -674,7 +1054,13 @@ async def test_token_is_required_when_set(nursery: trio.Nursery) -> None:
     port = await nursery.start(service.run, HOST, 0)
     from urllib.parse import quote
 
-    for resource in ("/", "/?token=", "/?token=wrong", f"/?token={quote(token, safe='')}x", f"/?token=x&token={quote(token, safe='')}"):
+    for resource in (
+        "/",
+        "/?token=",
+        "/?token=wrong",
+        f"/?token={quote(token, safe='')}x",
+        f"/?token=x&token={quote(token, safe='')}",
+    ):
         with pytest.raises(ConnectionRejected) as caught:
             async with ws_client(port, resource):
                 pytest.fail("the handshake should have been refused")
@@ -692,7 +1078,16 @@ async def test_real_gloomd_serves_wsjobd() -> None:
     with spawn_gloomd("--ws-port", "0", "--jobs-dir", str(JOBS_DIR)) as daemon:
         assert daemon.ws_port is not None
         async with ws_client(daemon.ws_port) as ws:
-            await send(ws, {"func": "echo.run", "ident": "e2e", "echo": "foo", "report_system_load": True, "progress": {"interval": 0.05}})
+            await send(
+                ws,
+                {
+                    "func": "echo.run",
+                    "ident": "e2e",
+                    "echo": "foo",
+                    "report_system_load": True,
+                    "progress": {"interval": 0.05},
+                },
+            )
             frames, reason = await until_closed(ws)
             assert reason.code == 1000
             assert frames[-1]["result"] == "foo"

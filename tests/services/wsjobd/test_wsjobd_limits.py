@@ -27,27 +27,26 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 
-from gloomd.wsjobd import WsJobService
 from gloomd.fdlimit import DescriptorBudgetError, fit_connection_caps
+from gloomd.wsjobd import WsJobService
 from gloomd.wsjobd.limits import WsLimits
 
 # A 19+ digit integer sends a payload down the codec's exact (stdlib) path.
 LONG_INT = "1234567890123456789012"
-SURROGATE_PAYLOAD = '{"ident": %s, "func": "echo.run", "echo": "\\ud800"}' % LONG_INT
-INFINITE_PAYLOAD = '{"ident": %s, "func": "echo.run", "echo": 1e400}' % LONG_INT
+SURROGATE_PAYLOAD = '{{"ident": {}, "func": "echo.run", "echo": "\\ud800"}}'.format(LONG_INT)
+INFINITE_PAYLOAD = '{{"ident": {}, "func": "echo.run", "echo": 1e400}}'.format(LONG_INT)
 from tests.support.daemon import spawn_gloomd
-from .test_wsjobd import (  # noqa: F401  (gate_names is a fixture)
+
+from .test_wsjobd import (
     HOST,
     JOBS_DIR,
     NEVER,
     Served,
     closed,
-    gate_names,
     new_gate,
     receive,
     send,
     wait_started,
-    ws_client,
 )
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from gloomd.wsjobd.load import Thresholds
 from gloomd.wsjobd import (
     DEFAULT_CPU_SAMPLE_INTERVAL,
     DEFAULT_REPORT_INTERVAL,
@@ -29,6 +28,7 @@ from gloomd.wsjobd import (
     job_failed_frame,
     parse_request,
 )
+from gloomd.wsjobd.load import Thresholds
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,7 +42,9 @@ def test_defaults_follow_pykit() -> None:
     assert request.ident == 7 and request.ident_key == ("number", 7)
     assert request.func == "a.b.run" and request.func_parts == ("a", "b", "run")
     assert request.data == {"ident": 7, "func": "a.b.run", "echo": "x"}
-    assert request.report == ReportOptions(True, DEFAULT_REPORT_INTERVAL, None, False, DEFAULT_CPU_SAMPLE_INTERVAL)
+    assert request.report == ReportOptions(
+        True, DEFAULT_REPORT_INTERVAL, None, False, DEFAULT_CPU_SAMPLE_INTERVAL
+    )
     assert (DEFAULT_REPORT_INTERVAL, DEFAULT_CPU_SAMPLE_INTERVAL) == (5.0, 0.02)
     assert request.thresholds is None
 
@@ -55,7 +57,9 @@ def test_every_field_parsed() -> None:
         cpu_sample_interval=0,
     )
     assert request.report == ReportOptions(True, 0.5, "foo", True, 0.0)
-    assert request.thresholds == Thresholds(mem_low_threshold=1, cpu_low_threshold=2.5, max_client_number=1000)
+    assert request.thresholds == Thresholds(
+        mem_low_threshold=1, cpu_low_threshold=2.5, max_client_number=1000
+    )
 
 
 def test_progress_off_and_nulls() -> None:
@@ -105,7 +109,10 @@ def test_invalid_progress_is_an_invalid_message() -> None:
 
 def test_frames() -> None:
     assert error_frame(LoadingError("x")) == {"err": "LoadingError", "val": ["x"]}
-    assert job_failed_frame(ValueError("boom")) == {"err": "JobFailedError", "val": ["ValueError: boom"]}
+    assert job_failed_frame(ValueError("boom")) == {
+        "err": "JobFailedError",
+        "val": ["ValueError: boom"],
+    }
     # pykit's utfjson: default separators, non-ASCII as is; odd values as their repr.
     assert encode_report({"a": "ü", "b": [1, 2]}) == '{"a": "ü", "b": [1, 2]}'
     assert encode_report({"s": {1}}) == '{"s": "{1}"}'

@@ -24,7 +24,13 @@ NOT_CALLABLE = 42
 def _announce(body: dict[str, Any], job: Any, **extra: Any) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", body["gate"]), timeout=30)
     sock.settimeout(None)
-    info = {"id": job.id, "attempt": job.attempt, "pid": os.getpid(), "tag": body.get("tag"), **extra}
+    info = {
+        "id": job.id,
+        "attempt": job.attempt,
+        "pid": os.getpid(),
+        "tag": body.get("tag"),
+        **extra,
+    }
     sock.sendall(json.dumps(info).encode() + b"\n")
     return sock
 
@@ -44,7 +50,14 @@ def echo(body: Any) -> Any:
 
 
 def echo_job(body: Any, job: Any) -> dict[str, Any]:
-    return {"body": body, "id": job.id, "type": job.type, "attempt": job.attempt, "pid": job.pid, "timeout": job.timeout}
+    return {
+        "body": body,
+        "id": job.id,
+        "type": job.type,
+        "attempt": job.attempt,
+        "pid": job.pid,
+        "timeout": job.timeout,
+    }
 
 
 def pid(body: Any) -> int:

@@ -35,7 +35,9 @@ class Proxy:
         self.connections = 0
         self._changed = trio.Event()
 
-    async def serve(self, *, task_status: trio.TaskStatus[Proxy] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Proxy] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
@@ -68,7 +70,9 @@ class Proxy:
             with pair.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump, pair, client, server, True, nursery.cancel_scope)
-                    nursery.start_soon(self._pump, pair, server, client, False, nursery.cancel_scope)
+                    nursery.start_soon(
+                        self._pump, pair, server, client, False, nursery.cancel_scope
+                    )
         finally:
             with trio.CancelScope(shield=True):
                 for stream in (client, server):
@@ -77,7 +81,12 @@ class Proxy:
             self._notify()
 
     async def _pump(
-        self, pair: _Pair, source: trio.SocketStream, sink: trio.SocketStream, record: bool, scope: trio.CancelScope
+        self,
+        pair: _Pair,
+        source: trio.SocketStream,
+        sink: trio.SocketStream,
+        record: bool,
+        scope: trio.CancelScope,
     ) -> None:
         decoder = FrameDecoder()
         try:

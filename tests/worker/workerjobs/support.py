@@ -72,7 +72,9 @@ async def start_worker(gloomd_server: Any, nursery: trio.Nursery) -> AsyncIterat
     async def start(handler: str, *, type: Any = "w", server: Any = None, **options: Any) -> Runner:
         target = server or gloomd_server
         path = handler if ":" in handler else f"workerjobs.jobs:{handler}"
-        runner: Runner = await nursery.start(partial(serve, type, path, **worker_options(target, **options)))
+        runner: Runner = await nursery.start(
+            partial(serve, type, path, **worker_options(target, **options))
+        )
         runners.append(runner)
         return runner
 
