@@ -27,6 +27,7 @@ import trio
 
 from gloomwire import __version__
 from gloomwire.framing import DEFAULT_MAX_FRAME
+from gloomwire.logformat import LogfmtFormatter
 
 from .broker import BrokerLimits
 from .config import Config
@@ -473,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # The broker logs events (`gloomwire.logformat.event`): print their fields.
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(LogfmtFormatter())
     try:
         token = load_token(args.token_file)
         ssl_context = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gloomwire.logformat import event
+
 __all__ = ["LogBudget", "RateLimitedLog"]
 
 log = logging.getLogger("gloomd.broker")
@@ -59,7 +61,7 @@ class LogBudget:
             return False
         self.tokens = tokens - 1.0
         if self.suppressed:
-            log.info("event=log_suppressed peer=%s lines=%d", peer, self.suppressed)
+            event(log, "log_suppressed", peer=peer, lines=self.suppressed)
             self.suppressed = 0
         return True
 
