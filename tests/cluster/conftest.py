@@ -104,18 +104,34 @@ def make_daemon(
     test's cluster; `url=`, `limits=` and settings may be given."""
 
     async def start(
-        *, url: str | None = None, limits: ClusterLimits | None = None, **settings: Any
+        *,
+        url: str | None = None,
+        limits: ClusterLimits | None = None,
+        scope: trio.CancelScope | None = None,
+        **settings: Any,
     ) -> Daemon:
+        """`scope`: the engine runs inside it; cancelling it stops the
+        "daemon" dead, as a SIGKILL would (no halt, its lease left to lapse)."""
         mailbox = Mailbox()
         engine = ClusterEngine(
             ClusterSettings(url or redis_server.url, name=cluster_name, **settings),
             limits,
             on_inbox=mailbox,
         )
-        await nursery.start(engine.run)
+        await nursery.start(_run_engine, engine, scope or trio.CancelScope())
         return Daemon(engine, mailbox)
 
     return start
+
+
+async def _run_engine(
+    engine: ClusterEngine,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[ClusterEngine] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        await engine.run(task_status=task_status)
 
 
 @pytest.fixture
