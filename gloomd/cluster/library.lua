@@ -37,7 +37,7 @@ tk = a type's key: `s` + string or `j` + canonical JSON):
   timeouts         zset: running jobs with a timeout, by deadline (ms)
   deadall          zset: dead jobs of every type, oldest first (max-dead)
   res / resx       hash ik -> #tk:tk .. framed final frame; zset expiry
-  out / outx       hash ik -> 1|0 (the outcome, for `after`); zset expiry
+  outok / outno    zsets: jobs done / failed (for `after`), scored by expiry
   nq               counter: jobs queued, delayed or waiting (queue cap)
   tot              hash: cluster totals
   cfg              hash: cluster-wide settings (set by each daemon at start)
@@ -57,7 +57,8 @@ left, used), bo (back-off ms), to (timeout JSON), dl (deadline ms), dt
 (detached: 1), ho (holder D:s while running), w (jobs in `after` not yet
 done), ra (ready at, ms), ac (accepted, ms), dq (dead order), ff (final
 frame of a dead job), lm (the submitter, D:m; '' once it left), lx (1 when
-l:ik may hold more masters), tok (the submit's token, for withdraw).
+l:ik may hold more masters), hd (1 when dp:ik may hold dependents), tok (the submit's
+token, for withdraw).
 
 Clock: Redis' own (TIME), in milliseconds: one clock for every daemon.
 --]]
@@ -179,7 +180,7 @@ local STATE_NAMES = {W = 'waiting', D = 'delayed', Q = 'queued', R = 'running', 
 local function JK(ik) return P .. 'j:' .. ik end
 
 local JF = {'id', 't', 'tj', 'pe', 's', 'n', 'q', 'at', 'ls', 'rt', 'rl', 'rk', 'bo', 'to',
-  'dt', 'ho', 'w', 'ra', 'ac', 'dq', 'lm', 'lx', 'pj'}
+  'dt', 'ho', 'w', 'ra', 'ac', 'dq', 'lm', 'lx', 'pj', 'hd'}
 
 local function getjob(ik)
   local v = redis.call('HMGET', JK(ik), unpack(JF))
@@ -218,9 +219,8 @@ local function leave(ik, j)
     redis.call('ZREM', P .. 'rn:' .. tk, nmem(j, ik))
     if j.to then redis.call('ZREM', P .. 'timeouts', ik) end
     -- The holder keeps `held` (it is still working): its late answer is
-    -- acked and dropped, since `ho` no longer names it.
-    redis.call('HDEL', JK(ik), 'ho', 'dl')
-    j.ho = nil
+    -- acked and dropped, since the job is no longer R (or gone, or R
+    -- again under another holder: a busy slave is never handed a job).
   elseif s == 'X' then
     redis.call('ZREM', P .. 'dead:' .. tk, hex(tonumber(j.dq)) .. ik)
     redis.call('ZREM', P .. 'deadall', ik)
@@ -319,12 +319,34 @@ local function trim(zkey, hkey, cap)
   end
 end
 
+-- Every job's outcome, for `after`: one ZADD per job (the zset of its kind,
+-- scored by expiry); expiry and the cap are the tick's work, not the job's.
 local function record_outcome(ik, ok)
-  local expires = NOW + cfg('result_ttl')
-  redis.call('HSET', P .. 'out', ik, ok and '1' or '0')
-  arm(P .. 'outx', expires)
-  redis.call('ZADD', P .. 'outx', expires, ik)
-  trim(P .. 'outx', P .. 'out', cfg('max_results'))
+  redis.call('ZADD', P .. (ok and 'outok' or 'outno'), NOW + cfg('result_ttl'), ik)
+end
+
+-- '1' (done), '0' (failed) or nil (unknown, or forgotten).
+local function outcome(ik)
+  if redis.call('ZSCORE', P .. 'outno', ik) then return '0' end
+  if redis.call('ZSCORE', P .. 'outok', ik) then return '1' end
+  return nil
+end
+
+-- Forget the oldest outcomes past --max-results (both kinds together).
+local function trim_outcomes(cap, limit)
+  local over = redis.call('ZCARD', P .. 'outok') + redis.call('ZCARD', P .. 'outno') - cap
+  local n = 0
+  while over > 0 and n < limit do
+    local a = redis.call('ZRANGE', P .. 'outok', 0, 0, 'WITHSCORES')
+    local b = redis.call('ZRANGE', P .. 'outno', 0, 0, 'WITHSCORES')
+    if b[2] == nil or (a[2] ~= nil and tonumber(a[2]) <= tonumber(b[2])) then
+      redis.call('ZREM', P .. 'outok', a[1])
+    else
+      redis.call('ZREM', P .. 'outno', b[1])
+    end
+    over, n = over - 1, n + 1
+  end
+  return over > 0
 end
 
 local function store_result(ik, tk, frame)
@@ -428,7 +450,8 @@ local function end_job(ik, j, frame, kind, except)
     end
     record_outcome(wik, ok)
     local dkey = P .. 'dp:' .. wik
-    local deps = redis.call('SMEMBERS', dkey)
+    local deps = {}
+    if wj.hd then deps = redis.call('SMEMBERS', dkey) end
     if #deps > 0 then
       redis.call('DEL', dkey)
       local released = {}
@@ -667,7 +690,8 @@ redis.register_function('gloomd_1_submit', function(keys, args)
   local m, tok, ik, idj, tk, tj = args[3], args[4], args[5], args[6], args[7], args[8]
   local unique = args[17] == '1'
   local who = D .. ':' .. m
-  local live = getjob(ik)
+  local live = nil
+  if redis.call('EXISTS', JK(ik)) == 1 then live = getjob(ik) end
   if live then
     if unique and live.t == tk then
       if live.s == 'X' then
@@ -696,10 +720,10 @@ redis.register_function('gloomd_1_submit', function(keys, args)
         waiting[#waiting + 1] = dik
       end
     else
-      local outcome = redis.call('HGET', P .. 'out', dik)
-      if state == 'X' then outcome = '0' end
-      if not outcome then return reply({'error', f_error('unknown_dependency', didj)}) end
-      if outcome == '0' and not failed_dep then failed_dep = didj end
+      local known = outcome(dik)
+      if state == 'X' then known = '0' end
+      if not known then return reply({'error', f_error('unknown_dependency', didj)}) end
+      if known == '0' and not failed_dep then failed_dep = didj end
     end
   end
   if tonumber(redis.call('GET', P .. 'nq') or '0') >= cfg('max_queued') then
@@ -735,7 +759,10 @@ redis.register_function('gloomd_1_submit', function(keys, args)
     redis.call('HSET', JK(ik), 's', 'W', 'w', #waiting, 'ra', NOW + delay)
     redis.call('ZADD', P .. 'wt:' .. tk, 0, nmem(j, ik))
     redis.call('INCR', P .. 'nq')
-    for _, dik in ipairs(waiting) do redis.call('SADD', P .. 'dp:' .. dik, ik) end
+    for _, dik in ipairs(waiting) do
+      redis.call('SADD', P .. 'dp:' .. dik, ik)
+      redis.call('HSET', JK(dik), 'hd', '1')  -- it has dependents
+    end
   elseif delay > 0 then
     set_delayed(ik, j, NOW + delay)
   else
@@ -967,17 +994,17 @@ redis.register_function('gloomd_1_tick', function(keys, args)
       redis.call('ZREM', P .. 'timeouts', ik)
     end
   end
-  for _, pair in ipairs({{'resx', 'res'}, {'outx', 'out'}}) do
-    local zkey, hkey = P .. pair[1], P .. pair[2]
-    local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', NOW, 'LIMIT', 0, limit)
-    if #old == limit then more = 1 end
-    for _, ik in ipairs(old) do
-      redis.call('ZREM', zkey, ik)
-      redis.call('HDEL', hkey, ik)
-    end
+  local old = redis.call('ZRANGEBYSCORE', P .. 'resx', '-inf', NOW, 'LIMIT', 0, limit)
+  if #old == limit then more = 1 end
+  for _, ik in ipairs(old) do
+    redis.call('ZREM', P .. 'resx', ik)
+    redis.call('HDEL', P .. 'res', ik)
   end
+  redis.call('ZREMRANGEBYSCORE', P .. 'outok', '-inf', NOW)
+  redis.call('ZREMRANGEBYSCORE', P .. 'outno', '-inf', NOW)
+  if trim_outcomes(cfg('max_results'), limit) then more = 1 end
   local next = -1
-  for _, z in ipairs({'delayed', 'timeouts', 'resx', 'outx'}) do
+  for _, z in ipairs({'delayed', 'timeouts', 'resx', 'outok', 'outno'}) do
     local head = redis.call('ZRANGE', P .. z, 0, 0, 'WITHSCORES')
     if head[2] then
       local wait = math.max(0, tonumber(head[2]) - NOW)

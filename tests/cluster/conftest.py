@@ -42,7 +42,6 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
 
     def make(*, appendonly: bool = False) -> RedisServer:
         server = RedisServer(tmp_path / f"redis{len(servers)}", appendonly=appendonly)
-        server.directory.mkdir()
         server.start()
         servers.append(server)
         return server
