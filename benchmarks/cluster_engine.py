@@ -29,6 +29,7 @@ it after.  Loops are bounded in count and time.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import resource
@@ -47,6 +48,11 @@ from gloomd.cluster.settings import ClusterSettings
 from gloomd.cluster.steps import Delivery, JobSpec, Step, fn
 
 SECTIONS = ("redis", "latency", "cost", "engines")
+#: Each engine's peers: slaves answering at once, and jobs kept in flight.
+SLAVES = 32
+WINDOW = 256
+#: Runs of each engines figure (the median is shown: this machine is shared).
+REPEAT = 3
 #: Seconds any one measured run may last.
 RUN_LIMIT = 20.0
 
@@ -57,14 +63,15 @@ def start_redis(directory: Path) -> RedisServer:
     return server
 
 
-def commandstats(server: RedisServer) -> dict[str, int]:
-    """Calls per command since the last CONFIG RESETSTAT (inside scripts too)."""
-    calls = {}
+def commandstats(server: RedisServer) -> dict[str, tuple[int, int]]:
+    """(calls, microseconds) per command since the last CONFIG RESETSTAT;
+    commands run by functions count too (and inside their FCALL's time)."""
+    stats = {}
     for line in server.cli("INFO", "commandstats").splitlines():
-        match = re.match(r"cmdstat_([a-z|_]+):calls=(\d+)", line)
+        match = re.match(r"cmdstat_([a-z|_]+):calls=(\d+),usec=(\d+)", line)
         if match:
-            calls[match.group(1)] = int(match.group(2))
-    return calls
+            stats[match.group(1)] = (int(match.group(2)), int(match.group(3)))
+    return stats
 
 
 def redis_cpu(server: RedisServer) -> float:
@@ -152,8 +159,11 @@ class Driver:
     that keep `window` jobs in flight, in one pipeline (what the
     ClusterBroker's runner does with a reactor batch)."""
 
-    def __init__(self, engine: ClusterEngine, tag: str, jobs: int, slaves: int, window: int):
+    def __init__(
+        self, engine: ClusterEngine, tag: str, jobs: int, slaves: int, window: int, engines: int
+    ) -> None:
         self.engine = engine
+        self.engines = engines
         self.tag = tag
         self.jobs = jobs
         self.slaves = slaves
@@ -163,22 +173,37 @@ class Driver:
         self.ready: list[int] = []  # slaves holding a job, to answer
         self.wake = trio.Event()
         self.rounds = 0
+        self.crossed = 0  # jobs of another engine's masters run by our slaves
+        self._mine = b'"id":"' + tag.encode()
 
     def on_inbox(self, batch: list[Delivery]) -> None:
         for delivery in batch:
             if delivery.kind == "job":
                 self.ready.append(delivery.peer)
+                if self._mine not in delivery.frame:
+                    self.crossed += 1
             else:
                 self.completed += 1
         self.wake.set()
 
-    async def run(self, deadline: float) -> None:
+    async def run(self, deadline: float) -> float:
+        """Until our jobs are done; returns the seconds that took.  Then,
+        with `all_done`, keep answering (other engines' jobs may be held by
+        our slaves) until every engine is done."""
         engine = self.engine
+        start = time.perf_counter()
+        elapsed = 0.0
         for slave in range(self.slaves):
             reply = await engine.join(slave, "bench", 1)
             if reply.code == "job":
                 self.ready.append(slave)
-        while self.completed < self.jobs and trio.current_time() < deadline:
+        while trio.current_time() < deadline:
+            if self.completed >= self.jobs:
+                if not elapsed:
+                    elapsed = time.perf_counter() - start
+                    await self.report_done()
+                if await self.all_done():
+                    break
             batch: list[Step] = []
             answering = self.ready
             self.ready = []
@@ -191,7 +216,7 @@ class Driver:
                 self.submitted += 1
             if not batch:
                 self.wake = trio.Event()
-                with trio.move_on_at(deadline):
+                with trio.move_on_at(min(deadline, trio.current_time() + 0.02)):
                     await self.wake.wait()
                 continue
             answers = await engine.call_many(batch)
@@ -199,19 +224,32 @@ class Driver:
             for slave, answer in zip(answering, answers, strict=False):
                 if answer[0] == b"job":
                     self.ready.append(slave)
+                    if self._mine not in answer[2]:
+                        self.crossed += 1
+        return elapsed or time.perf_counter() - start
+
+    async def report_done(self) -> None:
+        ops = self.engine._ops
+        assert ops is not None
+        await ops.incrby(self.engine.prefix + "bench:done", 1)
+
+    async def all_done(self) -> bool:
+        ops = self.engine._ops
+        assert ops is not None
+        return int(await ops.get(self.engine.prefix + "bench:done") or 0) >= self.engines
 
 
-async def drive(url: str, name: str, tag: str, jobs: int, slaves: int, window: int) -> dict[str, Any]:
+async def drive(
+    url: str, name: str, tag: str, jobs: int, slaves: int, window: int, engines: int = 1
+) -> dict[str, Any]:
     settings = ClusterSettings(url, name=name)
     async with trio.open_nursery() as nursery:
         engine = ClusterEngine(settings)
-        driver = Driver(engine, tag, jobs, slaves, window)
+        driver = Driver(engine, tag, jobs, slaves, window, engines)
         engine.on_inbox = driver.on_inbox
         await nursery.start(engine.run)
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        start = time.perf_counter()
-        await driver.run(trio.current_time() + RUN_LIMIT)
-        elapsed = time.perf_counter() - start
+        elapsed = await driver.run(trio.current_time() + RUN_LIMIT)
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         counters = engine.counters
         nursery.cancel_scope.cancel()
@@ -224,6 +262,7 @@ async def drive(url: str, name: str, tag: str, jobs: int, slaves: int, window: i
         "calls": counters.calls,
         "inbox_reads": counters.inbox_reads,
         "rounds": driver.rounds,
+        "crossed": driver.crossed,
     }
 
 
@@ -234,17 +273,22 @@ def section_cost(quick: bool, base: Path) -> None:
     server = start_redis(base / "cost")
     try:
         jobs = 2000 if quick else 20_000
-        trio.run(drive, server.url, "bench-warm", "w", 200, 8, 64)  # library loaded, warm
+        trio.run(drive, server.url, "bench-warm", "w", 200, SLAVES, WINDOW)  # warm
         server.cli("CONFIG", "RESETSTAT")
         cpu0 = redis_cpu(server)
-        result = trio.run(drive, server.url, "bench-cost", "c", jobs, 8, 64)
+        result = trio.run(drive, server.url, "bench-cost", "c", jobs, SLAVES, WINDOW)
         cpu1 = redis_cpu(server)
-        calls = commandstats(server)
+        stats = commandstats(server)
+        calls = {name: value[0] for name, value in stats.items()}
         done = result["completed"]
         fcalls = calls.pop("fcall", 0)
+        fcall_us = stats.get("fcall", (0, 0))[1]
         inner = sum(v for k, v in calls.items() if k not in ("blmpop", "ping", "function|load"))
-        print(f"## one job's cost ({done} jobs through 1 engine, 8 slaves, 64 in flight)")
-        print(f"- FCALLs per job: {fcalls / done:.2f} (submit, respond; join/register/renew/tick amortized)")
+        print(
+            f"## one job's cost ({done} jobs through 1 engine, {SLAVES} slaves,"
+            f" {WINDOW} in flight)"
+        )
+        print(f"- FCALLs per job: {fcalls / done:.2f} (submit, respond; the rest amortized)")
         print(f"- commands run inside Redis per job: {inner / done:.1f}")
         top = sorted(
             ((k, v) for k, v in calls.items() if k not in ("blmpop", "ping")),
@@ -256,7 +300,11 @@ def section_cost(quick: bool, base: Path) -> None:
             f"- round trips per job (client side): {result['round_trips'] / done:.3f}"
             f" (pipelines {result['rounds']}, inbox reads {result['inbox_reads']})"
         )
-        print(f"- Redis CPU per job: {(cpu1 - cpu0) / done * 1e6:.0f} us")
+        print(
+            f"- Redis CPU per job: {(cpu1 - cpu0) / done * 1e6:.0f} us, of which running"
+            f" the functions {fcall_us / done:.0f} us ({fcall_us / max(fcalls, 1):.0f} us"
+            " per FCALL); the rest is network I/O"
+        )
         print(f"- engine process CPU per job: {result['cpu'] / done * 1e6:.0f} us")
         print(f"- jobs/s: {done / result['elapsed']:,.0f}")
     finally:
@@ -266,60 +314,79 @@ def section_cost(quick: bool, base: Path) -> None:
 # ---------------------------------------------------------------- engines
 
 
+def _engines_run(count: int, jobs: int, directory: Path) -> dict[str, float]:
+    server = start_redis(directory)
+    try:
+        cpu0 = redis_cpu(server)
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.cluster_engine",
+                    "--worker",
+                    server.url,
+                    f"e{index}-",
+                    str(jobs),
+                    str(count),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for index in range(count)
+        ]
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=RUN_LIMIT + 30)
+            results.append(ast.literal_eval(out.strip().splitlines()[-1]))
+        cpu1 = redis_cpu(server)
+    finally:
+        server.stop()
+    done = sum(r["completed"] for r in results)
+    elapsed = max(r["elapsed"] for r in results)
+    return {
+        "jobs_s": done / elapsed,
+        "redis_us": (cpu1 - cpu0) / done * 1e6,
+        "redis_core": (cpu1 - cpu0) / elapsed,
+        "engine_us": sum(r["cpu"] for r in results) / done * 1e6,
+        "crossed": sum(r["crossed"] for r in results) / done,
+    }
+
+
 def section_engines(quick: bool, base: Path) -> None:
     jobs = 3000 if quick else 20_000
-    print(f"## jobs/s through N engines (each a process; {jobs} jobs each, 8 slaves each)")
+    print(
+        f"## jobs/s through N engines (each a process; {jobs} jobs each, {SLAVES} slaves"
+        f" each; median of {REPEAT} runs)"
+    )
     for count in (1, 2):
-        server = start_redis(base / f"engines{count}")
-        try:
-            cpu0 = redis_cpu(server)
-            procs = [
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "benchmarks.cluster_engine",
-                        "--worker",
-                        server.url,
-                        f"e{index}-",
-                        str(jobs),
-                    ],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-                for index in range(count)
-            ]
-            results = []
-            for proc in procs:
-                out, _ = proc.communicate(timeout=RUN_LIMIT + 30)
-                results.append(eval(out.strip().splitlines()[-1]))  # our own dict repr
-            cpu1 = redis_cpu(server)
-            done = sum(r["completed"] for r in results)
-            elapsed = max(r["elapsed"] for r in results)
-            engine_cpu = sum(r["cpu"] for r in results)
-            print(
-                f"- {count} engine(s): {done / elapsed:,.0f} jobs/s ({done} jobs in"
-                f" {elapsed:.2f} s); Redis CPU {(cpu1 - cpu0) / done * 1e6:.0f} us/job"
-                f" ({(cpu1 - cpu0) / elapsed * 100:.0f}% of a core); engines CPU"
-                f" {engine_cpu / done * 1e6:.0f} us/job"
-            )
-        finally:
-            server.stop()
+        runs = [_engines_run(count, jobs, base / f"engines{count}-{n}") for n in range(REPEAT)]
+        runs.sort(key=lambda r: r["jobs_s"])
+        mid = runs[len(runs) // 2]
+        spread = ", ".join(f"{r['jobs_s']:,.0f}" for r in runs)
+        print(
+            f"- {count} engine(s): {mid['jobs_s']:,.0f} jobs/s (runs: {spread}); Redis CPU"
+            f" {mid['redis_us']:.0f} us/job ({mid['redis_core'] * 100:.0f}% of a core);"
+            f" engines' CPU {mid['engine_us']:.0f} us/job; jobs run by another engine's"
+            f" slaves {mid['crossed'] * 100:.0f}%"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sections", nargs="*", choices=[[], *SECTIONS], default=[])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--worker", nargs=3, metavar=("URL", "TAG", "JOBS"))
+    parser.add_argument("--worker", nargs=4, metavar=("URL", "TAG", "JOBS", "ENGINES"))
     args = parser.parse_args(argv)
     if args.worker:
-        url, tag, jobs = args.worker
-        result = trio.run(drive, url, "bench-engines", tag, int(jobs), 8, 64)
+        url, tag, jobs, engines = args.worker
+        result = trio.run(
+            drive, url, "bench-engines", tag, int(jobs), SLAVES, WINDOW, int(engines)
+        )
         print(repr(result))
         return
-    print(f"# cluster engine figures ({os.cpu_count()} cores; redis-server"
-          f" {subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]})")
+    version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+    print(f"# cluster engine figures ({os.cpu_count()} cores; {version.stdout.split()[2]})")
     with tempfile.TemporaryDirectory() as tmp:
         for section in args.sections or SECTIONS:
             directory = Path(tmp)

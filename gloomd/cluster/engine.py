@@ -459,7 +459,11 @@ class ClusterEngine:
                 else:
                     batch.append(parsed)  # type: ignore[arg-type]
             if batch:
-                self.on_inbox(batch)
+                try:
+                    self.on_inbox(batch)
+                except Exception as exc:
+                    # The adapter's bug costs this batch, never the engine.
+                    log.error("event=internal_error stage=inbox", exc_info=exc)
 
     def _arm(self, seconds: float) -> None:
         when = trio.current_time() + seconds

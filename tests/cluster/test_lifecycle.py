@@ -239,3 +239,79 @@ async def test_cancel_by_one_master_tells_the_others(make_daemon: MakeDaemon) ->
     assert frames(await d2.engine.cancel(2, "u")) == [{"ok": True, "id": "u"}]
     assert await d1.mailbox.frames() == [(1, failed("u", "CANCELLED", 0))]
     assert d2.mailbox.items == []
+
+
+async def test_delay_and_after_together(make_daemon: MakeDaemon) -> None:
+    d1 = await make_daemon()
+    await d1.engine.submit(1, JobSpec("dep", "t", None))
+    await d1.engine.submit(1, JobSpec("both", "t", None, delay=0.3, after=("dep",)))
+    reply = await d1.engine.join(2, "t", 1)
+    start = trio.current_time()
+    assert decode(reply.frames[1])["id"] == "dep"
+    assert (await d1.engine.respond(2, None)).code == "ok"  # "both" is not ready yet
+    jobs, _ = await d1.engine.jobs()
+    assert [(j["id"], j["state"]) for j in jobs] == [("both", "delayed")]
+    deliveries = await d1.mailbox.take(2)
+    assert decode(deliveries[1].frame)["id"] == "both"
+    assert trio.current_time() - start >= 0.25
+
+
+async def test_a_daemon_timeout_retries_on_another_slave(make_daemon: MakeDaemon) -> None:
+    d1 = await make_daemon()
+    await d1.engine.join(1, "t", 1)
+    await d1.engine.join(2, "t", 1)
+    spec = JobSpec("tr", "t", None, timeout=0.2, retries=1, backoff=0.05)
+    await d1.engine.submit(9, spec)
+    (first,) = await d1.mailbox.take()
+    assert first.peer == 1
+    (second,) = await d1.mailbox.take()  # timed out, backed off, to the free slave
+    assert second.peer == 2 and decode(second.frame)["attempt"] == 2
+    assert frames(await d1.engine.respond(1, "late")) == [{"ok": True}]  # dropped
+    await d1.engine.respond(2, "r")
+    assert await d1.mailbox.frames() == [(9, {"id": "tr", "body": "r"})]
+    assert (await d1.engine.stats())["totals"]["retried"] == 1
+
+
+async def test_outcomes_expire_and_are_capped(make_daemon: MakeDaemon) -> None:
+    d1 = await make_daemon(limits=ClusterLimits(max_results=1, result_ttl=3600))
+    reply = None
+    await d1.engine.join(2, "t", 1)
+    for job_id in ("one", "two"):
+        await d1.engine.submit(1, JobSpec(job_id, "t", None))
+        await d1.mailbox.take()
+        reply = await d1.engine.respond(2, None)
+    assert reply is not None
+    await d1.mailbox.take(2)
+    await d1.engine.tick()  # the cap: the older outcome goes
+    assert frames(await d1.engine.submit(1, JobSpec("x", "t", None, after=("one",)))) == [
+        {"error": "unknown_dependency", "reason": "one"}
+    ]
+    assert (await d1.engine.submit(1, JobSpec("x", "t", None, after=("two",)))).code == "ok"
+
+
+async def test_delete_of_an_attached_job_is_its_masters_cancel(make_daemon: MakeDaemon) -> None:
+    d1, d2 = await make_daemon(), await make_daemon()
+    await d1.engine.submit(1, JobSpec("a", "t", None))
+    assert frames(await d2.engine.delete(2, "a")) == [{"error": "unknown_id", "reason": "a"}]
+    assert frames(await d1.engine.delete(1, "a")) == [{"ok": True, "id": "a"}]
+    assert (await d1.engine.stats())["totals"]["cancelled"] == 1
+
+
+async def test_halt_leaves_the_cluster_and_keeps_what_is_not_its_own(
+    make_daemon: MakeDaemon,
+) -> None:
+    d1, d2 = await make_daemon(), await make_daemon()
+    await d2.engine.submit(5, JobSpec("theirs", "t", None))
+    assert (await d1.engine.join(1, "t", 1)).code == "job"  # d1's slave holds "theirs"
+    await d1.engine.submit(3, JobSpec("mine", "t", None))
+    await d1.engine.submit(3, JobSpec("bg", "t", None, detach=True))
+    halted = await d1.engine.halt()
+    assert [(m, decode(f)) for m, f in halted] == [(3, failed("mine", "HALTED", 0))]
+    reply = await d2.engine.join(7, "t", 1)
+    job = decode(reply.frames[1])
+    # Back in its place without a loss; the redelivery says attempt 2.
+    assert (job["id"], job["attempt"]) == ("theirs", 2)
+    jobs, _ = await d2.engine.jobs()
+    assert [j["id"] for j in jobs] == ["bg", "theirs"]
+    stats = await d2.engine.stats()
+    assert stats["totals"]["requeued"] == 0 and stats["totals"]["withdrawn"] == 1
