@@ -29,15 +29,29 @@ class RedisServer:
     """One redis-server process; `start` again after `stop` or `kill` to
     restart it on the same port and directory (its AOF, if on, survives)."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
+        """`tls`: (certificate, key, CA) files: the server then speaks TLS
+        only, on `port`."""
         self.directory = directory
         self.port = free_port()
         self.appendonly = appendonly
+        self.password = password
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = "" if self.password is None else f":{self.password}@"
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[2]}"
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -60,6 +74,14 @@ class RedisServer:
             "--loglevel",
             "notice",
         ]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            args[args.index("--port") + 1] = "0"
+            args += ["--tls-port", str(self.port), "--tls-cert-file", str(cert)]
+            args += ["--tls-key-file", str(key), "--tls-ca-cert-file", str(ca)]
+            args += ["--tls-auth-clients", "no"]
         process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert process.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT
@@ -92,8 +114,13 @@ class RedisServer:
             self.process = None
 
     def cli(self, *args: str) -> str:
+        options = ["-p", str(self.port)]
+        if self.password is not None:
+            options += ["--no-auth-warning", "-a", self.password]
+        if self.tls is not None:
+            options += ["--tls", "--cacert", str(self.tls[2])]
         done = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args],
+            ["redis-cli", *options, *args],
             capture_output=True,
             text=True,
             timeout=10,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -137,6 +138,7 @@ class ClusterEngine:
         recovered with back-off.
         """
         op_timeout = self.settings.op_timeout
+        failure: BaseException | None = None
         async with (
             self._client(op_timeout) as ops,
             self._client(op_timeout + INBOX_BLOCK) as inbox,
@@ -144,15 +146,21 @@ class ClusterEngine:
             self._ops, self._inbox = ops, inbox
             try:
                 await self._connect(first=True)
-            except CONNECTION_ERRORS as exc:
-                raise BackendUnavailable(f"{self.settings.url}: {exc}") from exc
-            self.started = trio.current_time()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._inbox_loop)
-                nursery.start_soon(self._lease_loop)
-                nursery.start_soon(self._tick_loop)
-                nursery.start_soon(self._recover_loop)
-                task_status.started(self)
+            except (*CONNECTION_ERRORS, RedisError) as exc:
+                # Unreachable, refused, or a wrong password: the daemon says
+                # so and exits rather than serve without its queue.  Raised
+                # outside the clients, whose task groups would wrap it.
+                failure = exc
+            else:
+                self.started = trio.current_time()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._inbox_loop)
+                    nursery.start_soon(self._lease_loop)
+                    nursery.start_soon(self._tick_loop)
+                    nursery.start_soon(self._recover_loop)
+                    task_status.started(self)
+        if failure is not None:
+            raise BackendUnavailable(f"{_safe(self.settings.url)}: {failure}") from failure
 
     async def _connect(self, *, first: bool = False) -> None:
         ops = self._ops
@@ -501,6 +509,11 @@ class ClusterEngine:
                         await self.reap(daemon)
             except (BackendUnavailable, Fenced):
                 continue
+
+
+def _safe(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
 
 def _code(raw: Any) -> str:

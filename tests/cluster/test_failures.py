@@ -15,12 +15,6 @@ from tests.cluster.redis_server import RedisServer
 
 MakeDaemon = Callable[..., Awaitable[Daemon]]
 
-# coredis 6.9 leaves the anyio memory streams of a connection whose connect
-# failed (Redis down) to the garbage collector, which warns; nothing else leaks.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Unclosed <MemoryObject(Send|Receive)Stream:ResourceWarning"
-)
-
 
 async def test_a_lapsed_lease_is_reaped_once_with_attempt_plus_one(
     make_daemon: MakeDaemon, redis_server: RedisServer, cluster_name: str
