@@ -95,8 +95,17 @@ def section_redis(quick: bool, base: Path) -> None:
             ("50 clients, -P 16", ["-c", "50", "-P", "16"]),
         ):
             done = subprocess.run(
-                ["redis-benchmark", "-p", str(server.port), "-q", "-n", str(n), "-t", tests]
-                + extra,
+                [
+                    "redis-benchmark",
+                    "-p",
+                    str(server.port),
+                    "-q",
+                    "-n",
+                    str(n),
+                    "-t",
+                    tests,
+                    *extra,
+                ],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -285,8 +294,7 @@ def section_cost(quick: bool, base: Path) -> None:
         fcall_us = stats.get("fcall", (0, 0))[1]
         inner = sum(v for k, v in calls.items() if k not in ("blmpop", "ping", "function|load"))
         print(
-            f"## one job's cost ({done} jobs through 1 engine, {SLAVES} slaves,"
-            f" {WINDOW} in flight)"
+            f"## one job's cost ({done} jobs through 1 engine, {SLAVES} slaves, {WINDOW} in flight)"
         )
         print(f"- FCALLs per job: {fcalls / done:.2f} (submit, respond; the rest amortized)")
         print(f"- commands run inside Redis per job: {inner / done:.1f}")
@@ -380,9 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         url, tag, jobs, engines = args.worker
-        result = trio.run(
-            drive, url, "bench-engines", tag, int(jobs), SLAVES, WINDOW, int(engines)
-        )
+        result = trio.run(drive, url, "bench-engines", tag, int(jobs), SLAVES, WINDOW, int(engines))
         print(repr(result))
         return
     version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)

@@ -380,17 +380,13 @@ class ClusterEngine:
     async def join(self, slave: int, job_type: Any, epoch: int) -> Reply:
         """`ok`, or `job` (the ok, then the slave's job frame)."""
         tk = type_key(type_key_of(job_type))
-        return await self.reply(
-            Step(steps.fn("join"), (slave, tk, codec.dumps(job_type), epoch))
-        )
+        return await self.reply(Step(steps.fn("join"), (slave, tk, codec.dumps(job_type), epoch)))
 
     async def respond(self, slave: int, body: Any) -> Reply:
         return await self.reply(Step(steps.fn("respond"), (slave, codec.dumps(body))))
 
     async def fail(self, slave: int, category: str, reason: Any = None) -> Reply:
-        return await self.reply(
-            Step(steps.fn("fail"), (slave, category, codec.dumps(reason)))
-        )
+        return await self.reply(Step(steps.fn("fail"), (slave, category, codec.dumps(reason))))
 
     async def progress(self, slave: int, body: Any) -> None:
         await self.call(Step(steps.fn("progress"), (slave, codec.dumps(body))))

@@ -161,9 +161,9 @@ async def test_kick_by_type(make_daemon: MakeDaemon) -> None:
     d1 = await make_daemon()
     for n in range(5):
         await d1.engine.submit(1, JobSpec(n, "t", None, detach=True))
-    reply = await d1.engine.join(2, "t", 1)
+    await d1.engine.join(2, "t", 1)
     for _ in range(5):
-        reply = await d1.engine.fail(2, "CRASH", None)
+        await d1.engine.fail(2, "CRASH", None)
     await d1.engine.slave_gone(2)
     assert (await d1.engine.stats())["types"][0]["dead"] == 5
     assert await d1.engine.kick_type("t", 2) == 2
@@ -223,7 +223,10 @@ async def test_unique_attaches_masters_across_daemons(make_daemon: MakeDaemon) -
     await d1.engine.join(3, "t", 1)
     await d1.engine.progress(3, 1)
     await d1.engine.respond(3, "r")
-    assert await d2.mailbox.frames(2) == [(2, {"id": "u", "progress": 1}), (2, {"id": "u", "body": "r"})]
+    assert await d2.mailbox.frames(2) == [
+        (2, {"id": "u", "progress": 1}),
+        (2, {"id": "u", "body": "r"}),
+    ]
     # Detached and finished: attach answers with the kept result at once.
     await d1.engine.submit(4, JobSpec("v", "t", None, detach=True))
     await d1.mailbox.take()
