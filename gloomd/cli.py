@@ -25,8 +25,9 @@ from typing import Any
 
 import trio
 
-from gloomwire import __version__
+from gloomwire import __version__, logformat
 from gloomwire.framing import DEFAULT_MAX_FRAME
+from gloomwire.logformat import event
 
 from .broker import BrokerLimits
 from .config import Config
@@ -226,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity (per-job events are logged at debug)",
     )
+    p.add_argument(
+        "--log-format",
+        default=logformat.FORMATS[0],
+        choices=logformat.FORMATS,
+        help="log lines on stderr: logfmt (key=value) or one JSON object a line",
+    )
     return p
 
 
@@ -383,7 +390,7 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
             nursery.start_soon(_collect_garbage, args.gc_interval)
             print(ready, flush=True)
             async for signum in signals:
-                log.info("event=signal signal=%s", signal.Signals(signum).name)
+                event(log, "signal", signal=signal.Signals(signum).name)
                 break
             await shut_down(services)
             nursery.cancel_scope.cancel()
@@ -420,10 +427,9 @@ def _fit_descriptors(args: argparse.Namespace) -> None:
         ("--ws-max-connections", args.ws_max_connections if ws_on else 0, ws),
     ):
         if fitted < requested:
-            log.warning(
-                "event=cap_lowered flag=%s requested=%d cap=%d descriptors=%d: raise the "
-                "descriptor limit (ulimit -Hn) for more",
-                flag, requested, fitted, limit,
+            event(
+                log, "cap_lowered", logging.WARNING, flag=flag, requested=requested, cap=fitted,
+                descriptors=limit, note="raise the descriptor limit (ulimit -Hn) for more",
             )  # fmt: skip
     args.max_connections = gloom
     if ws_on:
@@ -452,7 +458,10 @@ async def _collect_garbage(interval: float) -> None:
         await trio.sleep(interval)
         started = trio.current_time()
         found = gc.collect()
-        log.debug("event=gc found=%d seconds=%.3f", found, trio.current_time() - started)
+        event(
+            log, "gc", logging.DEBUG, found=found,
+            seconds=round(trio.current_time() - started, 3),
+        )  # fmt: skip
 
 
 def _is_loopback(host: str) -> bool:
@@ -468,27 +477,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _validate(parser, args)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logformat.setup(args.log_level, args.log_format, sys.stderr)
+    # trio-websocket logs every message it reads at debug: noise beside ours.
+    logging.getLogger("trio-websocket").setLevel(logging.INFO)
     try:
         token = load_token(args.token_file)
         ssl_context = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     except (TokenError, OSError, ssl.SSLError) as exc:
-        log.error("event=fatal error=%s", exc)
+        event(log, "fatal", logging.ERROR, error=str(exc))
         return 2
     if token is None and not _is_loopback(args.host):
-        log.warning(
-            "event=insecure host=%s: listening beyond loopback without a token; anyone who can "
-            "reach these ports can submit and take jobs (use --token-file)",
-            args.host,
-        )
+        event(
+            log, "insecure", logging.WARNING, host=args.host,
+            note="listening beyond loopback without a token; anyone who can reach these ports"
+            " can submit and take jobs (use --token-file)",
+        )  # fmt: skip
     try:
         _fit_descriptors(args)
     except DescriptorBudgetError as exc:
-        log.error("event=fatal error=%s", exc)
+        event(log, "fatal", logging.ERROR, error=str(exc))
         return 1
     config = config_from_args(args, token, ssl_context)
     _tune_gc()
@@ -499,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         errors = exc.subgroup(OSError) if isinstance(exc, ExceptionGroup) else exc
         if errors is None:
             raise
-        log.error("event=fatal error=%s", _first_leaf(errors))
+        event(log, "fatal", logging.ERROR, error=str(_first_leaf(errors)))
         return 1
     return 0
 

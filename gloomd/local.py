@@ -36,6 +36,7 @@ import trio
 
 from gloomwire import codec
 from gloomwire.framing import FrameDecoder
+from gloomwire.logformat import event
 from gloomwire.vocabulary import error, submit
 
 from .broker import Broker
@@ -235,5 +236,5 @@ class LocalMaster:
     def abort(self) -> None:
         """The server dropped this peer (it stopped, or the output cap was passed)."""
         if not self.closed:
-            log.info("event=disconnect role=local peer=%s", self.name)
+            event(log, "disconnect", role="local", peer=self.name)
             self._leave(LocalMasterError("gloomd stopped before it answered"))

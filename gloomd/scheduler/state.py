@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from gloomwire import codec
+from gloomwire.logformat import event
 
 __all__ = ["BackgroundWriter", "StateFile", "StatusDict"]
 
@@ -51,15 +52,24 @@ class StateFile:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.error("cannot read schedule state %s: %s", self.path, exc)
+            event(
+                log, "schedule_state_unreadable", logging.ERROR, path=str(self.path),
+                error=exc.strerror or str(exc), note="starting afresh",
+            )  # fmt: skip
             return None
         try:
             status = codec.loads(data)
         except codec.DecodeError as exc:
-            log.error("schedule state %s is not JSON (%s); starting afresh", self.path, exc)
+            event(
+                log, "schedule_state_unreadable", logging.ERROR, path=str(self.path),
+                error=f"not JSON: {exc}", note="starting afresh",
+            )  # fmt: skip
             return None
         if not isinstance(status, dict):
-            log.error("schedule state %s is not an object; starting afresh", self.path)
+            event(
+                log, "schedule_state_unreadable", logging.ERROR, path=str(self.path),
+                error="not a JSON object", note="starting afresh",
+            )  # fmt: skip
             return None
         return status
 
@@ -88,8 +98,12 @@ class BackgroundWriter:
     def _write_logged(self, status: StatusDict) -> None:
         try:
             self._write(status)
-        except Exception:
-            log.exception("writing the schedule state failed")
+        except Exception as exc:
+            event(
+                log, "schedule_state_unwritable", logging.ERROR,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
+            )  # fmt: skip
 
     async def run(self) -> None:
         try:

@@ -26,6 +26,7 @@ from trio_websocket import (
 )
 
 from gloomwire.auth import token_matches
+from gloomwire.logformat import event
 
 from ..logs import RateLimitedLog
 from ..service import Service
@@ -239,10 +240,9 @@ class WsJobService:
             # With a host name resolving to several addresses there is one listener
             # each; the first one's port is the answer (all share it unless port 0).
             bound = listeners[0].socket.getsockname()[1]
-            log.info(
-                "event=wsjobd_listening host=%s port=%d jobs_dir=%s max_connections=%d"
-                " max_jobs=%d",
-                host, bound, self.jobs.path, self.limits.max_connections, self.limits.max_jobs,
+            event(
+                log, "wsjobd_listening", host=host, port=bound, jobs_dir=str(self.jobs.path),
+                max_connections=self.limits.max_connections, max_jobs=self.limits.max_jobs,
             )  # fmt: skip
             task_status.started(bound)
 
@@ -257,8 +257,8 @@ class WsJobService:
                 pass
         await stream.aclose()
         self._events.log(
-            logging.WARNING, "wsjobd_too_many_connections", "remote=%s cap=%d",
-            remote, self.limits.max_connections,
+            logging.WARNING, "wsjobd_too_many_connections", remote=remote,
+            cap=self.limits.max_connections,
         )  # fmt: skip
 
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
@@ -284,15 +284,16 @@ class WsJobService:
                     await self._handle_connection(request, remote)
                 elif trio.current_time() >= handshake.deadline:
                     self._events.log(
-                        logging.INFO, "wsjobd_handshake_timeout", "remote=%s seconds=%g",
-                        remote, self.limits.handshake_timeout,
+                        logging.INFO, "wsjobd_handshake_timeout", remote=remote,
+                        seconds=self.limits.handshake_timeout,
                     )  # fmt: skip
                 # Ends trio-websocket's reader task, whatever state it is in.
                 nursery.cancel_scope.cancel()
-        except Exception:
+        except Exception as exc:
             self._events.log(
-                logging.ERROR, "wsjobd_connection_failed", "remote=%s", remote, exc_info=True
-            )
+                logging.ERROR, "wsjobd_connection_failed", remote=remote,
+                error=type(exc).__name__, exc_info=exc,
+            )  # fmt: skip
         finally:
             self._open_connections -= 1
             await stream.aclose()
@@ -307,7 +308,7 @@ class WsJobService:
 
     async def _handle_connection(self, request: WebSocketRequest, remote: str) -> None:
         if self._token is not None and not self._authorized(request.path):
-            self._events.log(logging.INFO, "wsjobd_unauthorized", "remote=%s", remote)
+            self._events.log(logging.INFO, "wsjobd_unauthorized", remote=remote)
             await request.reject(401, body=b"missing or wrong token\n")
             return
         ws = await request.accept()
@@ -327,8 +328,8 @@ class WsJobService:
             message = await ws.get_message()
         if message is None:
             self._events.log(
-                logging.INFO, "wsjobd_idle_timeout", "remote=%s seconds=%g",
-                remote, self.limits.idle_timeout,
+                logging.INFO, "wsjobd_idle_timeout", remote=remote,
+                seconds=self.limits.idle_timeout,
             )  # fmt: skip
             timeout = f"{self.limits.idle_timeout:g}"
             await self._close(
@@ -378,20 +379,19 @@ class WsJobService:
                 check_load(load, request.thresholds)
             func = await trio.to_thread.run_sync(self.jobs.load_function, request.func_parts)
         except (JobError, SystemOverloadError) as exc:
-            log.debug("event=wsjobd_refused err=%s val=%r", type(exc).__name__, exc.args)
+            event(log, "wsjobd_refused", logging.DEBUG, err=type(exc).__name__, val=list(exc.args))
             return error_frame(exc)
         # No await between the lookup and the registration: two clients with the
         # same ident can never both start a job, nor two clients the last free slot.
         job = self._running.get(request.ident_key)
         if job is not None:
-            log.debug("event=wsjobd_attached ident=%r", request.ident)
+            event(log, "wsjobd_attached", logging.DEBUG, ident=request.ident, func=request.func)
         elif len(self._running) >= self.limits.max_jobs:
             # Attaching is still fine: it starts nothing.  Refused rather than
             # queued, so a flood costs no memory for jobs that are not running.
             self._events.log(
-                logging.WARNING, "wsjobd_too_many_jobs", "remote=%s cap=%d",
-                remote, self.limits.max_jobs,
-            )  # fmt: skip
+                logging.WARNING, "wsjobd_too_many_jobs", remote=remote, cap=self.limits.max_jobs
+            )
             return error_frame(
                 SystemOverloadError(
                     f"running_jobs: {len(self._running)} is at the limit: {self.limits.max_jobs}"
@@ -407,11 +407,11 @@ class WsJobService:
         assert self._nursery is not None and self._trio_token is not None
         job = Job(request.ident, request.data, self._trio_token)
         self._running[request.ident_key] = job
-        self._nursery.start_soon(self._run_job, request.ident_key, job, func)
-        log.debug("event=wsjobd_started ident=%r func=%s", request.ident, request.func)
+        self._nursery.start_soon(self._run_job, request.ident_key, job, func, request.func)
+        event(log, "wsjobd_started", logging.DEBUG, ident=request.ident, func=request.func)
         return job
 
-    async def _run_job(self, key: IdentKey, job: Job, func: JobFunction) -> None:
+    async def _run_job(self, key: IdentKey, job: Job, func: JobFunction, name: str) -> None:
         try:
             if inspect.iscoroutinefunction(func):
                 await func(job)
@@ -425,7 +425,10 @@ class WsJobService:
             # A failing job is the job author's business, and the client is told;
             # the traceback is kept for whoever debugs the job (at most a burst
             # of them per window: a client can make a failing job fail at will).
-            self._events.log(logging.INFO, "wsjobd_job_failed", "ident=%r", job.ident, exc_info=exc)
+            self._events.log(
+                logging.INFO, "wsjobd_job_failed", ident=job.ident, func=name,
+                error=f"{type(exc).__name__}: {exc}", exc_info=exc,
+            )  # fmt: skip
             # The traceback's frames hold `job`: kept in job.err, it would make
             # a cycle that only a full garbage collection frees.
             job.err = exc.with_traceback(None)
@@ -435,7 +438,7 @@ class WsJobService:
             if self._running.get(key) is job:
                 del self._running[key]
             job._finish()
-            log.debug("event=wsjobd_ended ident=%r", job.ident)
+            event(log, "wsjobd_ended", logging.DEBUG, ident=job.ident, func=name)
 
     # -- reports
 
@@ -454,7 +457,7 @@ class WsJobService:
                 final = await self._report_text(job, report)
             await self._close(ws, client, final)
         except (ConnectionClosed, trio.TooSlowError):
-            log.debug("event=wsjobd_listener_gone ident=%r", job.ident)
+            event(log, "wsjobd_listener_gone", logging.DEBUG, ident=job.ident)
 
     async def _report_until_done(
         self, ws: WebSocketConnection, job: Job, report: ReportOptions

@@ -8,6 +8,7 @@ import pytest
 
 from gloomd.logs import LogBudget
 from tests.support.brokerkit import Kit
+from tests.support.logs import log_text, message
 
 
 def test_a_peer_cannot_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
@@ -20,17 +21,17 @@ def test_a_peer_cannot_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
     k.send(other, {"action": "join", "type": "t"})  # its own budget
 
     def joins(name: str) -> int:
-        return sum(f"event=join slave={name} " in r.getMessage() for r in caplog.records)
+        return sum(f"event=join slave={name} " in message(r) for r in caplog.records)
 
     assert joins("noisy") == 5 and joins("quiet") == 1
     k.clock.now += 2.0  # two lines' worth refilled
     k.send(s, {"action": "join", "type": "t"})
-    assert "event=log_suppressed peer=noisy lines=45" in caplog.text
+    assert "event=log_suppressed peer=noisy lines=45" in log_text(caplog)
     assert joins("noisy") == 6
     for _ in range(3):
         k.send(s, {"action": "join", "type": "t"})
     k.broker.disconnect(s)  # what was held back since is reported at the end
-    assert "event=log_suppressed peer=noisy lines=2" in caplog.text
+    assert "event=log_suppressed peer=noisy lines=2" in log_text(caplog)
 
 
 def test_budget_refills_at_its_rate() -> None:

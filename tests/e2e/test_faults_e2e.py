@@ -24,6 +24,7 @@ import trio
 
 from gloomd.server import GloomServer
 from tests.support.daemon import spawn_gloomd
+from tests.support.logs import log_text
 from tests.support.wire import Peer, frame, join
 
 pytestmark = pytest.mark.timeout(60)
@@ -310,13 +311,13 @@ async def test_master_that_never_reads_is_dropped_as_a_disconnect(
                 continue
             await slave.send({"action": "respond", "body": big})
             answered += 1
-            if "event=overflow" in caplog.text:
+            if "event=overflow" in log_text(caplog):
                 break
     assert answered < 200
     stats = await until_masters(server.master_port, 1)
     # Handled as a disconnect: its queued jobs are gone, its running one orphaned.
     assert {t["type"]: t["queued"] for t in stats["types"]}.get("big", 0) == 0
-    assert "reason=outbuf_overflow" in caplog.text
+    assert "reason=outbuf_overflow" in log_text(caplog)
     # The other master was not touched, and the slave is free for new work.
     small = await join(server.slave_port, "small")
     with trio.fail_after(5):

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from typing import Any
+
+from gloomwire import logformat
 
 from ..errors import TransportError, Unauthorized
 from .handler import HandlerError
@@ -120,7 +121,18 @@ def configure(parser: argparse.ArgumentParser, *, connection: bool = False) -> N
         "--class-kwargs", type=_json, default={}, metavar="JSON", help="JSON object for Class(...)"
     )
     parser.add_argument(
-        "--log-level", default="INFO", help="logging level on stderr (default INFO)"
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity on stderr (default info; debug adds a line per job event)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=logformat.FORMATS[0],
+        choices=logformat.FORMATS,
+        help="log lines on stderr: logfmt (key=value, the default) or one JSON object a line,"
+        " as gloomd's",
     )
     if connection:
         env = os.environ
@@ -155,11 +167,7 @@ def run_args(args: argparse.Namespace) -> int:
     from ..cli import UsageError, connection_security
     from . import run  # not at import time: keeps `gloom --help` light
 
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    logformat.setup(args.log_level, args.log_format, sys.stderr)
     if not isinstance(args.class_args, list):
         print("gloom worker: --class-args must be a JSON list", file=sys.stderr)
         return EXIT_USAGE
