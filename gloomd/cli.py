@@ -342,8 +342,9 @@ def configured_services(
         from .wsjobd.service import WsJobdService
 
         ws = WsJobdService(
-            args.ws_host, args.ws_port, args.jobs_dir, token=config.token, limits=_ws_limits(args)
-        )
+            args.ws_host, args.ws_port, args.jobs_dir, token=config.token,
+            limits=_ws_limits(args), ssl_context=config.ssl_context,
+        )  # fmt: skip
         counts["ws"] = lambda: ws.jobs.open_connections
         services.append(ws)
     if args.schedule is not None:

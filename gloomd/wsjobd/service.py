@@ -12,6 +12,7 @@ import inspect
 import logging
 import math
 import os
+import ssl
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -173,6 +174,11 @@ class WsJobService:
         on running jobs and the message size (see :class:`gloomd.wsjobd.limits.WsLimits`).
     :param send_timeout: seconds one report may take to send before the client is
         considered stuck and dropped.
+    :param ssl_context: when not None, the port is TLS-only (``wss://``): the
+        TLS handshake must finish within the opening handshake's timeout, and a
+        plaintext client is closed without an answer (the daemon passes the
+        context of ``--tls-cert``/``--tls-key``, so the ``?token=`` never
+        travels in clear).
     """
 
     def __init__(
@@ -182,10 +188,12 @@ class WsJobService:
         token: str | None = None,
         limits: WsLimits = WsLimits(),
         send_timeout: float = SEND_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.jobs = JobsDirectory(jobs_dir)
         self.limits = limits
         self._token = token
+        self._ssl_context = ssl_context
         self._send_timeout = send_timeout
         # Jobs are capped as a whole (limits.max_jobs, refused over it), so every
         # admitted plain-function job gets its thread at once.
@@ -242,6 +250,8 @@ class WsJobService:
             bound = listeners[0].socket.getsockname()[1]
             event(
                 log, "wsjobd_listening", host=host, port=bound, jobs_dir=str(self.jobs.path),
+                tls="on" if self._ssl_context is not None else "off",
+                auth="on" if self._token is not None else "off",
                 max_connections=self.limits.max_connections, max_jobs=self.limits.max_jobs,
             )  # fmt: skip
             task_status.started(bound)
@@ -250,11 +260,14 @@ class WsJobService:
 
     async def _refuse_connection(self, stream: trio.SocketStream) -> None:
         remote = _remote(stream)
-        with trio.move_on_after(_REFUSE_SEND_TIMEOUT):
-            try:
-                await stream.send_all(_TOO_MANY_CONNECTIONS)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        # Under TLS a plaintext answer would be garbage: just close (as the
+        # Gloom ports and the HTTP port do).
+        if self._ssl_context is None:
+            with trio.move_on_after(_REFUSE_SEND_TIMEOUT):
+                try:
+                    await stream.send_all(_TOO_MANY_CONNECTIONS)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
         await stream.aclose()
         self._events.log(
             logging.WARNING, "wsjobd_too_many_connections", remote=remote,
@@ -271,18 +284,22 @@ class WsJobService:
         """
         remote = _remote(stream)
         watched = _HangUpWatch(stream)
+        carried: trio.abc.Stream | None = watched
         try:
             async with trio.open_nursery() as nursery:
                 request: WebSocketRequest | None = None
                 with trio.move_on_after(self.limits.handshake_timeout) as handshake:
                     watched.on_hang_up = handshake.cancel
-                    request = await wrap_server_stream(
-                        nursery, watched, max_message_size=self.limits.max_message
-                    )
+                    if self._ssl_context is not None:
+                        carried = await self._tls_handshake(watched, remote)
+                    if carried is not None:
+                        request = await wrap_server_stream(
+                            nursery, carried, max_message_size=self.limits.max_message
+                        )
                 watched.on_hang_up = None
                 if request is not None:
                     await self._handle_connection(request, remote)
-                elif trio.current_time() >= handshake.deadline:
+                elif carried is not None and trio.current_time() >= handshake.deadline:
                     self._events.log(
                         logging.INFO, "wsjobd_handshake_timeout", remote=remote,
                         seconds=self.limits.handshake_timeout,
@@ -297,6 +314,28 @@ class WsJobService:
         finally:
             self._open_connections -= 1
             await stream.aclose()
+
+    async def _tls_handshake(
+        self, watched: _HangUpWatch, remote: str
+    ) -> trio.SSLStream[Any] | None:
+        """The server side of TLS over an accepted connection, done before the upgrade.
+
+        Done here rather than left to the first read, so that a plaintext
+        client (or a bad certificate) is one rate-limited line and a close,
+        not an exception out of trio-websocket's reader.  None: it failed.
+        """
+        assert self._ssl_context is not None
+        tls = trio.SSLStream(watched, self._ssl_context, server_side=True)
+        try:
+            await tls.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            cause = exc.__cause__ or exc
+            self._events.log(
+                logging.WARNING, "wsjobd_tls_error", remote=remote,
+                error=str(cause) or type(cause).__name__,
+            )  # fmt: skip
+            return None
+        return tls
 
     def _authorized(self, target: str) -> bool:
         assert self._token is not None
@@ -542,15 +581,17 @@ async def serve(
     *,
     token: str | None = None,
     limits: WsLimits = WsLimits(),
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the websocket job service on its own until cancelled.
 
     ``task_status.started(bound_port)`` is called once it is listening, so
     ``port=0`` works with ``await nursery.start(serve, host, 0, jobs_dir)``.
-    (``gloomd --ws-port`` runs the same service through `WsJobdService`.)
+    With `ssl_context` it serves ``wss://`` only.  (``gloomd --ws-port``
+    runs the same service through `WsJobdService`.)
     """
-    service = WsJobService(jobs_dir, token=token, limits=limits)
+    service = WsJobService(jobs_dir, token=token, limits=limits, ssl_context=ssl_context)
     await service.run(host, port, task_status=task_status)
 
 
@@ -571,10 +612,11 @@ class WsJobdService(Service):
         *,
         token: str | None = None,
         limits: WsLimits = WsLimits(),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
-        self.jobs = WsJobService(jobs_dir, token=token, limits=limits)
+        self.jobs = WsJobService(jobs_dir, token=token, limits=limits, ssl_context=ssl_context)
 
     async def run(
         self, *, task_status: trio.TaskStatus[str | None] = trio.TASK_STATUS_IGNORED
