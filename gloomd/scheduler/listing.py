@@ -101,8 +101,11 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     try:
         table_rows = rows(args.schedule, args.schedule_state)
-    except (OSError, JobConfigError) as exc:
+    except OSError as exc:
         print(f"gloom schedule list: {exc}", file=sys.stderr)
+        return 2
+    except JobConfigError as exc:
+        print(f"gloom schedule list: {args.schedule}: {exc}", file=sys.stderr)
         return 2
     table = Table(title=str(args.schedule))
     for column, no_wrap in (

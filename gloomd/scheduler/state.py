@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pathlib
@@ -37,9 +38,25 @@ class StateFile:
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
 
+    @property
+    def _tmp(self) -> pathlib.Path:
+        return self.path.with_name(f".{self.path.name}.tmp")
+
+    def check_writable(self) -> None:
+        """Raise OSError unless `dump` can write here: refused at start, not at
+        every write (an unwritable path would be logged and never saved).
+
+        Writes and removes the temporary file `dump` itself writes first.
+        """
+        if self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(self.path))
+        with open(self._tmp, "wb"):
+            pass
+        self._tmp.unlink()
+
     def dump(self, status: StatusDict) -> None:
         data = codec.dumps(status)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp = self._tmp
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
