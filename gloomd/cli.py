@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from gloomwire import __version__, logformat
+from gloomwire import __version__, environ, logformat
 from gloomwire.framing import DEFAULT_MAX_FRAME
 from gloomwire.logformat import event
 
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gloomd",
         description="Job distribution daemon speaking the Gloom protocol.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     p.add_argument("--version", action="version", version=f"gloomd {__version__}")
     net = p.add_argument_group("network")
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file",
         type=Path,
         default=None,
-        help="require this shared token (first line of the file); also GLOOMD_TOKEN",
+        help="require this shared token (first line of the file); else $GLOOMD_TOKEN",
     )
     sec.add_argument(
         "--tls-cert",
@@ -562,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     the rest), found before any port is bound; 1 for a failure to start
     that the configuration could not show (a port taken, no descriptors).
     """
+    environ.print_notes("gloomd")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -41,8 +41,8 @@ def daemon() -> Iterator[Daemon]:
 def env_for(daemon: Daemon) -> dict[str, str]:
     return {
         **os.environ,
-        "GLOOM_MASTER_PORT": str(daemon.master_port),
-        "GLOOM_SLAVE_PORT": str(daemon.slave_port),
+        "GLOOMD_MASTER_PORT": str(daemon.master_port),
+        "GLOOMD_SLAVE_PORT": str(daemon.slave_port),
         "NO_COLOR": "1",
         "COLUMNS": "120",
     }
@@ -135,7 +135,9 @@ def test_wait_timeout_exits_1_and_names_the_job(daemon: Daemon) -> None:
         daemon, "submit", "cli-nobody", "1", "--wait-timeout", "0.2", "--id", "w-1", "-q"
     )
     assert done.returncode == 1
-    assert "job w-1 not finished after 0.2 s" in done.stderr
+    # What became of the job, and how to keep it next time.
+    assert done.stderr.startswith("gloom: stopped waiting after 0.2 s: job w-1 withdrawn")
+    assert "--detach" in done.stderr
 
 
 def test_detach_result_and_cancel(daemon: Daemon) -> None:

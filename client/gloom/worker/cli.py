@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from gloomwire import logformat
+from gloomwire import __version__, environ, logformat
 
 from ..errors import TransportError, Unauthorized
 from .handler import HandlerError
@@ -112,7 +112,7 @@ def configure(parser: argparse.ArgumentParser, *, connection: bool = False) -> N
         action="append",
         default=[],
         metavar="DIR",
-        help="prepend DIR to sys.path (repeatable)",
+        help="import the handler from DIR first (repeatable); then from the current directory",
     )
     code.add_argument(
         "--class-args", type=_json, default=[], metavar="JSON", help="JSON list for Class(...)"
@@ -135,15 +135,9 @@ def configure(parser: argparse.ArgumentParser, *, connection: bool = False) -> N
         " as gloomd's",
     )
     if connection:
-        env = os.environ
-        daemon = parser.add_argument_group("daemon")
-        daemon.add_argument("--host", default=env.get("GLOOM_HOST", "127.0.0.1"))
-        daemon.add_argument(
-            "--slave-port", type=int, default=int(env.get("GLOOM_SLAVE_PORT", "9999"))
-        )
-        daemon.add_argument(
-            "--master-port", type=int, default=int(env.get("GLOOM_MASTER_PORT", "9998"))
-        )
+        from ..cli.common import daemon_options
+
+        daemon_options(parser)
         security = parser.add_argument_group("security")
         security.add_argument(
             "--token-file",
@@ -183,6 +177,9 @@ def run_args(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         options = {name: getattr(args, name) for name in PASSED_ON}
+        # One rule with `gloomd --import-path`: the directories given, then
+        # the current directory, then what is installed.
+        options["import_path"] = [*args.import_path, os.getcwd()]
         run(args.type, args.handler, **options, **security)
     except Unauthorized as exc:
         print(f"gloom worker: {exc} (gloomd at {args.host}:{args.slave_port})", file=sys.stderr)
@@ -195,13 +192,17 @@ def run_args(args: argparse.Namespace) -> int:
 
 def add_worker_parser(subparsers: Any) -> None:
     """Add ``worker`` to an argparse subparsers group (sets ``run`` as default)."""
-    parser = subparsers.add_parser("worker", help=HELP, description=DESCRIPTION)
+    parser = subparsers.add_parser("worker", help=HELP, description=DESCRIPTION, allow_abbrev=False)
     configure(parser, connection=True)
     parser.set_defaults(run=run_args)
 
 
 def worker_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="gloom worker", description=DESCRIPTION)
+    environ.print_notes("gloom worker")
+    parser = argparse.ArgumentParser(
+        prog="gloom worker", description=DESCRIPTION, allow_abbrev=False
+    )
+    parser.add_argument("--version", action="version", version=f"gloom {__version__}")
     configure(parser, connection=True)
     try:
         args = parser.parse_args(argv)
