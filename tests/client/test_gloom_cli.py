@@ -196,10 +196,18 @@ def test_stats_table_and_json(daemon: Daemon) -> None:
     ],
 )
 def test_unreachable_daemon_exits_3_with_one_line(args: list[str]) -> None:
-    port = str(free_port())
-    done = gloom_cmd(None, *args, "--master-port", port, "--slave-port", port, timeout=20)
+    # A port bound but never listening refuses every connection for as long as
+    # the test holds it: no other process can take it meanwhile.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = str(closed.getsockname()[1])
+        # The flags go before a `--` (after it they would be the slave's command).
+        cut = args.index("--") if "--" in args else len(args)
+        ports = ["--master-port", port, "--slave-port", port]
+        done = gloom_cmd(None, *args[:cut], *ports, *args[cut:], timeout=20)
     assert done.returncode == 3, done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("gloom: cannot reach gloomd at")
+    assert f"127.0.0.1:{port}" in done.stderr  # the port given, not a default one
 
 
 @pytest.mark.parametrize(
