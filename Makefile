@@ -1,4 +1,4 @@
-# The two quick-start commands: `make serve` and `make test`.
+# The two quick-start commands: `make serve` and `make test`; CONTRIBUTING.md has the rest.
 #
 # `make serve` installs what serving needs and nothing else (`pip install -e .`);
 # `make test` adds the test extra (pytest, hypothesis, mypy, trustme, ...).
@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test install install-serve install-browser bench bench-quick clean
+.PHONY: serve test lint typecheck install install-serve install-browser bench bench-quick clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,14 @@ serve: install-serve
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The suite runs both too (tests/test_lint.py, tests/test_typing.py).
+lint: install
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+
+typecheck: install
+	$(BIN)/python -m mypy gloomwire gloomd client/gloom
 
 bench: install
 	bash benchmarks/peers.sh

@@ -24,29 +24,37 @@ A value past its cap or outside its range is `invalid_type` / the field.
 
 from __future__ import annotations
 
-from typing import Any, Final, NamedTuple, Union
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple
 
-from gloomwire import codec
+from gloomwire import codec, vocabulary
 from gloomwire.vocabulary import CATEGORIES, MASTER_ACTIONS, SLAVE_ACTIONS, error
 
 __all__ = [
     "CATEGORIES",
     "DEFAULT_CAPS",
+    "JOB_STATES",
     "MAX_TIMEOUT",
     "RANGES",
     "Auth",
     "Cancel",
     "Caps",
+    "Delete",
     "Fail",
+    "Jobs",
     "Join",
+    "Kick",
+    "KickType",
     "MasterMessage",
     "MasterRequest",
     "NumberRange",
+    "Pause",
     "Ping",
     "Progress",
     "ProtocolViolation",
     "Respond",
     "Result",
+    "Resume",
     "SlaveMessage",
     "SlaveRequest",
     "Stats",
@@ -108,19 +116,25 @@ DEFAULT_CAPS: Final = Caps()
 class NumberRange(NamedTuple):
     """Accepted values of a numeric field: `low < value <= high`, finite.
 
-    An integer or a float (never a bool); `integer` admits integers only.
+    An integer or a float (never a bool); `integer` admits integers only;
+    `closed` admits `low` itself (`delay` may be 0, `timeout` may not).
     """
 
     low: float
     high: float
     integer: bool = False
+    closed: bool = False
 
     def holds(self, value: Any) -> bool:
         kind = type(value)
         if kind is int:
-            return bool(self.low < value <= self.high)
-        # NaN fails both comparisons, and the infinities fail one.
-        return kind is float and not self.integer and bool(self.low < value <= self.high)
+            above = value >= self.low if self.closed else value > self.low
+            return bool(above and value <= self.high)
+        if kind is not float or self.integer:
+            return False
+        # NaN fails every comparison, and the infinities fail one.
+        above = value >= self.low if self.closed else value > self.low
+        return bool(above and value <= self.high)
 
 
 #: A job's time limit: at most one year (a deadline must stay a float the
@@ -128,18 +142,39 @@ class NumberRange(NamedTuple):
 #: daemon when a slave took the job).
 MAX_TIMEOUT: Final = 365 * 24 * 3600
 
+#: A job's delay: at most one year, as `timeout`.
+MAX_DELAY: Final = MAX_TIMEOUT
+#: Retries one job may ask for (each waits its back-off: 1,000 is past any use).
+MAX_RETRIES: Final = 1000
+#: A retry's back-off, and the longest wait it doubles up to (durability-and-operations.md).
+MAX_BACKOFF: Final = 3600
+#: Rows in one `jobs` answer.
+MAX_PAGE: Final = 1000
+#: A kick by type's `limit` ("any positive"): past it the number means nothing,
+#: since no daemon holds that many dead jobs; it only keeps the field finite.
+MAX_KICK: Final = 2**62
+
 #: Every numeric field the daemon does arithmetic with, and its range.  One
-#: table, so that each new field (delay, backoff, limit) states its bounds
-#: here, is checked by `check_number`, and is listed in README's limits.
+#: table, so that each new field states its bounds here, is checked by
+#: `check_number`, and is listed in README's limits.
 RANGES: Final = {
     "timeout": NumberRange(0, MAX_TIMEOUT),
+    "delay": NumberRange(0, MAX_DELAY, closed=True),
+    "retries": NumberRange(0, MAX_RETRIES, integer=True, closed=True),
+    "backoff": NumberRange(0, MAX_BACKOFF),
+    # The `limit` of `jobs` and of a kick by type (errors name the field: `limit`).
+    "jobs.limit": NumberRange(0, MAX_PAGE, integer=True),
+    "kick.limit": NumberRange(0, MAX_KICK, integer=True),
 }
 
+#: The states `jobs` reports and filters by (lifecycle.md "States").
+JOB_STATES: Final = vocabulary.JOB_STATES
 
-def check_number(name: str, value: Any) -> Any:
-    """`value` if it lies in `RANGES[name]`, else `invalid_type` / name."""
+
+def check_number(name: str, value: Any, field: str | None = None) -> Any:
+    """`value` if it lies in `RANGES[name]`, else `invalid_type` / `field` (default: name)."""
     if not RANGES[name].holds(value):
-        raise ProtocolViolation("invalid_type", name)
+        raise ProtocolViolation("invalid_type", field or name)
     return value
 
 
@@ -188,6 +223,11 @@ class Submit(NamedTuple):
     timeout: float | None = None
     detach: bool = False
     after: tuple[str | int, ...] = ()
+    # The job lifecycle (durability-and-operations.md section 2); None: not asked for.
+    delay: float | None = None
+    retries: int | None = None
+    backoff: float | None = None
+    unique: bool = False
 
 
 class Cancel(NamedTuple):
@@ -196,6 +236,49 @@ class Cancel(NamedTuple):
 
 class Result(NamedTuple):
     id: str | int
+
+
+class Kick(NamedTuple):
+    """`{"action":"kick","id":ID}`: one dead job back to the queue."""
+
+    id: str | int
+
+
+class KickType(NamedTuple):
+    """`{"action":"kick","type":T,"limit":n}`: the n oldest dead jobs of T (None: all)."""
+
+    type: Any
+    key: bytes | str
+    limit: int | None = None
+
+
+class Delete(NamedTuple):
+    id: str | int
+
+
+class Jobs(NamedTuple):
+    """`{"action":"jobs",...}`: one page of the jobs held.
+
+    `key` None: every type (a type may be null, whose key is b"null").
+    `state` None: every state.  `cursor` is the `next` of the page before,
+    checked for shape here and for meaning by the broker.
+    """
+
+    type: Any = None
+    key: bytes | str | None = None
+    state: str | None = None
+    limit: int = 100
+    cursor: Any = None
+
+
+class Pause(NamedTuple):
+    type: Any
+    key: bytes | str
+
+
+class Resume(NamedTuple):
+    type: Any
+    key: bytes | str
 
 
 class Stats(NamedTuple):
@@ -218,10 +301,10 @@ class Auth(NamedTuple):
 
 #: What the broker has rules for (`Broker.slave_message`, `Broker.master_message`);
 #: `Ping` and `Auth` concern the connection and are answered by `gloomd.ingest`.
-SlaveRequest = Union[Join, Respond, Progress, Fail]
-MasterRequest = Union[Submit, Cancel, Result, Stats]
-SlaveMessage = Union[SlaveRequest, Ping, Auth]
-MasterMessage = Union[MasterRequest, Ping, Auth]
+SlaveRequest = Join | Respond | Progress | Fail
+MasterRequest = Submit | Cancel | Result | Stats | Kick | KickType | Delete | Jobs | Pause | Resume
+SlaveMessage = SlaveRequest | Ping | Auth
+MasterMessage = MasterRequest | Ping | Auth
 
 _STATS: Final = Stats()
 _PING: Final = Ping()
@@ -341,9 +424,97 @@ def parse_master(obj: dict[str, Any], caps: Caps = DEFAULT_CAPS) -> MasterMessag
         return _PING
     if action == "auth":
         return Auth(obj.get("token"))
-    if type(action) is str and action in SLAVE_ACTIONS:
-        raise ProtocolViolation("invalid_action", "not_a_slave")
+    if type(action) is str:
+        parse = _LIFECYCLE.get(action)
+        if parse is not None:
+            return parse(obj, caps)
+        if action in SLAVE_ACTIONS:
+            raise ProtocolViolation("invalid_action", "not_a_slave")
     raise ProtocolViolation("unknown_action", action)
+
+
+def _job_id(obj: dict[str, Any], caps: Caps) -> str | int:
+    if "id" not in obj:
+        raise ProtocolViolation("missing_field", "id")
+    job_id = obj["id"]
+    if not caps.id_ok(job_id):
+        raise ProtocolViolation("invalid_type", "id")
+    return job_id  # type: ignore[no-any-return]
+
+
+def _type_of(obj: dict[str, Any], caps: Caps) -> tuple[Any, bytes | str]:
+    if "type" not in obj:
+        raise ProtocolViolation("missing_field", "type")
+    job_type = obj["type"]
+    return job_type, _key(job_type, caps)
+
+
+def _parse_kick(obj: dict[str, Any], caps: Caps) -> Kick | KickType:
+    """By id when `id` is there (then `type` and `limit` are not read), else by type."""
+    if "id" in obj or "type" not in obj:
+        return Kick(_job_id(obj, caps))
+    job_type, key = _type_of(obj, caps)
+    limit = obj.get("limit")
+    if limit is not None:
+        check_number("kick.limit", limit, "limit")
+    return KickType(job_type, key, limit)
+
+
+def _parse_delete(obj: dict[str, Any], caps: Caps) -> Delete:
+    return Delete(_job_id(obj, caps))
+
+
+def _parse_jobs(obj: dict[str, Any], caps: Caps) -> Jobs:
+    """Fields in the reference's order: type, state, limit, cursor (all optional)."""
+    job_type: Any = None
+    key: bytes | str | None = None
+    if "type" in obj:
+        job_type, key = _type_of(obj, caps)
+    state = obj.get("state")
+    if state is not None and (type(state) is not str or state not in JOB_STATES):
+        raise ProtocolViolation("invalid_type", "state")
+    limit = obj.get("limit")
+    if limit is None:
+        limit = 100
+    else:
+        check_number("jobs.limit", limit, "limit")
+    cursor = obj.get("cursor")
+    if cursor is not None and not _cursor_shape(cursor):
+        raise ProtocolViolation("invalid_type", "cursor")
+    return Jobs(job_type, key, state, limit, cursor)
+
+
+def _cursor_shape(cursor: Any) -> bool:
+    """A cursor the broker made: a short list of 64-bit integers (see
+    `gloomd.listing`); anything else is refused here, before the broker."""
+    return (
+        type(cursor) is list
+        and 0 < len(cursor) <= _CURSOR_PARTS
+        and all(type(part) is int and -(2**63) <= part < 2**63 for part in cursor)
+    )
+
+
+_CURSOR_PARTS: Final = 6
+
+
+def _parse_pause(obj: dict[str, Any], caps: Caps) -> Pause:
+    return Pause(*_type_of(obj, caps))
+
+
+def _parse_resume(obj: dict[str, Any], caps: Caps) -> Resume:
+    return Resume(*_type_of(obj, caps))
+
+
+#: The lifecycle's master actions and their parsers (their names are in
+#: `gloomwire.vocabulary.LIFECYCLE_ACTIONS`, so the slave port calls them
+#: `not_a_master`).
+_LIFECYCLE: Final[dict[str, Callable[[dict[str, Any], Caps], MasterRequest]]] = {
+    "kick": _parse_kick,
+    "delete": _parse_delete,
+    "jobs": _parse_jobs,
+    "pause": _parse_pause,
+    "resume": _parse_resume,
+}
 
 
 def _parse_submit(obj: dict[str, Any], caps: Caps) -> Submit:
@@ -366,6 +537,10 @@ def _parse_submit(obj: dict[str, Any], caps: Caps) -> Submit:
         raise ProtocolViolation("invalid_type", "priority")
     if "body" not in obj:
         raise ProtocolViolation("missing_field", "body")
+    # Gloom's keys are action, id, type, body and perhaps priority: a frame
+    # with no other key skips every extension below (seven lookups fewer).
+    if len(obj) <= 4 + ("priority" in obj):
+        return Submit(job_id, job_type, key, priority, obj["body"])
     timeout = obj.get("timeout")
     if timeout is not None:
         check_number("timeout", timeout)
@@ -378,4 +553,30 @@ def _parse_submit(obj: dict[str, Any], caps: Caps) -> Submit:
         if type(raw) is not list or len(raw) > caps.max_after or not all(map(caps.id_ok, raw)):
             raise ProtocolViolation("invalid_type", "after")
         after = tuple(raw)
-    return Submit(job_id, job_type, key, priority, obj["body"], timeout, detach, after)
+    # The lifecycle's keys, after the existing ones, in this order (fine print).
+    delay = obj.get("delay")
+    if delay is not None:
+        check_number("delay", delay)
+    retries = obj.get("retries")
+    if retries is not None:
+        check_number("retries", retries)
+    backoff = obj.get("backoff")
+    if backoff is not None:
+        check_number("backoff", backoff)
+    unique = obj.get("unique", False)
+    if type(unique) is not bool:
+        raise ProtocolViolation("invalid_type", "unique")
+    return Submit(
+        job_id,
+        job_type,
+        key,
+        priority,
+        obj["body"],
+        timeout,
+        detach,
+        after,
+        delay,
+        retries,
+        backoff,
+        unique,
+    )

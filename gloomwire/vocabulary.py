@@ -20,26 +20,38 @@ __all__ = [
     "BOTH_PORTS",
     "CATEGORIES",
     "FAILED_CATEGORIES",
+    "JOB_STATES",
+    "LIFECYCLE_ACTIONS",
     "MASTER_ACTIONS",
     "OK",
     "OK_FRAME",
     "SLAVE_ACTIONS",
     "ack",
+    "attached",
     "auth",
-    "describe_failure",
     "cancel",
+    "delete",
+    "describe_failure",
     "error",
     "fail",
     "job",
     "job_error",
     "job_failed",
+    "job_row",
+    "jobs_page",
+    "jobs_request",
     "join",
+    "kick",
+    "kick_type",
+    "kicked",
+    "pause",
     "ping",
     "progress",
     "progress_report",
     "respond",
     "result",
     "result_request",
+    "resume",
     "stats",
     "stats_request",
     "submit",
@@ -49,8 +61,10 @@ __all__ = [
 
 #: Actions of the slave port (besides `BOTH_PORTS`).
 SLAVE_ACTIONS: Final = frozenset({"join", "respond", "progress", "fail"})
+#: The job lifecycle's master actions (durability-and-operations.md section 2).
+LIFECYCLE_ACTIONS: Final = frozenset({"kick", "delete", "jobs", "pause", "resume"})
 #: Actions of the master port (besides `BOTH_PORTS`).
-MASTER_ACTIONS: Final = frozenset({"submit", "cancel", "result", "stats"})
+MASTER_ACTIONS: Final = frozenset({"submit", "cancel", "result", "stats"}) | LIFECYCLE_ACTIONS
 #: Actions either port answers.
 BOTH_PORTS: Final = frozenset({"ping", "auth"})
 
@@ -60,6 +74,8 @@ BOTH_PORTS: Final = frozenset({"ping", "auth"})
 CATEGORIES: Final = ("ERROR", "TIMEOUT", "CRASH", "HALTED")
 #: What a `job_failed` frame may carry: the daemon's own endings of a job.
 FAILED_CATEGORIES: Final = ("CRASH", "TIMEOUT", "HALTED", "DEPENDENCY", "CANCELLED")
+#: The states `jobs` reports (and filters by), in the reference's order.
+JOB_STATES: Final = ("queued", "delayed", "waiting", "running", "dead")
 
 #: What each category means when the daemon ended the job (`job_failed`),
 #: in words a person reads: the client's and the scheduler's messages.
@@ -82,6 +98,7 @@ def describe_failure(category: Any, dependency: Any = None) -> str:
         return f"job {dependency!r} in its after failed, so it never ran"
     meaning = _FAILURE_MEANINGS.get(category) if isinstance(category, str) else None
     return meaning if meaning is not None else f"gloomd ended it ({category})"
+
 
 # ---------------------------------------------------------------- daemon -> peer
 
@@ -149,6 +166,36 @@ def stats(body: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "stats": body}
 
 
+def attached(job_id: Any) -> dict[str, Any]:
+    """A `unique` submit joined the live job of that id: `{"ok":true,"id":ID,"attached":true}`."""
+    return {"ok": True, "id": job_id, "attached": True}
+
+
+def kicked(count: int) -> dict[str, Any]:
+    """The answer to a kick by type: `{"ok":true,"kicked":k}`."""
+    return {"ok": True, "kicked": count}
+
+
+def job_row(
+    job_id: Any, job_type: Any, priority: int, state: str, attempt: int, age_s: float, detach: bool
+) -> dict[str, Any]:
+    """One job in a `jobs` answer, in the reference's key order."""
+    return {
+        "id": job_id,
+        "type": job_type,
+        "priority": priority,
+        "state": state,
+        "attempt": attempt,
+        "age_s": age_s,
+        "detach": detach,
+    }
+
+
+def jobs_page(rows: list[dict[str, Any]], next_cursor: Any) -> dict[str, Any]:
+    """The answer to `jobs`: `{"ok":true,"jobs":[...],"next":C}` (C null at the end)."""
+    return {"ok": True, "jobs": rows, "next": next_cursor}
+
+
 # ---------------------------------------------------------------- peer -> daemon
 
 
@@ -202,3 +249,44 @@ def stats_request(job_type: Any = None, *, filtered: bool = False) -> dict[str, 
     if filtered:
         return {"action": "stats", "type": job_type}
     return {"action": "stats"}
+
+
+def kick(job_id: Any) -> dict[str, Any]:
+    """Put one dead job back in its queue."""
+    return {"action": "kick", "id": job_id}
+
+
+def kick_type(job_type: Any, limit: int | None = None) -> dict[str, Any]:
+    """Put the `limit` oldest dead jobs of a type (all of them: None) back in the queue."""
+    if limit is None:
+        return {"action": "kick", "type": job_type}
+    return {"action": "kick", "type": job_type, "limit": limit}
+
+
+def delete(job_id: Any) -> dict[str, Any]:
+    """Remove a job that is not running (dead letters included)."""
+    return {"action": "delete", "id": job_id}
+
+
+def jobs_request(**keys: Any) -> dict[str, Any]:
+    """List the jobs held: keys among `type`, `state`, `limit`, `cursor`, in that order.
+
+    Only the keys given are sent (a type may be null, so None is a value).
+    """
+    frame: dict[str, Any] = {"action": "jobs"}
+    for name in ("type", "state", "limit", "cursor"):
+        if name in keys:
+            frame[name] = keys[name]
+    unknown = keys.keys() - {"type", "state", "limit", "cursor"}
+    if unknown:
+        raise TypeError(f"jobs takes no key {sorted(unknown)[0]!r}")
+    return frame
+
+
+def pause(job_type: Any) -> dict[str, Any]:
+    """Stop handing out jobs of a type (its queue and slaves stay)."""
+    return {"action": "pause", "type": job_type}
+
+
+def resume(job_type: Any) -> dict[str, Any]:
+    return {"action": "resume", "type": job_type}

@@ -25,16 +25,15 @@ plus three that mirror `stats` where it has no per-type figure:
 `gloomd_job_events_total{event}` (stats' totals), `gloomd_waiting_jobs`
 (stats' daemon-wide `waiting`) and `gloomd_uptime_seconds`.
 
-What the broker keeps today, and so what a snapshot can hold
-------------------------------------------------------------
-Per type it keeps queued, running, joined and idle slaves: those rows are
-exact.  It keeps no per-type submitted or finished counters, no per-type
-count of jobs waiting on `after`, no wait or run time histograms, and there
-is no delayed or dead state and no journal yet.  Those fields are None in the
-snapshot, and None means "not kept": the series is not exported at all
-(rather than exported as 0, which would claim a fact).  They are filled by
-`snapshot_from_broker` once the broker keeps them; the collector already
-renders every field, as the tests show with hand-built snapshots.
+What a snapshot holds
+---------------------
+Per type: the jobs in each state and the slaves (from the type's queue,
+while it has one) and the counters (`gloomd.counters.TypeTally`: submitted,
+finished by outcome, the wait and run histograms), which outlive the queue:
+a type whose jobs all finished keeps its counters.  A None field means "not
+kept": the series is not exported at all (rather than exported as 0, which
+would claim a fact); the broker keeps every field today but the journal's
+histogram, which comes with the journal.
 
 Label cardinality: a type's label is the type if it is a string, else its
 canonical JSON.  The first `max_types` types in the broker's order (oldest
@@ -44,7 +43,7 @@ type="_other", and so is a type literally named "_other".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -58,6 +57,9 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..broker import Broker, TypeQueue
+from ..counters import BOUNDS, TypeTally
+from ..counters import OTHER as COUNTERS_OTHER
+from ..counters import OUTCOMES as COUNTED_OUTCOMES
 
 __all__ = [
     "CONTENT_TYPE",
@@ -76,11 +78,11 @@ __all__ = [
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 #: Outcomes of gloomd_jobs_finished_total, in the reference's order.
-OUTCOMES: Final = ("ok", "error", "timeout", "crash", "cancelled", "halted", "dependency")
+OUTCOMES: Final = COUNTED_OUTCOMES
 #: States of gloomd_jobs.
 JOB_STATES: Final = ("queued", "delayed", "waiting", "running", "dead")
-#: The label that sums the types past the cap.
-OTHER: Final = "_other"
+#: The label that sums the types past the cap (the broker's counters use the same).
+OTHER: Final = COUNTERS_OTHER
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,56 +206,101 @@ def snapshot_from_broker(
     """Read the broker as it is now (no await may run while this does).
 
     `now` is on the broker's clock (the server gives it trio's), for uptime.
-    Fields the broker does not keep yet stay None; where each will come from
-    is said at the field.  Cost: one pass over the types, O(types), and
-    nothing that grows with the number of jobs.
+    Rows come in the order types were first seen: the types with counters of
+    their own (`broker.tallies`, capped by `--metrics-max-types` too), the
+    first `max_types` of them with a label of their own, then "_other".
+    Cost: one pass over the live types and one over the tallies, O(types),
+    and nothing that grows with the number of jobs.
     """
-    kept: list[TypeMetrics] = []
-    # The types past the cap are summed here, in plain ints (a row object per
-    # type would cost 3 us each: 15 ms a scrape at 5,000 types).  Figures the
-    # broker comes to keep per type must be summed here too.
-    overflow = False
-    other_queued = other_running = other_idle = other_busy = 0
-    queued_in_types = 0
+    tallies = broker.tallies
+    # Gauges of the live queues, summed per tally in plain ints (a row object
+    # per type would cost 3 us each: 15 ms a scrape at 5,000 types); the
+    # types past the broker's cap all count into `tallies.other`.
+    gauges: dict[int, list[int]] = {}
     for queue in broker.types.values():
-        label = type_label(queue)
         idle = len(queue.idle)
         # A joined slave that is not idle holds a job (an orphan included: it
         # is still working and gets nothing new until it answers).
-        busy = queue.slaves - idle
-        queued_in_types += queue.queued
-        if len(kept) < max_types and label != OTHER:
-            kept.append(
-                TypeMetrics(
-                    label=label,
-                    queued=queue.queued,
-                    running=queue.running,
-                    slaves_idle=idle,
-                    slaves_busy=busy,
-                    # Filled once the broker keeps them per type (TypeQueue
-                    # counters): delayed, dead (job lifecycle), waiting (jobs
-                    # on `after`, today counted daemon-wide only), submitted,
-                    # finished by outcome, and the wait/run histograms.
-                )
-            )
+        sums = gauges.get(id(queue.tally))
+        if sums is None:
+            sums = gauges[id(queue.tally)] = [0] * 7
+        sums[0] += queue.queued
+        sums[1] += queue.running
+        sums[2] += idle
+        sums[3] += queue.slaves - idle
+        sums[4] += queue.delayed
+        sums[5] += queue.waiting
+        sums[6] += queue.dead
+    kept: list[TypeMetrics] = []
+    other = _Sums()
+    other.add(tallies.other, gauges.get(id(tallies.other)))
+    for tally in tallies.by_key.values():
+        sums = gauges.get(id(tally))
+        if len(kept) < max_types and tally.label != OTHER:
+            kept.append(_row(tally.label, tally, sums or [0] * 7))
         else:
-            overflow = True
-            other_queued += queue.queued
-            other_running += queue.running
-            other_idle += idle
-            other_busy += busy
-    if overflow:
-        kept.append(TypeMetrics(OTHER, other_queued, other_running, other_idle, other_busy))
+            other.add(tally, sums)
+    if other.seen:
+        kept.append(other.row())
     return MetricsSnapshot(
         types=tuple(kept),
         totals=dict(broker.totals),
-        waiting=broker.queued_total - queued_in_types,
+        waiting=broker.waiting_total,
         connections=dict(connections),
         uptime_s=now - broker.started,
         build=dict(build or {}),
         # Filled once there is a journal (its commit-time histogram).
         journal_commit_seconds=None,
     )
+
+
+def _histogram(counts: Sequence[int], total: float) -> HistogramSnapshot:
+    return HistogramSnapshot(BOUNDS, tuple(counts), total)
+
+
+def _row(label: str, tally: TypeTally, sums: Sequence[int]) -> TypeMetrics:
+    queued, running, idle, busy, delayed, waiting, dead = sums
+    return TypeMetrics(
+        label=label,
+        queued=queued,
+        running=running,
+        slaves_idle=idle,
+        slaves_busy=busy,
+        delayed=delayed,
+        waiting=waiting,
+        dead=dead,
+        submitted=tally.submitted,
+        finished=dict(zip(COUNTED_OUTCOMES, tally.finished, strict=True)),
+        wait_seconds=_histogram(tally.wait_counts, tally.wait_sum),
+        run_seconds=_histogram(tally.run_counts, tally.run_sum),
+    )
+
+
+class _Sums:
+    """The "_other" row: tallies and gauges of every type past the cap, summed."""
+
+    def __init__(self) -> None:
+        self.tally = TypeTally(OTHER)
+        self.gauges = [0] * 7
+        self.seen = False
+
+    def add(self, tally: TypeTally, gauges: Sequence[int] | None) -> None:
+        total = self.tally
+        if tally.submitted or any(tally.finished) or gauges is not None:
+            self.seen = True
+        total.submitted += tally.submitted
+        total.finished = [a + b for a, b in zip(total.finished, tally.finished, strict=True)]
+        total.wait_counts = [
+            a + b for a, b in zip(total.wait_counts, tally.wait_counts, strict=True)
+        ]
+        total.run_counts = [a + b for a, b in zip(total.run_counts, tally.run_counts, strict=True)]
+        total.wait_sum += tally.wait_sum
+        total.run_sum += tally.run_sum
+        if gauges is not None:
+            self.gauges = [a + b for a, b in zip(self.gauges, gauges, strict=True)]
+
+    def row(self) -> TypeMetrics:
+        return _row(OTHER, self.tally, self.gauges)
 
 
 def metric_families(snap: MetricsSnapshot) -> Iterator[Metric]:

@@ -34,7 +34,7 @@ from ..service import Service
 from .directory import JobFunction, JobsDirectory
 from .errors import IdleTimeoutError, JobError, error_frame, job_failed_frame
 from .job import Job
-from .limits import WsLimits
+from .limits import DEFAULT_LIMITS, WsLimits
 from .load import LoadSampler, LoadSamplingError, SystemLoad, SystemOverloadError, check_load
 from .report_encoding import encode_report
 from .request import IdentKey, JobRequest, ReportOptions, ident_key, parse_request
@@ -186,7 +186,7 @@ class WsJobService:
         jobs_dir: str | os.PathLike[str],
         *,
         token: str | None = None,
-        limits: WsLimits = WsLimits(),
+        limits: WsLimits = DEFAULT_LIMITS,
         send_timeout: float = SEND_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -580,7 +580,7 @@ async def serve(
     jobs_dir: str | os.PathLike[str],
     *,
     token: str | None = None,
-    limits: WsLimits = WsLimits(),
+    limits: WsLimits = DEFAULT_LIMITS,
     ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -611,7 +611,7 @@ class WsJobdService(Service):
         jobs_dir: str | os.PathLike[str],
         *,
         token: str | None = None,
-        limits: WsLimits = WsLimits(),
+        limits: WsLimits = DEFAULT_LIMITS,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host

@@ -89,17 +89,17 @@ def test_top_shows_the_numbers_follows_them_and_quits_on_q(daemon: Daemon) -> No
         top = spawn_top(daemon)
         try:
             #            queued delayed waiting running dead
-            top.expect(row("resize", "3", "–", "–", "0", "–", "0/0"))
-            top.expect(row("email", "2", "–", "–", "0", "–", "0/0"))
+            top.expect(row("resize", "3", "0", "0", "0", "0", "0/0"))
+            top.expect(row("email", "2", "0", "0", "0", "0", "0/0"))
             top.expect(r"masters 2 · slaves 0")  # the test's master and top's own
             slave = WireClient(daemon.slave_port)
             slave.send({"action": "join", "type": "email"})
             assert slave.recv() == {"ok": True}
             assert slave.recv()["id"] == 4
-            top.expect(row("email", "1", "–", "–", "1", "–", "0/1"))
+            top.expect(row("email", "1", "0", "0", "1", "0", "0/1"))
             slave.send({"action": "respond", "body": "done"})
             assert slave.recv() == {"ok": True}
-            top.expect(row("email", "0", "–", "–", "1", "–", "0/1"))
+            top.expect(row("email", "0", "0", "0", "1", "0", "0/1"))
             top.send("q")
             top.expect(pexpect.EOF)
         finally:

@@ -374,16 +374,26 @@ def test_stats_shape() -> None:
     (reply,) = k.send(m, {"action": "stats"})
     stats = reply["stats"]
     assert reply["ok"] is True
+    lifecycle = {"delayed": 0, "waiting": 0, "dead": 0, "paused": False}
     assert stats["types"] == [
-        {"type": "t", "queued": 1, "running": 1, "slaves": 1, "idle": 0},
-        {"type": ["list", "type"], "queued": 1, "running": 0, "slaves": 0, "idle": 0},
-    ]
+        {"type": "t", "queued": 1, "running": 1, "slaves": 1, "idle": 0, **lifecycle,
+         "completed": 0, "failed": 0},
+        {"type": ["list", "type"], "queued": 1, "running": 0, "slaves": 0, "idle": 0,
+         **lifecycle, "completed": 0, "failed": 0},
+    ]  # fmt: skip
+    assert list(stats["types"][0]) == [
+        "type", "queued", "running", "slaves", "idle",
+        "delayed", "waiting", "dead", "paused", "completed", "failed",
+    ]  # fmt: skip
     assert stats["totals"] == {
         "submitted": 3,
         "completed": 0,
         "failed": 0,
         "requeued": 0,
         "cancelled": 0,
+        "retried": 0,
+        "dead": 0,
+        "withdrawn": 0,
     }
     assert stats["connections"] == {"masters": 1, "slaves": 1}
     assert "uptime_s" in stats

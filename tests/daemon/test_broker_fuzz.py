@@ -1,31 +1,41 @@
 """A hypothesis state machine against the pure Broker: random interleavings of
-every action on both ports, checked against an independent model.
+every action on both ports, the job lifecycle's included, checked against an
+independent model.
 
-The model predicts everything the broker owes a *master* (acks, refusals,
-results, failures, progress, stats) and every reply owed to the slave that
-acted; job frames to slaves are the one thing it observes instead of
-predicting (which idle slave gets which job is policy, not contract), and it
-checks each one: a live, ready job of the slave's type, held by no one else,
-given to a slave holding nothing, with the right body and attempt count.
+The model predicts everything the broker owes a *master* (acks, attaches,
+refusals, results, failures, progress, stats, pages of `jobs`, kicks) and
+every reply owed to the slave that acted; job frames to slaves are the one
+thing it observes instead of predicting (which idle slave gets which job is
+policy, not contract), and it checks each one: a live, ready job of the
+slave's type, not paused, held by no one else, given to a slave holding
+nothing, with the right body, attempt count and timeout.
+
+Time is two fake clocks (monotonic and wall) that only the `tick` rule moves:
+delays, retries' back-offs, timeouts and result expiry all follow it.
 
 Invariants, after every step:
   * every frame a master receives about a job answers one of its own
-    unanswered jobs (so no job is answered twice, none after its master was
-    told it was removed); at the end, after a drain, none is left unanswered
-    unless its master left or cancelled it;
+    unanswered jobs, or one it attached to (so no job is answered twice to
+    one master, none after that master was told it was removed); at the end,
+    after a drain, none is left unanswered unless its masters left or
+    cancelled it;
   * no job on two slaves, at most one per slave (also read from the
     broker's own state);
-  * no idle slave of a type while a ready job of that type is queued;
-  * the broker's totals and stats agree with the model's counters;
-  * once everybody disconnected and results expired, nothing is left:
-    no job, id, type, queue entry, timer, stored result, master or slave.
+  * no idle slave of a type that is not paused while a ready job of that
+    type is queued;
+  * the broker's totals and stats agree with the model's counters, and
+    submitted = completed + failed + cancelled + withdrawn + live (issue 17);
+  * once everybody disconnected, dead letters were deleted and results
+    expired, nothing is left: no job, id, type, queue entry, timer, stored
+    result, master or slave.
 
-Runs `GLOOMD_FUZZ_EXAMPLES` examples (default 120, about 20 s) of up to
+Runs `GLOOMD_FUZZ_EXAMPLES` examples (default 120, about 30 s) of up to
 `GLOOMD_FUZZ_STEPS` steps (default 50); raise both for a long run.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections import Counter
@@ -48,6 +58,7 @@ STEPS = int(os.environ.get("GLOOMD_FUZZ_STEPS", "50"))
 
 MAX_QUEUED = 6
 MAX_RETRIES = 2
+MAX_DEAD = 3
 TTL = 40.0
 MASTER_SLOTS = 3
 SLAVE_SLOTS = 4
@@ -55,6 +66,9 @@ SLAVE_SLOTS = 4
 IDS: list[str | int] = [0, 1, 2, 3, 4, "0", "1", "x"]
 TYPES = ["a", "b"]
 CATEGORIES = ["ERROR", "TIMEOUT", "CRASH", "HALTED"]
+STATES = ["queued", "delayed", "waiting", "running", "dead"]
+#: Outcomes counted as failed in a type's row (cancelled is apart).
+FAILED_OUTCOMES = ("error", "timeout", "crash", "halted", "dependency")
 
 #: Every error name the broker may put in a frame (protocol.md).
 ERROR_NAMES = {
@@ -100,9 +114,21 @@ BAD_MASTER = [
     {"action": "submit", "id": 9, "type": "a", "body": 1, "detach": "yes"},
     {"action": "submit", "id": 9, "type": "a", "body": 1, "after": "x"},
     {"action": "submit", "id": 9, "type": "a", "body": 1, "after": [1.5]},
+    {"action": "submit", "id": 9, "type": "a", "body": 1, "delay": -1},
+    {"action": "submit", "id": 9, "type": "a", "body": 1, "retries": 1.5},
+    {"action": "submit", "id": 9, "type": "a", "body": 1, "backoff": 0},
+    {"action": "submit", "id": 9, "type": "a", "body": 1, "unique": "yes"},
     {"action": "cancel"},
     {"action": "cancel", "id": None},
     {"action": "result", "id": [1]},
+    {"action": "kick"},
+    {"action": "kick", "type": "a", "limit": 0},
+    {"action": "delete", "id": 1.5},
+    {"action": "jobs", "state": "lost"},
+    {"action": "jobs", "limit": 1001},
+    {"action": "jobs", "cursor": "c"},
+    {"action": "pause"},
+    {"action": "resume", "id": 1},
 ]
 BAD_SLAVE = [
     {},
@@ -113,6 +139,11 @@ BAD_SLAVE = [
     {"action": "cancel", "id": 1},
     {"action": "stats"},
     {"action": "result", "id": 1},
+    {"action": "kick", "id": 1},
+    {"action": "delete", "id": 1},
+    {"action": "jobs"},
+    {"action": "pause", "type": "a"},
+    {"action": "resume", "type": "a"},
     {"action": "respond"},
     {"action": "progress"},
     {"action": "fail"},
@@ -140,15 +171,22 @@ class MJob:
     body: Any
     priority: int
     seq: int
-    master: int | None  # slot of the master still owed an answer
+    masters: list[int]  # slots of the masters still owed an answer, the first first
     detached: bool
     timeout: float | None
-    state: str = "queued"  # waiting | queued | running | gone
+    retries: int | None
+    backoff: float | None
+    accepted: float  # wall clock
+    state: str = "queued"  # waiting | delayed | queued | running | dead | gone
     deps: set[tuple[type, Any]] = field(default_factory=set)
     dependents: list[MJob] = field(default_factory=list)
     losses: int = 0
     attempts: int = 0
+    retried: int = 0
     deadline: float = 0.0
+    ready_at: float = 0.0  # a delay still to run (delayed, or waiting with a delay)
+    mark: int = 0  # the order it entered its state (delayed, waiting, dead)
+    final: dict[str, Any] | None = None  # a dead job's failure frame
 
 
 @dataclass(eq=False)
@@ -168,25 +206,44 @@ class BrokerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
+        self.wall = FakeClock()
+        self.wall.now = 1000.0
         self.broker = Broker(
             # One stats row at most: with both types live the other is summed
             # in `types_omitted`, from the broker's running sums.
             BrokerLimits(
-                max_queued=MAX_QUEUED, max_retries=MAX_RETRIES, result_ttl=TTL, max_stats_types=1
+                max_queued=MAX_QUEUED,
+                max_retries=MAX_RETRIES,
+                result_ttl=TTL,
+                max_stats_types=1,
+                max_dead=MAX_DEAD,
             ),
             clock=self.clock,
+            wall=self.wall,
         )
         self.masters: dict[int, MMaster] = {}
         self.slaves: dict[int, MSlave] = {}
         self.live: dict[tuple[type, Any], MJob] = {}
         self.outcomes: dict[tuple[type, Any], tuple[float, bool]] = {}
-        self.results: dict[tuple[type, Any], tuple[float, dict[str, Any]]] = {}
+        self.results: dict[tuple[type, Any], tuple[float, dict[str, Any], str]] = {}
+        self.paused: set[str] = set()
         self.totals = Counter(
-            {"submitted": 0, "completed": 0, "failed": 0, "requeued": 0, "cancelled": 0}
+            {
+                "submitted": 0,
+                "completed": 0,
+                "failed": 0,
+                "requeued": 0,
+                "cancelled": 0,
+                "retried": 0,
+                "dead": 0,
+                "withdrawn": 0,
+            }
         )
+        self.ends: dict[str, Counter[str]] = {t: Counter() for t in TYPES}  # by outcome
         self.seq = 0
+        self.marks = 0
         self.names = 0
-        self.answered = 0  # jobs whose master got their one answer
+        self.answered = 0  # answers to masters of their jobs
         # Per step: what masters are owed, by master slot (multisets of frames).
         self.expected: dict[int, list[Any]] = {}
 
@@ -209,9 +266,6 @@ class BrokerMachine(RuleBasedStateMachine):
             self.join(slot, TYPES[slot % len(TYPES)])
         return self.slaves[slot]
 
-    def slot_of(self, master: MMaster) -> int:
-        return next(s for s, m in self.masters.items() if m is master)
-
     def send(self, peer: Any, obj: Any) -> None:
         receive(self.broker, peer, codec.dumps(obj))
 
@@ -219,11 +273,15 @@ class BrokerMachine(RuleBasedStateMachine):
     def take(peer: Any) -> list[Any]:
         frames = [codec.loads(f[4:]) for f in iter_frames(peer.outbox)]
         peer.outbox.clear()
+        peer.pending = 0
         return frames
 
     def owe(self, slot: int | None, frame: Any) -> None:
         if slot is not None and slot in self.masters:
             self.expected.setdefault(slot, []).append(frame)
+
+    def reply(self, slot: int, frame: Any) -> None:
+        self.expected.setdefault(slot, []).insert(0, frame)
 
     def finish_step(self, *, acting_slave: MSlave | None = None, slave_reply: Any = None) -> None:
         """Check every outbox against the model, then clear them."""
@@ -252,6 +310,7 @@ class BrokerMachine(RuleBasedStateMachine):
     def observe_dispatch(self, slave: MSlave, frame: dict[str, Any], check_order: bool) -> None:
         job = self.live.get(key(frame["id"]))
         assert job is not None and job.state == "queued", frame  # live and ready
+        assert job.type not in self.paused, frame
         assert slave.held is None and slave.type == job.type, (frame, slave.held)
         assert frame["type"] == job.type and frame["body"] == job.body
         assert not any(s.held is job for s in self.slaves.values())
@@ -278,23 +337,34 @@ class BrokerMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ model endings
 
-    def end(self, job: MJob, frame: dict[str, Any], ok: bool) -> None:
-        """The job is answered with `frame` (to its master, if still there)."""
-        job.state = "gone"
-        if job.master is not None:
-            master = self.masters.get(job.master)
+    def next_mark(self) -> int:
+        self.marks += 1
+        return self.marks
+
+    def tell(self, job: MJob, frame: dict[str, Any]) -> None:
+        """Every master of the job is answered with `frame`."""
+        for slot in job.masters:
+            master = self.masters.get(slot)
             if master is not None:
                 del master.pending[key(job.id)]
-                self.owe(job.master, frame)
+                self.owe(slot, frame)
                 self.answered += 1
-            job.master = None
+        job.masters = []
+
+    def end(self, job: MJob, frame: dict[str, Any], ok: bool) -> None:
+        """The job is answered with `frame` (to its masters, if still there)."""
+        job.state = "gone"
+        self.tell(job, frame)
         if job.detached:
-            self.results[key(job.id)] = (self.clock.now + TTL, frame)
+            self.results[key(job.id)] = (self.clock.now + TTL, frame, job.type)
         self.forget(job, ok)
 
     def forget(self, job: MJob, ok: bool) -> None:
         job.state = "gone"
         self.live.pop(key(job.id), None)
+        self.settle(job, ok)
+
+    def settle(self, job: MJob, ok: bool) -> None:
         self.outcomes[key(job.id)] = (self.clock.now + TTL, ok)
         dependents, job.dependents = job.dependents, []
         for dep in dependents:
@@ -303,12 +373,71 @@ class BrokerMachine(RuleBasedStateMachine):
             if ok:
                 dep.deps.discard(key(job.id))
                 if not dep.deps:
-                    dep.state = "queued"
+                    self.released(dep)
             else:
-                self.end(dep, failed(dep.id, "DEPENDENCY", dependency=job.id), ok=False)
+                self.fail(dep, failed(dep.id, "DEPENDENCY", dependency=job.id), "dependency")
+
+    def released(self, job: MJob) -> None:
+        if job.ready_at > self.clock.now:
+            job.state = "delayed"
+            job.mark = self.next_mark()
+        else:
+            if job.ready_at:
+                job.ready_at = 0.0
+                self.new_seq(job)
+            job.state = "queued"
+
+    def new_seq(self, job: MJob) -> None:
+        self.seq += 1
+        job.seq = self.seq
+
+    def with_attempt(self, job: MJob, frame: dict[str, Any]) -> dict[str, Any]:
+        if job.retries is not None:
+            frame["attempt"] = job.attempts
+        return frame
+
+    def fail(self, job: MJob, frame: dict[str, Any], outcome: str) -> None:
+        """A final failure: a detached job is buried (dead), any other ends."""
+        self.with_attempt(job, frame)
+        if not job.masters and not job.detached:
+            self.totals["withdrawn"] += 1  # its last master just left
+        else:
+            self.totals["failed"] += 1
+            self.ends[job.type][outcome] += 1
+        if job.detached:
+            self.bury(job, frame)
+        else:
+            self.end(job, frame, ok=False)
+
+    def bury(self, job: MJob, frame: dict[str, Any]) -> None:
+        job.state = "dead"
+        job.final = frame
+        job.mark = self.next_mark()
+        self.totals["dead"] += 1
+        self.tell(job, frame)
+        self.settle(job, ok=False)
+        dead = sorted((j for j in self.live.values() if j.state == "dead"), key=lambda j: j.mark)
+        for oldest in dead[: max(0, len(dead) - MAX_DEAD)]:
+            oldest.state = "gone"
+            del self.live[key(oldest.id)]
+
+    def retry(self, job: MJob) -> None:
+        job.retried += 1
+        backoff = 1.0 if job.backoff is None else job.backoff
+        wait = min(backoff * 2.0 ** (job.retried - 1), 3600.0)
+        self.totals["retried"] += 1
+        job.state = "delayed"
+        job.ready_at = self.clock.now + wait
+        job.mark = self.next_mark()
+
+    def retries_left(self, job: MJob) -> bool:
+        return job.retries is not None and job.retried < job.retries
 
     def queued_total(self) -> int:
-        return sum(1 for j in self.live.values() if j.state in ("waiting", "queued"))
+        return sum(1 for j in self.live.values() if j.state in ("waiting", "delayed", "queued"))
+
+    def live_jobs(self) -> int:
+        return sum(1 for j in self.live.values() if j.state != "dead")
 
     # ------------------------------------------------------------ master rules
 
@@ -320,6 +449,10 @@ class BrokerMachine(RuleBasedStateMachine):
         timeout=st.one_of(st.none(), st.sampled_from([1, 2.5, 10])),
         detach=st.booleans(),
         after=st.one_of(st.none(), st.none(), st.none(), st.lists(ids, min_size=1, max_size=2)),
+        delay=st.sampled_from([None, None, None, 0, 2, 5.5]),
+        retries=st.sampled_from([None, None, 0, 1, 3]),
+        backoff=st.sampled_from([None, 0.5, 4]),
+        unique=st.sampled_from([False, False, True]),
     )
     def submit(
         self,
@@ -330,6 +463,10 @@ class BrokerMachine(RuleBasedStateMachine):
         timeout: Any,
         detach: bool,
         after: list[Any] | None,
+        delay: Any,
+        retries: Any,
+        backoff: Any,
+        unique: bool,
     ) -> None:
         master = self.master(slot)
         self.seq += 1
@@ -341,83 +478,116 @@ class BrokerMachine(RuleBasedStateMachine):
             "priority": priority,
             "body": body,
         }
-        if timeout is not None:
-            msg["timeout"] = timeout
+        for name, value in (("timeout", timeout), ("after", after), ("delay", delay),
+                            ("retries", retries), ("backoff", backoff)):  # fmt: skip
+            if value is not None:
+                msg[name] = value
         if detach:
             msg["detach"] = True
-        if after is not None:
-            msg["after"] = after
-        reply = self.predict_submit(
-            slot, job_id, job_type, priority, body, timeout, detach, after or []
-        )
+        if unique:
+            msg["unique"] = True
+        replies = self.predict_submit(slot, msg)
         self.send(master.peer, msg)
-        self.expected.setdefault(slot, []).insert(0, reply)
+        for frame in reversed(replies):
+            self.reply(slot, frame)
         self.finish_step()
 
     # Registered twice: submitting is what gives every other rule something to do.
     submit_more = submit
 
-    def predict_submit(
-        self,
-        slot: int,
-        job_id: Any,
-        job_type: str,
-        priority: int,
-        body: Any,
-        timeout: Any,
-        detach: bool,
-        after: list[Any],
-    ) -> dict[str, Any]:
-        if key(job_id) in self.live:
-            return {"error": "id_exists", "reason": job_id}
+    def predict_submit(self, slot: int, msg: dict[str, Any]) -> list[dict[str, Any]]:
+        job_id, job_type = msg["id"], msg["type"]
+        live = self.live.get(key(job_id))
+        if live is not None:
+            if msg.get("unique") and live.type == job_type:
+                if live.state == "dead":
+                    assert live.final is not None
+                    return [attached(job_id), live.final]
+                if slot not in live.masters:
+                    live.masters.append(slot)
+                    self.masters[slot].pending[key(job_id)] = live
+                return [attached(job_id)]
+            return [{"error": "id_exists", "reason": job_id}]
+        stored = self.results.get(key(job_id))
+        if msg.get("unique") and stored is not None:
+            if stored[2] == job_type:
+                return [attached(job_id), stored[1]]
+            return [{"error": "id_exists", "reason": job_id}]
         waiting_on: list[MJob] = []
         failed_dep: Any = None
-        for dep in after:
+        for dep in msg.get("after", []):
             if key(dep) == key(job_id):
-                return {"error": "dependency_cycle", "reason": dep}
-            live = self.live.get(key(dep))
-            if live is not None:
-                waiting_on.append(live)
+                return [{"error": "dependency_cycle", "reason": dep}]
+            held = self.live.get(key(dep))
+            if held is not None:
+                if held.state == "dead":
+                    if failed_dep is None:
+                        failed_dep = dep
+                else:
+                    waiting_on.append(held)
                 continue
             outcome = self.outcomes.get(key(dep))
             if outcome is None:
-                return {"error": "unknown_dependency", "reason": dep}
+                return [{"error": "unknown_dependency", "reason": dep}]
             if not outcome[1] and failed_dep is None:
                 failed_dep = dep
         if self.queued_total() >= MAX_QUEUED:
-            return {"error": "queue_full", "reason": job_id}
-        job = MJob(job_id, job_type, body, priority, self.seq, slot, detach, timeout)
+            return [{"error": "queue_full", "reason": job_id}]
+        job = MJob(
+            job_id, job_type, msg["body"], msg["priority"], self.seq, [slot],
+            bool(msg.get("detach")), msg.get("timeout"), msg.get("retries"), msg.get("backoff"),
+            self.wall.now,
+        )  # fmt: skip
         self.live[key(job_id)] = job
         self.masters[slot].pending[key(job_id)] = job
         self.totals["submitted"] += 1
+        delay = msg.get("delay")
         if failed_dep is not None:
-            self.end(job, failed(job_id, "DEPENDENCY", dependency=failed_dep), ok=False)
+            self.fail(job, failed(job_id, "DEPENDENCY", dependency=failed_dep), "dependency")
         elif waiting_on:
             job.state = "waiting"
+            job.mark = self.next_mark()
+            if delay:
+                job.ready_at = self.clock.now + delay
             for dep in waiting_on:
                 job.deps.add(key(dep.id))
                 dep.dependents.append(job)
-        return {"ok": True, "id": job_id}
+        elif delay:
+            job.state = "delayed"
+            job.ready_at = self.clock.now + delay
+            job.mark = self.next_mark()
+        return [{"ok": True, "id": job_id}]
 
-    @rule(slot=st.integers(0, MASTER_SLOTS - 1), job_id=ids)
-    def cancel(self, slot: int, job_id: Any) -> None:
+    def cancel_or_delete(self, slot: int, job_id: Any, action: str) -> None:
         master = self.master(slot)
         job = self.live.get(key(job_id))
-        if job is None or not (job.master == slot or job.detached):
+        if job is None or not (slot in job.masters or job.detached):
             reply: dict[str, Any] = {"error": "unknown_id", "reason": job_id}
-        elif job.state == "running":
-            reply = {"error": "invalid_state", "reason": "running"}
+        elif job.state == "running" or (job.state == "dead" and action == "cancel"):
+            reply = {"error": "invalid_state", "reason": job.state}
+        elif job.state == "dead":
+            reply = {"ok": True, "id": job_id}
+            job.state = "gone"
+            del self.live[key(job_id)]
         else:
             reply = {"ok": True, "id": job_id}
             self.totals["cancelled"] += 1
-            if job.master == slot:
+            if slot in job.masters:
+                job.masters.remove(slot)
                 del master.pending[key(job_id)]  # the ack is its answer
                 self.answered += 1
-                job.master = None
-            self.end(job, failed(job_id, "CANCELLED"), ok=False)
-        self.send(master.peer, {"action": "cancel", "id": job_id})
-        self.expected.setdefault(slot, []).insert(0, reply)
+            self.end(job, self.with_attempt(job, failed(job_id, "CANCELLED")), ok=False)
+        self.send(master.peer, {"action": action, "id": job_id})
+        self.reply(slot, reply)
         self.finish_step()
+
+    @rule(slot=st.integers(0, MASTER_SLOTS - 1), job_id=ids)
+    def cancel(self, slot: int, job_id: Any) -> None:
+        self.cancel_or_delete(slot, job_id, "cancel")
+
+    @rule(slot=st.integers(0, MASTER_SLOTS - 1), job_id=ids)
+    def delete(self, slot: int, job_id: Any) -> None:
+        self.cancel_or_delete(slot, job_id, "delete")
 
     @rule(slot=st.integers(0, MASTER_SLOTS - 1), job_id=ids)
     def result(self, slot: int, job_id: Any) -> None:
@@ -426,12 +596,138 @@ class BrokerMachine(RuleBasedStateMachine):
         job = self.live.get(key(job_id))
         if stored is not None:
             reply = stored[1]
-        elif job is not None and (job.detached or job.master == slot):
-            reply = {"error": "not_ready", "reason": job_id}
+        elif job is not None and (job.detached or slot in job.masters):
+            if job.state == "dead":
+                reply = job.final
+            else:
+                reply = {"error": "not_ready", "reason": job_id}
         else:
             reply = {"error": "unknown_id", "reason": job_id}
         self.send(master.peer, {"action": "result", "id": job_id})
         self.owe(slot, reply)
+        self.finish_step()
+
+    def revive(self, job: MJob) -> None:
+        job.state = "queued"
+        job.final = None
+        job.retried = 0
+        job.losses = 0
+        if job.retries is None:
+            job.retries = 0
+        self.new_seq(job)
+        self.totals["submitted"] += 1
+
+    @rule(slot=st.integers(0, MASTER_SLOTS - 1), job_id=ids)
+    def kick(self, slot: int, job_id: Any) -> None:
+        master = self.master(slot)
+        job = self.live.get(key(job_id))
+        if job is None:
+            reply: dict[str, Any] = {"error": "unknown_id", "reason": job_id}
+        elif job.state != "dead":
+            reply = {"error": "invalid_state", "reason": job.state}
+        else:
+            reply = {"ok": True, "id": job_id}
+            self.revive(job)
+        self.send(master.peer, {"action": "kick", "id": job_id})
+        self.reply(slot, reply)
+        self.finish_step()
+
+    @rule(
+        slot=st.integers(0, MASTER_SLOTS - 1),
+        job_type=types,
+        limit=st.sampled_from([None, 1, 2, 50]),
+    )
+    def kick_type(self, slot: int, job_type: str, limit: int | None) -> None:
+        master = self.master(slot)
+        dead = sorted(
+            (j for j in self.live.values() if j.state == "dead" and j.type == job_type),
+            key=lambda j: j.mark,
+        )
+        chosen = dead if limit is None else dead[:limit]
+        for job in chosen:
+            self.revive(job)
+        frame: dict[str, Any] = {"action": "kick", "type": job_type}
+        if limit is not None:
+            frame["limit"] = limit
+        self.send(master.peer, frame)
+        self.reply(slot, {"ok": True, "kicked": len(chosen)})
+        self.finish_step()
+
+    @rule(slot=st.integers(0, MASTER_SLOTS - 1), job_type=types, pause=st.booleans())
+    def pause_or_resume(self, slot: int, job_type: str, pause: bool) -> None:
+        master = self.master(slot)
+        if pause:
+            self.paused.add(job_type)
+        else:
+            self.paused.discard(job_type)
+        self.send(master.peer, {"action": "pause" if pause else "resume", "type": job_type})
+        self.reply(slot, {"ok": True})
+        self.finish_step()
+
+    def expected_rows(self) -> dict[str, list[tuple[Any, str]]]:
+        """Per (state, type) section, the jobs in listing order."""
+        order = {
+            "queued": lambda j: (-j.priority, j.seq),
+            "running": lambda j: j.seq,
+        }
+        sections: dict[str, list[tuple[Any, str]]] = {}
+        for state in STATES:
+            for job_type in TYPES:
+                jobs = [j for j in self.live.values() if j.state == state and j.type == job_type]
+                jobs.sort(key=order.get(state, lambda j: j.mark))
+                if jobs:
+                    sections[f"{state}/{job_type}"] = [(key(j.id), state) for j in jobs]
+        return sections
+
+    @rule(
+        slot=st.integers(0, MASTER_SLOTS - 1),
+        job_type=st.one_of(st.none(), types),
+        state=st.one_of(st.none(), st.sampled_from(STATES)),
+        limit=st.sampled_from([1, 2, 3, 100]),
+    )
+    def jobs(self, slot: int, job_type: str | None, state: str | None, limit: int) -> None:
+        """Page through `jobs` to the end: every job held, each section in its order."""
+        master = self.master(slot)
+        request: dict[str, Any] = {"action": "jobs", "limit": limit}
+        if job_type is not None:
+            request["type"] = job_type
+        if state is not None:
+            request["state"] = state
+        rows: list[dict[str, Any]] = []
+        for _ in range(100):
+            self.send(master.peer, request)
+            (page,) = self.take(master.peer)
+            assert page["ok"] is True and len(page["jobs"]) <= limit, page
+            rows += page["jobs"]
+            if page["next"] is None:
+                break
+            request["cursor"] = page["next"]
+        else:
+            raise AssertionError("no end to the pages")
+        by_job = {key(j.id): j for j in self.live.values()}
+        got: dict[str, list[tuple[Any, str]]] = {}
+        sections_seen: list[str] = []
+        for row in rows:
+            job = by_job[key(row["id"])]
+            assert row == {
+                "id": job.id, "type": job.type, "priority": job.priority, "state": job.state,
+                "attempt": job.attempts, "age_s": round(self.wall.now - job.accepted, 3),
+                "detach": job.detached,
+            }, row  # fmt: skip
+            section = f"{row['state']}/{row['type']}"
+            if not sections_seen or sections_seen[-1] != section:
+                assert section not in sections_seen, (section, sections_seen)  # contiguous
+                sections_seen.append(section)
+            got.setdefault(section, []).append((key(row["id"]), row["state"]))
+        states_seen = [s.split("/")[0] for s in sections_seen]
+        assert states_seen == sorted(states_seen, key=STATES.index)  # states in order
+        want = {
+            name: section
+            for name, section in self.expected_rows().items()
+            if (state is None or name.startswith(state + "/"))
+            and (job_type is None or name.endswith("/" + job_type))
+        }
+        assert got == want
         self.finish_step()
 
     @rule(slot=st.integers(0, MASTER_SLOTS - 1))
@@ -443,29 +739,32 @@ class BrokerMachine(RuleBasedStateMachine):
         stats = frames[0]["stats"]
         assert stats["totals"] == dict(self.totals)
         assert stats["connections"] == {"masters": len(self.masters), "slaves": len(self.slaves)}
+        counts = ("queued", "running", "slaves", "idle", "delayed", "waiting", "dead")
         want = []
         for job_type in TYPES:
-            row = {
-                "type": job_type,
-                "queued": sum(
-                    1 for j in self.live.values() if j.type == job_type and j.state == "queued"
-                ),
-                "running": sum(
-                    1 for j in self.live.values() if j.type == job_type and j.state == "running"
-                ),
-                "slaves": sum(1 for s in self.slaves.values() if s.type == job_type),
-                "idle": sum(
-                    1 for s in self.slaves.values() if s.type == job_type and s.held is None
-                ),
-            }
-            if row["queued"] or row["running"] or row["slaves"]:
+            row: dict[str, Any] = {"type": job_type}
+            for state in ("queued", "running"):
+                row[state] = sum(
+                    1 for j in self.live.values() if j.type == job_type and j.state == state
+                )
+            row["slaves"] = sum(1 for s in self.slaves.values() if s.type == job_type)
+            row["idle"] = sum(
+                1 for s in self.slaves.values() if s.type == job_type and s.held is None
+            )
+            for state in ("delayed", "waiting", "dead"):
+                row[state] = sum(
+                    1 for j in self.live.values() if j.type == job_type and j.state == state
+                )
+            row["paused"] = job_type in self.paused
+            row["completed"] = self.ends[job_type]["ok"]
+            row["failed"] = sum(self.ends[job_type][o] for o in FAILED_OUTCOMES)
+            if any(row[n] for n in counts) or row["paused"]:
                 want.append(row)
         shown = stats["types"]
         assert len(shown) == min(1, len(want))
         assert all(canon(row) in map(canon, want) for row in shown)
         if len(want) > 1:
             rest = [row for row in want if canon(row) not in map(canon, shown)]
-            counts = ("queued", "running", "slaves", "idle")
             summed = {"types": len(rest), **{n: sum(row[n] for row in rest) for n in counts}}
             assert stats["types_omitted"] == summed
         else:
@@ -482,11 +781,15 @@ class BrokerMachine(RuleBasedStateMachine):
         del self.masters[slot]
         self.expected.pop(slot, None)
         jobs = list(master.pending.values())
+        left = []
         for job in jobs:
-            job.master = None
-        for job in jobs:
-            if job.detached or job.state == "gone":
-                continue
+            job.masters.remove(slot)
+            if not job.masters and not job.detached:
+                left.append(job)
+        for job in left:
+            if job.state == "gone" or job.masters:
+                continue  # failed just now as a dependent of an earlier one
+            self.totals["withdrawn"] += 1
             self.forget(job, ok=False)  # a running one stays with its slave as an orphan
         self.finish_step()
 
@@ -518,6 +821,7 @@ class BrokerMachine(RuleBasedStateMachine):
         job, slave.held = slave.held, None
         if job is not None and job.state == "running":
             self.totals["completed"] += 1
+            self.ends[job.type]["ok"] += 1
             self.end(job, {"id": job.id, "body": body}, ok=True)
         self.send(slave.peer, {"action": "respond", "body": body})
         self.finish_step(acting_slave=slave, slave_reply=refusal or {"ok": True})
@@ -527,14 +831,16 @@ class BrokerMachine(RuleBasedStateMachine):
         category=st.sampled_from(CATEGORIES),
         reason=st.integers(0, 3),
     )
-    def fail(self, slot: int, category: str, reason: int) -> None:
+    def fail_job(self, slot: int, category: str, reason: int) -> None:
         slave = self.slave(slot)
         refusal = self._needs_job(slave)
         job, slave.held = slave.held, None
         if job is not None and job.state == "running":
-            self.totals["failed"] += 1
-            frame = {"error": "job_error", "reason": reason, "id": job.id, "category": category}
-            self.end(job, frame, ok=False)
+            if category in ("ERROR", "TIMEOUT") and self.retries_left(job):
+                self.retry(job)
+            else:
+                frame = {"error": "job_error", "reason": reason, "id": job.id, "category": category}
+                self.fail(job, frame, category.lower())
         self.send(slave.peer, {"action": "fail", "error": category, "reason": reason})
         self.finish_step(acting_slave=slave, slave_reply=refusal or {"ok": True})
 
@@ -542,8 +848,9 @@ class BrokerMachine(RuleBasedStateMachine):
     def progress(self, slot: int, value: int) -> None:
         slave = self.slave(slot)
         job = slave.held
-        if job is not None and job.state == "running" and job.master is not None:
-            self.owe(job.master, {"id": job.id, "progress": value})
+        if job is not None and job.state == "running":
+            for master in job.masters:
+                self.owe(master, {"id": job.id, "progress": value})
         self.send(slave.peer, {"action": "progress", "body": value})
         self.finish_step(acting_slave=slave, slave_reply=self._needs_job(slave))
 
@@ -557,8 +864,7 @@ class BrokerMachine(RuleBasedStateMachine):
         if job is not None and job.state == "running":
             job.losses += 1
             if job.losses > MAX_RETRIES:
-                self.totals["failed"] += 1
-                self.end(job, failed(job.id, "CRASH"), ok=False)
+                self.fail(job, failed(job.id, "CRASH"), "crash")
             else:
                 self.totals["requeued"] += 1
                 job.state = "queued"
@@ -608,12 +914,18 @@ class BrokerMachine(RuleBasedStateMachine):
 
     @rule(index=st.integers(0, 7))
     def cancel_own(self, index: int) -> None:
-        """A master cancels one of its own jobs (queued, waiting or running)."""
-        owned = [j for j in self.live.values() if j.master is not None]
+        """A master cancels one of its own jobs (queued, waiting, delayed or running)."""
+        owned = [j for j in self.live.values() if j.masters]
         if owned:
             job = owned[index % len(owned)]
-            assert job.master is not None
-            self.cancel(job.master, job.id)
+            self.cancel(job.masters[-1], job.id)
+
+    @rule(index=st.integers(0, 7), slot=st.integers(0, MASTER_SLOTS - 1))
+    def kick_dead(self, index: int, slot: int) -> None:
+        """Kick one of the dead jobs (by id)."""
+        dead = [j for j in self.live.values() if j.state == "dead"]
+        if dead:
+            self.kick(slot, dead[index % len(dead)].id)
 
     @rule(body=st.integers(0, 9))
     def serve_all(self, body: int) -> None:
@@ -630,6 +942,7 @@ class BrokerMachine(RuleBasedStateMachine):
     @rule(advance=st.sampled_from([0.5, 1.0, 3.0, 15.0, 45.0]))
     def tick(self, advance: float) -> None:
         self.clock.now += advance
+        self.wall.now += advance
         now = self.clock.now
         due = sorted(
             (
@@ -642,9 +955,28 @@ class BrokerMachine(RuleBasedStateMachine):
         for job in due:
             if job.state != "running":
                 continue
-            self.totals["failed"] += 1
-            self.end(job, failed(job.id, "TIMEOUT"), ok=False)  # its slave keeps it as an orphan
+            if self.retries_left(job):
+                # Its slave keeps an orphan copy; the job itself goes on.
+                for slave in self.slaves.values():
+                    if slave.held is job:
+                        orphan = copy.copy(job)
+                        orphan.state = "gone"
+                        slave.held = orphan
+                self.retry(job)
+            else:
+                # Its slave keeps it as an orphan.
+                self.fail(job, failed(job.id, "TIMEOUT"), "timeout")
+        ready = sorted(
+            (j for j in self.live.values() if j.state == "delayed" and j.ready_at <= now),
+            key=lambda j: (j.ready_at, j.mark),
+        )
+        for job in ready:
+            job.ready_at = 0.0
+            self.new_seq(job)
+            job.state = "queued"
         self.broker.tick(now)
+        while self.broker.next_deadline() == float("-inf"):
+            self.broker.tick(now)
         for store in (self.outcomes, self.results):
             for k in [k for k, v in store.items() if v[0] <= now]:
                 del store[k]
@@ -659,6 +991,15 @@ class BrokerMachine(RuleBasedStateMachine):
         assert len(b.masters) == len(self.masters) and len(b.slaves) == len(self.slaves)
         assert {key(i) for i in b.jobs} == set(self.live)
         assert b.queued_total == self.queued_total()
+        assert b.live_jobs() == self.live_jobs()
+        totals = self.totals
+        assert totals["submitted"] == (
+            totals["completed"]
+            + totals["failed"]
+            + totals["cancelled"]
+            + totals["withdrawn"]
+            + self.live_jobs()
+        )
         holders = Counter(
             id(s.job) for s in b.slaves if s.job is not None and s.job.state == RUNNING
         )
@@ -673,6 +1014,8 @@ class BrokerMachine(RuleBasedStateMachine):
     @invariant()
     def no_idle_slave_beside_ready_work(self) -> None:
         for job_type in TYPES:
+            if job_type in self.paused:
+                continue
             idle = any(s.type == job_type and s.held is None for s in self.slaves.values())
             ready = any(j.type == job_type and j.state == "queued" for j in self.live.values())
             assert not (idle and ready), job_type
@@ -691,24 +1034,38 @@ class BrokerMachine(RuleBasedStateMachine):
         b = self.broker
         assert b.jobs == {} and b.types == {} and b.queued_total == 0
         assert b.masters == set() and b.slaves == set() and not b.dirty
-        assert not b._results and not b._outcomes and not b._timeouts
+        assert not b.stores.results and not b.stores.outcomes and not b._timeouts
+        assert b.dead_total == 0 and b.delayed_total == 0 and b.waiting_total == 0
         assert b.next_deadline() == float("inf")
 
     def drain(self) -> None:
-        """Serve everything left, so that every job still owed an answer gets it."""
-        for _ in range(200):
+        """Serve everything left, so that every job still owed an answer gets it;
+        dead letters are deleted (they are kept until someone does)."""
+        for job_type in list(self.paused):
+            self.pause_or_resume(0, job_type, pause=False)
+        for _ in range(400):
             busy = [s for s in self.slaves.values() if s.held is not None]
             if busy:
                 slot = next(k for k, v in self.slaves.items() if v is busy[0])
                 self.respond(slot, 0)
                 continue
+            if any(j.state == "delayed" for j in self.live.values()):
+                self.tick(45.0)
+                continue
             stuck = {j.type for j in self.live.values() if j.state == "queued"}
-            if not stuck:
+            if stuck:
+                for job_type in stuck:
+                    slot = max(self.slaves, default=-1) + 1
+                    self.join(slot, job_type)
+                continue
+            dead = [j for j in self.live.values() if j.state == "dead"]
+            if not dead:
                 break
-            for job_type in stuck:
-                slot = max(self.slaves, default=-1) + 1
-                self.join(slot, job_type)
-        assert not any(j.state in ("queued", "running") for j in self.live.values())
+            for job in dead:
+                self.delete(0, job.id)
+        assert not any(
+            j.state in ("queued", "running", "delayed", "dead") for j in self.live.values()
+        )
         # Waiting jobs can only wait on live jobs, and none is left to wait on.
         assert not self.live, list(self.live)
         for master in self.masters.values():
@@ -717,6 +1074,10 @@ class BrokerMachine(RuleBasedStateMachine):
 
 def failed(job_id: Any, category: str, **extra: Any) -> dict[str, Any]:
     return {"error": "job_failed", "reason": job_id, "id": job_id, "category": category, **extra}
+
+
+def attached(job_id: Any) -> dict[str, Any]:
+    return {"ok": True, "id": job_id, "attached": True}
 
 
 BrokerMachine.TestCase.settings = settings(

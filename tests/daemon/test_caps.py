@@ -87,9 +87,9 @@ def test_result_store_is_capped_in_bytes() -> None:
     assert k.send(m, {"action": "result", "id": "r1"}) == [{"error": "unknown_id", "reason": "r1"}]
     for job_id in ("r2", "r3"):
         assert k.send(m, {"action": "result", "id": job_id}) == [{"id": job_id, "body": "x" * size}]
-    assert k.broker.result_bytes <= k.broker.limits.max_result_bytes
+    assert k.broker.stores.result_bytes <= k.broker.limits.max_result_bytes
     k.tick(3601)  # expiry gives the bytes back
-    assert k.broker.result_bytes == 0
+    assert k.broker.stores.result_bytes == 0
 
 
 def test_outcome_store_is_capped_in_bytes() -> None:
@@ -99,7 +99,7 @@ def test_outcome_store_is_capped_in_bytes() -> None:
     for job_id in ids:
         k.submit(m, job_id, body=0)
         k.send(m, {"action": "cancel", "id": job_id})
-    assert k.broker.outcome_bytes <= k.broker.limits.max_outcome_bytes
+    assert k.broker.stores.outcome_bytes <= k.broker.limits.max_outcome_bytes
     # The oldest outcomes were dropped: a job cannot wait for them any more.
     refused = {"error": "unknown_dependency", "reason": ids[0]}
     assert k.submit(m, "late", after=[ids[0]]) == [refused]
@@ -125,7 +125,11 @@ def test_stats_rows_past_the_cap_are_summed() -> None:
     stats = reply["stats"]
     assert list(stats) == ["types", "types_omitted", "totals", "waiting", "connections", "uptime_s"]
     assert [row["type"] for row in stats["types"]] == ["a", "b"]
-    assert stats["types_omitted"] == {"types": 3, "queued": 2, "running": 1, "slaves": 2, "idle": 1}
+    assert stats["types_omitted"] == {
+        "types": 3, "queued": 2, "running": 1, "slaves": 2, "idle": 1,
+        "delayed": 0, "waiting": 0, "dead": 0,
+    }  # fmt: skip
+    assert stats["types"][0]["waiting"] == 1  # job 11, of type "a", shown
     assert stats["waiting"] == 1
     encoded = json.dumps(reply)
     assert len(encoded) < 1000
@@ -150,7 +154,10 @@ def test_running_sums_follow_a_released_dependent() -> None:
     k.send(s, {"action": "respond", "body": 1})  # "then" is released: queued now
     after = stats()
     assert after["waiting"] == 0
-    assert after["types_omitted"] == {"types": 2, "queued": 2, "running": 0, "slaves": 0, "idle": 0}
+    assert after["types_omitted"] == {
+        "types": 2, "queued": 2, "running": 0, "slaves": 0, "idle": 0,
+        "delayed": 0, "waiting": 0, "dead": 0,
+    }  # fmt: skip
 
 
 def test_stats_for_one_type() -> None:
@@ -160,7 +167,8 @@ def test_stats_for_one_type() -> None:
     k.submit(m, 2, job_type=None, body=0)
     k.out(m)
     (reply,) = k.send(m, {"action": "stats", "type": None})
-    row = {"type": None, "queued": 1, "running": 0, "slaves": 0, "idle": 0}
+    row = {"type": None, "queued": 1, "running": 0, "slaves": 0, "idle": 0, "delayed": 0,
+           "waiting": 0, "dead": 0, "paused": False, "completed": 0, "failed": 0}  # fmt: skip
     assert reply["stats"]["types"] == [row]
     assert "types_omitted" not in reply["stats"]
     (reply,) = k.send(m, {"action": "stats", "type": "nobody"})

@@ -202,7 +202,9 @@ def test_every_cap_has_a_flag_and_a_documented_default(
         ["--shutdown-grace", "nan"],
     ],
 )
-def test_bad_limits_are_refused_at_start(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_limits_are_refused_at_start(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     from gloomd.cli import main
 
     assert main([*argv, "--master-port", "0", "--slave-port", "0"]) == 2

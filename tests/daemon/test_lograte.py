@@ -40,9 +40,7 @@ def test_burst_then_silence_then_the_count(caplog: pytest.LogCaptureFixture) -> 
         assert caplog.records == []  # still the same window
         clock.now += 0.1
         events.log(logging.INFO, "refused", remote="next")
-        assert [message(r) for r in caplog.records] == [
-            "event=refused remote=next suppressed=48"
-        ]
+        assert [message(r) for r in caplog.records] == ["event=refused remote=next suppressed=48"]
 
 
 def test_disabled_levels_are_not_counted(caplog: pytest.LogCaptureFixture) -> None:

@@ -65,7 +65,12 @@ async def test_master_killed_with_queued_and_running_jobs(gloomd_server: GloomSe
         while (await observer.request({"action": "stats"}))["stats"]["connections"]["masters"] != 1:
             await trio.lowlevel.checkpoint()
     stats = (await observer.request({"action": "stats"}))["stats"]
-    assert stats["types"] == [{"type": "t", "queued": 0, "running": 0, "slaves": 1, "idle": 0}]
+    assert stats["types"] == [
+        {"type": "t", "queued": 0, "running": 0, "slaves": 1, "idle": 0, "delayed": 0,
+         "waiting": 0, "dead": 0, "paused": False, "completed": 0, "failed": 0}
+    ]  # fmt: skip
+    # Its three jobs were withdrawn (issue 17: submitted = ... + withdrawn + live).
+    assert stats["totals"]["withdrawn"] == 3 and stats["totals"]["submitted"] == 3
     # The ids are free again, and the slave's late answer is acked and dropped.
     assert await observer.request({"action": "submit", "id": "run", "type": "u", "body": None}) == {
         "ok": True,

@@ -24,9 +24,14 @@ class FakeClock:
 
 
 class Kit:
+    """A broker on fake clocks: `clock` (monotonic) and `wall` (wall clock,
+    for `age_s`); `tick` moves both."""
+
     def __init__(self, **limits: Any) -> None:
         self.clock = FakeClock()
-        self.broker = Broker(BrokerLimits(**limits), clock=self.clock)
+        self.wall = FakeClock()
+        self.wall.now = 1_700_000_000.0
+        self.broker = Broker(BrokerLimits(**limits), clock=self.clock, wall=self.wall)
 
     def master(self, name: str = "m") -> Peer:
         return self.broker.connect_master(name)
@@ -53,9 +58,10 @@ class Kit:
         receive(self.broker, peer, payload)
 
     def out(self, peer: Peer) -> list[Any]:
-        """Decode and clear the frames waiting for `peer`."""
+        """Decode and clear the frames waiting for `peer` (as the server's flush does)."""
         frames = [codec.loads(f[4:]) for f in iter_frames(peer.outbox)]
         peer.outbox.clear()
+        peer.pending = 0
         self.broker.dirty.pop(peer, None)
         return frames
 
@@ -79,7 +85,16 @@ class Kit:
         return self.send(master, msg)
 
     def tick(self, advance: float) -> None:
+        """Move both clocks and fire what is due, as the server's timer would
+        (again while the broker says work is left for the next pass)."""
         self.clock.now += advance
+        self.wall.now += advance
+        self.broker.tick(self.clock.now)
+        while self.broker.next_deadline() == float("-inf"):
+            self.broker.tick(self.clock.now)
+
+    def step(self) -> None:
+        """One pass of the timer at the present time (no catching up)."""
         self.broker.tick(self.clock.now)
 
     def assert_empty(self) -> None:

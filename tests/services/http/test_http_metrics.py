@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gloomd.http.metrics import (
     OTHER,
+    OUTCOMES,
     HistogramSnapshot,
     MetricsSnapshot,
     TypeMetrics,
@@ -22,6 +23,7 @@ from gloomd.http.metrics import (
 )
 from gloomd.http.metrics import render as render_bytes
 from gloomd.server import GloomServer
+from gloomwire.codec import canonical
 from tests.support.brokerkit import Kit
 from tests.support.httpkit import Client, fetch, start_http
 from tests.support.wire import Peer, frame, join
@@ -182,16 +184,23 @@ def test_snapshot_of_a_broker_matches_its_stats() -> None:
     snap = snapshot_from_broker(kit.broker, now=kit.clock(), max_types=1000, connections={"x": 1})
     stats = kit.send(master, {"action": "stats"})[0]["stats"]
     rows = {row.label: row for row in snap.types}
-    assert set(rows) == {"resize", '{"k":[1,2]}', "email"}
+    assert set(rows) == {"resize", '{"k":[1,2]}', "email", "7"}
     for entry in stats["types"]:
-        label = entry["type"] if isinstance(entry["type"], str) else None
-        row = rows[label] if label is not None else rows['{"k":[1,2]}']
+        job_type = entry["type"]
+        row = rows[job_type if isinstance(job_type, str) else canonical(job_type).decode()]
         assert (row.queued, row.running) == (entry["queued"], entry["running"])
+        assert (row.delayed, row.waiting, row.dead) == (
+            entry["delayed"],
+            entry["waiting"],
+            entry["dead"],
+        )
         assert (row.slaves_idle, row.slaves_idle + row.slaves_busy) == (
             entry["idle"],
             entry["slaves"],
         )
     assert rows["resize"].slaves_busy == 1
+    assert rows["7"].waiting == 1 and rows["resize"].submitted == 3
+    assert rows["resize"].wait_seconds is not None and rows["resize"].wait_seconds.count == 1
     assert snap.totals == stats["totals"]
     assert snap.waiting == stats["waiting"] == 1
     assert snap.uptime_s == stats["uptime_s"] == 5.0
@@ -263,13 +272,19 @@ async def test_metrics_equal_stats_at_the_same_moment(
     expected_slaves: dict[tuple[str, str], float] = {}
     for row in stats["types"]:
         label = row["type"] if isinstance(row["type"], str) else "[1]"
-        expected_jobs[(label, "queued")] = row["queued"]
-        expected_jobs[(label, "running")] = row["running"]
+        for state in ("queued", "delayed", "waiting", "running", "dead"):
+            expected_jobs[(label, state)] = row[state]
         expected_slaves[(label, "idle")] = row["idle"]
         expected_slaves[(label, "busy")] = row["slaves"] - row["idle"]
     assert jobs_gauge(found) == expected_jobs
     assert slaves_gauge(found) == expected_slaves
     assert expected_jobs[("resize", "queued")] == 2 and expected_jobs[("[1]", "queued")] == 1
+    submitted = {
+        dict(k)["type"]: v for k, v in by_name(found, "gloomd_jobs_submitted_total").items()
+    }
+    assert submitted == {"resize": 3, "email": 1, "[1]": 1, "spare": 0}
+    finished = by_name(found, "gloomd_jobs_finished_total")
+    assert {dict(k)["outcome"] for k in finished} == set(OUTCOMES) and sum(finished.values()) == 0
     events = {dict(k)["event"]: v for k, v in by_name(found, "gloomd_job_events_total").items()}
     assert events == stats["totals"]
     assert found[("gloomd_waiting_jobs", ())] == stats["waiting"]

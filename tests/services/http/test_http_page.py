@@ -163,10 +163,12 @@ async def test_page_shows_live_counts(
         assert browser.text("conn-masters") == "1"  # the test's master, not the page's
         assert browser.text("version").startswith("v")
         assert browser.text("journal") == "off"
-        # Today the broker keeps no dead letters, and the page says so.
-        browser.wait_for("dead note", lambda: "no dead letters" in browser.text("dead-note"))
-        # Rows carry no delayed/dead/paused figures yet: shown as unknown, not as 0.
-        assert browser.cell("resize", "delayed") == "–"
+        # No job failed: no dead letters, and the page says so.
+        browser.wait_for("dead note", lambda: browser.text("dead-note") == "No dead letters.")
+        # The lifecycle's figures: nothing delayed or dead, nothing paused.
+        assert browser.cell("resize", "delayed") == "0"
+        assert browser.cell("resize", "dead") == "0"
+        assert browser.cell("resize", "paused") == "no"
 
     await trio.to_thread.run_sync(first_look)
 

@@ -171,16 +171,22 @@ def test_post_body_is_judged_like_a_master_frame() -> None:
         assert body_of(response) == kit.out(master)[0], body
 
 
-def test_path_names_the_action_and_unknown_actions_say_so() -> None:
-    # Until the job lifecycle lands the broker does not know kick & co: the
-    # HTTP answer is the broker's, unknown_action, as on the master port.
+def test_path_names_the_action() -> None:
+    # The path names the action whatever the body says; the answer is the
+    # broker's, as on the master port.
     app, _ = make_app()
-    for action in ("kick", "delete", "pause", "resume"):
+    for action in ("kick", "delete"):
+        response = app.handle(post(f"/api/{action}", b'{"action":"stats","id":1}'))
+        assert response.status == 404
+        assert body_of(response) == {"error": "unknown_id", "reason": 1}
+    for action in ("pause", "resume"):
         response = app.handle(post(f"/api/{action}", b'{"action":"stats","id":1}'))
         assert response.status == 400
-        assert body_of(response) == {"error": "unknown_action", "reason": action}
+        assert body_of(response) == {"error": "missing_field", "reason": "type"}
     empty = app.handle(post("/api/pause", b""))
-    assert body_of(empty) == {"error": "unknown_action", "reason": "pause"}
+    assert body_of(empty) == {"error": "missing_field", "reason": "type"}
+    paused = app.handle(post("/api/pause", b'{"type":"resize"}'))
+    assert (paused.status, body_of(paused)) == (200, {"ok": True})
 
 
 def test_jobs_query_becomes_the_jobs_frame(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,11 +218,13 @@ def test_jobs_query_becomes_the_jobs_frame(monkeypatch: pytest.MonkeyPatch) -> N
     assert sent[-1]["cursor"] == big  # exact, as on the wire
 
 
-def test_jobs_today_answers_unknown_action() -> None:
+def test_jobs_answers_the_brokers_page() -> None:
     app, _ = make_app()
     response = app.handle(get("/api/jobs?state=dead"))
-    assert response.status == 400
-    assert body_of(response) == {"error": "unknown_action", "reason": "jobs"}
+    assert response.status == 200
+    assert body_of(response) == {"ok": True, "jobs": [], "next": None}
+    bad = app.handle(get("/api/jobs?state=gone"))
+    assert (bad.status, body_of(bad)) == (400, {"error": "invalid_type", "reason": "state"})
 
 
 def test_too_many_query_fields_is_400() -> None:

@@ -102,8 +102,8 @@ async def test_body_at_max_is_read(http: HttpService) -> None:
     reply = await fetch(
         http.port, "POST", "/api/kick", headers={"Content-Type": "application/json"}, body=body
     )
-    assert reply.status == 400  # the broker's answer (no kick yet), not 413
-    assert reply.json() == {"error": "unknown_action", "reason": "kick"}
+    assert reply.status == 404  # the broker's answer (no such job), not 413
+    assert reply.json() == {"error": "unknown_id", "reason": "x" * (MAX_BODY - 9)}
 
 
 async def test_404_405_keep_the_connection(http: HttpService) -> None:
@@ -168,9 +168,9 @@ async def test_expect_100_continue(http: HttpService) -> None:
         assert interim.startswith(b"HTTP/1.1 100 ")
         await client.send_raw(body)
         rest = b""
-        while b"unknown_action" not in rest:
+        while b"unknown_id" not in rest:
             rest += await client.stream.receive_some(65536)
-        assert rest.startswith(b"HTTP/1.1 400 ")
+        assert rest.startswith(b"HTTP/1.1 404 ")
     finally:
         await client.aclose()
 

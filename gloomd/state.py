@@ -1,0 +1,386 @@
+"""What the broker holds: jobs, types' queues, the logs that list them, and peers.
+
+Everything a job is lives on its `Job` object, in plain fields: its place in
+line (`seq`), its delay deadline (`ready_at`), its timeout deadline, its
+retries, its listeners, its failure frame once dead.  The heaps and logs
+only *order* jobs and may hold stale entries (a job that has moved on is
+skipped when its entry comes up); no fact about a job lives only in one of
+them.  So a job serializes to a record from its own fields (see `Job`), which
+is what the journal needs, and the heaps can be rebuilt from the jobs.
+
+States (lifecycle.md "States"), and what `jobs` calls them:
+
+    WAITING  on the jobs in its `after`                       "waiting"
+    DELAYED  until `ready_at` (a `delay`, or a retry's back-off) "delayed"
+    QUEUED   in its type's heap                               "queued"
+    RUNNING  held by exactly one slave                        "running"
+    DEAD     a detached job that failed, kept to be kicked     "dead"
+    GONE     answered or removed (only an orphan's slave still holds it)
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Final
+
+from . import messages as m
+from .counters import TypeTally
+from .logs import LogBudget
+
+if TYPE_CHECKING:
+    from .messages import MasterRequest
+
+__all__ = [
+    "DEAD",
+    "DELAYED",
+    "DICT_FRAME_BYTES",
+    "GONE",
+    "QUEUED",
+    "RUNNING",
+    "STATE_NAMES",
+    "WAITING",
+    "Job",
+    "JobId",
+    "JobLog",
+    "MasterPeer",
+    "Peer",
+    "SlavePeer",
+    "TypeQueue",
+]
+
+JobId = str | int
+
+# Job states.  QUEUED, RUNNING and GONE keep their old numbers.
+WAITING: Final = 0
+QUEUED: Final = 1
+RUNNING: Final = 2
+GONE: Final = 3
+DELAYED: Final = 4
+DEAD: Final = 5
+
+#: What `jobs` and `stats` call each state a job can be listed in.
+STATE_NAMES: Final = {
+    WAITING: "waiting",
+    QUEUED: "queued",
+    RUNNING: "running",
+    DELAYED: "delayed",
+    DEAD: "dead",
+}
+
+
+class Job:
+    """One accepted job.
+
+    A journal record of a job holds these fields and nothing else: id,
+    type, priority, body, detached, timeout, state, seq, attempt, losses,
+    retries, retried, backoff, accepted (wall clock), ready_at (as a wall
+    clock deadline), mark, final (a dead job's failure frame), and the ids
+    of its `dependents` (its `waiting` count follows from theirs).
+    `deadline`, `stamp`, `tally` and the listeners belong to a running
+    daemon: a restart requeues running jobs and closes every connection.
+    """
+
+    __slots__ = (
+        "accepted",
+        "attempt",
+        "backoff",
+        "body",
+        "deadline",
+        "dependents",
+        "detached",
+        "final",
+        "id",
+        "key",
+        "losses",
+        "mark",
+        "master",
+        "others",
+        "priority",
+        "ready_at",
+        "retried",
+        "retries",
+        "seq",
+        "stamp",
+        "state",
+        "tally",
+        "timeout",
+        "type",
+        "waiting",
+    )
+
+    def __init__(
+        self, msg: m.Submit, seq: int, master: MasterPeer | None, accepted: float, tally: TypeTally
+    ) -> None:
+        self.id = msg.id
+        self.type = msg.type
+        self.key = msg.key
+        self.priority = msg.priority
+        self.body = msg.body
+        self.seq = seq
+        #: The first master waiting for its answer, then the others (`gloomd.attach`).
+        self.master = master
+        self.others: list[MasterPeer] | None = None
+        self.detached = msg.detach
+        self.timeout = msg.timeout
+        #: Deliveries so far (a job frame says `attempt` + 1).
+        self.attempt = 0
+        #: Slaves lost while holding it (`--max-retries`, CRASH).
+        self.losses = 0
+        #: Retries asked for; None when the submit had no `retries` (its
+        #: failure frames then carry no `attempt`, as before the lifecycle).
+        self.retries = msg.retries
+        self.retried = 0
+        self.backoff = msg.backoff
+        self.state = WAITING
+        #: Wall-clock seconds at acceptance (`age_s`).
+        self.accepted = accepted
+        #: Monotonic: when it became ready (QUEUED), then when a slave took it.
+        self.stamp = 0.0
+        #: Monotonic: a running job's timeout deadline.
+        self.deadline = 0.0
+        #: Monotonic: when a DELAYED job becomes ready (0.0: no delay pending).
+        self.ready_at = 0.0
+        #: Its entry's key in the log of its state (delayed, waiting, dead).
+        self.mark = 0
+        #: A dead job's failure frame, encoded: what `result` answers.
+        self.final: bytes | None = None
+        self.waiting = 0  # jobs in `after` not yet completed
+        self.dependents: list[Job] | None = None
+        #: Its type's counters (`gloomd.counters`).
+        self.tally = tally
+
+    def retry_copy(self) -> Job:
+        """A copy that carries on, for a job that timed out and will be retried.
+
+        The slave that timed out still holds the original (an orphan: its late
+        answer is acked and dropped), so the job that goes on must be another
+        object.  The caller moves the registrations (ids, masters).
+        """
+        copy = Job.__new__(Job)
+        for name in Job.__slots__:
+            setattr(copy, name, getattr(self, name))
+        return copy
+
+
+class JobLog:
+    """Jobs of one type in one state, sorted by a key, for `jobs` and kicks.
+
+    Entries are tuples whose item `kx` is the key and whose last item is the
+    job; they are appended in key order (keys grow: a new `seq` or `mark`) or,
+    for the rare older key (a requeued job keeps its `seq`), inserted in
+    place.  Entries are never removed one by one: an entry is *live* while its
+    job is still in that state under that key (`alive`), stale entries are
+    skipped, and `compact` drops them once they outnumber the live ones
+    (amortised O(1) per entry).  `head` is where the live entries may start.
+    """
+
+    __slots__ = ("entries", "head", "kx")
+
+    def __init__(self, kx: int) -> None:
+        self.entries: list[tuple[Any, ...]] = []
+        self.head = 0
+        self.kx = kx
+
+    def __len__(self) -> int:
+        """Entries held, stale ones included (what compaction weighs)."""
+        return len(self.entries) - self.head
+
+    def add(self, entry: tuple[Any, ...]) -> bool:
+        """Add an entry in key order; False if that very entry is already here."""
+        entries = self.entries
+        kx = self.kx
+        key = entry[kx]
+        if len(entries) == self.head or entries[-1][kx] < key:
+            entries.append(entry)
+            return True
+        at = bisect_right(entries, key, lo=self.head, key=itemgetter(kx))
+        if at > self.head and entries[at - 1][kx] == key and entries[at - 1][-1] is entry[-1]:
+            return False  # still here from before (a requeue keeps its seq)
+        entries.insert(at, entry)
+        return True
+
+    def after(self, key: int | None) -> int:
+        """Index of the first entry whose key is greater than `key` (None: the first)."""
+        if key is None:
+            return self.head
+        return bisect_right(self.entries, key, lo=self.head, key=itemgetter(self.kx))
+
+    def compact(self, alive: Callable[[tuple[Any, ...]], bool]) -> int:
+        """Drop stale entries; returns how many are left."""
+        live = [entry for entry in self.entries[self.head :] if alive(entry)]
+        self.entries = live
+        self.head = 0
+        return len(live)
+
+    def trim(self, alive: Callable[[tuple[Any, ...]], bool]) -> None:
+        """Move `head` past stale entries at the front (kicks take the oldest)."""
+        entries = self.entries
+        head = self.head
+        while head < len(entries) and not alive(entries[head]):
+            head += 1
+        if head > 64 and head * 2 > len(entries):
+            del entries[:head]
+            head = 0
+        self.head = head
+
+    def live(self, alive: Callable[[tuple[Any, ...]], bool]) -> Iterator[Any]:
+        """The live jobs, in key order (a generator over a list that may change:
+        callers stop before they change the log)."""
+        for entry in self.entries[self.head :]:
+            if alive(entry):
+                yield entry[-1]
+
+
+def queued_alive(entry: tuple[Any, ...]) -> bool:
+    """A lane entry `(-priority, seq, job)` is live while the job is QUEUED with that seq."""
+    job: Job = entry[2]
+    return job.state == QUEUED and job.seq == entry[1]
+
+
+def _state_alive(state: int) -> Callable[[tuple[Any, ...]], bool]:
+    def alive(entry: tuple[Any, ...]) -> bool:
+        job: Job = entry[1]
+        return job.state == state and job.mark == entry[0]
+
+    return alive
+
+
+#: Liveness of a `(mark, job)` entry in the log of each state.
+STATE_ALIVE: Final = {state: _state_alive(state) for state in (DELAYED, WAITING, DEAD)}
+
+
+class TypeQueue:
+    """Everything about one job type: its heap, its slaves, its counts and logs.
+
+    It exists while it holds anything (a job in any state, a slave, a pause)
+    and is forgotten when empty; its counters (`tally`) outlive it.
+    `serial` orders types for `jobs` across types (creation order, which is
+    also the order of `Broker.types`).
+    """
+
+    __slots__ = (
+        "dead",
+        "delayed",
+        "heap",
+        "idle",
+        "key",
+        "lane_entries",
+        "lanes",
+        "logs",
+        "paused",
+        "prios",
+        "queued",
+        "running",
+        "serial",
+        "slaves",
+        "tally",
+        "type",
+        "waiting",
+    )
+
+    def __init__(self, job_type: Any, key: bytes | str, serial: int, tally: TypeTally) -> None:
+        self.type = job_type
+        self.key = key
+        self.serial = serial
+        self.tally = tally
+        self.heap: list[tuple[int, int, Job]] = []
+        self.queued = 0  # live entries of heap
+        self.running = 0  # jobs held by slaves, orphans excluded
+        self.delayed = 0
+        self.waiting = 0
+        self.dead = 0
+        self.slaves = 0
+        self.paused = False
+        self.idle: OrderedDict[SlavePeer, None] = OrderedDict()
+        # The listing index of queued jobs (dispatch order without a sort):
+        # a log per priority, keyed by seq, holding the heap's own entries;
+        # `prios` holds the lanes' keys (-priority) in ascending order.
+        self.lanes: dict[int, JobLog] = {}
+        self.prios: list[int] = []
+        self.lane_entries = 0
+        # Logs of delayed, waiting and dead jobs, made when first needed.
+        self.logs: dict[int, JobLog] = {}
+
+    def is_empty(self) -> bool:
+        return not (
+            self.queued
+            or self.running
+            or self.slaves
+            or self.delayed
+            or self.waiting
+            or self.dead
+            or self.paused
+        )
+
+    def log(self, state: int) -> JobLog:
+        log = self.logs.get(state)
+        if log is None:
+            log = self.logs[state] = JobLog(0)
+        return log
+
+    def count(self, state: int) -> int:
+        if state == QUEUED:
+            return self.queued
+        if state == DELAYED:
+            return self.delayed
+        if state == WAITING:
+            return self.waiting
+        if state == DEAD:
+            return self.dead
+        return self.running
+
+
+# ---------------------------------------------------------------- peers
+
+#: What a frame queued as a dict counts toward a peer's `pending` bytes (an
+#: ack with a 36-character id is 58 bytes framed).
+DICT_FRAME_BYTES: Final = 64
+
+
+class Peer:
+    """One connection as the broker sees it: an outbox and nothing of I/O.
+
+    `transport` belongs to the I/O layer, which uses it to find its
+    connection from a dirty peer (and clears it when the connection is
+    gone, so that the two do not keep each other alive); the broker never
+    looks at it.
+    """
+
+    __slots__ = ("logs", "name", "outbox", "overflowed", "pending", "transport")
+
+    def __init__(self, name: str, transport: Any = None) -> None:
+        #: Encoded frames not yet handed to the I/O layer (tests may add dicts).
+        self.outbox: list[bytes | dict[str, Any]] = []
+        #: Bytes in `outbox`: what the I/O layer weighs against its high-water mark.
+        self.pending = 0
+        #: Sent more than `max_outbox` bytes between two writes: to be dropped.
+        self.overflowed = False
+        self.name = name
+        self.transport = transport
+        self.logs = LogBudget()
+
+
+class MasterPeer(Peer):
+    __slots__ = ("held", "held_bytes", "jobs")
+
+    def __init__(self, name: str, transport: Any = None) -> None:
+        super().__init__(name, transport)
+        self.jobs: dict[JobId, Job] = {}  # its jobs not yet answered
+        #: Not None while a request of its own is being worked on over several
+        #: passes (a kick of many jobs): its later requests wait here, in
+        #: order, as typed requests or as the frames already owed for them
+        #: (an error, a ping's ok), so that answers leave in request order.
+        self.held: list[MasterRequest | bytes | dict[str, Any]] | None = None
+        self.held_bytes = 0
+
+
+class SlavePeer(Peer):
+    __slots__ = ("job", "queue")
+
+    def __init__(self, name: str, transport: Any = None) -> None:
+        super().__init__(name, transport)
+        self.queue: TypeQueue | None = None  # set by join
+        self.job: Job | None = None  # held job (possibly an orphan)
