@@ -54,6 +54,16 @@ async def until_masters(port: int, count: int) -> dict[str, Any]:
             await trio.lowlevel.checkpoint()
 
 
+def assert_counts_add_up(stats: dict[str, Any]) -> None:
+    """Every accepted job is counted once where it ended, or is still held (issue 17):
+    submitted = completed + failed + cancelled + withdrawn + live."""
+    totals = stats["totals"]
+    held = ("queued", "running", "delayed", "waiting")  # dead letters are counted as failed
+    live = sum(t[k] for t in stats["types"] for k in held)
+    ended = sum(totals[k] for k in ("completed", "failed", "cancelled", "withdrawn"))
+    assert totals["submitted"] == ended + live, stats
+
+
 class Tally:
     """Every frame a master got, per job id: the exactly-once ledger."""
 
@@ -136,6 +146,7 @@ async def test_slaves_killed_at_random_during_ten_thousand_jobs(gloomd_server: G
     assert sum(delivered.values()) == n + kills  # each kill cost exactly one redelivery
     stats = await observe(gloomd_server.master_port)
     assert stats["totals"]["completed"] == n and stats["totals"]["requeued"] == kills
+    assert_counts_add_up(stats)
 
 
 SLAVE_PROCESS = textwrap.dedent(
@@ -192,6 +203,7 @@ async def test_slave_processes_sigkilled_under_load(gloomd_server: GloomServer) 
     assert killed == 5
     assert set(tally.results) == set(range(n)) and set(tally.results.values()) == {1}
     assert tally.failures == {}
+    assert_counts_add_up(await observe(gloomd_server.master_port))
 
 
 # ------------------------------------------------------------------ masters dropping
@@ -245,6 +257,9 @@ async def test_masters_dropping_with_queued_and_running_jobs(gloomd_server: Gloo
             assert tally.failures == {}
     assert max(served.values()) == 1  # no job ran twice
     assert all(t["queued"] == 0 and t["running"] == 0 for t in stats["types"])
+    # The lost masters' unanswered jobs are counted, as withdrawn.
+    assert stats["totals"]["withdrawn"] > 0
+    assert_counts_add_up(stats)
     # The lost masters' ids are free again.
     observer = await Peer.connect(gloomd_server.master_port)
     lost_id = min(doomed) * per_master + per_master - 1
