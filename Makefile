@@ -1,26 +1,39 @@
 # The two quick-start commands: `make serve` and `make test`; CONTRIBUTING.md has the rest.
+#
+# `make serve` installs what serving needs and nothing else (`pip install -e .`);
+# `make test` adds the test extra (pytest, hypothesis, mypy, trustme, ...).
+# Both install into .venv: run the commands as `.venv/bin/gloom`, or
+# `. .venv/bin/activate` first.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test lint typecheck install install-browser bench bench-quick clean
+.PHONY: serve test lint typecheck install install-serve install-browser bench bench-quick clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(SERVE_STAMP)
 
-install: $(STAMP)
+# The test extra includes the package itself: what serving needs is there too.
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP) $(SERVE_STAMP)
+
+install-serve: $(SERVE_STAMP)
+
+install: $(TEST_STAMP)
 
 # Debian's Chromium and chromedriver for the status-page test (apt, as root).
 install-browser:
 	bash .ci/install-browser
 
-serve: install
+serve: install-serve
 	$(BIN)/gloomd $(ARGS)
 
 test: install

@@ -25,9 +25,9 @@ from typing import Any
 
 import trio
 
-from gloomwire import __version__
+from gloomwire import __version__, environ, logformat
 from gloomwire.framing import DEFAULT_MAX_FRAME
-from gloomwire.logformat import LogfmtFormatter
+from gloomwire.logformat import event
 
 from .broker import BrokerLimits
 from .config import Config
@@ -40,17 +40,21 @@ from .fdlimit import (
 from .http.settings import DEFAULT_HTTP_PORT, HttpSettings
 from .security import TokenError, load_token, server_ssl_context
 from .server import GloomServer
-from .service import GloomService, Service
+from .service import ConfigError, GloomService, Service
 from .wsjobd.limits import WsLimits, positive_float, positive_int
 
 __all__ = [
+    "announce_ready",
     "build_parser",
+    "check_flags",
     "config_from_args",
     "configured_services",
+    "load_security",
     "main",
     "serve",
     "shut_down",
     "start_services",
+    "use_import_path",
 ]
 
 log = logging.getLogger("gloomd")
@@ -66,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gloomd",
         description="Job distribution daemon speaking the Gloom protocol.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     p.add_argument("--version", action="version", version=f"gloomd {__version__}")
     net = p.add_argument_group("network")
@@ -156,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file",
         type=Path,
         default=None,
-        help="require this shared token (first line of the file); also GLOOMD_TOKEN",
+        help="require this shared token (first line of the file); else $GLOOMD_TOKEN",
     )
     sec.add_argument(
         "--tls-cert",
@@ -213,7 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedule-state",
         type=Path,
         default=None,
-        help="JSON status file (default: next to the TOML)",
+        help="JSON status file (default: next to the TOML); must be writable",
+    )
+    sched.add_argument(
+        "--import-path",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="import the schedule's func modules from DIR first, then from the current"
+        " directory, as gloom worker does (repeatable)",
     )
     p.add_argument(
         "--gc-interval",
@@ -226,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="log verbosity (per-job events are logged at debug)",
+    )
+    p.add_argument(
+        "--log-format",
+        default=logformat.FORMATS[0],
+        choices=logformat.FORMATS,
+        help="log lines on stderr: logfmt (key=value) or one JSON object a line",
     )
     return p
 
@@ -301,24 +321,81 @@ _DURATIONS = (
 )
 
 
-def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+#: Flags that only mean something beside another one: (flag, attribute, the one it needs).
+_NEEDS = (
+    ("--ws-port", "ws_port", "jobs_dir", "--jobs-dir"),
+    ("--jobs-dir", "jobs_dir", "ws_port", "--ws-port"),
+    ("--schedule-state", "schedule_state", "schedule", "--schedule"),
+    ("--import-path", "import_path", "schedule", "--schedule"),
+)
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Every value and combination of flags, before anything is read or bound.
+
+    A flag that does nothing without another one (`--jobs-dir` without
+    `--ws-port`) is an error, not a warning: it is almost always the other
+    flag forgotten, a warning scrolls away in the log, and a daemon that
+    starts without the service its operator expects fails later and
+    quieter.  Raises `ConfigError` (one line, exit 2).
+    """
     for name in _COUNTS:
         if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("max_retries", "max_after"):
         if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must not be negative")
-    if args.ws_port is not None and args.jobs_dir is None:
-        p.error("--ws-port needs --jobs-dir")
+            raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+    for flag, name, needed, needed_flag in _NEEDS:
+        if getattr(args, name) not in (None, []) and getattr(args, needed) is None:
+            raise ConfigError(f"{flag} does nothing without {needed_flag}: give both")
     if (args.tls_cert is None) != (args.tls_key is None):
-        p.error("--tls-cert and --tls-key go together")
+        raise ConfigError("--tls-cert and --tls-key go together")
     for name in _DURATIONS:
         value = getattr(args, name)
         # `not value > 0` refuses NaN too, which argparse's float() accepts.
         if not value > 0 or not math.isfinite(value):
-            p.error(f"--{name.replace('_', '-')} must be positive and finite")
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive and finite")
     if not 0 <= args.shutdown_grace < math.inf:
-        p.error("--shutdown-grace must be a finite number of seconds")
+        raise ConfigError("--shutdown-grace must be a finite number of seconds")
+
+
+def load_security(args: argparse.Namespace) -> tuple[str | None, ssl.SSLContext | None]:
+    """The token and the TLS context, read now: a bad file is a `ConfigError`."""
+    try:
+        token = load_token(args.token_file)
+    except TokenError as exc:
+        raise ConfigError(str(exc)) from None
+    if args.tls_cert is None:
+        return token, None
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{flag} {path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        context = server_ssl_context(args.tls_cert, args.tls_key)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        raise ConfigError(
+            f"--tls-cert {args.tls_cert} / --tls-key {args.tls_key}: not a certificate chain and"
+            f" its private key in PEM ({reason})"
+        ) from None
+    return token, context
+
+
+def use_import_path(args: argparse.Namespace) -> None:
+    """Put `--import-path` and then the current directory first on `sys.path`.
+
+    The same rule as `gloom worker`'s (its pool imports from the current
+    directory too): `gloomd --schedule jobs.toml` finds `mypkg/` beside
+    jobs.toml when started there, whether it was run as `gloomd` (whose
+    sys.path starts at the script's directory) or `python -m gloomd`.
+    """
+    if args.schedule is None:
+        return
+    entries = [str(Path(p).resolve()) for p in args.import_path] + [str(Path.cwd())]
+    sys.path[:0] = [entry for entry in dict.fromkeys(entries) if entry not in sys.path[:1]]
 
 
 def configured_services(
@@ -328,16 +405,21 @@ def configured_services(
 
     The Gloom ports come first: the others need its broker.  The HTTP port
     comes last, so that it can count every other port's connections.
-    Services are imported only when asked for.
+    Services are imported only when asked for, and built here, before any
+    of them runs: each checks its configuration as it is built (`ConfigError`).
     """
     services: list[Service] = [GloomService(server)]
     counts: dict[str, Callable[[], int]] = {}
     if args.ws_port is not None:
         from .wsjobd.service import WsJobdService
 
-        ws = WsJobdService(
-            args.ws_host, args.ws_port, args.jobs_dir, token=config.token, limits=_ws_limits(args)
-        )
+        try:
+            ws = WsJobdService(
+                args.ws_host, args.ws_port, args.jobs_dir, token=config.token,
+                limits=_ws_limits(args), ssl_context=config.ssl_context,
+            )  # fmt: skip
+        except OSError as exc:
+            raise ConfigError(f"--jobs-dir {args.jobs_dir}: not a directory") from exc
         counts["ws"] = lambda: ws.jobs.open_connections
         services.append(ws)
     if args.schedule is not None:
@@ -373,18 +455,24 @@ async def shut_down(services: list[Service]) -> None:
         await service.shutdown()
 
 
-async def serve(args: argparse.Namespace, config: Config) -> None:
-    """Run every configured service until SIGINT or SIGTERM."""
+def announce_ready(services: list[Service]) -> None:
+    """The ready line is out: tell each service (`Service.ready`)."""
+    for service in services:
+        service.ready()
+
+
+async def serve(services: list[Service], gc_interval: float = GC_INTERVAL) -> None:
+    """Run `services` (built by `configured_services`) until SIGINT or SIGTERM."""
     # Install the handlers before anything listens, so that a signal that
     # arrives during start-up still leads to a clean exit.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            services = configured_services(args, config, GloomServer(config))
             ready = await start_services(nursery, services)
-            nursery.start_soon(_collect_garbage, args.gc_interval)
+            nursery.start_soon(_collect_garbage, gc_interval)
             print(ready, flush=True)
+            announce_ready(services)
             async for signum in signals:
-                log.info("event=signal signal=%s", signal.Signals(signum).name)
+                event(log, "signal", signal=signal.Signals(signum).name)
                 break
             await shut_down(services)
             nursery.cancel_scope.cancel()
@@ -421,10 +509,9 @@ def _fit_descriptors(args: argparse.Namespace) -> None:
         ("--ws-max-connections", args.ws_max_connections if ws_on else 0, ws),
     ):
         if fitted < requested:
-            log.warning(
-                "event=cap_lowered flag=%s requested=%d cap=%d descriptors=%d: raise the "
-                "descriptor limit (ulimit -Hn) for more",
-                flag, requested, fitted, limit,
+            event(
+                log, "cap_lowered", logging.WARNING, flag=flag, requested=requested, cap=fitted,
+                descriptors=limit, note="raise the descriptor limit (ulimit -Hn) for more",
             )  # fmt: skip
     args.max_connections = gloom
     if ws_on:
@@ -453,7 +540,10 @@ async def _collect_garbage(interval: float) -> None:
         await trio.sleep(interval)
         started = trio.current_time()
         found = gc.collect()
-        log.debug("event=gc found=%d seconds=%.3f", found, trio.current_time() - started)
+        event(
+            log, "gc", logging.DEBUG, found=found,
+            seconds=round(trio.current_time() - started, 3),
+        )  # fmt: skip
 
 
 def _is_loopback(host: str) -> bool:
@@ -466,44 +556,52 @@ def _is_loopback(host: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Check every flag and file, then bind and serve.
+
+    Exit status: 0 after SIGINT/SIGTERM; 2 for a configuration gloomd cannot
+    start with (argparse's usage errors, and one line ``gloomd: ...`` for
+    the rest), found before any port is bound; 1 for a failure to start
+    that the configuration could not show (a port taken, no descriptors).
+    """
+    environ.print_notes("gloomd")
     parser = build_parser()
     args = parser.parse_args(argv)
-    _validate(parser, args)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # The broker logs events (`gloomwire.logformat.event`): print their fields.
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(LogfmtFormatter())
     try:
-        token = load_token(args.token_file)
-        ssl_context = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-    except (TokenError, OSError, ssl.SSLError) as exc:
-        log.error("event=fatal error=%s", exc)
+        check_flags(args)
+        token, ssl_context = load_security(args)
+    except ConfigError as exc:
+        print(f"gloomd: {exc}", file=sys.stderr)
         return 2
+    logformat.setup(args.log_level, args.log_format, sys.stderr)
+    # trio-websocket logs every message it reads at debug: noise beside ours.
+    logging.getLogger("trio-websocket").setLevel(logging.INFO)
     if token is None and not _is_loopback(args.host):
-        log.warning(
-            "event=insecure host=%s: listening beyond loopback without a token; anyone who can "
-            "reach these ports can submit and take jobs (use --token-file)",
-            args.host,
-        )
+        event(
+            log, "insecure", logging.WARNING, host=args.host,
+            note="listening beyond loopback without a token; anyone who can reach these ports"
+            " can submit and take jobs (use --token-file)",
+        )  # fmt: skip
     try:
         _fit_descriptors(args)
     except DescriptorBudgetError as exc:
-        log.error("event=fatal error=%s", exc)
+        event(log, "fatal", logging.ERROR, error=str(exc))
         return 1
     config = config_from_args(args, token, ssl_context)
+    use_import_path(args)
+    try:
+        services = configured_services(args, config, GloomServer(config))
+    except ConfigError as exc:
+        print(f"gloomd: {exc}", file=sys.stderr)
+        return 2
     _tune_gc()
     try:
-        trio.run(serve, args, config)
+        trio.run(serve, services, args.gc_interval)
     except (OSError, ExceptionGroup) as exc:
         # Typically a port is taken: say so in one line rather than a traceback.
         errors = exc.subgroup(OSError) if isinstance(exc, ExceptionGroup) else exc
         if errors is None:
             raise
-        log.error("event=fatal error=%s", _first_leaf(errors))
+        event(log, "fatal", logging.ERROR, error=str(_first_leaf(errors)))
         return 1
     return 0
 

@@ -36,7 +36,8 @@ import trio
 
 from gloomwire import codec
 from gloomwire.framing import FrameDecoder
-from gloomwire.vocabulary import error, submit
+from gloomwire.logformat import event
+from gloomwire.vocabulary import describe_failure, error, submit
 
 from .broker import Broker
 from .ingest import MasterIngest
@@ -70,7 +71,12 @@ class RemoteJobError(LocalMasterError):
     def __init__(self, frame: dict[str, Any]) -> None:
         category = frame.get("category")
         detail = f" ({category})" if category else ""
-        super().__init__(f"{frame.get('error')}{detail}: {frame.get('reason')!r}")
+        if frame.get("error") == "job_failed":
+            # Its reason is only the id again: say why instead.
+            why = describe_failure(category, frame.get("dependency"))
+        else:
+            why = repr(frame.get("reason"))
+        super().__init__(f"{frame.get('error')}{detail}: {why}")
         self.frame = frame
 
 
@@ -235,5 +241,5 @@ class LocalMaster:
     def abort(self) -> None:
         """The server dropped this peer (it stopped, or the output cap was passed)."""
         if not self.closed:
-            log.info("event=disconnect role=local peer=%s", self.name)
+            event(log, "disconnect", role="local", peer=self.name)
             self._leave(LocalMasterError("gloomd stopped before it answered"))

@@ -95,8 +95,8 @@ class RateLimitedLog:
         self._clock = clock
         self._windows: dict[str, _Window] = {}
 
-    def log(self, level: int, event: str, fmt: str = "", *args: Any, exc_info: Any = None) -> None:
-        """Log ``event=<event> <fmt % args>`` unless `event` used up its burst.
+    def log(self, level: int, name: str, /, *, exc_info: Any = None, **fields: Any) -> None:
+        """Log event `name` with `fields` unless `name` used up its burst.
 
         Lines below the logger's level are not counted: at the default level a
         debug event costs one level check, as a plain ``log.debug`` does.
@@ -104,19 +104,16 @@ class RateLimitedLog:
         if not self._logger.isEnabledFor(level):
             return
         now = self._clock()
-        window = self._windows.get(event)
+        window = self._windows.get(name)
         held_back = 0
         if window is None or now - window.start >= self._window:
             if window is not None:
                 held_back = window.suppressed
-            window = self._windows[event] = _Window(now)
+            window = self._windows[name] = _Window(now)
         if window.count >= self._burst:
             window.suppressed += 1
             return
         window.count += 1
-        text = f"event={event}"
-        if fmt:
-            text += " " + fmt
         if held_back:
-            text += f" suppressed={held_back}"
-        self._logger.log(level, text, *args, exc_info=exc_info)
+            fields["suppressed"] = held_back
+        event(self._logger, name, level, exc_info=exc_info, **fields)

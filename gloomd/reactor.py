@@ -37,6 +37,8 @@ from typing import Any, Protocol
 
 import trio
 
+from gloomwire.logformat import event
+
 from .transport import INF, RECV_SIZE, PlainConnection
 
 __all__ = ["Reactor", "ReactorClient"]
@@ -174,8 +176,11 @@ class Reactor:
             reason = self._client.internal_error(conn, exc)
             if not conn.closed:
                 self.hang_up(conn, reason)
-        except Exception:
-            log.exception("event=internal_error peer=%s stage=hang_up", conn.name)
+        except Exception as exc:
+            event(
+                log, "internal_error", logging.ERROR, peer=conn.name, stage="hang_up",
+                error=type(exc).__name__, exc_info=exc,
+            )  # fmt: skip
             self.drop(conn, "internal_error")
 
     def _resume(self, conn: PlainConnection[Any]) -> None:

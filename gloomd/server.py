@@ -41,6 +41,7 @@ from typing import Any
 import trio
 
 from gloomwire.framing import FrameTooLarge, FrameTooLargeWithFrames, encode_frame
+from gloomwire.logformat import event
 from gloomwire.vocabulary import OK_FRAME, error
 
 from .broker import Broker, Peer
@@ -54,7 +55,7 @@ from .transport import INF, Connection, PlainConnection, StreamConnection
 #: closed (unread input would make the close a reset; see `_refuse`).
 _REFUSE_READS = 16
 
-__all__ = ["GloomServer"]
+__all__ = ["GloomServer", "dropped_detached"]
 
 log = logging.getLogger("gloomd.server")
 
@@ -107,15 +108,15 @@ class GloomServer:
                 nursery.start_soon(self._timer)
                 nursery.start_soon(self._accept_loop, master_sock, "master")
                 nursery.start_soon(self._accept_loop, slave_sock, "slave")
-                log.info(
-                    "event=listening host=%s master_port=%d slave_port=%d tls=%s auth=%s"
-                    " descriptors=%d",
-                    cfg.host,
-                    self.master_port,
-                    self.slave_port,
-                    "on" if cfg.ssl_context is not None else "off",
-                    "on" if cfg.token is not None else "off",
-                    descriptor_limit(),
+                event(
+                    log,
+                    "listening",
+                    host=cfg.host,
+                    master_port=self.master_port,
+                    slave_port=self.slave_port,
+                    tls="on" if cfg.ssl_context is not None else "off",
+                    auth="on" if cfg.token is not None else "off",
+                    descriptors=descriptor_limit(),
                 )
                 task_status.started(self)
         finally:
@@ -137,8 +138,19 @@ class GloomServer:
         for scope in self._accept_scopes:
             scope.cancel()
         assert self.broker is not None
+        dropped = dropped_detached(self.broker)
         halted = self.broker.halt()
-        log.info("event=shutdown halted_jobs=%d connections=%d", halted, len(self._connections))
+        if dropped:
+            event(
+                log, "shutdown", logging.WARNING, halted_jobs=halted, dropped_detached=dropped,
+                connections=len(self._connections),
+                note="detached jobs whose master had left are lost: gloomd keeps no state on disk",
+            )  # fmt: skip
+        else:
+            event(
+                log, "shutdown", halted_jobs=halted, dropped_detached=0,
+                connections=len(self._connections),
+            )  # fmt: skip
         self.flush()
         with trio.move_on_after(self.config.shutdown_grace):
             for conn in list(self._connections):
@@ -165,7 +177,7 @@ class GloomServer:
                     except OSError as exc:
                         if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                             # Out of descriptors: back off instead of spinning.
-                            log.warning("event=accept_error error=%s", exc)
+                            event(log, "accept_error", logging.WARNING, error=str(exc))
                             await trio.sleep(0.1)
                         break
                     # TCP_NODELAY and keepalive come from the listening socket.
@@ -174,7 +186,10 @@ class GloomServer:
                     except Exception as exc:
                         # A connection reset before we saw it, or a bug: it
                         # costs this connection only, never the accept loop.
-                        log.error("event=internal_error stage=accept error=%r", exc, exc_info=exc)
+                        event(
+                            log, "internal_error", logging.ERROR, stage="accept",
+                            error=type(exc).__name__, exc_info=exc,
+                        )  # fmt: skip
                         sock.close()
 
     def _accepted(self, sock: socket.socket, addr: Any, role: str, nursery: trio.Nursery) -> None:
@@ -184,7 +199,7 @@ class GloomServer:
         name = _peer_name(addr)
         refusal = self._refusal(host)
         if refusal is not None:
-            log.warning("event=refused reason=%s peer=%s", refusal["error"], name)
+            event(log, "refused", logging.WARNING, reason=refusal["error"], peer=name)
             # Under TLS a plaintext frame would be garbage: just close.
             _refuse(sock, None if cfg.ssl_context is not None else encode_frame(refusal))
             return
@@ -229,7 +244,7 @@ class GloomServer:
         conn.ingest.peer.transport = conn
         if not conn.ingest.authenticated:
             conn.auth_deadline = trio.current_time() + self.config.auth_timeout
-        log.info("event=connect role=%s peer=%s", conn.role, conn.name)
+        event(log, "connect", role=conn.role, peer=conn.name)
 
     def release(self, conn: Connection[Ingest], reason: str) -> None:
         """The connection is over for the broker: requeue, free, log (once).
@@ -248,38 +263,34 @@ class GloomServer:
         assert self.broker is not None
         if conn.overflowed or peer.overflowed:
             reason = "outbuf_overflow"
-            log.warning(
-                "event=overflow role=%s peer=%s buffered=%d",
-                conn.role,
-                conn.name,
-                conn.unsent() + peer.pending,
-            )
+            event(
+                log, "overflow", logging.WARNING, role=conn.role, peer=conn.name,
+                buffered=conn.unsent() + peer.pending,
+            )  # fmt: skip
         elif reason == "write_timeout":
-            log.warning(
-                "event=write_timeout role=%s peer=%s buffered=%d",
-                conn.role,
-                conn.name,
-                conn.unsent(),
-            )
+            event(
+                log, "write_timeout", logging.WARNING, role=conn.role, peer=conn.name,
+                buffered=conn.unsent(),
+            )  # fmt: skip
         try:
             self.broker.disconnect(peer)
         except Exception as exc:
-            log.error("event=internal_error stage=disconnect peer=%s", conn.name, exc_info=exc)
+            event(
+                log, "internal_error", logging.ERROR, stage="disconnect", peer=conn.name,
+                error=type(exc).__name__, exc_info=exc,
+            )  # fmt: skip
         peer.transport = None
         conn.free()
         self._kick()
-        log.info("event=disconnect role=%s peer=%s reason=%s", conn.role, conn.name, reason)
+        event(log, "disconnect", role=conn.role, peer=conn.name, reason=reason)
 
     def internal_error(self, conn: Connection[Ingest], exc: Exception) -> str:
         """Handling `conn` raised `exc`: log it once, queue the error frame,
         and return the reason to hang up.  Only this connection ends."""
-        log.error(
-            "event=internal_error role=%s peer=%s error=%s",
-            conn.role,
-            conn.name,
-            type(exc).__name__,
-            exc_info=exc,
-        )
+        event(
+            log, "internal_error", logging.ERROR, role=conn.role, peer=conn.name,
+            error=type(exc).__name__, exc_info=exc,
+        )  # fmt: skip
         conn.stash = None
         conn.paused = False
         if not conn.released and self.broker is not None:
@@ -304,7 +315,7 @@ class GloomServer:
                 # output has room (the connection closes after them anyway).
                 self._receive(conn, exc.frames)
                 conn.stash = None
-            log.warning("event=size_error peer=%s length=%d", conn.name, exc.length)
+            event(log, "size_error", logging.WARNING, peer=conn.name, length=exc.length)
             return self._final(conn, error("size_error", "length too large"), "size_error")
         # Slowloris guard: a frame that has started must finish in time.
         if decoder.pending:
@@ -316,7 +327,7 @@ class GloomServer:
             return None
         if not ingest.authenticated:
             if not ingest.authenticate(frames[0]):
-                log.warning("event=unauthorized role=%s peer=%s", conn.role, conn.name)
+                event(log, "unauthorized", logging.WARNING, role=conn.role, peer=conn.name)
                 return self._final(conn, error("unauthorized", "auth"), "unauthorized")
             conn.auth_deadline = INF
             del frames[0]
@@ -365,9 +376,15 @@ class GloomServer:
     def on_deadline(self, conn: Connection[Ingest]) -> str:
         """The connection's auth or frame deadline passed; queue why, return why."""
         if not conn.ingest.authenticated:
-            log.warning("event=unauthorized role=%s peer=%s reason=timeout", conn.role, conn.name)
+            event(
+                log, "unauthorized", logging.WARNING, role=conn.role, peer=conn.name,
+                reason="timeout",
+            )  # fmt: skip
             return self._final(conn, error("unauthorized", "timeout"), "auth_timeout")
-        log.warning("event=slow_frame peer=%s pending=%d", conn.name, conn.ingest.decoder.pending)
+        event(
+            log, "slow_frame", logging.WARNING, peer=conn.name,
+            pending=conn.ingest.decoder.pending,
+        )  # fmt: skip
         timeout = self.config.frame_timeout
         return self._final(conn, error("frame_timeout", timeout), "frame_timeout")
 
@@ -383,7 +400,10 @@ class GloomServer:
             await self._serve_tls_connection(sock, name, host, role)
         except Exception as exc:
             # The boundary of a TLS connection: whatever escaped ends it alone.
-            log.error("event=internal_error role=%s peer=%s stage=tls", role, name, exc_info=exc)
+            event(
+                log, "internal_error", logging.ERROR, role=role, peer=name, stage="tls",
+                error=type(exc).__name__, exc_info=exc,
+            )  # fmt: skip
 
     async def _serve_tls_connection(
         self, sock: socket.socket, name: str, host: str, role: str
@@ -402,10 +422,10 @@ class GloomServer:
                 await stream.do_handshake()
                 shaken = True
             if not shaken:
-                log.warning("event=tls_error peer=%s error=handshake_timeout", name)
+                event(log, "tls_error", logging.WARNING, peer=name, error="handshake_timeout")
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             # A plaintext client, or a bad certificate: closed without a frame.
-            log.warning("event=tls_error peer=%s error=%s", name, _first_cause(exc))
+            event(log, "tls_error", logging.WARNING, peer=name, error=_first_cause(exc))
         finally:
             self._handshaking -= 1
         if not shaken:
@@ -535,13 +555,17 @@ class GloomServer:
 
     def _write_failed(self, conn: Connection[Any], exc: Exception) -> None:
         """Writing to `conn` raised: the boundary for output (see `internal_error`)."""
-        log.error(
-            "event=internal_error role=%s peer=%s stage=write", conn.role, conn.name, exc_info=exc
-        )
+        event(
+            log, "internal_error", logging.ERROR, role=conn.role, peer=conn.name, stage="write",
+            error=type(exc).__name__, exc_info=exc,
+        )  # fmt: skip
         try:
             conn.abort()
-        except Exception:
-            log.exception("event=internal_error peer=%s stage=abort", conn.name)
+        except Exception as abort_exc:
+            event(
+                log, "internal_error", logging.ERROR, peer=conn.name, stage="abort",
+                error=type(abort_exc).__name__, exc_info=abort_exc,
+            )  # fmt: skip
 
     async def _timer(self) -> None:
         """Fire job timeouts and result expiry at the broker's next deadline."""
@@ -556,8 +580,24 @@ class GloomServer:
             except Exception as exc:
                 # Not any one connection's: log it, and keep the clock going
                 # (the entry that raised has been taken off the heap).
-                log.error("event=internal_error stage=timer", exc_info=exc)
+                event(
+                    log, "internal_error", logging.ERROR, stage="timer",
+                    error=type(exc).__name__, exc_info=exc,
+                )  # fmt: skip
             self.flush()
+
+
+def dropped_detached(broker: Broker) -> int:
+    """Live detached jobs that stopping the daemon loses without telling anyone.
+
+    `Broker.halt` answers every connected master's jobs with HALTED; a
+    detached job whose master has left is answered to nobody and, with no
+    state on disk, is simply gone after the restart.  The shutdown line
+    counts those, from the broker's own state, so that once the journal
+    keeps them this is where the count becomes 0.  One pass over the live
+    jobs, at shutdown only.
+    """
+    return sum(1 for job in broker.jobs.values() if job.detached and job.master is None)
 
 
 def _listen(cfg: Config, master: bool = True) -> socket.socket:

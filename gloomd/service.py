@@ -7,10 +7,16 @@ asked) and runs them all alike in one nursery:
 * start each in order with `await nursery.start(service.run)`: a service
   reports, once it is listening, its fragment of the ready line
   (``ws=127.0.0.1:8765``), or None when it listens on nothing;
-* print ``gloomd ready`` and the fragments;
+* print ``gloomd ready`` and the fragments, then tell each service
+  `ready()` (the scheduler fires nothing before the ready line is out);
 * on SIGINT/SIGTERM, `shutdown()` each in reverse order (the HTTP port starts
   answering "draining", the Gloom ports answer every unanswered job with
   HALTED and flush), then cancel the nursery.
+
+A service checks its configuration when it is built, before any port is
+bound, and raises `ConfigError` (or its own error, which the command line
+words as one) for what it cannot start with: the daemon then prints one line
+and exits 2, instead of starting half its services.
 
 A new service (the journal, a cluster link) is one more entry in that list,
 not more wiring in the command line.  The services themselves live with
@@ -27,7 +33,16 @@ import trio
 
 from .server import GloomServer
 
-__all__ = ["GloomService", "Service"]
+__all__ = ["ConfigError", "GloomService", "Service"]
+
+
+class ConfigError(ValueError):
+    """A configuration gloomd cannot start with.
+
+    Its text names the flag and says what is wrong with it
+    (``--jobs-dir jobs: not a directory``); `gloomd.cli` prints it as one
+    line, ``gloomd: <text>``, and exits 2 before binding any port.
+    """
 
 
 class Service(Protocol):
@@ -41,6 +56,14 @@ class Service(Protocol):
     ) -> None:
         """Serve until cancelled; report the ready-line fragment once listening."""
         ...
+
+    def ready(self) -> None:
+        """Every service listens and the ready line is out.
+
+        What must not happen before that line (the scheduler's first fire,
+        whose job may print) waits for this call.  By default: nothing.
+        """
+        return None
 
     async def shutdown(self) -> None:
         """Begin stopping, before the nursery is cancelled.

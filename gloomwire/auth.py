@@ -14,9 +14,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from . import environ as _environ
+
 __all__ = ["ENV_TOKEN", "TokenError", "load_token", "token_matches"]
 
-ENV_TOKEN = "GLOOMD_TOKEN"
+ENV_TOKEN = _environ.TOKEN
 
 
 class TokenError(ValueError):
@@ -27,6 +29,9 @@ def load_token(
     token_file: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
 ) -> str | None:
     """The token in force: `token_file` wins over `GLOOMD_TOKEN`; None means off.
+
+    (`GLOOM_TOKEN`, the old spelling, is read when `GLOOMD_TOKEN` is not set,
+    with a warning: `gloomwire.environ`.)
 
     The token is the file's first line with surrounding whitespace stripped.
     An empty token is refused rather than taken to mean "no auth": a typo in
@@ -43,8 +48,9 @@ def load_token(
         if not token:
             raise TokenError(f"token file {token_file} is empty")
         return token
-    if ENV_TOKEN in env:
-        token = env[ENV_TOKEN].strip()
+    value = _environ.lookup(ENV_TOKEN, env)
+    if value is not None:
+        token = value.strip()
         if not token:
             raise TokenError(f"{ENV_TOKEN} is set but empty")
         return token

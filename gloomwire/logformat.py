@@ -21,7 +21,19 @@ from typing import Any
 
 from . import codec
 
-__all__ = ["FIELDS", "JsonFormatter", "LogfmtFormatter", "event", "formatter", "logfmt_value"]
+__all__ = [
+    "FIELDS",
+    "FORMATS",
+    "JsonFormatter",
+    "LogfmtFormatter",
+    "event",
+    "formatter",
+    "logfmt_value",
+    "setup",
+]
+
+#: The values of `--log-format` (gloomd and gloom worker), the default first.
+FORMATS = ("logfmt", "json")
 
 #: The attribute of a LogRecord that carries an event's fields.
 FIELDS = "gloom_fields"
@@ -29,6 +41,19 @@ FIELDS = "gloom_fields"
 # A value is written bare when it cannot be misread: no space, quote, `=`
 # or control character, and not empty.
 _BARE = re.compile(r"[A-Za-z0-9_.:/@+\-,\[\]{}()*#%^~!?<>|;&$']+\Z")
+# Inside quotes: the backslash, the quote and every control character are
+# escaped as go-logfmt writes them (`\n`, `\t`, `\u001b`), so that a value
+# never breaks the line and strict logfmt parsers read it back exactly; a
+# lone surrogate (which no encoder can write) becomes U+FFFD, as there.
+_ESCAPE = re.compile(r'[\\"\x00-\x1f\x7f\ud800-\udfff]')
+_NAMED_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char >= "\ud800":
+        return "\\ufffd"
+    return _NAMED_ESCAPES.get(char) or f"\\u{ord(char):04x}"
 
 
 def event(
@@ -62,10 +87,7 @@ def logfmt_value(value: Any) -> str:
             text = str(value)
     if _BARE.match(text):
         return text
-    escaped = (
-        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    )
-    return f'"{escaped}"'
+    return '"' + _ESCAPE.sub(_escape, text) + '"'
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -109,6 +131,21 @@ class JsonFormatter(logging.Formatter):
                 value = str(value)
             body[key] = value
         return codec.dumps(body).decode()
+
+
+def setup(level: int | str, kind: str = "logfmt", stream: Any = None) -> None:
+    """Send every log record to `stream` (stderr) in format `kind`, from `level` up.
+
+    The daemon and the worker both start here, so one `--log-format` means
+    the same lines in both.  Replaces whatever handlers the root logger had.
+    """
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter(kind))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
 
 
 def formatter(kind: str) -> logging.Formatter:

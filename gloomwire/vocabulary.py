@@ -31,6 +31,7 @@ __all__ = [
     "auth",
     "cancel",
     "delete",
+    "describe_failure",
     "error",
     "fail",
     "job",
@@ -75,6 +76,29 @@ CATEGORIES: Final = ("ERROR", "TIMEOUT", "CRASH", "HALTED")
 FAILED_CATEGORIES: Final = ("CRASH", "TIMEOUT", "HALTED", "DEPENDENCY", "CANCELLED")
 #: The states `jobs` reports (and filters by), in the reference's order.
 JOB_STATES: Final = ("queued", "delayed", "waiting", "running", "dead")
+
+#: What each category means when the daemon ended the job (`job_failed`),
+#: in words a person reads: the client's and the scheduler's messages.
+_FAILURE_MEANINGS: Final = {
+    "CRASH": "its slave was lost while running it, too many times (--max-retries)",
+    "TIMEOUT": "it ran past its timeout",
+    "HALTED": "gloomd stopped before it finished",
+    "DEPENDENCY": "a job in its after failed, so it never ran",
+    "CANCELLED": "it was cancelled while queued",
+}
+
+
+def describe_failure(category: Any, dependency: Any = None) -> str:
+    """Why the daemon ended a job, from its `job_failed` frame's category.
+
+    With `dependency` (the frame's key for DEPENDENCY) the failed job is
+    named: ``job 'fetch-1' in its after failed, so it never ran``.
+    """
+    if category == "DEPENDENCY" and dependency is not None:
+        return f"job {dependency!r} in its after failed, so it never ran"
+    meaning = _FAILURE_MEANINGS.get(category) if isinstance(category, str) else None
+    return meaning if meaning is not None else f"gloomd ended it ({category})"
+
 
 # ---------------------------------------------------------------- daemon -> peer
 

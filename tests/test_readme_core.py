@@ -1,12 +1,16 @@
-"""The README's protocol example runs as written (against a daemon on free ports)."""
+"""README's quick start and protocol example run as written (a daemon on free ports)."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
+import gloomwire
 from tests.support.daemon import spawn_gloomd
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
@@ -32,3 +36,24 @@ def test_protocol_example_in_readme_runs() -> None:
 @pytest.mark.parametrize("command", ["make serve", "make test"])
 def test_quick_start_commands_are_documented(command: str) -> None:
     assert command in README.read_text()
+
+
+def test_the_activation_block_puts_the_commands_on_path(tmp_path: pathlib.Path) -> None:
+    """Quick start's `. .venv/bin/activate` block, run in a checkout whose .venv is this one."""
+    text = README.read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(\. \.venv/bin/activate\n.*?)```", text, re.S)
+    assert block, "README's quick start lost the activation block"
+    (tmp_path / ".venv").symlink_to(sys.prefix, target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = "/usr/bin:/bin"  # nothing of the venv's on it before activation
+    done = subprocess.run(
+        ["bash", "-e", "-c", block.group(1)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"gloom {gloomwire.__version__}"

@@ -29,6 +29,7 @@ from ._security import AuthHandshake, client_ssl_context, resolve_token
 from .errors import TransportError
 
 __all__ = [
+    "TLS_HINT",
     "Backoff",
     "Endpoint",
     "Security",
@@ -40,6 +41,11 @@ __all__ = [
 ]
 
 _READ_SIZE = 256 * 1024
+
+#: Added to "closed the connection" when a plaintext client got no byte back:
+#: what a TLS-only port does to plaintext (gloomd closes it without a frame;
+#: for everything else it says why first).  One wording for every client.
+TLS_HINT = " (is it TLS-only? try --tls)"
 
 PathLike = str | os.PathLike[str]
 
@@ -97,6 +103,11 @@ class Endpoint:
     def peer(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def tls_hint(self) -> str:
+        """`TLS_HINT` for a plaintext endpoint, else nothing."""
+        return TLS_HINT if self.ssl_context is None else ""
+
 
 class Backoff:
     """Capped exponential back-off: `initial` seconds, doubling up to `maximum`.
@@ -148,7 +159,7 @@ async def connect(endpoint: Endpoint) -> trio.abc.Stream:
             leftover = b""
             if endpoint.token is not None:
                 phase = "auth"
-                leftover = await _authenticate(stream, endpoint.token, where)
+                leftover = await _authenticate(stream, endpoint.token, where, endpoint.tls_hint)
             return StartedStream(stream, leftover)
     except trio.TooSlowError:
         await _close_quietly(stream)
@@ -181,7 +192,7 @@ async def reconnect(endpoint: Endpoint, backoff: Backoff) -> trio.abc.Stream:
             continue
 
 
-async def _authenticate(stream: trio.abc.Stream, token: str, where: str) -> bytes:
+async def _authenticate(stream: trio.abc.Stream, token: str, where: str, hint: str = "") -> bytes:
     """Send the auth frame and wait for its reply; returns bytes read past it."""
     handshake = AuthHandshake(token)
     await stream.send_all(handshake.request)
@@ -190,7 +201,7 @@ async def _authenticate(stream: trio.abc.Stream, token: str, where: str) -> byte
         if not data:
             # gloomd always says why before closing; silence means something
             # else hung up (a TLS-only port, a proxy, not gloomd).
-            raise TransportError(f"gloomd at {where} closed the connection during auth")
+            raise TransportError(f"gloomd at {where} closed the connection during auth{hint}")
         if handshake.receive_data(data):
             return handshake.leftover
 
@@ -278,14 +289,18 @@ def connect_blocking(endpoint: Endpoint) -> tuple[socket.socket, bytes]:
                 raise TransportError(reason) from None
         leftover = b""
         if endpoint.token is not None:
-            leftover = _authenticate_blocking(sock, endpoint.token, where, timeout)
+            leftover = _authenticate_blocking(
+                sock, endpoint.token, where, timeout, endpoint.tls_hint
+            )
     except BaseException:
         sock.close()
         raise
     return sock, leftover
 
 
-def _authenticate_blocking(sock: socket.socket, token: str, where: str, timeout: float) -> bytes:
+def _authenticate_blocking(
+    sock: socket.socket, token: str, where: str, timeout: float, hint: str = ""
+) -> bytes:
     handshake = AuthHandshake(token)
     try:
         sock.settimeout(timeout)
@@ -293,7 +308,7 @@ def _authenticate_blocking(sock: socket.socket, token: str, where: str, timeout:
         while True:
             data = sock.recv(_READ_SIZE)
             if not data:
-                raise TransportError(f"gloomd at {where} closed the connection during auth")
+                raise TransportError(f"gloomd at {where} closed the connection during auth{hint}")
             if handshake.receive_data(data):
                 return handshake.leftover
     except TimeoutError:

@@ -91,6 +91,7 @@ class _Connection:
         self.sock: socket.socket | None = None
         self.error: GloomError | None = None
         self._leftover = b""  # bytes read past the auth reply
+        self._heard = False  # a byte came back since `open`
 
     @property
     def peer(self) -> str:
@@ -99,6 +100,7 @@ class _Connection:
     def open(self) -> None:
         self.sock, self._leftover = connect_blocking(self.endpoint)
         self.error = None
+        self._heard = bool(self._leftover)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -145,7 +147,9 @@ class _Connection:
         except OSError as exc:
             raise self._lost(f"lost: {exc}") from None
         if not data:
-            raise self._lost("closed by gloomd")
+            hint = "" if self._heard else self.endpoint.tls_hint
+            raise self._lost(f"closed by gloomd{hint}")
+        self._heard = True
         return data
 
 

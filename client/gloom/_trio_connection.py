@@ -39,9 +39,13 @@ _CLOSE_TIMEOUT = 1.0
 class FrameConnection:
     """One connected stream.  `run` returns the error that ended it."""
 
-    def __init__(self, stream: trio.abc.Stream, peer: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, peer: str, hint: str = "") -> None:
         self.peer = peer
         self._stream = stream
+        #: Said after "closed the connection" when it closes before any byte
+        #: came back (`gloom._connect.TLS_HINT` on a plaintext connection).
+        self._hint = hint
+        self._heard = False
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[bytes](math.inf)
         self._scope: trio.CancelScope | None = None
         self.error: GloomError | None = None
@@ -103,8 +107,10 @@ class FrameConnection:
                 self._fail(TransportError(f"connection to gloomd at {self.peer} lost: {exc}"))
                 return
             if not data:
-                self._fail(TransportError(f"gloomd at {self.peer} closed the connection"))
+                hint = "" if self._heard else self._hint
+                self._fail(TransportError(f"gloomd at {self.peer} closed the connection{hint}"))
                 return
+            self._heard = True
             try:
                 on_data(bytes(data))  # a stream may hand over a bytearray
             except ProtocolError as exc:

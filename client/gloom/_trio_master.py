@@ -314,6 +314,7 @@ async def open_master(
 @asynccontextmanager
 async def master_session(endpoint: Endpoint) -> AsyncIterator[AsyncMaster]:
     """`open_master` for an `Endpoint` already resolved (the worker runner's)."""
-    master = AsyncMaster(FrameConnection(await connect(endpoint), endpoint.peer))
+    stream = await connect(endpoint)
+    master = AsyncMaster(FrameConnection(stream, endpoint.peer, endpoint.tls_hint))
     async with running_beside(master._run):
         yield master

@@ -48,8 +48,9 @@ class SlaveConnection:
         stream: trio.abc.Stream,
         peer: str,
         on_job: Callable[[SlaveConnection, dict[str, Any]], None],
+        hint: str = "",
     ) -> None:
-        self.connection = FrameConnection(stream, peer)
+        self.connection = FrameConnection(stream, peer, hint)
         self.protocol = SlaveProtocol()
         self._on_job = on_job
         #: trio time of the last bytes received (a heartbeat reads it).
@@ -156,7 +157,7 @@ class AsyncSlave:
         self.host = endpoint.host
         self.port = endpoint.port
         self._endpoint = endpoint
-        self._link = SlaveConnection(stream, endpoint.peer, self._offer)
+        self._link = SlaveConnection(stream, endpoint.peer, self._offer, endpoint.tls_hint)
         self._backoff = backoff  # None: a lost connection is not replaced
         self._type: Any = _UNSET
         self._offers_send, self._offers = trio.open_memory_channel[SlaveJob](math.inf)
@@ -231,7 +232,9 @@ class AsyncSlave:
                 # help, so the slave stops and says why.
                 self._stop(refused)
                 return
-            link = SlaveConnection(stream, self._endpoint.peer, self._offer)
+            link = SlaveConnection(
+                stream, self._endpoint.peer, self._offer, self._endpoint.tls_hint
+            )
             self._link = link
             self.reconnects += 1
             event, self._new_link = self._new_link, trio.Event()

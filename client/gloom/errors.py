@@ -25,6 +25,8 @@ from typing import Any
 
 import trio
 
+from gloomwire.vocabulary import describe_failure
+
 __all__ = [
     "GloomError",
     "JobCancelled",
@@ -91,19 +93,31 @@ class Unauthorized(ServerError):
 class JobFailed(ServerError):
     """The daemon gave up on a job (``job_failed``): lost slaves, timeout, shutdown, dependency.
 
-    `category` is one of ``CRASH``, ``TIMEOUT``, ``HALTED``, ``DEPENDENCY`` (or,
-    for `JobError`, whatever category the slave reported).
+    `category` is one of ``CRASH``, ``TIMEOUT``, ``HALTED``, ``DEPENDENCY``,
+    ``CANCELLED`` (or, for `JobError`, whatever category the slave reported);
+    `dependency` names the job in its `after` that failed (DEPENDENCY).  Its
+    text says what failed and why (`gloomwire.vocabulary.describe_failure`):
+    ``job 'parse-1' failed (DEPENDENCY): job 'fetch-1' in its after failed,
+    so it never ran``.
     """
 
     def __init__(
-        self, id: Any, category: str | None, reason: Any = None, *, error: str = "job_failed"
+        self,
+        id: Any,
+        category: str | None,
+        reason: Any = None,
+        *,
+        error: str = "job_failed",
+        dependency: Any = None,
     ) -> None:
         super().__init__(error, id if reason is None else reason)
         self.id = id
         self.category = category
+        self.dependency = dependency
 
     def __str__(self) -> str:
-        return f"job {self.id!r} failed ({self.category}): {self.reason}"
+        why = describe_failure(self.category, self.dependency)
+        return f"job {self.id!r} failed ({self.category}): {why}"
 
 
 class JobError(JobFailed):
@@ -151,7 +165,9 @@ def error_from_frame(frame: dict[str, Any]) -> ServerError:
     error = frame.get("error")
     if error == "job_failed":
         job_id = frame["id"] if "id" in frame else frame.get("reason")
-        return JobFailed(job_id, frame.get("category"), frame.get("reason"))
+        return JobFailed(
+            job_id, frame.get("category"), frame.get("reason"), dependency=frame.get("dependency")
+        )
     if error == "job_error":
         return JobError(frame.get("id"), frame.get("category"), frame.get("reason"))
     if error == "unauthorized":

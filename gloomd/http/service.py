@@ -44,6 +44,8 @@ from typing import Final
 import h11
 import trio
 
+from gloomwire.logformat import event
+
 from ..server import GloomServer
 from ..service import Service
 from .buildinfo import version
@@ -138,13 +140,11 @@ class HttpService(Service):
                 partial(trio.serve_tcp, self._handle, s.port, host=s.host, backlog=4096)
             )
             self.port = listeners[0].socket.getsockname()[1]
-            log.info(
-                "event=http_listening host=%s port=%d tls=%s auth=%s",
-                s.host,
-                self.port,
-                "on" if s.ssl_context is not None else "off",
-                "on" if s.token is not None else "off",
-            )
+            event(
+                log, "http_listening", host=s.host, port=self.port,
+                tls="on" if s.ssl_context is not None else "off",
+                auth="on" if s.token is not None else "off",
+            )  # fmt: skip
             task_status.started(f"http={s.host}:{self.port}")
 
     # ------------------------------------------------------------ one connection
@@ -155,7 +155,7 @@ class HttpService(Service):
         stream: trio.abc.Stream = tcp
         try:
             if self.open_connections > s.max_connections:
-                log.warning("event=refused port=http reason=too_many_connections")
+                event(log, "refused", logging.WARNING, port="http", reason="too_many_connections")
                 if s.ssl_context is None:
                     await self._close_with(
                         tcp,
@@ -169,14 +169,14 @@ class HttpService(Service):
                 with trio.move_on_after(s.request_timeout) as handshake:
                     await tls.do_handshake()
                 if handshake.cancelled_caught:
-                    log.warning("event=tls_error port=http error=handshake_timeout")
+                    event(log, "tls_error", logging.WARNING, port="http", error="handshake_timeout")
                     return
             await self._serve(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away (or failed its TLS handshake): nothing to answer
-        except Exception:
+        except Exception as exc:
             # A bug here must cost one connection, never the daemon.
-            log.exception("event=http_error")
+            event(log, "http_error", logging.ERROR, error=type(exc).__name__, exc_info=exc)
         finally:
             self.open_connections -= 1
             await trio.aclose_forcefully(stream)
@@ -197,8 +197,11 @@ class HttpService(Service):
                         result.work, limiter=self._offload_limiter
                     )
                 response = result
-            except Exception:
-                log.exception("event=http_error path=%s", got.path)
+            except Exception as exc:
+                event(
+                    log, "http_error", logging.ERROR, path=got.path, error=type(exc).__name__,
+                    exc_info=exc,
+                )  # fmt: skip
                 response = error_response(500, "internal_error", got.path, close=True)
             if not await self._send(stream, conn, response, head=got.method == "HEAD"):
                 return
@@ -218,22 +221,22 @@ class HttpService(Service):
         with trio.move_on_after(s.request_timeout):
             while True:
                 try:
-                    event = conn.next_event()
+                    h11_event = conn.next_event()
                 except h11.RemoteProtocolError as exc:
                     status = exc.error_status_hint
                     error = "headers_too_large" if status == 431 else "bad_request"
-                    log.warning("event=http_bad_request status=%d error=%s", status, exc)
+                    event(log, "http_bad_request", logging.WARNING, status=status, error=str(exc))
                     return _Reject(error_response(status, error, str(exc), close=True))
-                if event is h11.NEED_DATA:
+                if h11_event is h11.NEED_DATA:
                     data = await stream.receive_some(_RECEIVE_SIZE)
                     started = started or bool(data) or request is not None
                     conn.receive_data(bytes(data))  # b"": EOF, which h11 judges
                     continue
-                if isinstance(event, h11.Request):
-                    request = event
-                    if _head_size(event) > s.max_header_bytes:
+                if isinstance(h11_event, h11.Request):
+                    request = h11_event
+                    if _head_size(h11_event) > s.max_header_bytes:
                         return _Reject(_head_too_large(s.max_header_bytes))
-                    length = _content_length(event)
+                    length = _content_length(h11_event)
                     if length is not None and length > s.max_body:
                         return _Reject(_too_large(s.max_body))
                     if conn.they_are_waiting_for_100_continue:
@@ -241,12 +244,12 @@ class HttpService(Service):
                             conn.send(h11.InformationalResponse(status_code=100, headers=[]))
                         )
                     continue
-                if isinstance(event, h11.Data):
-                    body += event.data
+                if isinstance(h11_event, h11.Data):
+                    body += h11_event.data
                     if len(body) > s.max_body:
                         return _Reject(_too_large(s.max_body))
                     continue
-                if isinstance(event, h11.EndOfMessage):
+                if isinstance(h11_event, h11.EndOfMessage):
                     assert request is not None
                     path, query = split_target(request.target.decode("latin-1"))
                     return HttpRequest(
@@ -260,7 +263,7 @@ class HttpService(Service):
                 # cannot come before EndOfMessage: either way, done.
                 return None
         if started:
-            log.warning("event=http_timeout seconds=%s", s.request_timeout)
+            event(log, "http_timeout", logging.WARNING, seconds=s.request_timeout)
             return _Reject(error_response(408, "request_timeout", s.request_timeout, close=True))
         return None  # an idle keep-alive connection: close without a word
 

@@ -137,7 +137,7 @@ def resolve_callable(ref: str) -> Callable[..., Any]:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise JobConfigError(f"cannot import {module_name!r} for func {ref!r}: {exc}") from exc
+        raise JobConfigError(f"cannot import {module_name!r}: {exc}") from exc
     for part in attr_path.split("."):
         try:
             obj = getattr(obj, part)
@@ -264,22 +264,27 @@ def build_job(name: str, conf: Mapping[str, Any], *, resolve_func: bool = True) 
 
 
 def load_schedule_file(path: pathlib.Path) -> dict[str, dict[str, Any]]:
-    """Read the `[jobs.NAME]` tables of a schedule TOML file (not validated yet)."""
+    """Read the `[jobs.NAME]` tables of a schedule TOML file (not validated yet).
+
+    Errors do not repeat the path: the caller names the file (`gloomd:
+    --schedule jobs.toml: not valid TOML: ...`).  A file that cannot be
+    read raises OSError.
+    """
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except ValueError as exc:
         # TOMLDecodeError, or the plain ValueError tomllib lets through for an
         # integer past Python's 4,300-digit conversion limit.
-        raise JobConfigError(f"{path}: not valid TOML: {exc}") from exc
+        raise JobConfigError(f"not valid TOML: {exc}") from exc
     unknown = set(data) - {"jobs"}
     if unknown:
         raise JobConfigError(
-            f"{path}: unknown top-level keys {sorted(unknown)}; put jobs under [jobs.NAME]"
+            f"unknown top-level keys {sorted(unknown)}; put jobs under [jobs.NAME]"
         )
     jobs = data.get("jobs", {})
     if not isinstance(jobs, dict) or not all(isinstance(v, dict) for v in jobs.values()):
-        raise JobConfigError(f"{path}: each job must be a [jobs.NAME] table")
+        raise JobConfigError("each job must be a [jobs.NAME] table")
     return jobs
 
 

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 import trio
 
 from gloomwire import codec
+from gloomwire.logformat import event
 
 from .config import JobSpec, build_job
 from .firetime import (
@@ -104,6 +105,16 @@ def _short(value: Any, limit: int = 200) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _debug_traceback(exc: BaseException) -> BaseException | None:
+    """`exc` when the log is at debug, else None: a failure is one line at
+    info, the line with its traceback at debug (the status keeps it anyway)."""
+    return exc if log.isEnabledFor(logging.DEBUG) else None
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _is_time_info(value: Any) -> bool:
@@ -238,13 +249,20 @@ class JobScheduler:
         try:
             # Any: whatever the callback returns is checked below, not trusted.
             loaded: Any = reload_status()
-        except Exception:
-            log.exception("reload_status failed; starting with an empty status")
+        except Exception as exc:
+            event(
+                log, "schedule_state_unreadable", logging.ERROR, error=_error_text(exc),
+                note="starting with an empty status", exc_info=_debug_traceback(exc),
+            )  # fmt: skip
             return status
         if loaded is None:
             return status
         if not isinstance(loaded, dict):
-            log.error("reload_status returned %s, not a dict; ignored", type(loaded).__name__)
+            event(
+                log, "schedule_state_unreadable", logging.ERROR,
+                error=f"reload_status returned {type(loaded).__name__}, not a dict",
+                note="starting with an empty status",
+            )  # fmt: skip
             return status
         for name, old in loaded.items():
             spec = self._jobs.get(name)
@@ -296,8 +314,11 @@ class JobScheduler:
             snapshot = {name: self._snap[name] for name in self._status}
         try:
             self._dump_status(snapshot)
-        except Exception:
-            log.exception("dump_status failed")
+        except Exception as exc:
+            event(
+                log, "schedule_state_unwritable", logging.ERROR, error=_error_text(exc),
+                exc_info=_debug_traceback(exc),
+            )  # fmt: skip
 
     def _append_log(self, spec: JobSpec, st: dict[str, Any], line: str) -> None:
         logs = st.setdefault("log", [])
@@ -415,7 +436,10 @@ class JobScheduler:
             # firetime validated the job, so this is a bug or an impossible
             # date; keep the other jobs going and retry this one in max_sleep
             # rather than spin.
-            log.exception("scheduling job %s failed", spec.name)
+            event(
+                log, "schedule_error", logging.ERROR, job=spec.name, error=_error_text(exc),
+                retry_in=self.max_sleep, exc_info=exc,
+            )  # fmt: skip
             st["message"] = f"scheduling failed: {exc!r}"
             st["next_fire_time"] = time_info(now + self.max_sleep, spec.timing.tz)
             st["schedule"] = spec.schedule_key
@@ -447,7 +471,10 @@ class JobScheduler:
             try:
                 wanted = self._filter(spec.conf)
             except Exception as exc:
-                log.exception("filter_job failed for job %s", spec.name)
+                event(
+                    log, "schedule_filter_failed", logging.ERROR, job=spec.name,
+                    error=_error_text(exc), exc_info=_debug_traceback(exc),
+                )  # fmt: skip
                 wanted, st["message"] = False, f"filter_job failed: {exc!r}"
             else:
                 if not wanted:
@@ -464,7 +491,10 @@ class JobScheduler:
             )
             self._append_log(spec, st, line)
             st["message"] = line
-            log.warning("%s", line)
+            event(
+                log, "schedule_skipped", logging.WARNING, job=spec.name, runs=len(active),
+                concurrence_n=spec.concurrence_n, fire_time=now_info["string"],
+            )  # fmt: skip
             return
         run_id = f"sched:{spec.name}:{int(now)}:{uuid.uuid4().hex[:12]}"
         # Registered before it starts: the next due check sees it even if the
@@ -480,7 +510,12 @@ class JobScheduler:
         try:
             result = await self._execute(spec, run_id)
         except Exception as exc:
-            log.error("scheduled job %s (%s) failed", spec.name, run_id, exc_info=exc)
+            # One line: which job, which run, what was raised; the traceback
+            # is in the status (`traceback`) and, at debug, in the line.
+            event(
+                log, "schedule_failed", logging.ERROR, job=spec.name, run=run_id,
+                **self._job_fields(spec), error=_error_text(exc), exc_info=_debug_traceback(exc),
+            )  # fmt: skip
             with self._lock:
                 end = time_info(self._wall_clock(), spec.timing.tz)["string"]
                 self._append_log(spec, st, f"run {run_id} failed at: {end}")
@@ -498,6 +533,13 @@ class JobScheduler:
                 self._touch(spec.name)
         self._dump()
         self._poke()
+
+    @staticmethod
+    def _job_fields(spec: JobSpec) -> dict[str, Any]:
+        """What a fire runs, for its log lines: the submitted type, or the function."""
+        if spec.submit is not None:
+            return {"type": spec.submit.type}
+        return {"func": spec.target}
 
     async def _execute(self, spec: JobSpec, run_id: str) -> Any:
         if spec.submit is not None:

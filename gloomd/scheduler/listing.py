@@ -88,6 +88,7 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="gloom schedule list",
         description="Show each scheduled job's last and next fire time and its last message.",
+        allow_abbrev=False,
     )
     parser.add_argument(
         "--schedule", required=True, type=pathlib.Path, help="the schedule TOML file"
@@ -101,8 +102,11 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     try:
         table_rows = rows(args.schedule, args.schedule_state)
-    except (OSError, JobConfigError) as exc:
+    except OSError as exc:
         print(f"gloom schedule list: {exc}", file=sys.stderr)
+        return 2
+    except JobConfigError as exc:
+        print(f"gloom schedule list: {args.schedule}: {exc}", file=sys.stderr)
         return 2
     table = Table(title=str(args.schedule))
     for column, no_wrap in (
@@ -136,6 +140,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
             "Show each scheduled job's last and next fire time (in its own zone)"
             " and its last message."
         ),
+        allow_abbrev=False,
     )
     listing.add_argument("--schedule", required=True, help="the schedule TOML file")
     listing.add_argument(
@@ -143,7 +148,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="status file (default: FILE.state.json next to FILE.toml)",
     )
-    listing.set_defaults(run=_run_list)
+    listing.set_defaults(run=_run_list, _parser=listing)
 
 
 def _run_list(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pathlib
@@ -15,6 +16,7 @@ from typing import Any
 import trio
 
 from gloomwire import codec
+from gloomwire.logformat import event
 
 __all__ = ["BackgroundWriter", "StateFile", "StatusDict"]
 
@@ -36,9 +38,25 @@ class StateFile:
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
 
+    @property
+    def _tmp(self) -> pathlib.Path:
+        return self.path.with_name(f".{self.path.name}.tmp")
+
+    def check_writable(self) -> None:
+        """Raise OSError unless `dump` can write here: refused at start, not at
+        every write (an unwritable path would be logged and never saved).
+
+        Writes and removes the temporary file `dump` itself writes first.
+        """
+        if self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(self.path))
+        with open(self._tmp, "wb"):
+            pass
+        self._tmp.unlink()
+
     def dump(self, status: StatusDict) -> None:
         data = codec.dumps(status)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp = self._tmp
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -51,15 +69,24 @@ class StateFile:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.error("cannot read schedule state %s: %s", self.path, exc)
+            event(
+                log, "schedule_state_unreadable", logging.ERROR, path=str(self.path),
+                error=exc.strerror or str(exc), note="starting afresh",
+            )  # fmt: skip
             return None
         try:
             status = codec.loads(data)
         except codec.DecodeError as exc:
-            log.error("schedule state %s is not JSON (%s); starting afresh", self.path, exc)
+            event(
+                log, "schedule_state_unreadable", logging.ERROR, path=str(self.path),
+                error=f"not JSON: {exc}", note="starting afresh",
+            )  # fmt: skip
             return None
         if not isinstance(status, dict):
-            log.error("schedule state %s is not an object; starting afresh", self.path)
+            event(
+                log, "schedule_state_unreadable", logging.ERROR, path=str(self.path),
+                error="not a JSON object", note="starting afresh",
+            )  # fmt: skip
             return None
         return status
 
@@ -88,8 +115,12 @@ class BackgroundWriter:
     def _write_logged(self, status: StatusDict) -> None:
         try:
             self._write(status)
-        except Exception:
-            log.exception("writing the schedule state failed")
+        except Exception as exc:
+            event(
+                log, "schedule_state_unwritable", logging.ERROR,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
+            )  # fmt: skip
 
     async def run(self) -> None:
         try:

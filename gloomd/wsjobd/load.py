@@ -35,6 +35,8 @@ from typing import Any, NamedTuple
 import psutil
 import trio
 
+from gloomwire.logformat import event
+
 __all__ = [
     "DEFAULT_CPU_LOW_THRESHOLD",
     "DEFAULT_MAX_CLIENT_NUMBER",
@@ -230,7 +232,7 @@ class LoadSampler:
             pending.result = (mem_available, idle)
             completed = True
         except Exception as exc:  # psutil's errors are OSError or its own Error tree
-            log.exception("system load sampling failed")
+            event(log, "wsjobd_load_sampling_failed", logging.ERROR, error=f"{exc!r}", exc_info=exc)
             pending.error = f"system load sampling failed: {exc!r}"
         finally:
             if not completed and pending.error is None:

@@ -12,6 +12,7 @@ import inspect
 import logging
 import math
 import os
+import ssl
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from trio_websocket import (
 )
 
 from gloomwire.auth import token_matches
+from gloomwire.logformat import event
 
 from ..logs import RateLimitedLog
 from ..service import Service
@@ -172,6 +174,11 @@ class WsJobService:
         on running jobs and the message size (see :class:`gloomd.wsjobd.limits.WsLimits`).
     :param send_timeout: seconds one report may take to send before the client is
         considered stuck and dropped.
+    :param ssl_context: when not None, the port is TLS-only (``wss://``): the
+        TLS handshake must finish within the opening handshake's timeout, and a
+        plaintext client is closed without an answer (the daemon passes the
+        context of ``--tls-cert``/``--tls-key``, so the ``?token=`` never
+        travels in clear).
     """
 
     def __init__(
@@ -181,10 +188,12 @@ class WsJobService:
         token: str | None = None,
         limits: WsLimits = DEFAULT_LIMITS,
         send_timeout: float = SEND_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.jobs = JobsDirectory(jobs_dir)
         self.limits = limits
         self._token = token
+        self._ssl_context = ssl_context
         self._send_timeout = send_timeout
         # Jobs are capped as a whole (limits.max_jobs, refused over it), so every
         # admitted plain-function job gets its thread at once.
@@ -239,10 +248,11 @@ class WsJobService:
             # With a host name resolving to several addresses there is one listener
             # each; the first one's port is the answer (all share it unless port 0).
             bound = listeners[0].socket.getsockname()[1]
-            log.info(
-                "event=wsjobd_listening host=%s port=%d jobs_dir=%s max_connections=%d"
-                " max_jobs=%d",
-                host, bound, self.jobs.path, self.limits.max_connections, self.limits.max_jobs,
+            event(
+                log, "wsjobd_listening", host=host, port=bound, jobs_dir=str(self.jobs.path),
+                tls="on" if self._ssl_context is not None else "off",
+                auth="on" if self._token is not None else "off",
+                max_connections=self.limits.max_connections, max_jobs=self.limits.max_jobs,
             )  # fmt: skip
             task_status.started(bound)
 
@@ -250,15 +260,18 @@ class WsJobService:
 
     async def _refuse_connection(self, stream: trio.SocketStream) -> None:
         remote = _remote(stream)
-        with trio.move_on_after(_REFUSE_SEND_TIMEOUT):
-            try:
-                await stream.send_all(_TOO_MANY_CONNECTIONS)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        # Under TLS a plaintext answer would be garbage: just close (as the
+        # Gloom ports and the HTTP port do).
+        if self._ssl_context is None:
+            with trio.move_on_after(_REFUSE_SEND_TIMEOUT):
+                try:
+                    await stream.send_all(_TOO_MANY_CONNECTIONS)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
         await stream.aclose()
         self._events.log(
-            logging.WARNING, "wsjobd_too_many_connections", "remote=%s cap=%d",
-            remote, self.limits.max_connections,
+            logging.WARNING, "wsjobd_too_many_connections", remote=remote,
+            cap=self.limits.max_connections,
         )  # fmt: skip
 
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
@@ -271,31 +284,58 @@ class WsJobService:
         """
         remote = _remote(stream)
         watched = _HangUpWatch(stream)
+        carried: trio.abc.Stream | None = watched
         try:
             async with trio.open_nursery() as nursery:
                 request: WebSocketRequest | None = None
                 with trio.move_on_after(self.limits.handshake_timeout) as handshake:
                     watched.on_hang_up = handshake.cancel
-                    request = await wrap_server_stream(
-                        nursery, watched, max_message_size=self.limits.max_message
-                    )
+                    if self._ssl_context is not None:
+                        carried = await self._tls_handshake(watched, remote)
+                    if carried is not None:
+                        request = await wrap_server_stream(
+                            nursery, carried, max_message_size=self.limits.max_message
+                        )
                 watched.on_hang_up = None
                 if request is not None:
                     await self._handle_connection(request, remote)
-                elif trio.current_time() >= handshake.deadline:
+                elif carried is not None and trio.current_time() >= handshake.deadline:
                     self._events.log(
-                        logging.INFO, "wsjobd_handshake_timeout", "remote=%s seconds=%g",
-                        remote, self.limits.handshake_timeout,
+                        logging.INFO, "wsjobd_handshake_timeout", remote=remote,
+                        seconds=self.limits.handshake_timeout,
                     )  # fmt: skip
                 # Ends trio-websocket's reader task, whatever state it is in.
                 nursery.cancel_scope.cancel()
-        except Exception:
+        except Exception as exc:
             self._events.log(
-                logging.ERROR, "wsjobd_connection_failed", "remote=%s", remote, exc_info=True
-            )
+                logging.ERROR, "wsjobd_connection_failed", remote=remote,
+                error=type(exc).__name__, exc_info=exc,
+            )  # fmt: skip
         finally:
             self._open_connections -= 1
             await stream.aclose()
+
+    async def _tls_handshake(
+        self, watched: _HangUpWatch, remote: str
+    ) -> trio.SSLStream[Any] | None:
+        """The server side of TLS over an accepted connection, done before the upgrade.
+
+        Done here rather than left to the first read, so that a plaintext
+        client (or a bad certificate) is one rate-limited line and a close,
+        not an exception out of trio-websocket's reader.  None: it failed.
+        """
+        assert self._ssl_context is not None
+        tls = trio.SSLStream(watched, self._ssl_context, server_side=True)
+        try:
+            await tls.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            cause = exc.__cause__ or exc
+            self._events.log(
+                logging.WARNING, "wsjobd_tls_error", remote=remote,
+                error=str(cause) or type(cause).__name__,
+            )  # fmt: skip
+            return None
+        return tls
 
     def _authorized(self, target: str) -> bool:
         assert self._token is not None
@@ -307,7 +347,7 @@ class WsJobService:
 
     async def _handle_connection(self, request: WebSocketRequest, remote: str) -> None:
         if self._token is not None and not self._authorized(request.path):
-            self._events.log(logging.INFO, "wsjobd_unauthorized", "remote=%s", remote)
+            self._events.log(logging.INFO, "wsjobd_unauthorized", remote=remote)
             await request.reject(401, body=b"missing or wrong token\n")
             return
         ws = await request.accept()
@@ -327,8 +367,8 @@ class WsJobService:
             message = await ws.get_message()
         if message is None:
             self._events.log(
-                logging.INFO, "wsjobd_idle_timeout", "remote=%s seconds=%g",
-                remote, self.limits.idle_timeout,
+                logging.INFO, "wsjobd_idle_timeout", remote=remote,
+                seconds=self.limits.idle_timeout,
             )  # fmt: skip
             timeout = f"{self.limits.idle_timeout:g}"
             await self._close(
@@ -378,20 +418,19 @@ class WsJobService:
                 check_load(load, request.thresholds)
             func = await trio.to_thread.run_sync(self.jobs.load_function, request.func_parts)
         except (JobError, SystemOverloadError) as exc:
-            log.debug("event=wsjobd_refused err=%s val=%r", type(exc).__name__, exc.args)
+            event(log, "wsjobd_refused", logging.DEBUG, err=type(exc).__name__, val=list(exc.args))
             return error_frame(exc)
         # No await between the lookup and the registration: two clients with the
         # same ident can never both start a job, nor two clients the last free slot.
         job = self._running.get(request.ident_key)
         if job is not None:
-            log.debug("event=wsjobd_attached ident=%r", request.ident)
+            event(log, "wsjobd_attached", logging.DEBUG, ident=request.ident, func=request.func)
         elif len(self._running) >= self.limits.max_jobs:
             # Attaching is still fine: it starts nothing.  Refused rather than
             # queued, so a flood costs no memory for jobs that are not running.
             self._events.log(
-                logging.WARNING, "wsjobd_too_many_jobs", "remote=%s cap=%d",
-                remote, self.limits.max_jobs,
-            )  # fmt: skip
+                logging.WARNING, "wsjobd_too_many_jobs", remote=remote, cap=self.limits.max_jobs
+            )
             return error_frame(
                 SystemOverloadError(
                     f"running_jobs: {len(self._running)} is at the limit: {self.limits.max_jobs}"
@@ -407,11 +446,11 @@ class WsJobService:
         assert self._nursery is not None and self._trio_token is not None
         job = Job(request.ident, request.data, self._trio_token)
         self._running[request.ident_key] = job
-        self._nursery.start_soon(self._run_job, request.ident_key, job, func)
-        log.debug("event=wsjobd_started ident=%r func=%s", request.ident, request.func)
+        self._nursery.start_soon(self._run_job, request.ident_key, job, func, request.func)
+        event(log, "wsjobd_started", logging.DEBUG, ident=request.ident, func=request.func)
         return job
 
-    async def _run_job(self, key: IdentKey, job: Job, func: JobFunction) -> None:
+    async def _run_job(self, key: IdentKey, job: Job, func: JobFunction, name: str) -> None:
         try:
             if inspect.iscoroutinefunction(func):
                 await func(job)
@@ -425,7 +464,10 @@ class WsJobService:
             # A failing job is the job author's business, and the client is told;
             # the traceback is kept for whoever debugs the job (at most a burst
             # of them per window: a client can make a failing job fail at will).
-            self._events.log(logging.INFO, "wsjobd_job_failed", "ident=%r", job.ident, exc_info=exc)
+            self._events.log(
+                logging.INFO, "wsjobd_job_failed", ident=job.ident, func=name,
+                error=f"{type(exc).__name__}: {exc}", exc_info=exc,
+            )  # fmt: skip
             # The traceback's frames hold `job`: kept in job.err, it would make
             # a cycle that only a full garbage collection frees.
             job.err = exc.with_traceback(None)
@@ -435,7 +477,7 @@ class WsJobService:
             if self._running.get(key) is job:
                 del self._running[key]
             job._finish()
-            log.debug("event=wsjobd_ended ident=%r", job.ident)
+            event(log, "wsjobd_ended", logging.DEBUG, ident=job.ident, func=name)
 
     # -- reports
 
@@ -454,7 +496,7 @@ class WsJobService:
                 final = await self._report_text(job, report)
             await self._close(ws, client, final)
         except (ConnectionClosed, trio.TooSlowError):
-            log.debug("event=wsjobd_listener_gone ident=%r", job.ident)
+            event(log, "wsjobd_listener_gone", logging.DEBUG, ident=job.ident)
 
     async def _report_until_done(
         self, ws: WebSocketConnection, job: Job, report: ReportOptions
@@ -539,15 +581,17 @@ async def serve(
     *,
     token: str | None = None,
     limits: WsLimits = DEFAULT_LIMITS,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the websocket job service on its own until cancelled.
 
     ``task_status.started(bound_port)`` is called once it is listening, so
     ``port=0`` works with ``await nursery.start(serve, host, 0, jobs_dir)``.
-    (``gloomd --ws-port`` runs the same service through `WsJobdService`.)
+    With `ssl_context` it serves ``wss://`` only.  (``gloomd --ws-port``
+    runs the same service through `WsJobdService`.)
     """
-    service = WsJobService(jobs_dir, token=token, limits=limits)
+    service = WsJobService(jobs_dir, token=token, limits=limits, ssl_context=ssl_context)
     await service.run(host, port, task_status=task_status)
 
 
@@ -568,10 +612,11 @@ class WsJobdService(Service):
         *,
         token: str | None = None,
         limits: WsLimits = DEFAULT_LIMITS,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
-        self.jobs = WsJobService(jobs_dir, token=token, limits=limits)
+        self.jobs = WsJobService(jobs_dir, token=token, limits=limits, ssl_context=ssl_context)
 
     async def run(
         self, *, task_status: trio.TaskStatus[str | None] = trio.TASK_STATUS_IGNORED

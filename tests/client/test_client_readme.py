@@ -6,7 +6,7 @@ so the section cannot silently drop out of the README.  GLOOM_README names
 another file to read instead (used before the section was merged).
 
 The examples use the default ports; the test rewrites 9998/9999 to the test
-daemon's ports in Python code and sets GLOOM_MASTER_PORT / GLOOM_SLAVE_PORT
+daemon's ports in Python code and sets GLOOMD_MASTER_PORT / GLOOMD_SLAVE_PORT
 for the shell example.  An output line is checked wherever the example
 promises it: ``print(...)  # 49`` must print ``49``, in order, and every
 ``print`` must carry such a comment; in the shell example ``cmd  # 144``
@@ -86,8 +86,8 @@ def test_shell_example(daemon: Daemon) -> None:
     env = {
         **os.environ,
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        "GLOOM_MASTER_PORT": str(daemon.master_port),
-        "GLOOM_SLAVE_PORT": str(daemon.slave_port),
+        "GLOOMD_MASTER_PORT": str(daemon.master_port),
+        "GLOOMD_SLAVE_PORT": str(daemon.slave_port),
         "NO_COLOR": "1",
     }
     done = subprocess.run(

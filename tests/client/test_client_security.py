@@ -288,8 +288,8 @@ def run_gloom(
 ) -> subprocess.CompletedProcess[str]:
     full_env = {
         **{k: v for k, v in os.environ.items() if k != "GLOOMD_TOKEN"},
-        "GLOOM_MASTER_PORT": str(daemon.master_port),
-        "GLOOM_SLAVE_PORT": str(daemon.slave_port),
+        "GLOOMD_MASTER_PORT": str(daemon.master_port),
+        "GLOOMD_SLAVE_PORT": str(daemon.slave_port),
         "NO_COLOR": "1",
         **(env or {}),
     }

@@ -41,8 +41,8 @@ def daemon() -> Iterator[Daemon]:
 def env_for(daemon: Daemon) -> dict[str, str]:
     return {
         **os.environ,
-        "GLOOM_MASTER_PORT": str(daemon.master_port),
-        "GLOOM_SLAVE_PORT": str(daemon.slave_port),
+        "GLOOMD_MASTER_PORT": str(daemon.master_port),
+        "GLOOMD_SLAVE_PORT": str(daemon.slave_port),
         "NO_COLOR": "1",
         "COLUMNS": "120",
     }
@@ -135,7 +135,9 @@ def test_wait_timeout_exits_1_and_names_the_job(daemon: Daemon) -> None:
         daemon, "submit", "cli-nobody", "1", "--wait-timeout", "0.2", "--id", "w-1", "-q"
     )
     assert done.returncode == 1
-    assert "job w-1 not finished after 0.2 s" in done.stderr
+    # What became of the job, and how to keep it next time.
+    assert done.stderr.startswith("gloom: stopped waiting after 0.2 s: job w-1 withdrawn")
+    assert "--detach" in done.stderr
 
 
 def test_detach_result_and_cancel(daemon: Daemon) -> None:
@@ -194,10 +196,18 @@ def test_stats_table_and_json(daemon: Daemon) -> None:
     ],
 )
 def test_unreachable_daemon_exits_3_with_one_line(args: list[str]) -> None:
-    port = str(free_port())
-    done = gloom_cmd(None, *args, "--master-port", port, "--slave-port", port, timeout=20)
+    # A port bound but never listening refuses every connection for as long as
+    # the test holds it: no other process can take it meanwhile.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = str(closed.getsockname()[1])
+        # The flags go before a `--` (after it they would be the slave's command).
+        cut = args.index("--") if "--" in args else len(args)
+        ports = ["--master-port", port, "--slave-port", port]
+        done = gloom_cmd(None, *args[:cut], *ports, *args[cut:], timeout=20)
     assert done.returncode == 3, done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("gloom: cannot reach gloomd at")
+    assert f"127.0.0.1:{port}" in done.stderr  # the port given, not a default one
 
 
 @pytest.mark.parametrize(

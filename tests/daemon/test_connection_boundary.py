@@ -19,6 +19,7 @@ import trustme
 from gloomd.broker import Broker
 from gloomd.messages import Join
 from gloomd.transport import PlainConnection
+from tests.support.logs import log_text, message
 from tests.support.wire import Peer, frame, join
 
 TlsContexts = tuple[ssl.SSLContext, ssl.SSLContext]
@@ -51,7 +52,7 @@ async def round_trip(master: Peer, slave: Peer, job_id: str) -> None:
 
 
 def internal_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if "event=internal_error" in r.getMessage()]
+    return [r for r in caplog.records if "event=internal_error" in message(r)]
 
 
 async def test_failing_input_ends_that_connection_only(
@@ -82,7 +83,7 @@ async def test_failing_input_ends_that_connection_only(
 
     (record,) = internal_errors(caplog)
     assert record.levelno == logging.ERROR and record.exc_info is not None
-    assert "injected failure" in caplog.text
+    assert "injected failure" in log_text(caplog)
     # The victim left no trace in the broker: it is gone as any peer that disconnects.
     stats = (await master.request({"action": "stats"}))["stats"]
     assert stats["connections"] == {"masters": 1, "slaves": 2}

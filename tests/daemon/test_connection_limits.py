@@ -14,6 +14,7 @@ import trio
 import trustme
 
 from tests.support.daemon import spawn_gloomd
+from tests.support.logs import log_text
 from tests.support.wire import Peer, frame, join
 
 pytestmark = pytest.mark.timeout(60)
@@ -83,7 +84,7 @@ async def test_output_that_does_not_drain_is_dropped(
         await released.wait()
     assert reasons == ["write_timeout"]
     assert trio.current_time() - started >= 0.5
-    assert "event=write_timeout" in caplog.text
+    assert "event=write_timeout" in log_text(caplog)
     assert await slave.request({"action": "ping"}) == {"ok": True}  # the others are served on
 
 

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from gloomd.logs import RateLimitedLog
+from tests.support.logs import log_text, message
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -25,9 +26,9 @@ def test_burst_then_silence_then_the_count(caplog: pytest.LogCaptureFixture) -> 
     events = RateLimitedLog(logger, burst=3, window=10.0, clock=clock)
     with caplog.at_level(logging.INFO, logger="test.lograte"):
         for i in range(50):
-            events.log(logging.INFO, "refused", "remote=%s", f"peer{i}")
-        events.log(logging.INFO, "other", "x=%d", 1)  # another event has its own budget
-        assert [r.getMessage() for r in caplog.records] == [
+            events.log(logging.INFO, "refused", remote=f"peer{i}")
+        events.log(logging.INFO, "other", x=1)  # another event has its own budget
+        assert [message(r) for r in caplog.records] == [
             "event=refused remote=peer0",
             "event=refused remote=peer1",
             "event=refused remote=peer2",
@@ -35,13 +36,11 @@ def test_burst_then_silence_then_the_count(caplog: pytest.LogCaptureFixture) -> 
         ]
         caplog.clear()
         clock.now += 9.9
-        events.log(logging.INFO, "refused", "remote=%s", "late")
+        events.log(logging.INFO, "refused", remote="late")
         assert caplog.records == []  # still the same window
         clock.now += 0.1
-        events.log(logging.INFO, "refused", "remote=%s", "next")
-        assert [r.getMessage() for r in caplog.records] == [
-            "event=refused remote=next suppressed=48"
-        ]
+        events.log(logging.INFO, "refused", remote="next")
+        assert [message(r) for r in caplog.records] == ["event=refused remote=next suppressed=48"]
 
 
 def test_disabled_levels_are_not_counted(caplog: pytest.LogCaptureFixture) -> None:
@@ -51,7 +50,7 @@ def test_disabled_levels_are_not_counted(caplog: pytest.LogCaptureFixture) -> No
         for _ in range(5):
             events.log(logging.DEBUG, "chatty")
         events.log(logging.WARNING, "chatty")
-    assert [r.getMessage() for r in caplog.records] == ["event=chatty"]
+    assert [message(r) for r in caplog.records] == ["event=chatty"]
 
 
 def test_tracebacks_go_through(caplog: pytest.LogCaptureFixture) -> None:
@@ -61,7 +60,7 @@ def test_tracebacks_go_through(caplog: pytest.LogCaptureFixture) -> None:
         try:
             raise ValueError("boom")
         except ValueError as exc:
-            events.log(logging.ERROR, "failed", "id=%d", 7, exc_info=exc)
-            events.log(logging.ERROR, "failed", "id=%d", 8, exc_info=exc)
+            events.log(logging.ERROR, "failed", id=7, exc_info=exc)
+            events.log(logging.ERROR, "failed", id=8, exc_info=exc)
     assert len(caplog.records) == 1
-    assert caplog.records[0].exc_info is not None and "boom" in caplog.text
+    assert caplog.records[0].exc_info is not None and "boom" in log_text(caplog)

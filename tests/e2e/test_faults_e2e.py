@@ -24,6 +24,7 @@ import trio
 
 from gloomd.server import GloomServer
 from tests.support.daemon import spawn_gloomd
+from tests.support.logs import log_text
 from tests.support.wire import Peer, frame, join
 
 pytestmark = pytest.mark.timeout(60)
@@ -51,6 +52,16 @@ async def until_masters(port: int, count: int) -> dict[str, Any]:
             if stats["connections"]["masters"] == count + 1:
                 return stats
             await trio.lowlevel.checkpoint()
+
+
+def assert_counts_add_up(stats: dict[str, Any]) -> None:
+    """Every accepted job is counted once where it ended, or is still held (issue 17):
+    submitted = completed + failed + cancelled + withdrawn + live."""
+    totals = stats["totals"]
+    held = ("queued", "running", "delayed", "waiting")  # dead letters are counted as failed
+    live = sum(t[k] for t in stats["types"] for k in held)
+    ended = sum(totals[k] for k in ("completed", "failed", "cancelled", "withdrawn"))
+    assert totals["submitted"] == ended + live, stats
 
 
 class Tally:
@@ -135,6 +146,7 @@ async def test_slaves_killed_at_random_during_ten_thousand_jobs(gloomd_server: G
     assert sum(delivered.values()) == n + kills  # each kill cost exactly one redelivery
     stats = await observe(gloomd_server.master_port)
     assert stats["totals"]["completed"] == n and stats["totals"]["requeued"] == kills
+    assert_counts_add_up(stats)
 
 
 SLAVE_PROCESS = textwrap.dedent(
@@ -191,6 +203,7 @@ async def test_slave_processes_sigkilled_under_load(gloomd_server: GloomServer) 
     assert killed == 5
     assert set(tally.results) == set(range(n)) and set(tally.results.values()) == {1}
     assert tally.failures == {}
+    assert_counts_add_up(await observe(gloomd_server.master_port))
 
 
 # ------------------------------------------------------------------ masters dropping
@@ -244,6 +257,9 @@ async def test_masters_dropping_with_queued_and_running_jobs(gloomd_server: Gloo
             assert tally.failures == {}
     assert max(served.values()) == 1  # no job ran twice
     assert all(t["queued"] == 0 and t["running"] == 0 for t in stats["types"])
+    # The lost masters' unanswered jobs are counted, as withdrawn.
+    assert stats["totals"]["withdrawn"] > 0
+    assert_counts_add_up(stats)
     # The lost masters' ids are free again.
     observer = await Peer.connect(gloomd_server.master_port)
     lost_id = min(doomed) * per_master + per_master - 1
@@ -310,13 +326,13 @@ async def test_master_that_never_reads_is_dropped_as_a_disconnect(
                 continue
             await slave.send({"action": "respond", "body": big})
             answered += 1
-            if "event=overflow" in caplog.text:
+            if "event=overflow" in log_text(caplog):
                 break
     assert answered < 200
     stats = await until_masters(server.master_port, 1)
     # Handled as a disconnect: its queued jobs are gone, its running one orphaned.
     assert {t["type"]: t["queued"] for t in stats["types"]}.get("big", 0) == 0
-    assert "reason=outbuf_overflow" in caplog.text
+    assert "reason=outbuf_overflow" in log_text(caplog)
     # The other master was not touched, and the slave is free for new work.
     small = await join(server.slave_port, "small")
     with trio.fail_after(5):

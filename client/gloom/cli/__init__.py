@@ -38,9 +38,9 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from ..errors import GloomError, TransportError
+from gloomwire import __version__, environ
 
-# Re-exported: `Command` and the helpers every subcommand (and plug-in) uses.
+from ..errors import GloomError, TransportError
 from .common import EXIT_FAILED as EXIT_FAILED
 from .common import EXIT_OK as EXIT_OK
 from .common import EXIT_UNREACHABLE as EXIT_UNREACHABLE
@@ -50,6 +50,9 @@ from .common import UsageError as UsageError
 from .common import connection_options as connection_options
 from .common import connection_security as connection_security
 from .common import positive_number as positive_number
+
+# Re-exported: `Command` and the helpers every subcommand (and plug-in) uses.
+from .explain import explain
 
 __all__ = ["COMMAND_MODULES", "ENTRY_POINT_GROUP", "Command", "build_parser", "commands", "main"]
 
@@ -99,10 +102,15 @@ def _warn(message: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line.  No parser takes abbreviations (`--prio` is not
+    `--priority`), and each subcommand's parser is kept in its namespace
+    (``_parser``) so that its own usage is printed with its errors."""
     parser = argparse.ArgumentParser(
         prog="gloom",
         description="Submit jobs to gloomd, watch it, and serve jobs from the shell.",
+        allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"gloom {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = connection_options()
     for command in commands():
@@ -111,15 +119,53 @@ def build_parser() -> argparse.ArgumentParser:
             help=command.help,
             description=command.description or command.help,
             parents=[common],
+            allow_abbrev=False,
         )
-        child.set_defaults(run=command.run)
+        child.set_defaults(run=command.run, _parser=child)
         command.configure(child)
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """`parse_args`, but an argument the subcommand does not know is reported
+    with the subcommand's usage (argparse would print the top-level one), and
+    an unknown `--option` is named as such before anything else is judged
+    (`--prio 3` is not taken for positionals that then fail to parse)."""
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    leaf, rest = _leaf(parser, tokens)
+    for token in rest:
+        if token == "--":
+            break
+        if token.startswith("--") and token.split("=", 1)[0] not in leaf._option_string_actions:
+            leaf.error(f"unrecognized arguments: {token}")
+    args, extra = parser.parse_known_args(tokens)
+    if extra:
+        owner: argparse.ArgumentParser = getattr(args, "_parser", parser)
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _leaf(
+    parser: argparse.ArgumentParser, tokens: list[str]
+) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The (sub)command parser the tokens name, and the tokens that follow its name."""
+    for index, token in enumerate(tokens):
+        if token == "--":
+            break
+        if token.startswith("-"):
+            continue
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        child = actions[0].choices.get(token) if actions else None
+        if child is None:
+            break
+        return _leaf(child, tokens[index + 1 :])
+    return parser, tokens
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    environ.print_notes("gloom")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     try:
         status: int = args.run(args)
         return status
@@ -127,14 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # trio nurseries wrap errors in ExceptionGroups; the leaf is what counts.
         leaf = _first_leaf(exc)
         if isinstance(leaf, UsageError):
-            parser.print_usage(sys.stderr)
-            print(f"gloom: error: {leaf}", file=sys.stderr)
+            getattr(args, "_parser", parser).print_usage(sys.stderr)
+            print(f"gloom {args.command}: error: {leaf}", file=sys.stderr)
             return EXIT_USAGE
         if isinstance(leaf, TransportError):
             print(f"gloom: {leaf}", file=sys.stderr)
             return EXIT_UNREACHABLE
         if isinstance(leaf, GloomError):
-            print(f"gloom: {leaf}", file=sys.stderr)
+            print(f"gloom: {explain(leaf)}", file=sys.stderr)
             return EXIT_FAILED
         if isinstance(leaf, KeyboardInterrupt):
             return 130

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from gloomwire import environ
 
 from .._security import TokenError, client_ssl_context, resolve_token
 from ..errors import GloomError
 
 __all__ = [
     "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
@@ -22,6 +24,7 @@ __all__ = [
     "UsageError",
     "connection_options",
     "connection_security",
+    "daemon_options",
     "positive_number",
 ]
 
@@ -29,6 +32,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+#: Stopped by SIGINT or SIGTERM (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -46,34 +51,36 @@ class UsageError(GloomError):
     """Arguments that parse but make no sense together (exit status 2)."""
 
 
+def daemon_options(parser: argparse.ArgumentParser) -> None:
+    """--host, --master-port and --slave-port, defaulting to $GLOOMD_HOST,
+    $GLOOMD_MASTER_PORT and $GLOOMD_SLAVE_PORT (`gloomwire.environ`), so that
+    one shell points every command, `gloom worker` included, at one daemon."""
+    group = parser.add_argument_group("daemon")
+    for flag, variable, default, kind, text in (
+        ("--host", environ.HOST, "127.0.0.1", str, "gloomd's address"),
+        ("--master-port", environ.MASTER_PORT, "9998", int, "gloomd's master port"),
+        ("--slave-port", environ.SLAVE_PORT, "9999", int, "gloomd's slave port"),
+    ):
+        # A string default goes through `type` like a typed value: a bad
+        # variable is a usage error naming the flag, not a traceback.
+        group.add_argument(
+            flag,
+            type=kind,
+            default=environ.lookup(variable) or default,
+            help=f"{text} (default: ${variable}, else {default})",
+        )
+
+
 def connection_options() -> argparse.ArgumentParser:
     """--host / --master-port / --slave-port and the security options, shared
     by every subcommand.
 
-    Defaults come from GLOOM_HOST, GLOOM_MASTER_PORT and GLOOM_SLAVE_PORT when
-    set, so a shell can point every command at one daemon; the token comes
-    from --token-file or GLOOMD_TOKEN, the same variable the daemon reads.
+    The daemon's address comes from the GLOOMD_ variables when set
+    (`daemon_options`); the token from --token-file or GLOOMD_TOKEN, the
+    same variable the daemon reads.
     """
-    env = os.environ
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("daemon")
-    group.add_argument(
-        "--host",
-        default=env.get("GLOOM_HOST", "127.0.0.1"),
-        help="gloomd's address (default: %(default)s, or $GLOOM_HOST)",
-    )
-    group.add_argument(
-        "--master-port",
-        type=int,
-        default=int(env.get("GLOOM_MASTER_PORT", "9998")),
-        help="gloomd's master port (default: %(default)s, or $GLOOM_MASTER_PORT)",
-    )
-    group.add_argument(
-        "--slave-port",
-        type=int,
-        default=int(env.get("GLOOM_SLAVE_PORT", "9999")),
-        help="gloomd's slave port (default: %(default)s, or $GLOOM_SLAVE_PORT)",
-    )
+    parent = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    daemon_options(parent)
     security = parent.add_argument_group("security")
     security.add_argument(
         "--token-file",

@@ -9,26 +9,32 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import Progress, TaskID
+from rich.text import Text
 
 from gloomwire import codec
 
+from .._connect import Backoff
 from .._trio_master import AsyncMaster, Job, open_master
-from ..errors import GloomError, JobError, ServerError, WaitTimeout
+from ..errors import GloomError, JobError, ServerError, TransportError, WaitTimeout
 from .common import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     Command,
     UsageError,
     connection_security,
     positive_number,
 )
+from .explain import explain
 from .render import count_bar, job_bar, progress_fraction, stats_table, stderr_console, to_json
 
 __all__ = ["COMMANDS"]
@@ -56,9 +62,9 @@ def _print_result(value: Any) -> None:
     sys.stdout.flush()
 
 
-def _report_failure(error: GloomError) -> None:
+def _report_failure(error: GloomError, *, action: str | None = None, job_id: Any = None) -> None:
     """One line per failure on stderr, plus the slave's traceback or stderr tail."""
-    print(f"gloom: {error}", file=sys.stderr)
+    print(f"gloom: {explain(error, action=action, job_id=job_id)}", file=sys.stderr)
     if isinstance(error, JobError):
         detail = error.traceback
         if detail is None and isinstance(error.reason, dict):
@@ -79,10 +85,16 @@ def _configure_submit(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=positive_number, default=None, help="job run-time limit in seconds"
     )
     parser.add_argument(
-        "--wait-timeout", type=positive_number, default=None, help="give up waiting after S seconds"
+        "--wait-timeout",
+        type=positive_number,
+        default=None,
+        help="stop waiting after S seconds (the job is withdrawn unless --detach)",
     )
     parser.add_argument(
-        "--detach", action="store_true", help="submit a detached job, print its id and exit"
+        "--detach",
+        action="store_true",
+        help="a job that outlives this command: print its id and exit (with --wait-timeout:"
+        " wait that long for its result first)",
     )
     parser.add_argument("--count", type=_count, default=1, help="submit N copies")
     parser.add_argument("--id", default=None, help="job id (a string; default: a fresh uuid)")
@@ -102,31 +114,106 @@ def _run_submit(args: argparse.Namespace) -> int:
     return trio.run(_submit, args)
 
 
+class _Left:
+    """Why `gloom submit` stopped before its jobs finished, and which jobs it had."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+        self.signal: str | None = None
+
+
 async def _submit(args: argparse.Namespace) -> int:
-    async with open_master(args.host, args.master_port, **connection_security(args)) as master:
-        specs = [
-            {
-                "type": args.type,
-                "body": args.body,
-                "priority": args.priority,
-                "id": args.id,
-                "timeout": args.timeout,
-                "after": args.after,
-                "detach": args.detach,
-            }
-            for _ in range(args.count)
-        ]
-        if args.count == 1:
-            job = await master.submit(**specs[0])
-            jobs = [job]
-        else:
-            jobs = await master.submit_many(specs)
-        if args.detach:
-            return _print_ids(jobs)
-        console = stderr_console()
-        if args.count == 1:
-            return await _wait_one(jobs[0], args, console)
-        return await _wait_many(jobs, args, console)
+    """Submit, wait, print; on Ctrl-C (or SIGTERM) say what became of the jobs.
+
+    The signals are taken over for the whole run, so that an interrupt is
+    never a traceback and always a sentence: a job that is not detached is
+    withdrawn when this master leaves (gloomd drops a leaving master's jobs),
+    a detached one stays queued.
+    """
+    left = _Left()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_master(args.host, args.master_port, **connection_security(args)) as master:
+            status: int | None = None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, left)
+                status = await _submit_and_wait(master, args, left)
+                nursery.cancel_scope.cancel()
+    if left.signal is not None:
+        _report_left(left.jobs, args, f"interrupted ({left.signal})")
+        return EXIT_INTERRUPTED
+    assert status is not None
+    return status
+
+
+async def _stop_on_signal(
+    signals: AsyncIterator[int], scope: trio.CancelScope, left: _Left
+) -> None:
+    async for signum in signals:
+        left.signal = signal.Signals(signum).name
+        scope.cancel()
+        return
+
+
+def _report_left(jobs: list[Job], args: argparse.Namespace, why: str) -> None:
+    """One line: what becomes of the jobs still unfinished as gloom leaves.
+
+    A job that is not detached is withdrawn (gloomd drops a leaving master's
+    queued jobs, and discards a running one's result); a detached one stays.
+    """
+    if not jobs:
+        print(
+            f"gloom: {why} before gloomd acknowledged the job: if it was accepted, it is"
+            " withdrawn as gloom leaves",
+            file=sys.stderr,
+        )
+        return
+    unfinished = [job for job in jobs if not job.done]
+    if not unfinished:
+        return
+    one = len(jobs) == 1
+    what = f"job {unfinished[0].id}" if one else f"{len(unfinished)} of {len(jobs)} jobs"
+    if args.detach:
+        running = all(job.state.value == "running" for job in unfinished)
+        where = "still running" if running else "still queued"
+        fetch = f"gloom result {unfinished[0].id}" if one else "gloom result ID"
+        print(
+            f"gloom: {why}: {what} {where}, detached: `{fetch}` fetches its result later",
+            file=sys.stderr,
+        )
+        return
+    print(
+        f"gloom: {why}: {what} withdrawn, as gloom leaves (gloomd drops a leaving master's"
+        " jobs); to leave a job queued, submit it with --detach and fetch its result with"
+        " `gloom result ID`",
+        file=sys.stderr,
+    )
+
+
+async def _submit_and_wait(master: AsyncMaster, args: argparse.Namespace, left: _Left) -> int:
+    specs = [
+        {
+            "type": args.type,
+            "body": args.body,
+            "priority": args.priority,
+            "id": args.id,
+            "timeout": args.timeout,
+            "after": args.after,
+            "detach": args.detach,
+        }
+        for _ in range(args.count)
+    ]
+    if args.count == 1:
+        job = await master.submit(**specs[0])
+        jobs = [job]
+    else:
+        jobs = await master.submit_many(specs)
+    left.jobs = jobs
+    if args.detach and args.wait_timeout is None:
+        return _print_ids(jobs)
+    console = stderr_console()
+    if args.count == 1:
+        return await _wait_one(jobs[0], args, console)
+    return await _wait_many(jobs, args, console)
 
 
 def _print_ids(jobs: list[Job]) -> int:
@@ -160,7 +247,7 @@ async def _wait_one(job: Job, args: argparse.Namespace, console: Console) -> int
         else:
             bar.update(task, note=str(job.state))
     if isinstance(error, WaitTimeout):
-        print(f"gloom: job {job.id} not finished after {args.wait_timeout} s", file=sys.stderr)
+        _report_left([job], args, f"stopped waiting after {args.wait_timeout:g} s")
         return EXIT_FAILED
     if error is not None:
         _report_failure(error)
@@ -208,10 +295,7 @@ async def _wait_many(jobs: list[Job], args: argparse.Namespace, console: Console
         _report_failure(failure)
     unfinished = sum(1 for job in jobs if not job.done)
     if unfinished:
-        print(
-            f"gloom: {unfinished} of {len(jobs)} jobs not finished after {args.wait_timeout} s",
-            file=sys.stderr,
-        )
+        _report_left(jobs, args, f"stopped waiting after {args.wait_timeout:g} s")
     return EXIT_FAILED if failures or unfinished else EXIT_OK
 
 
@@ -238,13 +322,7 @@ def _run_result(args: argparse.Namespace) -> int:
             try:
                 value = await master.result(args.id)
             except ServerError as exc:
-                if exc.error == "not_ready":
-                    print(f"gloom: job {args.id} is not finished yet", file=sys.stderr)
-                    return EXIT_FAILED
-                if exc.error == "unknown_id":
-                    print(f"gloom: no detached job or kept result {args.id}", file=sys.stderr)
-                    return EXIT_FAILED
-                _report_failure(exc)
+                _report_failure(exc, action="result", job_id=args.id)
                 return EXIT_FAILED
         _print_result(value)
         return EXIT_OK
@@ -255,7 +333,11 @@ def _run_result(args: argparse.Namespace) -> int:
 def _run_cancel(args: argparse.Namespace) -> int:
     async def cancel() -> int:
         async with open_master(args.host, args.master_port, **connection_security(args)) as master:
-            await master.cancel(args.id)
+            try:
+                await master.cancel(args.id)
+            except ServerError as exc:
+                _report_failure(exc, action="cancel", job_id=args.id)
+                return EXIT_FAILED
         print(f"cancelled {args.id}")
         return EXIT_OK
 
@@ -280,29 +362,75 @@ def _run_stats(args: argparse.Namespace) -> int:
 
 
 async def _stats(args: argparse.Namespace) -> int:
-    async with open_master(args.host, args.master_port, **connection_security(args)) as master:
+    security = connection_security(args)
+    if args.watch:
+        return await _watch(args, security)
+    async with open_master(args.host, args.master_port, **security) as master:
         stats = await master.stats()
-        if args.json:
-            _print_result(stats)
-            return EXIT_OK
-        console = Console()
-        if not args.watch:
-            console.print(stats_table(stats))
-            return EXIT_OK
-        await _watch(master, console, stats, args.interval)
+    if args.json:
+        _print_result(stats)
+    else:
+        Console().print(stats_table(stats))
     return EXIT_OK
 
 
-async def _watch(
-    master: AsyncMaster, console: Console, stats: dict[str, Any], interval: float
-) -> None:
-    with Live(stats_table(stats), console=console, auto_refresh=False) as live:
+async def _watch(args: argparse.Namespace, security: dict[str, Any]) -> int:
+    """Redraw the table every `--interval` until Ctrl-C, across daemon restarts.
+
+    The first connection must succeed (a wrong address is exit 3 at once);
+    after that a lost daemon is waited for, as `gloom slave` and `gloom
+    worker` wait: each attempt and the reconnection are a line on stderr
+    and under the table, with the back-off `gloom slave` uses (1 s doubling,
+    here capped at 10 s so the view comes back soon after the daemon).  A
+    refused token is not waited for (exit 1).
+    """
+    with (
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        Live(Text(""), console=Console(), auto_refresh=False) as live,
+    ):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, _Left())
+            await _refresh(args, security, live)
+    return EXIT_OK
+
+
+async def _refresh(args: argparse.Namespace, security: dict[str, Any], live: Live) -> None:
+    """`_watch`'s loop; returns only by being cancelled (or raising)."""
+    where = f"{args.host}:{args.master_port}"
+    backoff = Backoff(1.0, 10.0)
+    last: Group | None = None
+    notice: str | None = None
+
+    def show(table: Group | None, line: str | None) -> None:
+        parts: list[Any] = [part for part in (table,) if part is not None]
+        if line is not None:
+            parts.append(Text(line))
+        live.update(Group(*parts), refresh=True)
+
+    while True:
         try:
-            while True:
-                await trio.sleep(interval)
-                live.update(stats_table(await master.stats()), refresh=True)
-        except KeyboardInterrupt:
-            return
+            async with open_master(args.host, args.master_port, **security) as master:
+                while True:
+                    last = stats_table(await master.stats())
+                    if notice is not None:
+                        notice = None
+                        backoff.reset()
+                        _say(f"reconnected to gloomd at {where}")
+                    show(last, None)
+                    await trio.sleep(args.interval)
+        except TransportError as exc:
+            if last is None:
+                raise  # never reached: a wrong address, not a restart
+            delay = backoff.next()
+            lost = "lost" if notice is None else "still unreachable"
+            notice = f"gloomd at {where} {lost} ({exc}); reconnecting in {delay:g} s"
+            _say(notice)
+            show(last, notice)
+            await trio.sleep(delay)
+
+
+def _say(line: str) -> None:
+    print(f"gloom: {line}", file=sys.stderr, flush=True)
 
 
 COMMANDS = [

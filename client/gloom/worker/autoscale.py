@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from gloomwire import codec
+from gloomwire.logformat import event
 
 from .._trio_master import AsyncMaster, master_session
 from ..errors import TransportError
@@ -64,13 +65,13 @@ def scale(run: RunState, stats: dict[str, Any]) -> None:
         idle_grace=opts.idle_grace,
     )
     if decision.grow:
-        log.info("event=scale_up by=%d queued=%d size=%d", decision.grow, queued, run.size())
+        event(log, "scale_up", by=decision.grow, queued=queued, size=run.size())
         run.emit("scale_up", by=decision.grow, queued=queued)
         for _ in range(decision.grow):
             add_slot(run, None)
     elif decision.shrink is not None:
         slot = run.slots[decision.shrink]
-        log.info("event=scale_down slot=%d size=%d", slot.id, run.size())
+        event(log, "scale_down", slot=slot.id, size=run.size())
         slot.retire = True
         run.emit("scale_down", slot)
         if slot.idle_scope is not None:
@@ -101,7 +102,7 @@ async def _with_daemon(run: RunState, body: Callable[[AsyncMaster], Awaitable[No
                 await body(master)
                 return
         except TransportError as exc:
-            log.info("event=stats_unavailable error=%s", exc)
+            event(log, "stats_unavailable", error=str(exc))
             await run.sleep_unless_stopping(backoff.next())
 
 
@@ -123,7 +124,7 @@ async def _burst_loop(run: RunState, master: AsyncMaster) -> None:
         changed = run.changed
         entry = _queue_entry(run, await master.stats())
         if entry is None or (entry["queued"] == 0 and entry["running"] == 0):
-            log.info("event=burst_done jobs=%d", run.stats.jobs_started)
+            event(log, "burst_done", type=run.options.type, jobs=run.stats.jobs_started)
             run.stop()
             return
         with trio.move_on_after(BURST_POLL):

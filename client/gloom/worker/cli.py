@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from typing import Any
+
+from gloomwire import __version__, environ, logformat
 
 from ..errors import TransportError, Unauthorized
 from .handler import HandlerError
@@ -111,7 +112,7 @@ def configure(parser: argparse.ArgumentParser, *, connection: bool = False) -> N
         action="append",
         default=[],
         metavar="DIR",
-        help="prepend DIR to sys.path (repeatable)",
+        help="import the handler from DIR first (repeatable); then from the current directory",
     )
     code.add_argument(
         "--class-args", type=_json, default=[], metavar="JSON", help="JSON list for Class(...)"
@@ -120,18 +121,23 @@ def configure(parser: argparse.ArgumentParser, *, connection: bool = False) -> N
         "--class-kwargs", type=_json, default={}, metavar="JSON", help="JSON object for Class(...)"
     )
     parser.add_argument(
-        "--log-level", default="INFO", help="logging level on stderr (default INFO)"
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity on stderr (default info; debug adds a line per job event)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=logformat.FORMATS[0],
+        choices=logformat.FORMATS,
+        help="log lines on stderr: logfmt (key=value, the default) or one JSON object a line,"
+        " as gloomd's",
     )
     if connection:
-        env = os.environ
-        daemon = parser.add_argument_group("daemon")
-        daemon.add_argument("--host", default=env.get("GLOOM_HOST", "127.0.0.1"))
-        daemon.add_argument(
-            "--slave-port", type=int, default=int(env.get("GLOOM_SLAVE_PORT", "9999"))
-        )
-        daemon.add_argument(
-            "--master-port", type=int, default=int(env.get("GLOOM_MASTER_PORT", "9998"))
-        )
+        from ..cli.common import daemon_options
+
+        daemon_options(parser)
         security = parser.add_argument_group("security")
         security.add_argument(
             "--token-file",
@@ -155,11 +161,7 @@ def run_args(args: argparse.Namespace) -> int:
     from ..cli import UsageError, connection_security
     from . import run  # not at import time: keeps `gloom --help` light
 
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    logformat.setup(args.log_level, args.log_format, sys.stderr)
     if not isinstance(args.class_args, list):
         print("gloom worker: --class-args must be a JSON list", file=sys.stderr)
         return EXIT_USAGE
@@ -175,6 +177,9 @@ def run_args(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         options = {name: getattr(args, name) for name in PASSED_ON}
+        # One rule with `gloomd --import-path`: the directories given, then
+        # the current directory, then what is installed.
+        options["import_path"] = [*args.import_path, os.getcwd()]
         run(args.type, args.handler, **options, **security)
     except Unauthorized as exc:
         print(f"gloom worker: {exc} (gloomd at {args.host}:{args.slave_port})", file=sys.stderr)
@@ -187,13 +192,17 @@ def run_args(args: argparse.Namespace) -> int:
 
 def add_worker_parser(subparsers: Any) -> None:
     """Add ``worker`` to an argparse subparsers group (sets ``run`` as default)."""
-    parser = subparsers.add_parser("worker", help=HELP, description=DESCRIPTION)
+    parser = subparsers.add_parser("worker", help=HELP, description=DESCRIPTION, allow_abbrev=False)
     configure(parser, connection=True)
     parser.set_defaults(run=run_args)
 
 
 def worker_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="gloom worker", description=DESCRIPTION)
+    environ.print_notes("gloom worker")
+    parser = argparse.ArgumentParser(
+        prog="gloom worker", description=DESCRIPTION, allow_abbrev=False
+    )
+    parser.add_argument("--version", action="version", version=f"gloom {__version__}")
     configure(parser, connection=True)
     try:
         args = parser.parse_args(argv)

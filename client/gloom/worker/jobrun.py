@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from gloomwire import vocabulary
+from gloomwire.logformat import event
 
 from .._slave_protocol import attempt_of
 from .link import SlaveLink
@@ -47,7 +48,7 @@ async def run_job(
     limit = effective_timeout(opts.timeout, frame.get("timeout"))
     job_id = frame.get("id")
     attempt = attempt_of(frame)
-    run.emit("job_started", slot, id=job_id, attempt=attempt)
+    run.emit("job_started", slot, id=job_id, type=frame.get("type"), attempt=attempt)
     started = trio.current_time()
     await proc.send(
         {
@@ -88,7 +89,7 @@ async def run_job(
         run.stats.crashes += 1
         died = outcome.describe()
         message = f"pool process {pid} {outcome.text()} while running job {job_id!r}"
-        log.warning("event=crash id=%r pid=%d %s", job_id, pid, died)
+        event(log, "crash", logging.WARNING, id=job_id, type=opts.type, pid=pid, **died)
         run.emit("job_finished", slot, id=job_id, outcome="crash", seconds=elapsed, **died)
         reason = {"type": "WorkerCrashed", "message": message, "pid": pid, **died}
         return vocabulary.fail("CRASH", reason)
@@ -110,11 +111,14 @@ async def run_job(
     ended = _ended(proc)
     if why == "lost":
         run.stats.abandoned += 1
-        log.warning("event=abandoned id=%r pid=%d reason=connection_lost", job_id, pid)
+        event(
+            log, "abandoned", logging.WARNING, id=job_id, type=opts.type, pid=pid,
+            reason="connection_lost",
+        )  # fmt: skip
         run.emit("job_finished", slot, id=job_id, outcome="abandoned", seconds=elapsed)
         return None
     run.stats.timeouts += 1
-    log.warning("event=timeout id=%r pid=%d limit=%s", job_id, pid, limit)
+    event(log, "timeout", logging.WARNING, id=job_id, type=opts.type, pid=pid, limit=limit)
     run.emit(
         "job_finished", slot, id=job_id, outcome="timeout", seconds=elapsed, **ended.describe()
     )

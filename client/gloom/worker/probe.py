@@ -28,7 +28,7 @@ async def probe(endpoint: Endpoint) -> None:
     where = endpoint.peer
     timeout = 10.0 if endpoint.connect_timeout is None else endpoint.connect_timeout
     # A plaintext hello on a TLS-only port is closed (or reset) unanswered.
-    hint = "" if endpoint.ssl_context is not None else " (is it TLS-only? try --tls)"
+    hint = endpoint.tls_hint
     try:
         stream = await connect(endpoint)
     except TransportError as exc:

@@ -12,6 +12,8 @@ import logging
 
 import trio
 
+from gloomwire.logformat import event
+
 from .handler import HandlerError
 from .pool import SpawnFailed
 from .state import RunState, Slot
@@ -32,9 +34,10 @@ async def spawn_for(run: RunState, slot: Slot) -> bool:
         if slot.crashes > 1:
             backoff = min(opts.crash_backoff * 2 ** (slot.crashes - 2), opts.max_crash_backoff)
             run.emit("backoff", slot, delay=backoff)
-            log.warning(
-                "event=crash_loop slot=%d crashes=%d backoff=%.2f", slot.id, slot.crashes, backoff
-            )
+            event(
+                log, "crash_loop", logging.WARNING, slot=slot.id, crashes=slot.crashes,
+                backoff=round(backoff, 2),
+            )  # fmt: skip
             await run.sleep_unless_stopping(backoff)
         if run.stopping:
             return False
@@ -43,7 +46,7 @@ async def spawn_for(run: RunState, slot: Slot) -> bool:
             proc = await run.factory.spawn()
         except (HandlerError, SpawnFailed) as exc:
             slot.crashes += 1
-            log.error("event=spawn_failed slot=%d error=%s", slot.id, exc)
+            event(log, "spawn_failed", logging.ERROR, slot=slot.id, error=str(exc))
             continue
         slot.proc = proc
         run.register(proc, slot)
@@ -87,7 +90,7 @@ async def prespawn(run: RunState, slot: Slot, ready: trio.Event) -> None:
     try:
         proc = await run.factory.spawn()
     except (HandlerError, SpawnFailed) as exc:
-        log.error("event=spawn_failed slot=%d error=%s", slot.id, exc)
+        event(log, "spawn_failed", logging.ERROR, slot=slot.id, error=str(exc))
     else:
         run.register(proc, slot)
         if run.stopping or slot.retire:

@@ -26,9 +26,10 @@ Rules the parts keep (each one is a bug of EventMQ or myjobs, fixed):
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import trio
+
+from gloomwire.logformat import event
 
 from . import autoscale
 from .handler import HandlerError
@@ -114,7 +115,7 @@ class Runner(RunState):
                         add_slot(self, proc)
                     procs = []
                     await self.wait_for(lambda: self.stopping or self.all_idle())
-                    log.info("event=ready type=%s slots=%d", _short(opts.type), len(self.slots))
+                    event(log, "ready", type=opts.type, slots=len(self.slots))
                     self.emit("ready", slots=len(self.slots))
                     task_status.started(self)
                     if opts.scaling:
@@ -126,15 +127,11 @@ class Runner(RunState):
             with trio.CancelScope(shield=True):
                 for proc in procs:
                     await proc.kill()
-        log.info(
-            "event=stopped jobs=%d ok=%d error=%d timeout=%d crash=%d halted=%d",
-            self.stats.jobs_started,
-            self.stats.succeeded,
-            self.stats.errors,
-            self.stats.timeouts,
-            self.stats.crashes,
-            self.stats.halted,
-        )
+        event(
+            log, "stopped", type=opts.type, jobs=self.stats.jobs_started,
+            ok=self.stats.succeeded, error=self.stats.errors, timeout=self.stats.timeouts,
+            crash=self.stats.crashes, halted=self.stats.halted,
+        )  # fmt: skip
 
     async def _spawn_initial(self, count: int) -> list[PoolProcess]:
         """Start the first process alone (it proves the handler resolves, so a
@@ -171,8 +168,3 @@ def _unwrap(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

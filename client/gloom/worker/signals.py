@@ -7,6 +7,8 @@ import signal
 
 import trio
 
+from gloomwire.logformat import event
+
 from .state import RunState
 
 __all__ = ["stop_on_signals"]
@@ -21,5 +23,5 @@ async def stop_on_signals(run: RunState) -> None:
         count = 0
         async for signum in signals:
             count += 1
-            log.info("event=signal signal=%s count=%d", signal.Signals(signum).name, count)
+            event(log, "signal", signal=signal.Signals(signum).name, count=count)
             run.stop(force=count > 1)

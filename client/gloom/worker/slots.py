@@ -20,6 +20,8 @@ from typing import Any
 
 import trio
 
+from gloomwire.logformat import event
+
 from ..errors import GloomError, Unauthorized
 from .jobrun import run_job
 from .link import LinkLost, SlaveLink, open_link
@@ -86,7 +88,10 @@ async def _slot_task(run: RunState, slot: Slot) -> None:
                 break
             delay = backoff.next()
             run.stats.reconnects += 1
-            log.warning("event=link_lost slot=%d reason=%s retry_in=%.2f", slot.id, reason, delay)
+            event(
+                log, "link_lost", logging.WARNING, slot=slot.id, reason=reason,
+                retry_in=round(delay, 2),
+            )  # fmt: skip
             run.emit("link_lost", slot, reason=reason)
             slot.state = "reconnecting"
             await run.sleep_unless_stopping(delay)

@@ -17,6 +17,8 @@ from typing import Any
 
 import trio
 
+from gloomwire.logformat import event
+
 from ..errors import Unauthorized
 from .link import SlaveLink
 from .options import WorkerOptions
@@ -122,8 +124,7 @@ class RunState:
             pid = slot.proc.pid
         slot_id = None if slot is None else slot.id
         self.events.append(WorkerEvent(trio.current_time(), kind, slot_id, pid, detail))
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("event=%s slot=%s pid=%s %s", kind, slot_id, pid, detail)
+        event(log, kind, logging.DEBUG, slot=slot_id, pid=pid, **detail)
         self._changed.set()
         self._changed = trio.Event()
 
@@ -178,7 +179,7 @@ class RunState:
             self._stopping = True
             self._halt_at = trio.current_time() + self.options.grace
             self._stop_event.set()
-            log.info("event=stopping busy=%d grace=%s", self.busy(), self.options.grace)
+            event(log, "stopping", busy=self.busy(), grace=self.options.grace)
             self.emit("stopping", force=force)
             if self.aux_nursery is not None:
                 self.aux_nursery.start_soon(self._halt_timer)
@@ -197,7 +198,7 @@ class RunState:
     def refused(self, slot: Slot | None, error: Unauthorized) -> None:
         """Stop the run because the daemon refused our token; `run` raises it."""
         slot_id = None if slot is None else slot.id
-        log.error("event=unauthorized slot=%s reason=%s", slot_id, error.reason)
+        event(log, "unauthorized", logging.ERROR, slot=slot_id, reason=error.reason)
         self.emit("unauthorized", slot, reason=error.reason)
         if self.fatal is None:
             self.fatal = error

@@ -21,6 +21,7 @@ import trio.testing
 
 from gloomd.scheduler import FILTERED_MESSAGE, JobExistError, JobScheduler
 from gloomd.scheduler.firetime import JobConfigError, NextFireTimeError
+from tests.support.logs import fields, log_text
 
 from .schedjobs import tasks
 from .schedjobs.store import Store
@@ -153,9 +154,35 @@ async def test_failing_job_is_logged_and_recorded_and_keeps_firing(
         st = await store.wait_until(lambda s: s["bad"]["message"].startswith("failed"))
         assert st["bad"]["message"] == "failed: ValueError: kaboom"
         assert "Traceback" in st["bad"]["traceback"] and "kaboom" in st["bad"]["traceback"]
-        assert any(r.exc_info and r.exc_info[0] is ValueError for r in caplog.records)
+        # One line per failed fire, naming the job, the run and the exception;
+        # the traceback is in the status, not in the log at this level.
+        (record,) = caplog.records
+        assert record.exc_info is None and "Traceback" not in log_text(caplog)
+        assert fields(record) == {
+            "job": "bad",
+            "run": st["bad"]["log"][0].split()[1],
+            "func": "tests.services.scheduler.schedjobs.tasks:explode_async",
+            "error": "ValueError: kaboom",
+        }
         await trio.sleep(2 * 3600 + 1)
     assert [c[0] for c in tasks.CALLS] == ["explode_async"] * 3
+
+
+async def test_a_failed_fire_carries_its_traceback_at_debug(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store()
+    conf = {
+        "func": "tests.services.scheduler.schedjobs.tasks:explode_async",
+        "args": ["kaboom"],
+        "every": [1, "hour"],
+    }
+    sched = JobScheduler({"bad": conf}, dump_status=store.dump, wall_clock=Wall())
+    with caplog.at_level(logging.DEBUG, logger="gloomd.scheduler"):
+        await nursery.start(sched.run)
+        await store.wait_until(lambda s: s["bad"]["message"].startswith("failed"))
+    (record,) = [r for r in caplog.records if r.msg == "schedule_failed"]
+    assert record.exc_info is not None and record.exc_info[0] is ValueError
 
 
 async def test_failing_function_in_a_thread_is_recorded(
@@ -531,7 +558,7 @@ def test_reload_status_that_raises_starts_afresh(caplog: pytest.LogCaptureFixtur
 
     sched = JobScheduler({"j": {"func": print, "every": [1, "hour"]}}, reload_status=broken)
     assert sched.status_snapshot() == {"j": {"active_threads": {}, "log": [], "message": ""}}
-    assert "reload_status failed" in caplog.text
+    assert 'event=schedule_state_unreadable error="OSError: disk on fire"' in log_text(caplog)
 
 
 async def test_dump_gets_a_snapshot_not_the_live_dict(
@@ -582,7 +609,8 @@ async def test_dump_status_failure_does_not_stop_the_scheduler(
     await nursery.start(sched.run)
     await trio.sleep(150)
     assert len(rec.times) == 3
-    assert "dump_status failed" in caplog.text
+    text = log_text(caplog)
+    assert 'event=schedule_state_unwritable error="OSError: read-only file system"' in text
 
 
 # --- the blocking API -------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from gloomd.scheduler.config import build_job, default_state_path, load_schedule
 from gloomd.scheduler.firetime import JobConfigError, NextFireTimeError
 from gloomd.scheduler.listing import main as listing_main
 from gloomd.scheduler.listing import rows
+from tests.support.logs import log_text
 
 from .schedjobs import tasks
 
@@ -187,7 +188,7 @@ def test_unreadable_state_file_is_ignored(
     path.write_bytes(content)
     with caplog.at_level(logging.ERROR):
         assert StateFile(path).reload() is None
-    assert "starting afresh" in caplog.text
+    assert "starting afresh" in log_text(caplog)
 
 
 async def test_background_writer_coalesces_and_flushes_on_cancel() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -26,12 +25,12 @@ from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
     WebSocketConnection,
-    wrap_client_stream,
 )
 
 from gloomd.wsjobd import WsJobService
 from tests.support import WSJOBS
 from tests.support.daemon import spawn_gloomd
+from tests.support.wsclient import ws_client
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -40,36 +39,6 @@ HOST = "127.0.0.1"
 # Long enough that no periodic report ever fires by accident during a test that
 # is waiting for an event-driven one.
 NEVER = 600
-
-
-@asynccontextmanager
-async def ws_client(port: int, resource: str = "/") -> AsyncIterator[WebSocketConnection]:
-    """A trio-websocket client connection that always closes its socket.
-
-    trio-websocket's own ``open_websocket`` (0.12) waits for the server's TCP
-    close, as the RFC asks, and then never closes its own socket: every
-    conversation the server ends (which this service always does) would leak
-    one, and ``filterwarnings = error`` turns the ResourceWarning into a failure.
-    So we own the TCP stream and close it ourselves.
-    """
-    stream = await trio.open_tcp_stream(HOST, port)
-    try:
-        async with trio.open_nursery() as nursery:
-            ws = await wrap_client_stream(nursery, stream, HOST, resource)
-            try:
-                yield ws
-            finally:
-                with trio.move_on_after(5):
-                    await ws.aclose()
-                await stream.aclose()  # also ends the reader task
-    except BaseExceptionGroup as group:
-        # The nursery wraps the body's exception, or the reader's
-        # ConnectionRejected; give the test the bare exception.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-    finally:
-        await stream.aclose()
 
 
 @dataclass

@@ -31,6 +31,7 @@ from gloomd.fdlimit import DescriptorBudgetError, fit_connection_caps
 from gloomd.wsjobd import WsJobService
 from gloomd.wsjobd.limits import WsLimits
 from tests.support.daemon import spawn_gloomd
+from tests.support.logs import message
 
 from .test_wsjobd import (
     HOST,
@@ -337,7 +338,7 @@ async def test_connection_events_are_rate_limited(
             async with served.connect():
                 pass
     await raw.aclose()
-    lines = [r.getMessage() for r in caplog.records]
+    lines = [message(r) for r in caplog.records]
     assert sum("event=wsjobd_unauthorized" in line for line in lines) == 10
     assert sum("event=wsjobd_too_many_connections" in line for line in lines) == 10
 
@@ -396,7 +397,7 @@ def test_gloomd_refuses_to_start_without_descriptor_room() -> None:
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "gloomd ready" not in done.stdout
-    assert "event=fatal error=no descriptors left for connections" in done.stderr
+    assert 'event=fatal error="no descriptors left for connections' in done.stderr
     assert "1000 (--ws-max-jobs)" in done.stderr
 
 
