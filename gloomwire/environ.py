@@ -1,9 +1,10 @@
 """The environment variables gloomd and gloom read: one set, one prefix.
 
 Every variable is named after the daemon it describes, ``GLOOMD_``: its
-token, its host, its ports.  The daemon reads the token; every client (the
-`gloom` command, `gloom worker`, the Python client for the token) reads all
-four, so one shell points everything at one daemon.  The spellings of
+token, its host, its ports.  The daemon reads the token; the commands (`gloom`,
+`gloom worker`) read all four, so one shell points them at one daemon; the
+Python client reads the token only (a program passes its daemon's address as
+an argument, so no variable can redirect it unseen).  The spellings of
 earlier versions (``GLOOM_HOST``, ``GLOOM_MASTER_PORT``, ``GLOOM_SLAVE_PORT``,
 and ``GLOOM_TOKEN``, which was ignored) are still read when the new name is
 not set, with a `FutureWarning` that says which name to use; the commands
