@@ -71,17 +71,10 @@ def daemon_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def connection_options() -> argparse.ArgumentParser:
-    """--host / --master-port / --slave-port and the security options, shared
-    by every subcommand.
-
-    The daemon's address comes from the GLOOMD_ variables when set
-    (`daemon_options`); the token from --token-file or GLOOMD_TOKEN, the
-    same variable the daemon reads.
-    """
-    parent = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    daemon_options(parent)
-    security = parent.add_argument_group("security")
+def security_options(parser: argparse.ArgumentParser) -> None:
+    """--token-file, --tls and --tls-ca: how every command, `gloom worker`
+    included, authenticates and encrypts (resolved by `connection_security`)."""
+    security = parser.add_argument_group("security")
     security.add_argument(
         "--token-file",
         metavar="FILE",
@@ -97,6 +90,19 @@ def connection_options() -> argparse.ArgumentParser:
         default=None,
         help="CA certificate(s) to trust for --tls (implies --tls; default: the system's)",
     )
+
+
+def connection_options() -> argparse.ArgumentParser:
+    """--host / --master-port / --slave-port and the security options, shared
+    by every subcommand.
+
+    The daemon's address comes from the GLOOMD_ variables when set
+    (`daemon_options`); the token from --token-file or GLOOMD_TOKEN, the
+    same variable the daemon reads.
+    """
+    parent = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    daemon_options(parent)
+    security_options(parent)
     return parent
 
 

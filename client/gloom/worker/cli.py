@@ -135,25 +135,10 @@ def configure(parser: argparse.ArgumentParser, *, connection: bool = False) -> N
         " as gloomd's",
     )
     if connection:
-        from ..cli.common import daemon_options
+        from ..cli.common import daemon_options, security_options
 
         daemon_options(parser)
-        security = parser.add_argument_group("security")
-        security.add_argument(
-            "--token-file",
-            metavar="FILE",
-            default=None,
-            help="present the token on FILE's first line (default: $GLOOMD_TOKEN)",
-        )
-        security.add_argument(
-            "--tls", action="store_true", help="connect with TLS, checking the daemon's certificate"
-        )
-        security.add_argument(
-            "--tls-ca",
-            metavar="FILE",
-            default=None,
-            help="CA certificate(s) for --tls (implies --tls)",
-        )
+        security_options(parser)
 
 
 def run_args(args: argparse.Namespace) -> int:
