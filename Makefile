@@ -1,10 +1,10 @@
-# The two quick-start commands: `make serve` and `make test`.
+# The two quick-start commands: `make serve` and `make test`; CONTRIBUTING.md has the rest.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test install install-browser bench bench-quick clean
+.PHONY: serve test lint typecheck install install-browser bench bench-quick clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,14 @@ serve: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The suite runs both too (tests/test_lint.py, tests/test_typing.py).
+lint: install
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+
+typecheck: install
+	$(BIN)/python -m mypy gloomwire gloomd client/gloom
 
 bench: install
 	bash benchmarks/peers.sh

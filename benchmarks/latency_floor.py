@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
         ratio = f"{s['vs_beanstalkd']:.2f}×" if s["vs_beanstalkd"] else "n/a"
         each = ", ".join(f"{p:.3f}" for p in s["p50_each"])
         print(
-            f"| {s['contender']} | {s['p50_ms']:.3f} | {s['server_cpu_us_per_job']:.1f} | {ratio} | {each} |"
+            f"| {s['contender']} | {s['p50_ms']:.3f} | {s['server_cpu_us_per_job']:.1f}"
+            f" | {ratio} | {each} |"
         )
 
 

@@ -182,7 +182,8 @@ async def sample_rss(server: Server, run: Run, started: float) -> None:
         elapsed = time.monotonic() - started
         run.rss.append((elapsed, rss))
         print(
-            f"t={elapsed:7.1f}s rss_kb={rss:8d} answered={run.results + run.failures:9d} kills={run.kills}",
+            f"t={elapsed:7.1f}s rss_kb={rss:8d} answered={run.results + run.failures:9d}"
+            f" kills={run.kills}",
             flush=True,
         )
         with trio.move_on_after(1.0):
@@ -215,7 +216,8 @@ def summarize(run: Run, seconds: float, cpu: float) -> int:
     series = [kb for _, kb in run.rss]
     half = series[len(series) // 2 :] or series
     print(
-        f"jobs={run.jobs} seconds={seconds:.1f} jobs_per_s={run.jobs / seconds:.0f} daemon_cpu_s={cpu:.1f}"
+        f"jobs={run.jobs} seconds={seconds:.1f} jobs_per_s={run.jobs / seconds:.0f}"
+        f" daemon_cpu_s={cpu:.1f}"
     )
     print(f"kills={run.kills} (holding a job: {run.killed_holding}) failed_jobs={run.failures}")
     print(
@@ -243,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     server = start_server("gloomd")
     try:
         print(
-            f"soak: gloomd pid={server.pid} jobs={args.jobs} slaves={args.slaves} window={args.window}",
+            f"soak: gloomd pid={server.pid} jobs={args.jobs} slaves={args.slaves}"
+            f" window={args.window}",
             flush=True,
         )
         started = time.monotonic()

@@ -25,7 +25,7 @@ A value past its cap or outside its range is `invalid_type` / the field.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, NamedTuple, Union
+from typing import Any, Final, NamedTuple
 
 from gloomwire import codec, vocabulary
 from gloomwire.vocabulary import CATEGORIES, MASTER_ACTIONS, SLAVE_ACTIONS, error
@@ -301,10 +301,10 @@ class Auth(NamedTuple):
 
 #: What the broker has rules for (`Broker.slave_message`, `Broker.master_message`);
 #: `Ping` and `Auth` concern the connection and are answered by `gloomd.ingest`.
-SlaveRequest = Union[Join, Respond, Progress, Fail]
-MasterRequest = Union[Submit, Cancel, Result, Stats, Kick, KickType, Delete, Jobs, Pause, Resume]
-SlaveMessage = Union[SlaveRequest, Ping, Auth]
-MasterMessage = Union[MasterRequest, Ping, Auth]
+SlaveRequest = Join | Respond | Progress | Fail
+MasterRequest = Submit | Cancel | Result | Stats | Kick | KickType | Delete | Jobs | Pause | Resume
+SlaveMessage = SlaveRequest | Ping | Auth
+MasterMessage = MasterRequest | Ping | Auth
 
 _STATS: Final = Stats()
 _PING: Final = Ping()

@@ -32,7 +32,7 @@ from tests.support import ROOT
 PACKAGES = ("gloomwire", "gloomd")
 CLI = frozenset({"gloomd.cli", "gloomd.__main__"})
 SERVICE_PACKAGES = frozenset({"gloomd.wsjobd", "gloomd.scheduler", "gloomd.http"})
-CORE_PACKAGES = frozenset({"gloomd.journal"})
+CORE_PACKAGES = frozenset({"gloomd.journal", "gloomd.cluster"})
 WIRE, CORE, SERVICES, TOP = 0, 1, 2, 3
 LAYER_NAMES = {WIRE: "wire", CORE: "core", SERVICES: "services", TOP: "cli"}
 

@@ -30,11 +30,12 @@ __all__ = [
 ]
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """Where a submitted job is, as far as its master can tell.
 
     The protocol never announces that a slave picked a job up, so ``running``
-    is only known once the first progress frame arrives.
+    is only known once the first progress frame arrives.  A `StrEnum`, so
+    str(), format() and JSON give the bare value (``"done"``).
     """
 
     QUEUED = "queued"
@@ -42,9 +43,6 @@ class JobState(str, enum.Enum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def id_key(job_id: Any) -> tuple[type, Any]:

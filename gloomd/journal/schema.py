@@ -21,9 +21,9 @@ a random leaf.  Measured (benchmarks/journal_store.py ``settings``, 200k jobs
 through at a depth of 10k, 100 per commit): with random string ids, 0.95 ms
 per commit against 1.7-2.3 ms, and the database at 1.02x its size at depth
 against 1.12x; with sequential integer ids, about the same commit cost
-(0.46-0.49 ms against 0.46-0.67 ms, run to run) and 1.02x against 1.11x.  The upsert keeps a row's rowid, so `load` returns
-jobs in the order they were first stored, close to the order replay sorts
-them into.
+(0.46-0.49 ms against 0.46-0.67 ms, run to run) and 1.02x against 1.11x.
+The upsert keeps a row's rowid, so `load` returns jobs in the order they were
+first stored, close to the order replay sorts them into.
 """
 
 from __future__ import annotations

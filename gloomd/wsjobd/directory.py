@@ -93,7 +93,7 @@ class JobsDirectory:
         return text.replace(self.package, "jobs")
 
     def load_function(self, parts: Sequence[str]) -> JobFunction:
-        """Resolve validated `func` parts to a plain or ``async`` function, or raise LoadingError."""
+        """Resolve validated `func` parts to a plain or ``async`` function (else LoadingError)."""
         module_parts, name = parts[:-1], parts[-1]
         module_path = ".".join(("jobs", *module_parts))
         try:

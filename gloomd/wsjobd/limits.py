@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Final
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_LIMITS",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_JOBS",
     "DEFAULT_MAX_MESSAGE",
@@ -57,6 +59,10 @@ class WsLimits:
         for name in ("idle_timeout", "handshake_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
+
+
+#: The defaults as one shared instance (frozen), for signatures' default arguments.
+DEFAULT_LIMITS: Final = WsLimits()
 
 
 def positive_int(text: str) -> int:

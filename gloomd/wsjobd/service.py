@@ -33,7 +33,7 @@ from ..service import Service
 from .directory import JobFunction, JobsDirectory
 from .errors import IdleTimeoutError, JobError, error_frame, job_failed_frame
 from .job import Job
-from .limits import WsLimits
+from .limits import DEFAULT_LIMITS, WsLimits
 from .load import LoadSampler, LoadSamplingError, SystemLoad, SystemOverloadError, check_load
 from .report_encoding import encode_report
 from .request import IdentKey, JobRequest, ReportOptions, ident_key, parse_request
@@ -180,7 +180,7 @@ class WsJobService:
         jobs_dir: str | os.PathLike[str],
         *,
         token: str | None = None,
-        limits: WsLimits = WsLimits(),
+        limits: WsLimits = DEFAULT_LIMITS,
         send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         self.jobs = JobsDirectory(jobs_dir)
@@ -539,7 +539,7 @@ async def serve(
     jobs_dir: str | os.PathLike[str],
     *,
     token: str | None = None,
-    limits: WsLimits = WsLimits(),
+    limits: WsLimits = DEFAULT_LIMITS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the websocket job service on its own until cancelled.
@@ -568,7 +568,7 @@ class WsJobdService(Service):
         jobs_dir: str | os.PathLike[str],
         *,
         token: str | None = None,
-        limits: WsLimits = WsLimits(),
+        limits: WsLimits = DEFAULT_LIMITS,
     ) -> None:
         self.host = host
         self.port = port

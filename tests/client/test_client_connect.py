@@ -221,5 +221,5 @@ async def test_probe_reports_a_refusal_and_a_silent_close(
     with trio.fail_after(5), pytest.raises(Unauthorized):
         await probe(Endpoint(HOST, port))
     port, _ = server(lambda message: [])
-    with trio.fail_after(5), pytest.raises(TransportError, match="without a reply.*try --tls"):
+    with trio.fail_after(5), pytest.raises(TransportError, match=r"without a reply.*try --tls"):
         await probe(Endpoint(HOST, port))

@@ -222,7 +222,8 @@ import json, os, sys, time
 body = json.load(sys.stdin)
 op = body["op"]
 if op == "json":
-    print(json.dumps({"id": os.environ["GLOOM_JOB_ID"], "attempt": os.environ["GLOOM_JOB_ATTEMPT"]}))
+    env = os.environ
+    print(json.dumps({"id": env["GLOOM_JOB_ID"], "attempt": env["GLOOM_JOB_ATTEMPT"]}))
 elif op == "text":
     sys.stdout.write("plain text\n\n")
 elif op == "empty":

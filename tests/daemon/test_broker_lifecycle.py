@@ -15,7 +15,9 @@ from tests.support.brokerkit import Kit
 from tests.support.logs import fields
 
 
-def job_frame(job_id: Any, body: Any = None, job_type: Any = "t", attempt: int = 1) -> dict[str, Any]:
+def job_frame(
+    job_id: Any, body: Any = None, job_type: Any = "t", attempt: int = 1
+) -> dict[str, Any]:
     frame = {"action": "job", "id": job_id, "type": job_type, "body": body}
     if attempt > 1:
         frame["attempt"] = attempt
@@ -84,7 +86,11 @@ def test_submit_check_order(extra: dict[str, Any], reason: str) -> None:
 @pytest.mark.parametrize(
     ("key", "bad", "good"),
     [
-        ("delay", [-1, -0.5, "5", True, None and 0, 365 * 24 * 3600 + 1, [1]], [0, 0.0, 2.5, 31536000]),
+        (
+            "delay",
+            [-1, -0.5, "5", True, None and 0, 365 * 24 * 3600 + 1, [1]],
+            [0, 0.0, 2.5, 31536000],
+        ),
         ("retries", [-1, 1.5, 1001, True, "2", 10**400], [0, 1, 1000]),
         ("backoff", [0, -1, 3600.5, "1", False], [0.001, 1, 3600]),
         ("unique", [1, "true", None and 0, [True]], [True, False]),

@@ -35,8 +35,19 @@ async def test_it_is_not_a_connection_but_its_jobs_count(gloomd_server: GloomSer
     (answer,) = local.request({"action": "stats"})
     assert answer["stats"]["connections"] == {"masters": 0, "slaves": 0}
     assert answer["stats"]["types"] == [
-        {"type": "t", "queued": 1, "running": 0, "slaves": 0, "idle": 0, "delayed": 0,
-         "waiting": 0, "dead": 0, "paused": False, "completed": 0, "failed": 0}  # fmt: skip
+        {
+            "type": "t",
+            "queued": 1,
+            "running": 0,
+            "slaves": 0,
+            "idle": 0,
+            "delayed": 0,
+            "waiting": 0,
+            "dead": 0,
+            "paused": False,
+            "completed": 0,
+            "failed": 0,
+        }
     ]
     # Leaving removes its queued jobs, as a master that disconnects.
     local.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -31,7 +32,7 @@ class Conn:
     pass or fail (see the `close_conns` fixture).
     """
 
-    OPEN: list[Conn] = []
+    OPEN: ClassVar[list[Conn]] = []
 
     def __init__(self, addr: tuple[str, int]) -> None:
         self.sock = socket.create_connection(addr, timeout=10)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any
+from typing import Any, ClassVar
 
 import trio
 
@@ -32,7 +32,7 @@ class Peer:
     (conftest) closes whatever a test left open.
     """
 
-    OPEN: list[Peer] = []
+    OPEN: ClassVar[list[Peer]] = []
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream

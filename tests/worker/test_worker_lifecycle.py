@@ -310,7 +310,8 @@ async def test_cli_sigterm_stops_cleanly(
     cmd = [
         sys.executable, "-m", "gloom.worker", "--type", "cli", "--handler", "workerjobs.jobs:gated",
         "--import-path", TESTS_DIR, "--concurrency", "2", "--grace", "1",
-        "--slave-port", str(gloomd_server.slave_port), "--master-port", str(gloomd_server.master_port),
+        "--slave-port", str(gloomd_server.slave_port),
+        "--master-port", str(gloomd_server.master_port),
         "--log-level", "WARNING",
     ]  # fmt: skip
     proc = await trio.lowlevel.open_process(cmd)

@@ -246,8 +246,8 @@ def token_file(tmp_path: Path, token: str) -> Path:
 
 def worker_command(server: GloomServer, *extra: str) -> list[str]:
     return [
-        str(GLOOM), "worker", "--type", "cli", "--handler", "workerjobs.jobs:echo", "--import-path", TESTS_DIR,
-        "--concurrency", "1", "--grace", "1", "--log-level", "WARNING",
+        str(GLOOM), "worker", "--type", "cli", "--handler", "workerjobs.jobs:echo",
+        "--import-path", TESTS_DIR, "--concurrency", "1", "--grace", "1", "--log-level", "WARNING",
         "--slave-port", str(server.slave_port), "--master-port", str(server.master_port), *extra,
     ]  # fmt: skip
 

@@ -197,8 +197,8 @@ async def test_cli_class_args_and_burst(gloomd_server: Any, master: gloom.AsyncM
         sys.executable, "-m", "gloom.worker", "--type", "cli-burst",
         "--handler", "workerjobs.jobs:Counter.bump", "--import-path", TESTS_DIR,
         "--class-args", "[5]", "--class-kwargs", '{"step": 2}', "--concurrency", "2", "--burst",
-        "--slave-port", str(gloomd_server.slave_port), "--master-port", str(gloomd_server.master_port),
-        "--log-level", "WARNING",
+        "--slave-port", str(gloomd_server.slave_port),
+        "--master-port", str(gloomd_server.master_port), "--log-level", "WARNING",
     ]  # fmt: skip
     with trio.fail_after(30):
         done = await trio.run_process(cmd, check=False)

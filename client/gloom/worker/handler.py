@@ -79,7 +79,8 @@ def split_path(path: str) -> tuple[str, list[str]]:
     module, sep, attrs = path.partition(":")
     if not sep or not module or not attrs or any(not part for part in attrs.split(".")):
         raise HandlerNotFound(
-            f"handler path {path!r} must look like 'pkg.module:function' or 'pkg.module:Class.method'"
+            f"handler path {path!r} must look like 'pkg.module:function'"
+            " or 'pkg.module:Class.method'"
         )
     return module, attrs.split(".")
 
@@ -165,7 +166,8 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     if flagged is not None:
         return bool(flagged)
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)
+        # Not a callability test (B004): an instance's async __call__ makes it async.
+        getattr(fn, "__call__", None)  # noqa: B004
     )
 
 

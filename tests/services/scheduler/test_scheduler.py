@@ -394,7 +394,8 @@ async def test_restart_reloads_status_without_double_fire(
     }
     assert saved["h"]["fire_time"]["ts"] == pytest.approx(ts("2020-01-01T11:00:00+00:00"))
 
-    # Restart 0.5 s after the 11:00 fire: the reloaded next fire time holds, 11:00 is not fired again.
+    # Restart 0.5 s after the 11:00 fire: the reloaded next fire time holds, 11:00 is not
+    # fired again.
     for restart in ("2020-01-01T11:00:00.500000+00:00", "2020-01-01T11:45:00+00:00"):
         store2 = Store(initial=saved)
         wall2 = Wall(restart)

@@ -264,7 +264,8 @@ async def test_serve_schedule_with_explicit_state_path(tmp_path: pathlib.Path) -
 async def test_serve_schedule_refuses_an_invalid_file(tmp_path: pathlib.Path) -> None:
     path = write(
         tmp_path,
-        "[jobs.bad]\nfunc = 'tests.services.scheduler.schedjobs.tasks:record'\nevery = [1, 'hour']\nat = { hour = 2 }\n",
+        "[jobs.bad]\nfunc = 'tests.services.scheduler.schedjobs.tasks:record'\n"
+        "every = [1, 'hour']\nat = { hour = 2 }\n",
     )
     with pytest.raises(NextFireTimeError):
         await serve_schedule(path)

@@ -3,9 +3,10 @@
 The daemon is the in-process `GloomServer` on 127.0.0.1 port 0, and the
 scheduler submits to it as the daemon's own scheduler does: through a
 `gloomd.local.LocalMaster`, in-process.  The slave is hand-built frames
-(`tests.wire`), so it checks what actually crosses the wire.  These tests use the real clock (sockets and MockClock's autojump do
-not mix: the clock would jump while a frame is in flight) and wait on events
-under `fail_after`, never on sleeps.
+(`tests.wire`), so it checks what actually crosses the wire.  These tests use
+the real clock (sockets and MockClock's autojump do not mix: the clock would
+jump while a frame is in flight) and wait on events under `fail_after`, never
+on sleeps.
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ async def test_local_master_matches_results_by_id_and_reports_rejections(
             other.close()
             with pytest.raises(SubmitRejected, match="id_exists"):
                 await link.call("one", "t", None)
-            with pytest.raises(SubmitRejected, match="invalid_type.*priority"):
+            with pytest.raises(SubmitRejected, match=r"invalid_type.*priority"):
                 await link.call("three", "t", None, priority="high")  # type: ignore[arg-type]
             assert await slave.request({"action": "respond", "body": "r1"}) == {"ok": True}
             second = await slave.recv()

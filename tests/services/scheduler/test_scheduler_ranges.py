@@ -52,7 +52,7 @@ OUT_OF_RANGE = [
 
 @pytest.mark.parametrize("every", OUT_OF_RANGE, ids=[repr(e)[:40] for e in OUT_OF_RANGE])
 def test_every_out_of_range_is_refused(every: list[Any]) -> None:
-    with pytest.raises(JobConfigError, match="out of range: from 0.01 seconds to 3660 days"):
+    with pytest.raises(JobConfigError, match=r"out of range: from 0\.01 seconds to 3660 days"):
         parse_timing({"every": every, "timezone": "UTC"})
 
 

@@ -316,7 +316,8 @@ REFUSALS: list[tuple[str, Any, str, str]] = [
     # A 19-digit ident takes the codec's exact path: 1e999 is invalid JSON there too.
     (
         "threshold infinite",
-        '{"func": "echo.run", "ident": 1234567890123456789012, "check_load": {"mem_low_threshold": 1e999}}',
+        '{"func": "echo.run", "ident": 1234567890123456789012,'
+        ' "check_load": {"mem_low_threshold": 1e999}}',
         "InvalidMessageError",
         "message is not a valid json string: ",
     ),

@@ -30,11 +30,6 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnec
 from gloomd.fdlimit import DescriptorBudgetError, fit_connection_caps
 from gloomd.wsjobd import WsJobService
 from gloomd.wsjobd.limits import WsLimits
-
-# A 19+ digit integer sends a payload down the codec's exact (stdlib) path.
-LONG_INT = "1234567890123456789012"
-SURROGATE_PAYLOAD = '{{"ident": {}, "func": "echo.run", "echo": "\\ud800"}}'.format(LONG_INT)
-INFINITE_PAYLOAD = '{{"ident": {}, "func": "echo.run", "echo": 1e400}}'.format(LONG_INT)
 from tests.support.daemon import spawn_gloomd
 
 from .test_wsjobd import (
@@ -48,6 +43,11 @@ from .test_wsjobd import (
     send,
     wait_started,
 )
+
+# A 19+ digit integer sends a payload down the codec's exact (stdlib) path.
+LONG_INT = "1234567890123456789012"
+SURROGATE_PAYLOAD = '{{"ident": {}, "func": "echo.run", "echo": "\\ud800"}}'.format(LONG_INT)
+INFINITE_PAYLOAD = '{{"ident": {}, "func": "echo.run", "echo": 1e400}}'.format(LONG_INT)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -157,7 +157,7 @@ def test_a_failing_package_init_is_retried_not_cached_half_done(tmp_path: Path) 
 
 def test_syntax_errors_are_loading_errors(tmp_path: Path) -> None:
     write(tmp_path, "bad.py", "def run(job:\n")
-    with pytest.raises(LoadingError, match="failed to import jobs.bad: SyntaxError"):
+    with pytest.raises(LoadingError, match=r"failed to import jobs\.bad: SyntaxError"):
         JobsDirectory(tmp_path).load_function(("bad", "run"))
 
 

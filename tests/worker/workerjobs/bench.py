@@ -54,7 +54,8 @@ async def main():
             await p.retire(5)
         times.sort()
         print(
-            f"pool process start (spawn to ready), 10 runs: median {times[5] * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms"
+            f"pool process start (spawn to ready), 10 runs: median {times[5] * 1000:.0f} ms,"
+            f" max {times[-1] * 1000:.0f} ms"
         )
         runner.stop()
         await runner.wait_for(lambda: not runner.slots)

@@ -102,7 +102,10 @@ def sleeper(body: Any, job: Any) -> None:
 def stubborn(body: Any, job: Any) -> None:
     """Ignore SIGTERM, start a grandchild that ignores it too, announce both, sleep."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(3600)"
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        " print('up', flush=True); time.sleep(3600)"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     assert child.stdout is not None
     child.stdout.readline()  # its SIGTERM handler is in place
