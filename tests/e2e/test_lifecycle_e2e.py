@@ -60,12 +60,8 @@ def test_retries_over_real_slaves_fail_k_times_then_succeed() -> None:
             for slave in slaves:
                 slave.sendall(frame({"action": "join", "type": "flaky"}))
                 assert recv(slave) == {"ok": True}
-            master.sendall(
-                frame(
-                    {"action": "submit", "id": "j", "type": "flaky", "body": 1, "retries": 3,
-                     "backoff": 0.001}
-                )  # fmt: skip
-            )
+            job = {"action": "submit", "id": "j", "type": "flaky", "body": 1}
+            master.sendall(frame({**job, "retries": 3, "backoff": 0.001}))
             assert recv(master) == {"ok": True, "id": "j"}
             attempts = []
             for turn, category in enumerate(["ERROR", "TIMEOUT", "ERROR", None]):
