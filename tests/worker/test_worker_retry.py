@@ -5,7 +5,8 @@ The runner reports it as ``fail`` ERROR with reason ``{"type":"Retry",
 back-off), counts it in `RunnerStats.retries`, and the next delivery's
 `attempt` reaches the handler.  Here against a stand-in slave port that hands
 out the frames a daemon would (a redelivery carries ``attempt``); over a
-real daemon in tests/e2e/test_lifecycle_edges_e2e.py.
+real daemon in tests/e2e/test_lifecycle_edges_e2e.py.  Burst mode waits for
+the type's delayed jobs (a retry in its back-off) as for queued ones.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gloom.worker.child import run_job
 from gloom.worker.handler import HandlerSpec, resolve
 from gloom.worker.retry import is_retry
 from gloomwire import codec
+from tests.support.master_port import MasterPort
 from tests.support.slave_port import SlavePort
 
 from .workerjobs.support import TESTS_DIR
@@ -131,3 +133,25 @@ async def test_runner_reports_retries_and_gives_the_handler_the_attempt(
     assert (runner.stats.retries, runner.stats.errors, runner.stats.succeeded) == (2, 0, 1)
     outcomes = [e.detail["outcome"] for e in runner.events if e.kind == "job_finished"]
     assert outcomes == ["retry", "retry", "ok"]
+
+
+async def test_burst_waits_for_a_delayed_job_of_its_type(nursery: trio.Nursery) -> None:
+    # A retry waiting out its back-off is `delayed` in the daemon's stats: a
+    # burst run that stopped then would leave it to nobody.
+    readings = [1, 1, 1, 0]  # the type's `delayed` at each stats: the start-up check's first
+
+    def stats(frame: dict[str, Any]) -> list[dict[str, Any]]:
+        assert frame["action"] == "stats"
+        delayed = readings.pop(0) if len(readings) > 1 else readings[0]
+        row = {"type": "w", "queued": 0, "running": 0, "slaves": 1, "idle": 1, "delayed": delayed}
+        return [{"ok": True, "stats": {"types": [row], "totals": {}}}]
+
+    slaves: SlavePort = await nursery.start(SlavePort([]).run)
+    masters: MasterPort = await nursery.start(MasterPort(stats).run)
+    options: dict[str, Any] = {"slave_port": slaves.port, "master_port": masters.port}
+    options.update(concurrency=1, grace=1.0, import_path=[TESTS_DIR], burst=True)
+    with trio.fail_after(30):
+        await serve("w", "workerjobs.jobs:echo", **options)
+    # The start-up check, two readings with a delayed job, and the one that ends it.
+    assert masters.actions() == ["stats"] * 4
+    assert readings == [0]
