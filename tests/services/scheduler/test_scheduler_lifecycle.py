@@ -110,7 +110,7 @@ def test_a_toml_file_with_lifecycle_keys_loads(tmp_path: pathlib.Path) -> None:
     jobs = load_schedule_file(path)
     sub = build_job("report", jobs["report"]).submit
     assert sub == SubmitSpec("report", retries=3, backoff=30, delay=5, unique=True)
-    with pytest.raises(JobConfigError, match="^job 'bad': submit.backoff must be"):
+    with pytest.raises(JobConfigError, match=r"^job 'bad': submit\.backoff must be"):
         build_job("bad", jobs["bad"])
 
 
