@@ -29,6 +29,7 @@ from .common import (
     connection_security,
     positive_number,
 )
+from .lifecycle_flags import add_lifecycle_flags, lifecycle_spec
 from .render import count_bar, job_bar, progress_fraction, stats_table, stderr_console, to_json
 
 __all__ = ["COMMANDS"]
@@ -94,6 +95,7 @@ def _configure_submit(parser: argparse.ArgumentParser) -> None:
         help="run only after job ID completed (repeatable)",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_lifecycle_flags(parser)
 
 
 def _run_submit(args: argparse.Namespace) -> int:
@@ -113,6 +115,7 @@ async def _submit(args: argparse.Namespace) -> int:
                 "timeout": args.timeout,
                 "after": args.after,
                 "detach": args.detach,
+                **lifecycle_spec(args),
             }
             for _ in range(args.count)
         ]

@@ -127,10 +127,11 @@ class Runner(RunState):
                 for proc in procs:
                     await proc.kill()
         log.info(
-            "event=stopped jobs=%d ok=%d error=%d timeout=%d crash=%d halted=%d",
+            "event=stopped jobs=%d ok=%d error=%d retry=%d timeout=%d crash=%d halted=%d",
             self.stats.jobs_started,
             self.stats.succeeded,
             self.stats.errors,
+            self.stats.retries,
             self.stats.timeouts,
             self.stats.crashes,
             self.stats.halted,
