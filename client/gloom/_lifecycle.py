@@ -2,10 +2,12 @@
 
 gloomd's lifecycle (durability-and-operations.md, section 2) adds four
 optional submit keys (`delay`, `retries`, `backoff`, `unique`) and the master
-actions `kick`, `delete`, `jobs`, `pause` and `resume`.  This module builds
-those request frames, in the reference's key order, and turns the answers
-of `jobs` into typed rows (`JobInfo`), so that both I/O shells (trio and
-blocking) and the `gloom` command read them one way.
+actions `kick`, `delete`, `jobs`, `pause` and `resume`.  The frames
+themselves are gloomwire.vocabulary's (one place for the wire words, the
+daemon's too); this module holds what only a client needs: the `jobs`
+request's arguments checked before a round trip, and the answers of `jobs`
+as typed rows (`JobInfo`), so that both I/O shells (trio and blocking) and
+the `gloom` command read them one way.
 
 Every key is sent only when asked for: a client that never uses them writes
 exactly the frames of protocol.md.
@@ -16,6 +18,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from typing import Any, Final
+
+from gloomwire import vocabulary
 
 from .errors import ProtocolError
 
@@ -28,14 +32,9 @@ __all__ = [
     "ListedState",
     "check_limit",
     "check_page_size",
-    "delete_request",
     "jobs_request",
-    "kick_request",
-    "kick_type_request",
     "listed_state",
     "parse_jobs_reply",
-    "pause_request",
-    "resume_request",
 ]
 
 #: The submit keys of the lifecycle, in the order gloomd checks them.
@@ -137,24 +136,6 @@ def _is_number(value: Any) -> bool:
 # ---------------------------------------------------------------- requests
 
 
-def kick_request(job_id: Any) -> dict[str, Any]:
-    """Queue a dead job again: `{"action":"kick","id":ID}`."""
-    return {"action": "kick", "id": job_id}
-
-
-def kick_type_request(job_type: Any, limit: int | None = None) -> dict[str, Any]:
-    """Queue the `limit` oldest dead jobs of a type again (all of them without one)."""
-    frame: dict[str, Any] = {"action": "kick", "type": job_type}
-    if limit is not None:
-        frame["limit"] = limit
-    return frame
-
-
-def delete_request(job_id: Any) -> dict[str, Any]:
-    """Remove a job that is not running: `{"action":"delete","id":ID}`."""
-    return {"action": "delete", "id": job_id}
-
-
 def jobs_request(
     job_type: Any = ANY_TYPE,
     state: ListedState | str | None = None,
@@ -167,16 +148,16 @@ def jobs_request(
     than by a round trip; `cursor` None asks for the first page (a real
     cursor is never null: null is how the last page says it is the last).
     """
-    frame: dict[str, Any] = {"action": "jobs"}
+    keys: dict[str, Any] = {}
     if job_type is not ANY_TYPE:
-        frame["type"] = job_type
+        keys["type"] = job_type
     if state is not None:
-        frame["state"] = listed_state(state).value
+        keys["state"] = listed_state(state).value
     if limit is not None:
-        frame["limit"] = limit
+        keys["limit"] = limit
     if cursor is not None:
-        frame["cursor"] = cursor
-    return frame
+        keys["cursor"] = cursor
+    return vocabulary.jobs_request(**keys)
 
 
 def listed_state(state: ListedState | str) -> ListedState:
@@ -186,14 +167,6 @@ def listed_state(state: ListedState | str) -> ListedState:
     except ValueError:
         names = ", ".join(s.value for s in ListedState)
         raise ValueError(f"state must be one of {names}; got {state!r}") from None
-
-
-def pause_request(job_type: Any) -> dict[str, Any]:
-    return {"action": "pause", "type": job_type}
-
-
-def resume_request(job_type: Any) -> dict[str, Any]:
-    return {"action": "resume", "type": job_type}
 
 
 def parse_jobs_reply(frame: dict[str, Any]) -> JobsPage:

@@ -224,16 +224,16 @@ class MasterProtocol:
 
     def kick(self, job_id: Any) -> tuple[Request, bytes]:
         """Queue a dead job again; the answer's value is True."""
-        return self._simple("kick", lifecycle.kick_request(job_id), job_id)
+        return self._simple("kick", vocabulary.kick(job_id), job_id)
 
     def kick_type(self, job_type: Any, limit: int | None = None) -> tuple[Request, bytes]:
         """Queue the oldest dead jobs of a type again; the value is how many."""
-        frame = lifecycle.kick_type_request(job_type, lifecycle.check_limit(limit))
+        frame = vocabulary.kick_type(job_type, lifecycle.check_limit(limit))
         return self._simple("kick_type", frame, None)
 
     def delete(self, job_id: Any) -> tuple[Request, bytes]:
         """Remove a job that is not running; the value is True."""
-        return self._simple("delete", lifecycle.delete_request(job_id), job_id)
+        return self._simple("delete", vocabulary.delete(job_id), job_id)
 
     def jobs(
         self,
@@ -247,10 +247,10 @@ class MasterProtocol:
         return self._simple("jobs", frame, None)
 
     def pause(self, job_type: Any) -> tuple[Request, bytes]:
-        return self._simple("pause", lifecycle.pause_request(job_type), None)
+        return self._simple("pause", vocabulary.pause(job_type), None)
 
     def resume(self, job_type: Any) -> tuple[Request, bytes]:
-        return self._simple("resume", lifecycle.resume_request(job_type), None)
+        return self._simple("resume", vocabulary.resume(job_type), None)
 
     def _simple(self, kind: str, frame: dict[str, Any], job_id: Any) -> tuple[Request, bytes]:
         data = encode(frame)

@@ -86,9 +86,11 @@ class Job:
     def attempt(self) -> int | None:
         """How many times the job was delivered, as its final failure frame says.
 
-        gloomd puts ``attempt`` on every final failure (after the job's
-        retries, if it had any); None while the job is not finished, when it
-        succeeded (a result frame carries no count), or when the frame had none.
+        gloomd puts ``attempt`` on the final failure of a job submitted with
+        ``retries`` (even 0) or kicked; None while the job is not finished,
+        when it succeeded (a result frame carries no count), or when the frame
+        had none (a job that used no lifecycle key fails with protocol.md's
+        frame).
         """
         error = self.error
         return error.attempt if isinstance(error, JobFailed) else None

@@ -132,9 +132,9 @@ class JobFailed(ServerError):
 
     `category` is one of ``CRASH``, ``TIMEOUT``, ``HALTED``, ``DEPENDENCY`` (or,
     for `JobError`, whatever category the slave reported).  `attempt` is the
-    delivery count the final failure frame reports (gloomd adds it to every
-    final failure, after retries), or None when the frame has none (Gloom, or
-    a job that never ran far enough to be counted by an older daemon).
+    delivery count the final failure frame reports (gloomd adds it for a job
+    submitted with ``retries`` or kicked), or None when the frame has none
+    (Gloom, or a job that used no lifecycle key: protocol.md's frame).
     """
 
     def __init__(

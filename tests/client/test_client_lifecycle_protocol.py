@@ -33,6 +33,7 @@ from gloom.errors import (
     UnknownJob,
     error_from_frame,
 )
+from gloomwire import vocabulary
 from tests.support.wire import frame, raw_frame
 
 pytestmark = pytest.mark.timeout(10)
@@ -195,6 +196,11 @@ def test_an_unknown_state_is_refused_before_sending(state: Any) -> None:
     with pytest.raises(ValueError, match="state must be one of waiting, delayed, queued"):
         proto.jobs(state=state)
     assert proto.outstanding == 0
+
+
+def test_listed_states_are_the_wires() -> None:
+    """The client's states are gloomwire's (the words the daemon writes)."""
+    assert {state.value for state in ListedState} == set(vocabulary.JOB_STATES)
 
 
 @pytest.mark.parametrize("limit", [0, -1, 1.5, True, "3"])

@@ -193,7 +193,9 @@ async def test_dead_letters_result_kick_and_delete(gloomd_server: GloomServer) -
         assert info.age_s >= 0
         with pytest.raises(gloom.JobError) as kept:
             await master.result("dl-1")
-        assert kept.value.reason == {"message": "bad"} and kept.value.attempt == 1
+        # Submitted without `retries`: its failure is protocol.md's frame, no attempt key
+        # (a client that uses no lifecycle key sees exactly protocol.md).
+        assert kept.value.reason == {"message": "bad"} and kept.value.attempt is None
         row = await type_row(master, "letters")
         assert row["dead"] == 1
 
@@ -215,6 +217,10 @@ async def test_dead_letters_result_kick_and_delete(gloomd_server: GloomServer) -
         assert await slave.request(fail) == {"ok": True}
         dead = [i.id async for i in master.jobs(state="dead")]
         assert dead == ["dl-1"]
+        # Kicked once, its failures count deliveries: the second one says so.
+        with pytest.raises(gloom.JobError) as again_dead:
+            await master.result("dl-1")
+        assert again_dead.value.attempt == 2
         assert await master.delete("dl-1") is True
         with pytest.raises(gloom.UnknownJob) as gone:
             await master.kick("dl-1")
