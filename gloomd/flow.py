@@ -930,17 +930,22 @@ class Flow:
 
     def _timed_out(self, job: Job, now: float) -> None:
         """A running job passed its timeout: retried if it may be, else failed (TIMEOUT)."""
-        if _retries_left(job):
-            # The slave keeps the original as an orphan; a copy goes on.
-            copy = job.retry_copy()
-            job.state = GONE
-            job.master = job.others = job.dependents = None
-            self.types[job.key].running -= 1
-            self.jobs[copy.id] = copy
-            for listener in listeners(copy):
-                listener.jobs[copy.id] = copy
-            self._retry(copy, now, copy.master)
-            return
+        retry = _retries_left(job)
+        if retry or job.detached:
+            # The slave keeps the original as an orphan; a copy goes on: retried, or
+            # dead, where a kick may bring it back to life (the orphan must not
+            # come back with it: its late answer would complete the kicked job).
+            orphan = job
+            job = orphan.retry_copy()
+            orphan.state = GONE
+            orphan.master = orphan.others = orphan.dependents = None
+            self.jobs[job.id] = job
+            for listener in listeners(job):
+                listener.jobs[job.id] = job
+            if retry:
+                self.types[job.key].running -= 1
+                self._retry(job, now, job.master)
+                return
         master = job.master
         self._orphan(job)
         if master is None or self._may_log(master):
