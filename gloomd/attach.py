@@ -85,19 +85,15 @@ class Registry(Generic[K, T]):
             return NEW, None
         return claim(True, self._kind_of(thing) == kind, unique), thing
 
-    def add(self, key: K, thing: T) -> None:
-        """`thing` is live under `key` (the caller claimed it NEW)."""
-        self.live[key] = thing
-
     def get(self, key: K) -> T | None:
         return self.live.get(key)
 
-    def remove(self, key: K, thing: T) -> bool:
-        """`thing` is no longer live; False if the key holds something else by now."""
-        if self.live.get(key) is thing:
-            del self.live[key]
-            return True
-        return False
+    def __setitem__(self, key: K, thing: T) -> None:
+        """`thing` is live under `key` (the caller claimed it NEW)."""
+        self.live[key] = thing
+
+    def __delitem__(self, key: K) -> None:
+        del self.live[key]
 
     def __len__(self) -> int:
         return len(self.live)

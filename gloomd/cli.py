@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--max-result-bytes", int, lim.max_result_bytes, "bytes of detached results kept"),
         ("--max-outcome-bytes", int, lim.max_outcome_bytes, "bytes of outcomes kept (for after)"),
         ("--max-stats-types", int, lim.max_stats_types, "rows in a stats answer (the rest summed)"),
+        ("--max-dead", int, lim.max_dead, "dead letters kept at most (the oldest dropped first)"),
         ("--log-rate", float, lim.log_rate, "log lines per second one connection may cause"),
         ("--log-burst", int, lim.log_burst, "log lines one connection may save up"),
     ):
@@ -285,6 +286,8 @@ def config_from_args(
             max_values=args.max_frame_values,
             log_rate=args.log_rate,
             log_burst=args.log_burst,
+            max_dead=args.max_dead,
+            metrics_max_types=args.metrics_max_types,
         ),
     )
 
@@ -342,7 +345,7 @@ def check_flags(args: argparse.Namespace) -> None:
     for name in _COUNTS:
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("max_retries", "max_after"):
+    for name in ("max_retries", "max_after", "max_dead"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
     for flag, name, needed, needed_flag in _NEEDS:

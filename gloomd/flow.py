@@ -132,6 +132,10 @@ from .timers import DeadlineHeap, delay_alive, timeout_alive
 
 __all__ = ["INF", "TICK_BUDGET", "BrokerLimits", "Flow"]
 
+# Histogram buckets on the hot path: a module global each, not an attribute.
+_bucket = bisect_left
+_BOUNDS: Final = BOUNDS
+
 log = logging.getLogger("gloomd.broker")
 
 INF: Final = float("inf")
@@ -347,7 +351,7 @@ class Flow:
             return
 
         now = self._clock()
-        queue = self._queue_for(msg.type, msg.key)
+        queue = self.types.get(msg.key) or self._queue_for(msg.type, msg.key)
         tally = queue.tally
         self._seq += 1
         job = Job(msg, self._seq, master, self._wall(), tally)
@@ -486,7 +490,7 @@ class Flow:
                         now = self._clock()
                     wait = now - job.stamp
                     tally = job.tally
-                    tally.wait_counts[bisect_left(BOUNDS, wait)] += 1
+                    tally.wait_counts[_bucket(_BOUNDS, wait)] += 1
                     tally.wait_sum += wait
                     self._assign(slave, queue, job, now)
                     return
@@ -591,7 +595,7 @@ class Flow:
             now = self._clock()
             ran = now - job.stamp
             tally = job.tally
-            tally.run_counts[bisect_left(BOUNDS, ran)] += 1
+            tally.run_counts[_bucket(_BOUNDS, ran)] += 1
             tally.run_sum += ran
             tally.finished[OK] += 1
             self.totals["completed"] += 1
@@ -837,14 +841,22 @@ class Flow:
     def _forget(self, job: Job, ok: bool, now: float) -> None:
         if self.jobs.get(job.id) is job:
             del self.jobs[job.id]
-        self._settle(job, ok, now)
+        # `_settle` and `_arm`, inlined for the job with no dependents: every job ends here.
+        expires = self.stores.record_outcome(job.id, ok, now)
+        if expires < self._timer_at:
+            self.timers_changed = True
+        if job.dependents:
+            self._release_dependents(job, ok, now)
 
     def _settle(self, job: Job, ok: bool, now: float) -> None:
         """Record the job's outcome (for `after`) and release or fail its dependents."""
         self._arm(self.stores.record_outcome(job.id, ok, now))
+        if job.dependents:
+            self._release_dependents(job, ok, now)
+
+    def _release_dependents(self, job: Job, ok: bool, now: float) -> None:
         dependents = job.dependents
-        if not dependents:
-            return
+        assert dependents is not None
         job.dependents = None
         if ok and len(dependents) > 1:
             # Released together, they must reach idle slaves in queue order.
@@ -918,17 +930,22 @@ class Flow:
 
     def _timed_out(self, job: Job, now: float) -> None:
         """A running job passed its timeout: retried if it may be, else failed (TIMEOUT)."""
-        if _retries_left(job):
-            # The slave keeps the original as an orphan; a copy goes on.
-            copy = job.retry_copy()
-            job.state = GONE
-            job.master = job.others = job.dependents = None
-            self.types[job.key].running -= 1
-            self.jobs[copy.id] = copy
-            for listener in listeners(copy):
-                listener.jobs[copy.id] = copy
-            self._retry(copy, now, copy.master)
-            return
+        retry = _retries_left(job)
+        if retry or job.detached:
+            # The slave keeps the original as an orphan; a copy goes on: retried, or
+            # dead, where a kick may bring it back to life (the orphan must not
+            # come back with it: its late answer would complete the kicked job).
+            orphan = job
+            job = orphan.retry_copy()
+            orphan.state = GONE
+            orphan.master = orphan.others = orphan.dependents = None
+            self.jobs[job.id] = job
+            for listener in listeners(job):
+                listener.jobs[job.id] = job
+            if retry:
+                self.types[job.key].running -= 1
+                self._retry(job, now, job.master)
+                return
         master = job.master
         self._orphan(job)
         if master is None or self._may_log(master):

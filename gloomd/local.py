@@ -11,9 +11,11 @@ Two ways in:
 
 * `request(frame)`, synchronous: the frames the broker answered at once
   (the HTTP admin API: `stats`, `jobs`, `kick`..., one answer each);
-* `await call(id, type, body, priority=, timeout=)`: submit one job and
-  wait for its result by id (the scheduler).  Submits are answered at once
-  (the ack, or why not), so no error frame can be matched to the wrong one.
+* `await call(id, type, body, priority=, timeout=, ...)`: submit one job
+  and wait for its result by id (the scheduler).  Submits are answered at
+  once (the ack, or why not), so no error frame can be matched to the wrong
+  one.  A `unique` call may attach to a job this seat already waits on: the
+  calls then share one outcome, which outlives any one of them.
 
 Frames the broker queues later (results, `job_error`, `job_failed`) reach
 it through the server's flush, like any peer's: `write` below is this
@@ -30,6 +32,7 @@ connection that closed), and the next request takes a new seat.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -81,14 +84,20 @@ class RemoteJobError(LocalMasterError):
 
 
 class _Outcome:
-    """Where a result (or the error that ends a call) is left for one id."""
+    """Where a result (or the error that ends a call) is left for one id.
 
-    __slots__ = ("done", "error", "value")
+    `callers` counts the calls waiting on it (more than one when `unique`
+    calls attached to one job), so that one of them being cancelled does not
+    take the outcome from the others.
+    """
+
+    __slots__ = ("callers", "done", "error", "value")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.value: Any = None
         self.error: BaseException | None = None
+        self.callers = 0
 
     def set(self, value: Any = None, error: BaseException | None = None) -> None:
         if not self.done.is_set():
@@ -190,31 +199,52 @@ class LocalMaster:
         *,
         priority: int = 0,
         timeout: float | None = None,
+        delay: float | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        unique: bool = False,
+        on_attached: Callable[[], object] | None = None,
     ) -> Any:
         """Submit one job and return the body of its result.
+
+        `delay`, `retries`, `backoff` and `unique` are the lifecycle's submit
+        keys, sent only when given.  When gloomd's ack says the submit
+        attached to a live job (`unique`), `on_attached` is called, and the
+        call waits for that job's outcome, sharing it with a call of this
+        seat that already waits on it.
 
         Raises `LocalMasterError` (not running, or stopped before the
         answer), `SubmitRejected`, or `RemoteJobError`.
         """
-        if job_id in self._waiting:
+        if job_id in self._waiting and not unique:
             # gloomd would answer id_exists too; refusing here keeps the
             # waiting call's result slot from being overwritten.
             raise SubmitRejected(error("id_exists", job_id))
-        extra = {} if timeout is None else {"timeout": timeout}
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        for key, value in (("delay", delay), ("retries", retries), ("backoff", backoff)):
+            if value is not None:
+                extra[key] = value
+        if unique:
+            extra["unique"] = True
         replies = self.request(submit(job_id, job_type, body, priority, **extra))
         answer = replies[0]
-        outcome = _Outcome()
         if answer.get("ok") is not True or answer.get("id") != job_id:
             if answer.get("error") in ("job_error", "job_failed") and answer.get("id") == job_id:
                 raise RemoteJobError(answer)  # e.g. HALTED: the daemon is stopping
             raise SubmitRejected(answer)
-        self._waiting[job_id] = outcome
+        outcome = self._waiting.get(job_id)
+        if outcome is None:
+            outcome = self._waiting[job_id] = _Outcome()
+        outcome.callers += 1
         try:
+            if answer.get("attached") is True and on_attached is not None:
+                on_attached()
             self._deliver(replies[1:])  # an `after` that had already failed, say
             await outcome.done.wait()
         finally:
-            if self._waiting.get(job_id) is outcome:  # cancelled while waiting
-                del self._waiting[job_id]
+            outcome.callers -= 1
+            if not outcome.callers and self._waiting.get(job_id) is outcome:
+                del self._waiting[job_id]  # every caller was cancelled while waiting
         if outcome.error is not None:
             raise outcome.error
         return outcome.value

@@ -153,7 +153,8 @@ class Job:
         self.tally = tally
 
     def retry_copy(self) -> Job:
-        """A copy that carries on, for a job that timed out and will be retried.
+        """A copy that carries on, for a job that timed out and will be retried
+        or kept dead (a kick would bring it back to life).
 
         The slave that timed out still holds the original (an orphan: its late
         answer is acked and dropped), so the job that goes on must be another

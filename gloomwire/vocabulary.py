@@ -20,38 +20,26 @@ __all__ = [
     "BOTH_PORTS",
     "CATEGORIES",
     "FAILED_CATEGORIES",
-    "JOB_STATES",
-    "LIFECYCLE_ACTIONS",
     "MASTER_ACTIONS",
     "OK",
     "OK_FRAME",
     "SLAVE_ACTIONS",
     "ack",
-    "attached",
     "auth",
     "cancel",
-    "delete",
     "describe_failure",
     "error",
     "fail",
     "job",
     "job_error",
     "job_failed",
-    "job_row",
-    "jobs_page",
-    "jobs_request",
     "join",
-    "kick",
-    "kick_type",
-    "kicked",
-    "pause",
     "ping",
     "progress",
     "progress_report",
     "respond",
     "result",
     "result_request",
-    "resume",
     "stats",
     "stats_request",
     "submit",
@@ -67,6 +55,8 @@ LIFECYCLE_ACTIONS: Final = frozenset({"kick", "delete", "jobs", "pause", "resume
 MASTER_ACTIONS: Final = frozenset({"submit", "cancel", "result", "stats"}) | LIFECYCLE_ACTIONS
 #: Actions either port answers.
 BOTH_PORTS: Final = frozenset({"ping", "auth"})
+#: The states `jobs` reports (and filters by), in the reference's order.
+JOB_STATES: Final = ("queued", "delayed", "waiting", "running", "dead")
 
 # ---------------------------------------------------------------- categories
 
@@ -74,8 +64,6 @@ BOTH_PORTS: Final = frozenset({"ping", "auth"})
 CATEGORIES: Final = ("ERROR", "TIMEOUT", "CRASH", "HALTED")
 #: What a `job_failed` frame may carry: the daemon's own endings of a job.
 FAILED_CATEGORIES: Final = ("CRASH", "TIMEOUT", "HALTED", "DEPENDENCY", "CANCELLED")
-#: The states `jobs` reports (and filters by), in the reference's order.
-JOB_STATES: Final = ("queued", "delayed", "waiting", "running", "dead")
 
 #: What each category means when the daemon ended the job (`job_failed`),
 #: in words a person reads: the client's and the scheduler's messages.
@@ -290,3 +278,20 @@ def pause(job_type: Any) -> dict[str, Any]:
 
 def resume(job_type: Any) -> dict[str, Any]:
     return {"action": "resume", "type": job_type}
+
+
+# The job lifecycle's words (durability-and-operations.md section 2).
+__all__ += [
+    "JOB_STATES",
+    "LIFECYCLE_ACTIONS",
+    "attached",
+    "delete",
+    "job_row",
+    "jobs_page",
+    "jobs_request",
+    "kick",
+    "kick_type",
+    "kicked",
+    "pause",
+    "resume",
+]

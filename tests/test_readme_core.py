@@ -57,3 +57,28 @@ def test_the_activation_block_puts_the_commands_on_path(tmp_path: pathlib.Path) 
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"gloom {gloomwire.__version__}"
+
+
+def test_headings_are_unique() -> None:
+    """Merged branches must not leave two sections of one name (anchors would clash)."""
+    headings = re.findall(r"^#{2,3} (.+)$", README.read_text(), re.M)
+    assert sorted({h for h in headings if headings.count(h) > 1}) == []
+
+
+def test_the_lifecycle_section_names_every_word_of_the_wire() -> None:
+    """One section holds the lifecycle's failure semantics: every key, action, state,
+    stats field and flag of durability-and-operations.md section 2 is named there."""
+    from gloomwire.vocabulary import JOB_STATES, LIFECYCLE_ACTIONS
+
+    text = README.read_text()
+    title = "## Job lifecycle: delays, retries, unique ids, dead letters, pause\n"
+    assert text.count(title) == 1
+    section = text.split(title)[1].split("\n## ")[0]
+    words = [
+        *(f'"{key}"' for key in ("delay", "retries", "backoff", "unique", "attached", "attempt")),
+        *(f'"action":"{action}"' for action in sorted(LIFECYCLE_ACTIONS)),
+        *(f"`{state}`" for state in JOB_STATES),
+        *("`retried`", "`withdrawn`", "`paused`", "`--max-dead`", "`--max-retries`"),
+        *("`event=dead_dropped`", "`event=retry`", "`invalid_state`", "`id_exists`", "cursor"),
+    ]
+    assert [word for word in words if word not in section] == []

@@ -8,8 +8,13 @@ Two ways in, with the same names:
 
 Both run the same sans-IO protocol code (``_master_protocol``,
 ``_slave_protocol``), so they match results to jobs the same way.
+
+The job lifecycle (delays, retries, unique ids, dead letters, pause) adds
+submit keywords and the master methods ``kick``, ``kick_type``, ``delete``,
+``jobs`` (rows: `JobInfo`, states: `ListedState`), ``pause`` and ``resume``.
 """
 
+from ._lifecycle import ANY_TYPE, JobInfo, JobsPage, ListedState
 from ._protocol import JobState
 from ._sync import Job as SyncJob
 from ._sync import Master, Slave
@@ -17,6 +22,7 @@ from ._trio_master import AsyncMaster, Job, new_job_id, open_master
 from ._trio_slave import AsyncSlave, SlaveJob, open_slave
 from .errors import (
     GloomError,
+    InvalidState,
     JobCancelled,
     JobError,
     JobFailed,
@@ -24,18 +30,24 @@ from .errors import (
     ServerError,
     TransportError,
     Unauthorized,
+    UnknownJob,
     WaitTimeout,
 )
 
 __all__ = [
+    "ANY_TYPE",
     "AsyncMaster",
     "AsyncSlave",
     "GloomError",
+    "InvalidState",
     "Job",
     "JobCancelled",
     "JobError",
     "JobFailed",
+    "JobInfo",
     "JobState",
+    "JobsPage",
+    "ListedState",
     "Master",
     "ProtocolError",
     "ServerError",
@@ -44,6 +56,7 @@ __all__ = [
     "SyncJob",
     "TransportError",
     "Unauthorized",
+    "UnknownJob",
     "WaitTimeout",
     "new_job_id",
     "open_master",

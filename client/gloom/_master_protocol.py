@@ -19,6 +19,14 @@ Rules it enforces (why the original client needed fixing):
   instead of an ack.  Such a frame for the submit at the head of the FIFO is
   that submit's answer (any other outcome is matched by id as usual).
 * Ids are compared exactly (`id_key`): ``1`` and ``"1"`` are different jobs.
+* A ``unique`` submit may attach to a job that is already live (the ack says
+  ``"attached": true``), this connection's own included: then several
+  submits wait on one id, and its progress and outcome reach every one of
+  them.  The extra ones are kept apart (`_also`), so the plain path pays one
+  ``setdefault`` per ack and one falsy check per outcome for it.
+* The admin actions (kick, delete, jobs, pause, resume) are plain requests
+  answered in order; ``delete`` of a job of this connection ends it as
+  ``cancel`` does, and an ``invalid_state`` answer names the request's id.
 
 The I/O shells (trio and blocking sockets) feed received bytes to
 `receive_data` and act on the events; they never parse frames themselves.
@@ -34,9 +42,11 @@ from typing import Any
 
 from gloomwire import vocabulary
 
+from . import _lifecycle as lifecycle
 from ._protocol import Request, RequestQueue, decode_frames, encode, id_key, new_decoder
 from .errors import (
     GloomError,
+    InvalidState,
     JobCancelled,
     JobFailed,
     ProtocolError,
@@ -58,7 +68,12 @@ __all__ = [
 _OUTCOME_ERRORS = ("job_failed", "job_error")
 
 #: Keys a job spec may hold (`submit_many`, `do_many`): `submit`'s keyword arguments.
-SUBMIT_KEYS = frozenset({"type", "body", "priority", "id", "timeout", "after", "detach"})
+SUBMIT_KEYS = frozenset(
+    {"type", "body", "priority", "id", "timeout", "after", "detach", *lifecycle.LIFECYCLE_KEYS}
+)
+
+#: Requests whose answer ends this connection's job of that id as a cancel does.
+_REMOVING = ("cancel", "delete")
 
 
 def new_job_id() -> str:
@@ -78,11 +93,14 @@ def check_specs(specs: Iterable[Mapping[str, Any]], also: frozenset[str] = froze
 class Answered:
     """`request` got its reply (see `request.value` / `request.error`).
 
-    For a successful cancel, `cancelled` is the token of the job it removed.
+    For a successful cancel or delete, `cancelled` holds the tokens of this
+    connection's submits of the job it removed (none, one, or more than one
+    when submits attached to it).  A submit's `request.value` is True when
+    the ack said ``attached``.
     """
 
     request: Request
-    cancelled: Any = None
+    cancelled: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,9 @@ class MasterProtocol:
         self._unacked: dict[tuple[type, Any], deque[Request]] = {}
         # Acked submits whose outcome has not arrived.
         self._live: dict[tuple[type, Any], Request] = {}
+        # Further acked submits of a live id (unique ones that attached to a
+        # job this connection already waits on), oldest first.
+        self._also: dict[tuple[type, Any], list[Request]] = {}
 
     # -- requests ---------------------------------------------------------------
 
@@ -141,11 +162,17 @@ class MasterProtocol:
         timeout: Any = None,
         detach: bool = False,
         after: Iterable[Any] | None = None,
+        delay: Any = None,
+        retries: Any = None,
+        backoff: Any = None,
+        unique: bool = False,
         token: Any = None,
     ) -> tuple[Request, bytes]:
         # Gloom's key order first; gloomd's extensions only when used, so a
         # plain submit is byte-for-byte what Gloom's own client sent.  (Added
         # here rather than passed as `extra`: no dict built per plain submit.)
+        # The values go as given: gloomd checks them and answers
+        # invalid_type/KEY, in one place for every client.
         frame = vocabulary.submit(job_id, type, body, priority)
         if timeout is not None:
             frame["timeout"] = timeout
@@ -153,6 +180,14 @@ class MasterProtocol:
             frame["detach"] = True
         if after is not None:
             frame["after"] = list(after)
+        if delay is not None:
+            frame["delay"] = delay
+        if retries is not None:
+            frame["retries"] = retries
+        if backoff is not None:
+            frame["backoff"] = backoff
+        if unique:
+            frame["unique"] = True
         request = Request("submit", job_id, token)
         data = encode(frame)  # before any bookkeeping: an unencodable body changes nothing
         self._unacked.setdefault(id_key(job_id), deque()).append(request)
@@ -171,6 +206,10 @@ class MasterProtocol:
             timeout=spec.get("timeout"),
             detach=spec.get("detach", False),
             after=spec.get("after"),
+            delay=spec.get("delay"),
+            retries=spec.get("retries"),
+            backoff=spec.get("backoff"),
+            unique=spec.get("unique", False),
             token=token,
         )
 
@@ -182,6 +221,36 @@ class MasterProtocol:
 
     def result(self, job_id: Any) -> tuple[Request, bytes]:
         return self._simple("result", vocabulary.result_request(job_id), job_id)
+
+    def kick(self, job_id: Any) -> tuple[Request, bytes]:
+        """Queue a dead job again; the answer's value is True."""
+        return self._simple("kick", vocabulary.kick(job_id), job_id)
+
+    def kick_type(self, job_type: Any, limit: int | None = None) -> tuple[Request, bytes]:
+        """Queue the oldest dead jobs of a type again; the value is how many."""
+        frame = vocabulary.kick_type(job_type, lifecycle.check_limit(limit))
+        return self._simple("kick_type", frame, None)
+
+    def delete(self, job_id: Any) -> tuple[Request, bytes]:
+        """Remove a job that is not running; the value is True."""
+        return self._simple("delete", vocabulary.delete(job_id), job_id)
+
+    def jobs(
+        self,
+        job_type: Any = lifecycle.ANY_TYPE,
+        state: lifecycle.ListedState | str | None = None,
+        limit: int | None = None,
+        cursor: Any = None,
+    ) -> tuple[Request, bytes]:
+        """One page of the jobs gloomd holds; the value is a `JobsPage`."""
+        frame = lifecycle.jobs_request(job_type, state, limit, cursor)
+        return self._simple("jobs", frame, None)
+
+    def pause(self, job_type: Any) -> tuple[Request, bytes]:
+        return self._simple("pause", vocabulary.pause(job_type), None)
+
+    def resume(self, job_type: Any) -> tuple[Request, bytes]:
+        return self._simple("resume", vocabulary.resume(job_type), None)
 
     def _simple(self, kind: str, frame: dict[str, Any], job_id: Any) -> tuple[Request, bytes]:
         data = encode(frame)
@@ -208,7 +277,10 @@ class MasterProtocol:
             self._requests.pop(frame)
             if head.kind == "submit":
                 self._forget_unacked(head)
-            head.resolve(error=error_from_frame(frame))
+            refusal = error_from_frame(frame)
+            if isinstance(refusal, InvalidState) and head.job_id is not None:
+                refusal.id = head.job_id  # the frame names the state only
+            head.resolve(error=refusal)
             return [Answered(head)]
         if error is not None:
             failure = error_from_frame(frame)
@@ -217,7 +289,11 @@ class MasterProtocol:
         if "id" in frame and "progress" in frame:
             request = self._lookup(frame["id"])
             token = request.token if request is not None else None
-            return [Progressed(frame["id"], token, frame["progress"])]
+            progressed: list[Event] = [Progressed(frame["id"], token, frame["progress"])]
+            if self._also:
+                for also in self._also.get(id_key(frame["id"]), ()):
+                    progressed.append(Progressed(frame["id"], also.token, frame["progress"]))
+            return progressed
         if "id" in frame and "body" in frame:
             return self._outcome(frame["id"], frame["body"], None)
         raise ProtocolError(f"unexpected frame from gloomd: {frame!r:.200}")
@@ -233,17 +309,50 @@ class MasterProtocol:
                 )
             self._forget_unacked(request)
             if not request.settled:  # no outcome overtook the ack
-                self._live[id_key(request.job_id)] = request
-            request.answered = True
+                key = id_key(request.job_id)
+                if self._live.setdefault(key, request) is not request:
+                    # Attached to a job this connection already waits on.
+                    self._also.setdefault(key, []).append(request)
+            request.resolve(frame.get("attached") is True)
             return Answered(request)
-        if request.kind == "cancel":
-            removed = self._live.pop(id_key(request.job_id), None)
+        if request.kind in _REMOVING:
+            key = id_key(request.job_id)
+            removed = self._live.pop(key, None)
+            tokens = () if removed is None else (removed.token,)
+            if self._also:
+                tokens += tuple(also.token for also in self._also.pop(key, ()))
             request.resolve(True)
-            return Answered(request, cancelled=removed.token if removed is not None else None)
+            return Answered(request, cancelled=tokens)
         if request.kind == "stats":
             request.resolve(frame.get("stats"))
             return Answered(request)
-        raise ProtocolError(f"unexpected reply to {request.kind}: {frame!r:.200}")
+        return self._admin_reply(request, frame)
+
+    def _admin_reply(self, request: Request, frame: dict[str, Any]) -> Answered:
+        """The answers of the lifecycle's admin actions.
+
+        A malformed answer fails its request with `ProtocolError` rather than
+        the connection: the frame boundary is intact, so the stream is fine.
+        """
+        kind = request.kind
+        if kind == "kick":
+            request.resolve(True)
+        elif kind == "kick_type":
+            kicked = frame.get("kicked")
+            if type(kicked) is int and kicked >= 0:
+                request.resolve(kicked)
+            else:
+                request.resolve(error=ProtocolError(f"kick answer without a count: {frame!r:.200}"))
+        elif kind == "jobs":
+            try:
+                request.resolve(lifecycle.parse_jobs_reply(frame))
+            except ProtocolError as exc:
+                request.resolve(error=exc)
+        elif kind in ("pause", "resume"):
+            request.resolve(None)
+        else:
+            raise ProtocolError(f"unexpected reply to {kind}: {frame!r:.200}")
+        return Answered(request)
 
     def _outcome(self, job_id: Any, body: Any, error: GloomError | None) -> list[Event]:
         events: list[Event] = []
@@ -268,6 +377,10 @@ class MasterProtocol:
         if submit is not None or not events:
             token = submit.token if submit is not None else None
             events.append(Finished(job_id, token, body, error))
+        if self._also and submit is not None:
+            for also in self._also.pop(id_key(job_id), ()):
+                also.settled = True
+                events.append(Finished(job_id, also.token, body, error))
         return events
 
     def _settle(self, job_id: Any) -> Request | None:
@@ -311,9 +424,12 @@ class MasterProtocol:
         """Fail every outstanding request; return them and the tokens of unfinished jobs."""
         failed = self._requests.fail_all(error)
         tokens = [r.token for r in self._live.values()]
+        for also in self._also.values():
+            tokens.extend(r.token for r in also)
         for waiting in self._unacked.values():
             tokens.extend(r.token for r in waiting if not r.settled)
         self._live.clear()
+        self._also.clear()
         self._unacked.clear()
         return failed, tokens
 

@@ -12,6 +12,8 @@ import: same class names, same positional arguments, same `Job` dict with
 * `timeout=` is the per-call socket timeout as in Gloom, but bounds the whole
   call, and raises `WaitTimeout` (a `TimeoutError`, as `socket.timeout` was).
 * The slave reconnects with back-off when the daemon goes away, and re-joins.
+* The lifecycle's admin actions (kick, delete, jobs, pause, resume) are
+  blocking calls; `Master.jobs` is a generator that follows the cursor.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar, Unpack
 
+from . import _lifecycle as lifecycle
 from ._connect import Backoff, Endpoint, Security, connect_blocking
+from ._lifecycle import ANY_TYPE, JobInfo, JobsPage, ListedState
 from ._master_protocol import Finished, MasterProtocol, Notice, Progressed, check_specs, new_job_id
 from ._protocol import Request
 from ._slave_protocol import JobOffered, SlaveProtocol, attempt_of
@@ -232,6 +236,10 @@ class Master(_Endpoint[MasterProtocol]):
         #: Latest progress value per job id still running (progress frames
         #: never reach `receive`, which returns results only).
         self.progress: dict[Any, Any] = {}
+        #: Whether the last `submit` attached to a live job (``unique``), as
+        #: DB-API's ``cursor.lastrowid`` tells about the last insert: `submit`
+        #: keeps returning the id, as Gloom's did.
+        self.last_attached = False
         self._conn.open()
 
     def __enter__(self) -> Master:
@@ -259,14 +267,26 @@ class Master(_Endpoint[MasterProtocol]):
         job_timeout: float | None = None,
         detach: bool = False,
         after: Iterable[Any] | None = None,
+        delay: float | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        unique: bool = False,
         timeout: Any = _DEFAULT,
     ) -> Any:
-        """Submit a job and return its id once acked (`ServerError` if refused)."""
+        """Submit a job and return its id once acked (`ServerError` if refused).
+
+        `delay`, `retries`, `backoff` and `unique` are the trio client's
+        (`gloom.AsyncMaster.submit`); whether a unique submit attached to a
+        live job is in `last_attached` afterwards.
+        """
         job_id = self.new_job_id() if id is None else id
         spec = {"type": type, "body": body, "priority": priority, "timeout": job_timeout}
-        spec.update(detach=detach, after=after)
+        spec.update(detach=detach, after=after, delay=delay, retries=retries, backoff=backoff)
+        spec["unique"] = unique
         request, data = self._proto.submit_spec(job_id, spec, True)
+        self.last_attached = False
         self._call(request, data, timeout)
+        self.last_attached = request.value is True
         return job_id
 
     def receive(self, timeout: Any = _DEFAULT) -> Job:
@@ -328,6 +348,85 @@ class Master(_Endpoint[MasterProtocol]):
     def result(self, id: Any, timeout: Any = _DEFAULT) -> Any:
         """A detached job's result body (raises its failure, or ``not_ready``)."""
         return self._call(*self._proto.result(id), timeout)
+
+    # -- the lifecycle's admin actions (see gloom.AsyncMaster for the rules) --------------
+
+    def kick(self, id: Any, timeout: Any = _DEFAULT) -> bool:
+        """Queue a dead job again: True; `InvalidState` if not dead, `UnknownJob` if unknown."""
+        value: bool = self._call(*self._proto.kick(id), timeout)
+        return value
+
+    def kick_type(self, type: Any, limit: int | None = None, timeout: Any = _DEFAULT) -> int:
+        """Queue the `limit` oldest dead jobs of `type` again (all without one): how many."""
+        value: int = self._call(*self._proto.kick_type(type, limit), timeout)
+        return value
+
+    def delete(self, id: Any, timeout: Any = _DEFAULT) -> bool:
+        """Remove a job that is not running: True; `InvalidState` if running, else `UnknownJob`."""
+        value: bool = self._call(*self._proto.delete(id), timeout)
+        return value
+
+    def jobs(
+        self,
+        type: Any = ANY_TYPE,
+        *,
+        state: ListedState | str | None = None,
+        limit: int | None = None,
+        page_size: int = lifecycle.MAX_PAGE,
+        timeout: Any = _DEFAULT,
+    ) -> Iterator[JobInfo]:
+        """The jobs gloomd holds, as `JobInfo` rows, fetched a page at a time.
+
+        Filters and paging as `gloom.AsyncMaster.jobs`; `timeout` bounds each
+        page's request.  Arguments are checked at the call, not at the first row.
+        """
+        checked_state = None if state is None else lifecycle.listed_state(state)
+        lifecycle.check_limit(limit)
+        lifecycle.check_page_size(page_size)
+        return self._follow_jobs(type, checked_state, limit, page_size, timeout)
+
+    def _follow_jobs(
+        self,
+        job_type: Any,
+        state: ListedState | None,
+        left: int | None,
+        page_size: int,
+        timeout: Any,
+    ) -> Iterator[JobInfo]:
+        cursor: Any = None
+        while left is None or left > 0:
+            size = page_size if left is None else min(page_size, left)
+            page = self.jobs_page(job_type, state=state, limit=size, cursor=cursor, timeout=timeout)
+            for info in page.jobs:
+                if left is not None:
+                    if left == 0:
+                        return
+                    left -= 1
+                yield info
+            cursor = page.next_cursor
+            if cursor is None:
+                return
+
+    def jobs_page(
+        self,
+        type: Any = ANY_TYPE,
+        *,
+        state: ListedState | str | None = None,
+        limit: int | None = None,
+        cursor: Any = None,
+        timeout: Any = _DEFAULT,
+    ) -> JobsPage:
+        """One page of `jobs`; `cursor` is the previous page's `next_cursor` (None: first)."""
+        value: JobsPage = self._call(*self._proto.jobs(type, state, limit, cursor), timeout)
+        return value
+
+    def pause(self, type: Any, timeout: Any = _DEFAULT) -> None:
+        """Stop handing out jobs of `type` (they stay queued, its slaves stay joined)."""
+        self._call(*self._proto.pause(type), timeout)
+
+    def resume(self, type: Any, timeout: Any = _DEFAULT) -> None:
+        """Hand out jobs of a paused `type` again."""
+        self._call(*self._proto.resume(type), timeout)
 
     def _pump(self, deadline: float | None) -> None:
         for event in self._receive(deadline):

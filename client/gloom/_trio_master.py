@@ -3,6 +3,9 @@
 One reader task per connection turns frames into state changes on `Job`
 handles and wakes whoever waits for them; the protocol state machine
 (`MasterProtocol`) decides what each frame means.  Nothing here parses JSON.
+
+The lifecycle's admin actions (kick, delete, jobs, pause, resume) are plain
+calls; `jobs` is an async iterator that follows the daemon's cursor.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from typing import Any, Unpack
 
 import trio
 
+from . import _lifecycle as lifecycle
 from ._connect import Endpoint, Security, connect
+from ._lifecycle import ANY_TYPE, JobInfo, JobsPage, ListedState
 from ._master_protocol import (
     SUBMIT_KEYS,
     Answered,
@@ -27,9 +32,17 @@ from ._master_protocol import (
 )
 from ._protocol import JobState, Request
 from ._trio_connection import FrameConnection, running_beside, wake
-from .errors import GloomError, JobCancelled, ServerError, TransportError, WaitTimeout
+from .errors import GloomError, JobCancelled, JobFailed, ServerError, TransportError, WaitTimeout
 
-__all__ = ["SUBMIT_KEYS", "AsyncMaster", "Job", "master_session", "new_job_id", "open_master"]
+__all__ = [
+    "SUBMIT_KEYS",
+    "AsyncMaster",
+    "Job",
+    "JobsIterator",
+    "master_session",
+    "new_job_id",
+    "open_master",
+]
 
 _TERMINAL = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
@@ -41,7 +54,9 @@ class Job:
     frame (the protocol does not announce a start), then ``done``, ``failed``
     or ``cancelled``.  `result` holds the body of a done job, `error` the
     exception of a failed or cancelled one, `progress` the latest progress
-    value (None before any).
+    value (None before any).  `attached` is True when the submit was
+    ``unique`` and joined a job that was already live (or finished and
+    kept): this handle then follows that job, whoever submitted it.
     """
 
     def __init__(self, master: AsyncMaster, id: Any, type: Any) -> None:
@@ -51,6 +66,7 @@ class Job:
         self.result: Any = None
         self.error: GloomError | None = None
         self.progress: Any = None
+        self.attached = False
         self._master = master
         self._seen_progress = False
         self._refused = False  # the daemon answered the submit with an error
@@ -65,6 +81,19 @@ class Job:
     def done(self) -> bool:
         """True once the job reached a final state."""
         return self.state in _TERMINAL
+
+    @property
+    def attempt(self) -> int | None:
+        """How many times the job was delivered, as its final failure frame says.
+
+        gloomd puts ``attempt`` on the final failure of a job submitted with
+        ``retries`` (even 0) or kicked; None while the job is not finished,
+        when it succeeded (a result frame carries no count), or when the frame
+        had none (a job that used no lifecycle key fails with protocol.md's
+        frame).
+        """
+        error = self.error
+        return error.attempt if isinstance(error, JobFailed) else None
 
     async def wait(self, timeout: float | None = None) -> Any:
         """The job's result body, once it has one.
@@ -173,16 +202,28 @@ class AsyncMaster:
         *,
         after: Iterable[Any] | None = None,
         detach: bool = False,
+        delay: float | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        unique: bool = False,
     ) -> Job:
         """Submit one job and return its handle once the daemon acked it.
 
         `timeout` is the job's run-time limit in seconds (the daemon fails it
         with category TIMEOUT); `after` lists ids that must complete first;
         `detach` keeps the job alive without this connection (fetch its
-        result with `result`).  Raises `ServerError` if the daemon refused it.
+        result with `result`).  `delay` holds it back that many seconds;
+        `retries` lets the daemon queue it again after a slave's ``fail``
+        ERROR or TIMEOUT, or the daemon's own TIMEOUT, waiting `backoff`
+        seconds (default 1) doubled at each retry, capped at 3600; `unique`
+        attaches to a live job of the same id and type instead of failing with
+        ``id_exists`` (then `Job.attached` is True).  Each is sent only when
+        given, and gloomd checks it (``invalid_type`` / the key).  Raises
+        `ServerError` if the daemon refused the job.
         """
         spec = {"type": type, "body": body, "priority": priority, "id": id, "timeout": timeout}
-        job = self._send_submit({**spec, "after": after, "detach": detach})
+        spec.update(after=after, detach=detach, delay=delay, retries=retries, backoff=backoff)
+        job = self._send_submit({**spec, "unique": unique})
         await job._acked.wait()
         if job._refused and job.error is not None:
             raise job.error
@@ -219,6 +260,72 @@ class AsyncMaster:
         `ServerError` ``not_ready`` while it is queued or running."""
         return await self._call(*self._proto.result(id))
 
+    # -- the lifecycle's admin actions --------------------------------------------------
+
+    async def kick(self, id: Any) -> bool:
+        """Queue a dead job again (its retries reset, its attempt count kept): True.
+
+        Raises `InvalidState` (`.state` says which) if the job is not dead,
+        `UnknownJob` if gloomd holds no job by that id.
+        """
+        value: bool = await self._call(*self._proto.kick(id))
+        return value
+
+    async def kick_type(self, type: Any, limit: int | None = None) -> int:
+        """Queue the `limit` oldest dead jobs of `type` again (all without one): how many."""
+        value: int = await self._call(*self._proto.kick_type(type, limit))
+        return value
+
+    async def delete(self, id: Any) -> bool:
+        """Remove a job that is not running: True.
+
+        Any master may delete a detached job, in any state but running (jobs
+        waiting on it fail with ``DEPENDENCY``); a job of this connection ends
+        as by `cancel`.  Raises `InvalidState` (``running``) or `UnknownJob`.
+        """
+        value: bool = await self._call(*self._proto.delete(id))
+        return value
+
+    def jobs(
+        self,
+        type: Any = ANY_TYPE,
+        *,
+        state: ListedState | str | None = None,
+        limit: int | None = None,
+        page_size: int = lifecycle.MAX_PAGE,
+    ) -> AsyncIterator[JobInfo]:
+        """The jobs gloomd holds, as `JobInfo` rows: ``async for info in m.jobs(): ...``.
+
+        Filtered by `type` (any JSON value; leave it out for every type) and
+        `state`; queued jobs come in the order they will be dispatched.  Pages
+        of `page_size` rows (1 to 1,000) are fetched as the loop needs them,
+        following the daemon's cursor, until `limit` rows (None: all).
+        """
+        return JobsIterator(self, type, state, limit, page_size)
+
+    async def jobs_page(
+        self,
+        type: Any = ANY_TYPE,
+        *,
+        state: ListedState | str | None = None,
+        limit: int | None = None,
+        cursor: Any = None,
+    ) -> JobsPage:
+        """One page of `jobs` (`limit` rows, at most 1,000; gloomd's default 100).
+
+        `cursor` is the `next_cursor` of the previous page (None: the first page).
+        """
+        value: JobsPage = await self._call(*self._proto.jobs(type, state, limit, cursor))
+        return value
+
+    async def pause(self, type: Any) -> None:
+        """Stop handing out jobs of `type`: they stay queued, its slaves stay joined."""
+        await self._call(*self._proto.pause(type))
+
+    async def resume(self, type: Any) -> None:
+        """Hand out jobs of a paused `type` again."""
+        await self._call(*self._proto.resume(type))
+
     # -- internals ----------------------------------------------------------------
 
     def _send_submit(self, spec: Mapping[str, Any]) -> Job:
@@ -254,9 +361,9 @@ class AsyncMaster:
                     event.token._on_progress(event.value)
             elif isinstance(event, Answered):
                 self._wake(event.request)
-                if isinstance(event.cancelled, Job):
-                    cancelled = event.cancelled
-                    cancelled._finish(JobState.CANCELLED, error=JobCancelled(cancelled.id))
+                for cancelled in event.cancelled:
+                    if isinstance(cancelled, Job):
+                        cancelled._finish(JobState.CANCELLED, error=JobCancelled(cancelled.id))
             elif isinstance(event, Notice):
                 # Sent just before the daemon closes on us (too_many_connections):
                 # keep it as the reason the connection ends.
@@ -272,6 +379,7 @@ class AsyncMaster:
                 waker._refused = True
                 waker._finish(JobState.FAILED, error=request.error)
             else:
+                waker.attached = request.value is True
                 waker._acked.set()
         else:
             wake(request)
@@ -284,6 +392,55 @@ class AsyncMaster:
         for job in tokens:
             if isinstance(job, Job):
                 job._finish(JobState.FAILED, error=TransportError(str(error)))
+
+
+class JobsIterator:
+    """The iterator behind `AsyncMaster.jobs`: one page at a time, by cursor.
+
+    A class rather than an async generator, for the reason `_ProgressUpdates`
+    gives: nothing to finalize when a loop is abandoned half way.
+    """
+
+    def __init__(
+        self,
+        master: AsyncMaster,
+        job_type: Any,
+        state: ListedState | str | None,
+        limit: int | None,
+        page_size: int,
+    ) -> None:
+        # Checked at the call, not at the first page: a bad argument is the
+        # caller's bug and should point at the call.
+        self._master = master
+        self._type = job_type
+        self._state = None if state is None else lifecycle.listed_state(state)
+        self._left = lifecycle.check_limit(limit)
+        self._page_size = lifecycle.check_page_size(page_size)
+        self._rows: list[JobInfo] = []
+        self._cursor: Any = None
+        self._started = False
+
+    def __aiter__(self) -> JobsIterator:
+        return self
+
+    async def __anext__(self) -> JobInfo:
+        if self._left == 0:
+            raise StopAsyncIteration
+        while not self._rows:
+            if self._started and self._cursor is None:
+                raise StopAsyncIteration
+            size = self._page_size if self._left is None else min(self._page_size, self._left)
+            page = await self._master.jobs_page(
+                self._type, state=self._state, limit=size, cursor=self._cursor
+            )
+            self._started = True
+            self._cursor = page.next_cursor
+            # Popped from the end, so in order.  An empty page that is not the
+            # last (its rows went away meanwhile) just leads to the next one.
+            self._rows = page.jobs[::-1]
+        if self._left is not None:
+            self._left -= 1
+        return self._rows.pop()
 
 
 @asynccontextmanager

@@ -8,7 +8,9 @@ code written against Gloom keeps catching what it caught before:
     ├── ProtocolError       the peer sent something this client cannot follow
     ├── ServerError         an error frame: .error, .reason
     │   ├── Unauthorized    the daemon refused this client's token (or its lack of one)
-    │   └── JobFailed       the job ended badly: .id, .category (job_failed)
+    │   ├── UnknownJob      no such job (unknown_id): .id
+    │   ├── InvalidState    the job is not in a state that allows it (invalid_state): .state
+    │   └── JobFailed       the job ended badly: .id, .category, .attempt (job_failed)
     │       └── JobError    its slave reported the failure: .traceback (job_error)
     ├── JobCancelled        the job was cancelled before it ran
     └── WaitTimeout         a wait ran out; the job itself may still succeed
@@ -29,6 +31,7 @@ from gloomwire.vocabulary import describe_failure
 
 __all__ = [
     "GloomError",
+    "InvalidState",
     "JobCancelled",
     "JobError",
     "JobFailed",
@@ -36,6 +39,7 @@ __all__ = [
     "ServerError",
     "TransportError",
     "Unauthorized",
+    "UnknownJob",
     "WaitTimeout",
     "error_from_frame",
 ]
@@ -90,6 +94,41 @@ class Unauthorized(ServerError):
         return "gloomd refused the token (unauthorized): check --token-file or GLOOMD_TOKEN"
 
 
+class UnknownJob(ServerError):
+    """``unknown_id``: gloomd holds no job by that id that this request may touch.
+
+    A cancel of another master's job, a result, kick or delete of an id never
+    submitted (or long gone).  `id` is the id the daemon names.
+    """
+
+    def __init__(self, id: Any) -> None:
+        super().__init__("unknown_id", id)
+        self.id = id
+
+    def __str__(self) -> str:
+        return f"no job {self.id!r} (unknown_id)"
+
+
+class InvalidState(ServerError):
+    """``invalid_state``: the job exists but its state forbids the request.
+
+    `state` is the daemon's reason, the state the job is in (``running`` for a
+    cancel or delete of a running job; ``queued``, ``delayed``... for a kick of
+    a job that is not dead).  `id` is the id the request named, when it named
+    one (the client fills it in; the frame itself carries only the state).
+    """
+
+    def __init__(self, state: Any, id: Any = None) -> None:
+        super().__init__("invalid_state", state)
+        self.state = state
+        self.id = id
+
+    def __str__(self) -> str:
+        if self.id is None:
+            return f"invalid_state -> {self.state}"
+        return f"job {self.id!r} is {self.state} (invalid_state)"
+
+
 class JobFailed(ServerError):
     """The daemon gave up on a job (``job_failed``): lost slaves, timeout, shutdown, dependency.
 
@@ -98,7 +137,10 @@ class JobFailed(ServerError):
     `dependency` names the job in its `after` that failed (DEPENDENCY).  Its
     text says what failed and why (`gloomwire.vocabulary.describe_failure`):
     ``job 'parse-1' failed (DEPENDENCY): job 'fetch-1' in its after failed,
-    so it never ran``.
+    so it never ran``.  `attempt` is the delivery count the final failure
+    frame reports (gloomd adds it for a job submitted with ``retries`` or
+    kicked), or None when the frame has none (Gloom, or a job that used no
+    lifecycle key: protocol.md's frame).
     """
 
     def __init__(
@@ -109,11 +151,13 @@ class JobFailed(ServerError):
         *,
         error: str = "job_failed",
         dependency: Any = None,
+        attempt: int | None = None,
     ) -> None:
         super().__init__(error, id if reason is None else reason)
         self.id = id
         self.category = category
         self.dependency = dependency
+        self.attempt = attempt
 
     def __str__(self) -> str:
         why = describe_failure(self.category, self.dependency)
@@ -128,8 +172,10 @@ class JobError(JobFailed):
     ``{type, message, traceback}``), else None.
     """
 
-    def __init__(self, id: Any, category: str | None, reason: Any = None) -> None:
-        super().__init__(id, category, reason, error="job_error")
+    def __init__(
+        self, id: Any, category: str | None, reason: Any = None, *, attempt: int | None = None
+    ) -> None:
+        super().__init__(id, category, reason, error="job_error", attempt=attempt)
         tb = reason.get("traceback") if isinstance(reason, dict) else None
         self.traceback: str | None = tb if isinstance(tb, str) else None
 
@@ -166,11 +212,29 @@ def error_from_frame(frame: dict[str, Any]) -> ServerError:
     if error == "job_failed":
         job_id = frame["id"] if "id" in frame else frame.get("reason")
         return JobFailed(
-            job_id, frame.get("category"), frame.get("reason"), dependency=frame.get("dependency")
+            job_id,
+            frame.get("category"),
+            frame.get("reason"),
+            dependency=frame.get("dependency"),
+            attempt=_attempt(frame),
         )
     if error == "job_error":
-        return JobError(frame.get("id"), frame.get("category"), frame.get("reason"))
+        return JobError(
+            frame.get("id"), frame.get("category"), frame.get("reason"), attempt=_attempt(frame)
+        )
     if error == "unauthorized":
         # A client that sent no token learns it from its first request's reply.
         return Unauthorized(frame.get("reason", "auth"))
+    if error == "unknown_id":
+        return UnknownJob(frame.get("reason"))
+    if error == "invalid_state":
+        return InvalidState(frame.get("reason"))
     return ServerError(frame)
+
+
+def _attempt(frame: dict[str, Any]) -> int | None:
+    """A final failure frame's ``attempt``: a positive integer, else None."""
+    attempt = frame.get("attempt")
+    if type(attempt) is int and attempt >= 1:
+        return attempt
+    return None

@@ -19,6 +19,9 @@ The TOML file holds one table per job under `[jobs]`:
     submit = { type = "report", body = { kind = "hourly" }, priority = 5, timeout = 600 }
     every = [1, "hour"]
     at = { minute = 0, second = 0 }
+
+A `submit` table may also set the job lifecycle's keys for the jobs it
+submits (`delay`, `retries`, `backoff`, `unique`), with the daemon's ranges.
 """
 
 from __future__ import annotations
@@ -35,10 +38,14 @@ from typing import Any
 
 from gloomwire.codec import MAX_DEPTH
 
+from ..messages import MAX_TIMEOUT
 from .firetime import MAX_INTERVAL_SECONDS, JobConfigError, Timing, parse_timing, short_repr
 
 __all__ = [
     "MAX_CONCURRENCE_N",
+    "MAX_SUBMIT_BACKOFF",
+    "MAX_SUBMIT_DELAY",
+    "MAX_SUBMIT_RETRIES",
     "MAX_SUBMIT_TIMEOUT",
     "PRIORITY_RANGE",
     "JobSpec",
@@ -48,10 +55,13 @@ __all__ = [
     "describe_timing",
     "load_schedule_file",
     "resolve_callable",
+    "unique_id",
 ]
 
 _AT_ORDER = ("second", "minute", "hour", "day")
-_SUBMIT_KEYS = frozenset({"type", "body", "priority", "timeout"})
+_SUBMIT_KEYS = frozenset(
+    {"type", "body", "priority", "timeout", "delay", "retries", "backoff", "unique"}
+)
 
 # The ranges of a job's numeric fields (`every` and `at` have theirs in
 # firetime).  TOML gives integers of any size and the floats inf and nan; a
@@ -63,16 +73,56 @@ MAX_CONCURRENCE_N = 1000
 PRIORITY_RANGE = (-(2**63), 2**63 - 1)
 #: Seconds; the same ceiling as `every`: a timeout beyond it can only be a mistake.
 MAX_SUBMIT_TIMEOUT = float(MAX_INTERVAL_SECONDS)
+# The job lifecycle's keys take the ranges gloomd checks on every submit
+# (lifecycle.md, "Validation"), so that a file gloomd would refuse at every
+# fire is refused once, at load.
+#: Seconds a submitted job may be held back: gloomd's one year.
+MAX_SUBMIT_DELAY = float(MAX_TIMEOUT)
+#: Retries of one job.
+MAX_SUBMIT_RETRIES = 1000
+#: Seconds of the first retry's back-off (each later one doubles, capped at this too).
+MAX_SUBMIT_BACKOFF = 3600.0
 
 
 @dataclass(frozen=True)
 class SubmitSpec:
-    """A gloomd job to submit at each fire (Gloom's submit frame, plus gloomd's timeout)."""
+    """A gloomd job to submit at each fire (Gloom's submit frame, plus gloomd's keys).
+
+    `delay`, `retries` and `backoff` are None unless the file set them (then
+    they are not sent); `unique` makes every fire submit the same id,
+    `unique_id(name)`, so that a fire while that job is live attaches to it.
+    """
 
     type: Any
     body: Any = None
     priority: int = 0
     timeout: float | None = None
+    delay: float | None = None
+    retries: int | None = None
+    backoff: float | None = None
+    unique: bool = False
+
+    def lifecycle(self) -> dict[str, Any]:
+        """The lifecycle keys to send with each submit: only those that were set."""
+        keys: dict[str, Any] = {}
+        if self.delay is not None:
+            keys["delay"] = self.delay
+        if self.retries is not None:
+            keys["retries"] = self.retries
+        if self.backoff is not None:
+            keys["backoff"] = self.backoff
+        if self.unique:
+            keys["unique"] = True
+        return keys
+
+
+def unique_id(name: str) -> str:
+    """The id every fire of a `unique` submit job uses: ``sched:NAME``.
+
+    Other fires use ``sched:NAME:EPOCH:RANDOM``, an id of their own, which
+    could never meet an earlier fire's job.
+    """
+    return f"sched:{name}"
 
 
 @dataclass(frozen=True)
@@ -151,7 +201,8 @@ def resolve_callable(ref: str) -> Callable[..., Any]:
 def _parse_submit(raw: Any) -> SubmitSpec:
     if not isinstance(raw, Mapping):
         raise JobConfigError(
-            f"submit must be a table with type, body, priority, timeout; got {short_repr(raw)}"
+            "submit must be a table with type, body, priority, timeout (and delay, retries,"
+            f" backoff, unique); got {short_repr(raw)}"
         )
     unknown = set(raw) - _SUBMIT_KEYS
     if unknown:
@@ -177,7 +228,48 @@ def _parse_submit(raw: Any) -> SubmitSpec:
     for key in ("type", "body"):
         if key in raw:
             _check_wire_value(f"submit.{key}", raw[key])
-    return SubmitSpec(type=raw["type"], body=raw.get("body"), priority=priority, timeout=timeout)
+    return SubmitSpec(
+        type=raw["type"], body=raw.get("body"), priority=priority, timeout=timeout,
+        **_parse_lifecycle(raw),
+    )  # fmt: skip
+
+
+def _parse_lifecycle(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """`delay`, `retries`, `backoff`, `unique` of a submit table, in gloomd's check order."""
+    keys: dict[str, Any] = {}
+    delay = raw.get("delay")
+    if delay is not None:
+        if not _is_number(delay) or not 0 <= delay <= MAX_SUBMIT_DELAY:  # False for NaN
+            raise JobConfigError(
+                f"submit.delay must be a number of seconds from 0 to {MAX_SUBMIT_DELAY:.0f},"
+                f" got {short_repr(delay)}"
+            )
+        keys["delay"] = delay
+    retries = raw.get("retries")
+    if retries is not None:
+        if type(retries) is not int or not 0 <= retries <= MAX_SUBMIT_RETRIES:
+            raise JobConfigError(
+                f"submit.retries must be an integer from 0 to {MAX_SUBMIT_RETRIES},"
+                f" got {short_repr(retries)}"
+            )
+        keys["retries"] = retries
+    backoff = raw.get("backoff")
+    if backoff is not None:
+        if not _is_number(backoff) or not 0 < backoff <= MAX_SUBMIT_BACKOFF:
+            raise JobConfigError(
+                f"submit.backoff must be a number of seconds above 0 and at most"
+                f" {MAX_SUBMIT_BACKOFF:.0f}, got {short_repr(backoff)}"
+            )
+        keys["backoff"] = backoff
+    unique = raw.get("unique", False)
+    if type(unique) is not bool:
+        raise JobConfigError(f"submit.unique must be true or false, got {short_repr(unique)}")
+    keys["unique"] = unique
+    return keys
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
 
 
 def _check_wire_value(where: str, value: Any) -> None:

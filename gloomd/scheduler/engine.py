@@ -50,7 +50,7 @@ import trio
 from gloomwire import codec
 from gloomwire.logformat import event
 
-from .config import JobSpec, build_job
+from .config import JobSpec, build_job, unique_id
 from .firetime import (
     JobConfigError,
     ScheduleError,
@@ -86,6 +86,12 @@ class Submit(Protocol):
     Raises when the job is refused or ends in `job_error`/`job_failed`; the
     scheduler records the exception as the run's failure.  In the daemon it
     is `gloomd.local.LocalMaster.call`.
+
+    The lifecycle's keys (`delay`, `retries`, `backoff`, `unique`) are passed
+    only when the job's `submit` table sets them, so a `Submit` written
+    before them keeps working for jobs that do not; with `unique`, the
+    scheduler also passes `on_attached`, to be called once if gloomd's ack
+    says the submit attached to a live job.
     """
 
     def __call__(
@@ -96,6 +102,11 @@ class Submit(Protocol):
         *,
         priority: int = 0,
         timeout: float | None = None,
+        delay: float | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        unique: bool = False,
+        on_attached: Callable[[], object] | None = None,
     ) -> Awaitable[Any]: ...
 
 
@@ -500,6 +511,9 @@ class JobScheduler:
         # Registered before it starts: the next due check sees it even if the
         # run has not been scheduled by trio yet.
         active[run_id] = {"start_time": now_info, "id": run_id}
+        if spec.submit is not None and spec.submit.unique:
+            # Every fire of a unique job submits this one id (see config.unique_id).
+            active[run_id]["job_id"] = unique_id(spec.name)
         self._append_log(spec, st, f"run {run_id} started at: {now_info['string']}")
         st["message"] = ""
         assert self._nursery is not None
@@ -508,7 +522,7 @@ class JobScheduler:
     async def _run_one(self, spec: JobSpec, st: dict[str, Any], run_id: str) -> None:
         """One fire.  `st` is captured: a deleted job's late run updates an orphan."""
         try:
-            result = await self._execute(spec, run_id)
+            result = await self._execute(spec, st, run_id)
         except Exception as exc:
             # One line: which job, which run, what was raised; the traceback
             # is in the status (`traceback`) and, at debug, in the line.
@@ -541,13 +555,27 @@ class JobScheduler:
             return {"type": spec.submit.type}
         return {"func": spec.target}
 
-    async def _execute(self, spec: JobSpec, run_id: str) -> Any:
+    def _attached(self, spec: JobSpec, st: dict[str, Any], run_id: str) -> None:
+        """gloomd acked a unique fire as attached: the work is not run twice."""
+        with self._lock:
+            job_id = unique_id(spec.name)
+            self._append_log(spec, st, f"run {run_id} attached to job {job_id}")
+            self._touch(spec.name)
+        self._dump()
+
+    async def _execute(self, spec: JobSpec, st: dict[str, Any], run_id: str) -> Any:
         if spec.submit is not None:
             assert self._submit is not None  # checked when the job was added
             sub = spec.submit
+            lifecycle = sub.lifecycle()
+            job_id = run_id
+            if sub.unique:
+                job_id = unique_id(spec.name)
+                lifecycle["on_attached"] = functools.partial(self._attached, spec, st, run_id)
             return await self._submit(
-                run_id, sub.type, sub.body, priority=sub.priority, timeout=sub.timeout
-            )
+                job_id, sub.type, sub.body, priority=sub.priority, timeout=sub.timeout,
+                **lifecycle,
+            )  # fmt: skip
         assert spec.func is not None
         if spec.is_async:
             return await spec.func(*spec.args, **spec.kwargs)

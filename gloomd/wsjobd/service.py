@@ -29,6 +29,7 @@ from trio_websocket import (
 from gloomwire.auth import token_matches
 from gloomwire.logformat import event
 
+from ..attach import Registry
 from ..logs import RateLimitedLog
 from ..service import Service
 from .directory import JobFunction, JobsDirectory
@@ -198,7 +199,7 @@ class WsJobService:
         # Jobs are capped as a whole (limits.max_jobs, refused over it), so every
         # admitted plain-function job gets its thread at once.
         self._job_threads = trio.CapacityLimiter(limits.max_jobs)
-        self._running: dict[IdentKey, Job] = {}
+        self._running: Registry[IdentKey, Job] = Registry()
         self._client_number = 0
         # Accepted TCP connections, handshakes included (what limits.max_connections caps).
         self._open_connections = 0
@@ -422,7 +423,7 @@ class WsJobService:
             return error_frame(exc)
         # No await between the lookup and the registration: two clients with the
         # same ident can never both start a job, nor two clients the last free slot.
-        job = self._running.get(request.ident_key)
+        _, job = self._running.claim(request.ident_key)  # a live ident attaches (gloomd.attach)
         if job is not None:
             event(log, "wsjobd_attached", logging.DEBUG, ident=request.ident, func=request.func)
         elif len(self._running) >= self.limits.max_jobs:

@@ -2,9 +2,10 @@
 
 Read from the source (ast), so that an import hidden in a function or behind
 a flag counts too: a client-only install has no gloomd to import.  The pool
-process modules (`worker/child.py`, `worker/handler.py`) are loaded without
-the gloom package at all, so they may use only the standard library,
-gloomwire and each other (plus trio, imported only for async handlers).
+process modules (`worker/child.py`, `worker/handler.py`, `worker/retry.py`)
+are loaded without the gloom package at all, so they may use only the
+standard library, gloomwire and each other (plus trio, imported only for
+async handlers).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 CLIENT = Path(__file__).resolve().parents[2] / "client" / "gloom"
 #: Third-party packages the client may import (orjson comes through gloomwire).
 ALLOWED = {"gloom", "gloomwire", "trio", "rich"}
-POOL_MODULES = ("child.py", "handler.py")
+POOL_MODULES = ("child.py", "handler.py", "retry.py")
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
@@ -48,7 +49,7 @@ def test_client_module_imports_no_daemon(path: Path) -> None:
 def test_pool_process_modules_do_not_need_the_gloom_package(name: str) -> None:
     for level, module in imports(CLIENT / "worker" / name):
         if level:
-            assert level == 1 and module in {"handler"}, f"{name} imports .{module}"
+            assert level == 1 and module in {"handler", "retry"}, f"{name} imports .{module}"
             continue
         top = module.split(".")[0]
         assert top in {"gloomwire", "trio"} or top in sys.stdlib_module_names, f"{name}: {module}"

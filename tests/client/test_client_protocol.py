@@ -150,7 +150,7 @@ def test_own_cancel_finishes_the_job_through_the_ack() -> None:
     feed(proto, {"ok": True, "id": "q"})
     request, _ = proto.cancel("q")
     (event,) = feed(proto, {"ok": True, "id": "q"})
-    assert event == Answered(request, cancelled="Q") and request.value is True
+    assert event == Answered(request, cancelled=("Q",)) and request.value is True
 
 
 def test_result_request_answer_and_pushed_result_are_told_apart() -> None:

@@ -41,12 +41,14 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+import gloomd.broker as broker_module
 from gloomd.broker import RUNNING, Broker, BrokerLimits, MasterPeer, SlavePeer, iter_frames
 from gloomwire import codec
 from tests.support.brokerkit import FakeClock, receive
@@ -653,6 +655,92 @@ class BrokerMachine(RuleBasedStateMachine):
         self.reply(slot, {"ok": True, "kicked": len(chosen)})
         self.finish_step()
 
+    @rule(
+        slot=st.integers(0, MASTER_SLOTS - 1),
+        other=st.integers(0, MASTER_SLOTS - 1),
+        job_type=types,
+        limit=st.sampled_from([None, 2, 50]),
+        meddle=st.sampled_from(["ping", "kick_same", "delete", "kick", "leave", "stats"]),
+    )
+    def kick_type_in_passes(
+        self, slot: int, other: int, job_type: str, limit: int | None, meddle: str
+    ) -> None:
+        """A kick by type done one job per pass of the loop (KICK_CHUNK 1), with
+        something happening between its passes: another master deletes or kicks
+        one of the jobs it has yet to reach, the kicking master sends more (held
+        behind the kick, answered after it, in order) or leaves (the kick goes on).
+
+        The kick takes, pass by pass, the oldest job still dead among those dead
+        when it was asked for, up to `limit` of them."""
+        candidates = sorted(
+            (j for j in self.live.values() if j.state == "dead" and j.type == job_type),
+            key=lambda j: j.mark,
+        )
+        want = len(candidates) if limit is None else min(limit, len(candidates))
+        if want < 2:
+            return  # done in one pass: the kick_type rule's case
+        event(f"kick in passes, meanwhile: {meddle}")  # (--hypothesis-show-statistics)
+        master = self.master(slot)
+        done = 0
+
+        def one_pass() -> None:
+            nonlocal done
+            while candidates and done < want:
+                job = candidates.pop(0)
+                if job.state == "dead":
+                    self.revive(job)
+                    done += 1
+                    return
+
+        frame: dict[str, Any] = {"action": "kick", "type": job_type}
+        if limit is not None:
+            frame["limit"] = limit
+        with mock.patch.object(broker_module, "KICK_CHUNK", 1):
+            self.send(master.peer, frame)
+            one_pass()  # the first pass, at once; no answer yet
+            self.finish_step()
+            held: dict[str, Any] | None = None
+            target = candidates[-1]  # still dead: the kick has not reached it
+            if meddle == "ping":
+                held = {"action": "ping"}
+            elif meddle == "stats":
+                held = {"action": "stats", "type": "no such type"}
+            elif meddle == "kick_same":
+                held = {"action": "kick", "id": target.id}
+            elif meddle == "leave":
+                self.master_leaves(slot)
+            elif other != slot:
+                (self.delete if meddle == "delete" else self.kick)(other, target.id)
+            if held is not None:
+                self.send(master.peer, held)
+                self.finish_step()  # held: nothing for the kicking master yet
+            passes = 0
+            while self.broker.next_deadline() == float("-inf"):
+                passes += 1
+                assert passes <= want + 1, passes  # one job a pass
+                self.broker.tick(self.clock.now)
+                one_pass()
+        got = self.take(master.peer) if slot in self.masters else []
+        # The answers arrive once the kick is done, the kick's first.
+        self.finish_step()  # observes the revived jobs' dispatch
+        if slot not in self.masters:
+            return
+        want_frames: list[Any] = [{"ok": True, "kicked": done}]
+        if meddle == "ping":
+            want_frames.append({"ok": True})
+        elif meddle == "stats":
+            assert len(got) == 2 and got[1]["ok"] is True and got[1]["stats"]["types"] == []
+            got = got[:1]
+        elif meddle == "kick_same":
+            if target.state == "dead":  # beyond `limit`: this kick takes it
+                self.revive(target)
+                want_frames.append({"ok": True, "id": target.id})
+                got = got[:1] + got[1:2]
+                self.finish_step()
+            else:
+                want_frames.append({"error": "invalid_state", "reason": target.state})
+        assert got == want_frames, (got, want_frames)
+
     @rule(slot=st.integers(0, MASTER_SLOTS - 1), job_type=types, pause=st.booleans())
     def pause_or_resume(self, slot: int, job_type: str, pause: bool) -> None:
         master = self.master(slot)
@@ -955,16 +1043,16 @@ class BrokerMachine(RuleBasedStateMachine):
         for job in due:
             if job.state != "running":
                 continue
+            # Its slave keeps an orphan copy; the job itself goes on (retried, or
+            # dead: a kick must not bring the orphan back with it).
+            for slave in self.slaves.values():
+                if slave.held is job:
+                    orphan = copy.copy(job)
+                    orphan.state = "gone"
+                    slave.held = orphan
             if self.retries_left(job):
-                # Its slave keeps an orphan copy; the job itself goes on.
-                for slave in self.slaves.values():
-                    if slave.held is job:
-                        orphan = copy.copy(job)
-                        orphan.state = "gone"
-                        slave.held = orphan
                 self.retry(job)
             else:
-                # Its slave keeps it as an orphan.
                 self.fail(job, failed(job.id, "TIMEOUT"), "timeout")
         ready = sorted(
             (j for j in self.live.values() if j.state == "delayed" and j.ready_at <= now),
@@ -1023,8 +1111,8 @@ class BrokerMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------ the end
 
     def teardown(self) -> None:
-        if self.live or self.masters or self.slaves:
-            self.drain()
+        if self.live or self.masters or self.slaves or self.paused:
+            self.drain()  # (a paused type is kept, even empty, until resumed)
         for slot in list(self.masters):
             self.master_leaves(slot)
         for slot in list(self.slaves):

@@ -577,6 +577,25 @@ def test_kick_by_id_puts_a_dead_job_back_with_its_attempts() -> None:
     assert k.broker.totals["submitted"] == 4  # three submits and a kick
 
 
+def test_a_kicked_timeout_is_not_completed_by_the_slave_that_timed_out() -> None:
+    """A detached job dies of the daemon's TIMEOUT while its slave still works on
+    it (an orphan, whose late answer is acked and dropped).  Kicked, it runs on
+    another slave: the first slave's late answer must not complete it."""
+    k = Kit()
+    m = k.master()
+    late, fresh = k.slave("t", "late"), k.slave("t", "fresh")
+    k.submit(m, "x", detach=True, timeout=1)
+    assert ids(k.out(late)) == ["x"]
+    k.tick(1)
+    assert k.out(m) == [{"error": "job_failed", "reason": "x", "id": "x", "category": "TIMEOUT"}]
+    assert k.send(m, {"action": "kick", "id": "x"}) == [{"ok": True, "id": "x"}]
+    assert k.out(fresh) == [{**job_frame("x", attempt=2), "timeout": 1}]
+    assert k.send(late, {"action": "respond", "body": "late"}) == [{"ok": True}]
+    assert listed(k, m) == [("x", "running")]
+    assert k.send(fresh, {"action": "respond", "body": "fresh"}) == [{"ok": True}]
+    assert k.send(m, {"action": "result", "id": "x"}) == [{"id": "x", "body": "fresh"}]
+
+
 def test_kick_errors() -> None:
     k = Kit()
     m = k.master()

@@ -37,6 +37,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 START = "## Worker runner: `gloom worker`"
 BLOCK = re.compile(r"^```(python|sh)\n(.*?)^```", re.M | re.S)
 PROMISE = re.compile(r"print\(.*\)\s+#\s+(.+?)\s*$")
+MODULE = re.compile(r"# ([\w/]+\.py)\b")
 BIN = Path(sys.executable).parent
 T = 30.0
 
@@ -72,11 +73,19 @@ def daemon() -> Iterator[Daemon]:
 
 @pytest.fixture
 def app(tmp_path: Path) -> Path:
-    """A directory holding the section's handler module, where the examples run."""
-    (module,) = [code for code in blocks("python") if code.startswith("# myapp/images.py")]
-    (tmp_path / "myapp").mkdir()
-    (tmp_path / "myapp" / "__init__.py").write_text("")
-    (tmp_path / "myapp" / "images.py").write_text(module)
+    """A directory holding the section's handler modules, where the examples run.
+
+    A block whose first line names a file (``# myapp/images.py``,
+    ``# flaky_fetch.py: ...``) is that module, written where it says.
+    """
+    modules = {m.group(1): code for code in blocks("python") if (m := MODULE.match(code))}
+    assert "myapp/images.py" in modules, "README lost the section's handler module"
+    for name, code in modules.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent != tmp_path:
+            (path.parent / "__init__.py").touch()
+        path.write_text(code)
     return tmp_path
 
 

@@ -59,6 +59,7 @@ __all__ = ["COMMAND_MODULES", "ENTRY_POINT_GROUP", "Command", "build_parser", "c
 #: Modules whose ``COMMANDS`` become subcommands, in help order.
 COMMAND_MODULES: list[str] = [
     "gloom.cli.master",
+    "gloom.cli.admin",
     "gloom.cli.slave",
     "gloom.cli.top",
     "gloom.worker.cli",

@@ -35,6 +35,7 @@ from .common import (
     positive_number,
 )
 from .explain import explain
+from .lifecycle_flags import add_lifecycle_flags, lifecycle_spec
 from .render import count_bar, job_bar, progress_fraction, stats_table, stderr_console, to_json
 
 __all__ = ["COMMANDS"]
@@ -106,6 +107,7 @@ def _configure_submit(parser: argparse.ArgumentParser) -> None:
         help="run only after job ID completed (repeatable)",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_lifecycle_flags(parser)
 
 
 def _run_submit(args: argparse.Namespace) -> int:
@@ -199,6 +201,7 @@ async def _submit_and_wait(master: AsyncMaster, args: argparse.Namespace, left: 
             "timeout": args.timeout,
             "after": args.after,
             "detach": args.detach,
+            **lifecycle_spec(args),
         }
         for _ in range(args.count)
     ]

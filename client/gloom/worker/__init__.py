@@ -5,6 +5,8 @@
 or, from trio, ``await nursery.start(partial(gloom.worker.serve, "resize", "myapp.images:resize"))``
 (``task_status`` reports the `Runner` once every slave connection has joined).
 See `run` for the knobs and the README's "Worker runner" section for the rules.
+A handler asks for its job to run again by raising `Retry` (the job's own
+``retries`` and ``backoff`` apply).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import trio
 
 from .child import JobContext
 from .handler import HandlerError, HandlerImportError, HandlerNotFound
+from .retry import Retry
 from .runner import Runner, RunnerStats, WorkerEvent, WorkerOptions
 
 __all__ = [
@@ -23,6 +26,7 @@ __all__ = [
     "HandlerImportError",
     "HandlerNotFound",
     "JobContext",
+    "Retry",
     "Runner",
     "RunnerStats",
     "WorkerEvent",

@@ -2,7 +2,8 @@
 
 Both ask the master port for ``stats`` and look at our type's row.  Scaling
 feeds it to the pure rule in `scaling.plan` and adds or retires slots; burst
-mode stops the run once nothing of our type is queued or running anywhere.
+mode stops the run once nothing of our type is queued, delayed or running
+anywhere.
 Both ride out a daemon restart: the master connection is made again with the
 run's back-off, like the slots' links.
 """
@@ -78,6 +79,11 @@ def scale(run: RunState, stats: dict[str, Any]) -> None:
             slot.idle_scope.cancel()
 
 
+def _pending(entry: dict[str, Any]) -> bool:
+    """Jobs of a type that a burst run must still wait for (a `stats` row)."""
+    return bool(entry["queued"] or entry["running"] or entry.get("delayed", 0))
+
+
 def _queue_entry(run: RunState, stats: dict[str, Any]) -> dict[str, Any] | None:
     type_key = codec.canonical(run.options.type)
     for entry in stats.get("types", []):
@@ -112,10 +118,14 @@ async def _scale_loop(run: RunState, master: AsyncMaster) -> None:
 
 
 async def _burst_loop(run: RunState, master: AsyncMaster) -> None:
-    """Stop once nothing of our type is queued or running anywhere.
+    """Stop once nothing of our type is queued, delayed or running anywhere.
 
-    While the daemon cannot be reached that cannot be known, so the run keeps
-    serving until `_with_daemon` has it back.
+    Delayed jobs count (a retry waiting out its back-off, a submit's
+    `delay`), as arq's burst mode counts deferred jobs: a job the runner just
+    asked to retry must not be left to nobody.  A daemon without the job
+    lifecycle sends no ``delayed``: 0.  While the daemon cannot be reached
+    none of it can be known, so the run keeps serving until `_with_daemon`
+    has it back.
     """
     while True:
         await run.wait_for(lambda: run.stopping or run.all_idle())
@@ -123,7 +133,7 @@ async def _burst_loop(run: RunState, master: AsyncMaster) -> None:
             return
         changed = run.changed
         entry = _queue_entry(run, await master.stats())
-        if entry is None or (entry["queued"] == 0 and entry["running"] == 0):
+        if entry is None or not _pending(entry):
             event(log, "burst_done", type=run.options.type, jobs=run.stats.jobs_started)
             run.stop()
             return

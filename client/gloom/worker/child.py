@@ -3,8 +3,8 @@
 This module is what runs *inside* each pool process, in a process group of
 its own.  It is loaded without importing the `gloom` package (see
 `pool.BOOTSTRAP`), so it may import only the standard library, gloomwire
-(framing, codec, vocabulary: no trio) and `handler`; trio is imported only for
-async handlers.
+(framing, codec, vocabulary: no trio), `handler` and `retry`; trio is
+imported only for async handlers.
 It talks to the supervisor over two pipes with the daemon's own framing
 (4-byte length, JSON), using blocking I/O: a pool process has nothing else
 to do.
@@ -15,7 +15,8 @@ first, then ``{"op":"job", id, type, body, attempt, timeout}``,
 handler resolved (or ``{"op":"fatal", kind, message}`` and exit), then per
 job any number of ``{"op":"progress","body"}`` and one
 ``{"op":"done","frame":F}`` where F is the exact slave frame to send
-(``respond`` or ``fail`` ERROR).  Encoding the result here, in the process
+(``respond`` or ``fail`` ERROR; ``"retry": true`` is added when the handler
+raised `Retry`, for the runner's counters).  Encoding the result here, in the process
 that produced it, is what makes an unencodable result an ordinary ERROR that
 cannot hurt the supervisor.
 
@@ -40,6 +41,7 @@ from gloomwire import codec, vocabulary
 from gloomwire.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 
 from .handler import Handler, HandlerError, HandlerSpec, resolve
+from .retry import is_retry, retry_reason
 
 __all__ = ["JobContext", "child_main"]
 
@@ -72,8 +74,9 @@ class JobContext:
     """What a handler declared as ``fn(body, job)`` receives.
 
     `attempt` counts deliveries (1 for the first: the daemon sends it only on
-    a redelivery); `timeout` is the limit this run is held to (None: no
-    limit); `pid` is this pool process.
+    a redelivery), retries and requeues after a lost slave alike, so a
+    handler can tell a retry from a first run; `timeout` is the limit this
+    run is held to (None: no limit); `pid` is this pool process.
     """
 
     def __init__(self, frame: dict[str, Any], writer: _Writer) -> None:
@@ -131,6 +134,9 @@ def run_job(handler: Handler, frame: dict[str, Any], writer: _Writer, max_frame:
 
                 result = trio.run(_await, result)
     except BaseException as exc:
+        if is_retry(exc):
+            frame = _fail_frame(retry_reason(exc))
+            return encode_frame({"op": "done", "frame": frame, "retry": True})
         return encode_frame({"op": "done", "frame": _fail_frame(error_reason(exc))})
     try:
         data = encode_frame({"op": "done", "frame": vocabulary.respond(result)})

@@ -1,8 +1,9 @@
 """One job on one pool process, from its job frame to the frame that answers it.
 
 Outcomes always go through the slave protocol: a result is ``respond``; an
-exception or an unencodable result is ``fail`` ERROR (the pool process builds
-those frames itself); a timeout, a crash and a job killed because the runner
+exception (`Retry` included: the daemon applies the job's retry budget) or
+an unencodable result is ``fail`` ERROR (the pool process builds those
+frames itself); a timeout, a crash and a job killed because the runner
 is stopping are ``fail`` TIMEOUT, CRASH and HALTED, built here.  A job whose
 connection was lost is killed and never reported: the daemon has already
 requeued it.  Timeouts SIGTERM the job's process group and SIGKILL it after
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -60,7 +61,7 @@ async def run_job(
             "timeout": limit,
         }
     )
-    outcome: dict[str, Any] | Exited | None = None
+    outcome: _Done | Exited | None = None
     with trio.CancelScope() as scope:
         slot.job_scope = scope
         if limit is not None:
@@ -73,16 +74,20 @@ async def run_job(
     elapsed = trio.current_time() - started
     pid = proc.pid
 
-    if isinstance(outcome, dict):
-        ok = outcome.get("action") == "respond"
+    if isinstance(outcome, _Done):
+        ok = outcome.frame.get("action") == "respond"
         if ok:
             run.stats.succeeded += 1
+            verdict = "ok"
+        elif outcome.retry:
+            run.stats.retries += 1
+            verdict = "retry"
         else:
             run.stats.errors += 1
+            verdict = "error"
         slot.crashes = 0
-        verdict = "ok" if ok else "error"
         run.emit("job_finished", slot, id=job_id, outcome=verdict, seconds=elapsed)
-        return outcome
+        return outcome.frame
 
     if isinstance(outcome, Exited):
         slot.crashes += 1
@@ -142,7 +147,14 @@ def _ended(proc: PoolProcess) -> Exited:
     return Exited(proc.exitcode if proc.exitcode is not None else -signal.SIGKILL)
 
 
-async def _job_outcome(proc: PoolProcess, link: SlaveLink) -> dict[str, Any] | Exited:
+class _Done(NamedTuple):
+    """The pool process's answer: the frame to send, and whether it is a `Retry`."""
+
+    frame: dict[str, Any]
+    retry: bool
+
+
+async def _job_outcome(proc: PoolProcess, link: SlaveLink) -> _Done | Exited:
     while True:
         message = await proc.receive()
         if isinstance(message, Exited):
@@ -151,8 +163,7 @@ async def _job_outcome(proc: PoolProcess, link: SlaveLink) -> dict[str, Any] | E
         if op == "progress":
             link.send_progress(message.get("body"))
         elif op == "done":
-            frame: dict[str, Any] = message["frame"]
-            return frame
+            return _Done(message["frame"], message.get("retry") is True)
 
 
 async def _watch_link(link: SlaveLink, slot: Slot, scope: trio.CancelScope) -> None:

@@ -129,8 +129,8 @@ class Runner(RunState):
                     await proc.kill()
         event(
             log, "stopped", type=opts.type, jobs=self.stats.jobs_started,
-            ok=self.stats.succeeded, error=self.stats.errors, timeout=self.stats.timeouts,
-            crash=self.stats.crashes, halted=self.stats.halted,
+            ok=self.stats.succeeded, error=self.stats.errors, retry=self.stats.retries,
+            timeout=self.stats.timeouts, crash=self.stats.crashes, halted=self.stats.halted,
         )  # fmt: skip
 
     async def _spawn_initial(self, count: int) -> list[PoolProcess]:

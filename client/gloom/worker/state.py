@@ -40,6 +40,7 @@ class RunnerStats:
     jobs_started: int = 0
     succeeded: int = 0
     errors: int = 0
+    retries: int = 0  # handlers that raised Retry (reported as ERROR; not in `errors`)
     timeouts: int = 0
     crashes: int = 0
     halted: int = 0

@@ -9,8 +9,7 @@ The browser comes from apt (.ci/install-browser, run by .ci/run): a browser
 build downloaded by a Python package cannot run on these machines.  Without
 it the tests skip, except under CI, where a missing browser is a failure.
 
-Not here yet: clicking kick and delete on a dead letter (the job lifecycle
-that makes dead letters does not exist yet; today the page says so).
+Dead letters are kicked and deleted by clicking the page's own buttons.
 Screenshots are kept in the test's tmp dir (pytest --basetemp=DIR to keep
 them); the README's picture, docs/status-page.png, comes from a longer run
 with more traffic: benchmarks/status_page_demo.py.
@@ -279,3 +278,56 @@ async def test_page_asks_for_the_token_once(
         browser.screenshot("status-page-token.png")
 
     await trio.to_thread.run_sync(log_in)
+
+
+async def test_dead_letters_are_kicked_and_deleted_from_the_page(
+    gloomd_server: GloomServer, nursery: trio.Nursery, browser: Browser
+) -> None:
+    """Two detached jobs fail and become dead letters; the page lists them, its
+    kick button puts one back in the queue and its delete button removes the
+    other, as the daemon's own state confirms."""
+    http = await start_http(nursery, gloomd_server)
+    master = await Peer.connect(gloomd_server.master_port)
+    worker = await join(gloomd_server.slave_port, "report")
+    for job_id in ("kick-me", "delete-me"):
+        reply = await master.request(
+            {"action": "submit", "id": job_id, "type": "report", "body": None, "detach": True}
+        )
+        assert reply == {"ok": True, "id": job_id}
+        assert (await worker.recv())["id"] == job_id
+        await worker.send({"action": "fail", "error": "ERROR", "reason": "broken"})
+        assert await worker.recv() == {"ok": True}
+        assert (await master.recv())["error"] == "job_error"
+    await worker.aclose()  # nobody takes the kicked job: it stays queued
+    url = f"http://127.0.0.1:{http.port}/"
+
+    def dead_ids() -> list[str]:
+        rows = browser.driver.find_elements(By.CSS_SELECTOR, "#dead tbody tr")
+        return [str(row.get_attribute("data-id")) for row in rows]
+
+    def click(job_id: str, button: str) -> None:
+        selector = f'#dead tr[data-id="{job_id}"] button.{button}'
+        browser.driver.find_element(By.CSS_SELECTOR, selector).click()
+
+    def kick_and_delete() -> None:
+        browser.driver.get(url)
+        browser.wait_for("two dead letters", lambda: dead_ids() == ["kick-me", "delete-me"])
+        browser.wait_cells({("report", "dead"): "2", ("report", "queued"): "0"})
+        browser.screenshot("dead-letters.png")
+        click("kick-me", "kick")
+        browser.wait_for("kicked", lambda: dead_ids() == ["delete-me"])
+        browser.wait_cells({("report", "dead"): "1", ("report", "queued"): "1"})
+        click("delete-me", "delete")
+        browser.wait_for("deleted", lambda: dead_ids() == [])
+        browser.wait_for("note", lambda: browser.text("dead-note") == "No dead letters.")
+        browser.wait_cells({("report", "dead"): "0", ("report", "queued"): "1"})
+
+    await trio.to_thread.run_sync(kick_and_delete)
+    page = await master.request({"action": "jobs", "type": "report"})
+    assert [(row["id"], row["state"], row["attempt"]) for row in page["jobs"]] == [
+        ("kick-me", "queued", 1)
+    ]
+    assert await master.request({"action": "result", "id": "delete-me"}) == {
+        "error": "unknown_id",
+        "reason": "delete-me",
+    }

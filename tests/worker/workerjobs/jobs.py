@@ -139,3 +139,22 @@ class Counter:
     def bump(self, body: Any) -> dict[str, Any]:
         self.count += self.step
         return {"count": self.count, "instances": Counter.created, "pid": os.getpid()}
+
+
+def retry_until(body: Any, job: Any) -> dict[str, Any]:
+    """Ask for a retry until attempt `body["succeed_at"]`, then report the attempt."""
+    from gloom.worker import Retry
+
+    if job.attempt < body["succeed_at"]:
+        raise Retry(f"attempt {job.attempt} is too early")
+    return {"attempt": job.attempt, "id": job.id}
+
+
+def retry_subclass(body: Any) -> None:
+    """A user's own retry request: a subclass of Retry keeps its meaning."""
+    from gloom.worker import Retry
+
+    class UpstreamBusy(Retry):
+        pass
+
+    raise UpstreamBusy("upstream busy")
