@@ -71,6 +71,9 @@ _DEEP_PAYLOAD = 2 * MAX_DEPTH
 _SCAN_LIMIT = 4096
 #: Most keys and values a large payload may have to be checked by walking them.
 _WALK_LIMIT = 4096
+#: Values walked in a large payload whose structure was not counted, before
+#: the C passes take over (a job frame with a large body has about five).
+_QUICK_WALK = 64
 
 
 def loads(payload: bytes, max_values: int = NO_LIMIT) -> Any:
@@ -98,7 +101,7 @@ def loads(payload: bytes, max_values: int = NO_LIMIT) -> Any:
         if (
             size > _DEEP_PAYLOAD
             and payload.count(b"[") + payload.count(b"{") > MAX_DEPTH
-            and _shape(obj)[0] > MAX_DEPTH
+            and _depth(obj) > MAX_DEPTH
         ):
             raise DecodeError(f"nested deeper than {MAX_DEPTH} levels")
         return obj
@@ -106,11 +109,14 @@ def loads(payload: bytes, max_values: int = NO_LIMIT) -> Any:
 
 
 def _loads_large(payload: bytes, max_values: int) -> Any:
-    """Payloads over 4 KiB: counted first, then checked at the cost of their
-    values when they are few and at C speed when they are many."""
-    structure = len(payload.translate(None, _NOT_STRUCTURE))  # 0.5 ms per MiB
-    if structure > max_values:
-        _check_values(payload, max_values, structure)
+    """Payloads over 4 KiB: counted first when they could pass the value cap,
+    then checked at the cost of their values when they are few and at C
+    speed when they are many."""
+    structure = -1  # not counted: the payload cannot hold more than max_values
+    if len(payload) > max_values:
+        structure = _structure_bytes(payload)  # 0.5 ms per MiB
+        if structure > max_values:
+            _check_values(payload, max_values, structure)
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -122,11 +128,16 @@ def _loads_large(payload: bytes, max_values: int) -> Any:
     if structure <= _WALK_LIMIT:
         # Few values (a large string, say): walking them costs nothing.
         # orjson decodes an integer beyond 64 bits as a float, so a value
-        # without floats is exact; with floats, decode again exactly.
-        depth, has_float = _shape(obj)
-        if depth > MAX_DEPTH:
-            raise DecodeError(f"nested deeper than {MAX_DEPTH} levels")
-        return _exact_loads(payload, depth_checked=True) if has_float else obj
+        # without floats is exact; with floats, decode again exactly.  Not
+        # counted (a payload of at most `max_values` bytes), the values are
+        # walked only while they are few: counting the structure bytes of a
+        # 64 KiB job body cost as much as decoding it (issue 20).
+        shape = _shape(obj, _WALK_LIMIT if structure >= 0 else _QUICK_WALK)
+        if shape is not None:
+            depth, has_float = shape
+            if depth > MAX_DEPTH:
+                raise DecodeError(f"nested deeper than {MAX_DEPTH} levels")
+            return _exact_loads(payload, depth_checked=True) if has_float else obj
     # Many values: walking them cost 0.4 us each (110 ms for 262,144 empty
     # lists, measured); C passes cost a few ms.  orjson writes exactly the
     # depths we accept, so writing the value back checks its depth; and an
@@ -138,6 +149,11 @@ def _loads_large(payload: bytes, max_values: int) -> Any:
     if _has_long_run(payload):
         return _exact_loads(payload, depth_checked=True)
     return obj
+
+
+def _structure_bytes(payload: bytes) -> int:
+    """Bytes that may precede a key or value (`,:[{`), strings included."""
+    return len(payload.translate(None, _NOT_STRUCTURE))
 
 
 def _has_long_run(payload: bytes) -> bool:
@@ -153,7 +169,7 @@ def _exact_loads(payload: bytes, *, depth_checked: bool = False) -> Any:
     if (
         not depth_checked
         and payload.count(b"[") + payload.count(b"{") > MAX_DEPTH
-        and _shape(obj)[0] > MAX_DEPTH
+        and _depth(obj) > MAX_DEPTH
     ):
         raise DecodeError(f"nested deeper than {MAX_DEPTH} levels")
     # Accept only what we can write back: encoding once finds, at C speed,
@@ -181,7 +197,7 @@ def _check_values(payload: bytes, max_values: int, quick: int = -1) -> None:
     inside strings too, if the caller has it.
     """
     if quick < 0:
-        quick = len(payload.translate(None, _NOT_STRUCTURE))
+        quick = _structure_bytes(payload)
     if quick <= max_values:
         return
     # Over by the quick count, which a large text body (CSV, escaped JSON)
@@ -206,11 +222,15 @@ def _check_values(payload: bytes, max_values: int, quick: int = -1) -> None:
         raise DecodeError(f"more than {max_values} keys and values")
 
 
-def _shape(obj: Any) -> tuple[int, bool]:
-    """Nesting depth of a decoded value, and whether it holds a float; no recursion."""
+def _shape(obj: Any, limit: int = -1) -> tuple[int, bool] | None:
+    """Nesting depth of a decoded value, and whether it holds a float; no recursion.
+
+    With a `limit` >= 0, None once more than `limit` values have been seen.
+    """
     deepest = 0
     has_float = False
     stack = [(obj, 1)]
+    budget = limit if limit >= 0 else NO_LIMIT
     while stack:
         value, level = stack.pop()
         if isinstance(value, dict):
@@ -221,8 +241,17 @@ def _shape(obj: Any) -> tuple[int, bool]:
             continue
         if level > deepest:
             deepest = level
+        budget -= len(value)
+        if budget < 0:
+            return None
         stack.extend((item, level + 1) for item in value)
     return deepest, has_float
+
+
+def _depth(obj: Any) -> int:
+    shape = _shape(obj)
+    assert shape is not None  # no limit
+    return shape[0]
 
 
 def dumps(obj: Any) -> bytes:
