@@ -45,6 +45,7 @@ from gloomwire.auth import token_matches
 from gloomwire.framing import DEFAULT_MAX_FRAME, FrameDecoder
 from gloomwire.vocabulary import OK_FRAME
 
+from . import fastpath
 from .broker import Broker, MasterPeer, Peer, SlavePeer
 from .messages import Auth, Ping, ProtocolViolation, decode_object, parse_master, parse_slave
 
@@ -129,6 +130,11 @@ class SlaveIngest(Ingest):
 
     def receive(self, payload: bytes) -> None:
         slave = self.peer
+        if slave.job is not None:
+            fast = fastpath.respond(payload, self._max_values)
+            if fast is not None:
+                self._broker.slave_message(slave, fast)
+                return
         try:
             msg = parse_slave(
                 decode_object(payload, self._max_values), slave.job is not None, self._caps
@@ -149,6 +155,10 @@ class MasterIngest(Ingest):
 
     def receive(self, payload: bytes) -> None:
         master = self.peer
+        fast = fastpath.submit(payload, self._caps)
+        if fast is not None:
+            self._broker.master_message(master, fast)
+            return
         try:
             msg = parse_master(decode_object(payload, self._max_values), self._caps)
             if master.held is not None:

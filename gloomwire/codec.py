@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["NO_LIMIT", "DecodeError", "canonical", "dumps", "loads"]
+__all__ = ["NO_LIMIT", "DecodeError", "canonical", "dumps", "loads", "raw_json"]
 
 # 19 digits is the shortest run that can leave the signed 64-bit range
 # (-9223372036854775809); anything shorter orjson decodes exactly.  To find
@@ -254,10 +254,29 @@ def _depth(obj: Any) -> int:
     return shape[0]
 
 
+def raw_json(value: Any) -> Any:
+    """orjson's `default`: a `bytes` value is JSON text, written as it is.
+
+    A job body the daemon carries without decoding it (`gloomd.fastpath`)
+    is kept as its bytes, already checked under this module's policy; no
+    decoded JSON value is ever `bytes`, so the two cannot be confused.
+    """
+    if type(value) is bytes:
+        return orjson.Fragment(value)
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def _exact_raw_json(value: Any) -> Any:
+    """`raw_json` for the standard library's encoder (the rare big-integer path)."""
+    if type(value) is bytes:
+        return _exact_loads(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def dumps(obj: Any) -> bytes:
     """Encode compactly, falling back to the standard library for big integers."""
     try:
-        return orjson.dumps(obj)
+        return orjson.dumps(obj, default=raw_json)
     except orjson.JSONEncodeError:
         # Only integers beyond 64 bits (or values that are not JSON at all, which
         # the fallback rejects with TypeError/ValueError) reach this path.
@@ -279,5 +298,10 @@ def canonical(obj: Any) -> bytes:
 def _exact_dumps(obj: Any, *, sort_keys: bool) -> bytes:
     """The standard library's encoder, with orjson's output conventions."""
     return json.dumps(
-        obj, separators=(",", ":"), sort_keys=sort_keys, ensure_ascii=False, allow_nan=False
+        obj,
+        separators=(",", ":"),
+        sort_keys=sort_keys,
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_exact_raw_json,
     ).encode("utf-8")

@@ -39,6 +39,7 @@ _LENGTH = struct.Struct(">I")
 _unpack_from = _LENGTH.unpack_from
 _pack = _LENGTH.pack
 _orjson_dumps = orjson.dumps
+_raw_json = codec.raw_json
 
 
 class FrameTooLarge(Exception):
@@ -132,7 +133,7 @@ def encode_payload(payload: bytes) -> bytes:
 def encode_frame(obj: Any) -> bytes:
     """Encode one message (a dict) as a complete frame."""
     try:
-        payload = _orjson_dumps(obj)  # `codec.dumps`, less one call per frame
+        payload = _orjson_dumps(obj, default=_raw_json)  # `codec.dumps`, one call less
     except orjson.JSONEncodeError:
         payload = codec.dumps(obj)
     return _pack(len(payload)) + payload
