@@ -240,3 +240,21 @@ def test_raw_bodies_encode_on_the_exact_path_too() -> None:
     frame = {"id": 10**30, "body": b'[1,{"a":"x"}]'}
     assert codec.dumps(frame) == b'{"id":1000000000000000000000000000000,"body":[1,{"a":"x"}]}'
     assert encode_frame({"body": b"[1, 2]"})[4:] == b'{"body":[1, 2]}'
+
+
+@pytest.mark.parametrize(
+    ("body", "plain"),
+    [
+        (b"[" * 253 + b"]" * 253, True),  # the frame's object is the 254th level
+        (b"[" * 254 + b"]" * 254, False),
+        (b"[" + b",".join([b'{"a":[1,{"b":"c"}]}'] * 2000) + b"]", True),  # wide, shallow
+        # Brackets in strings could fake a shallower body: not judged here.
+        (b'[["]",[["[",[]]]]]', False),
+        (b'["a","",{"":""}]', True),
+        (b'{"k":"3e4"}', False),  # an exponent's look, even in a string: not judged here
+    ],
+)
+def test_depth_and_numbers_of_a_structured_body(body: bytes, plain: bool) -> None:
+    assert fastpath._plain_values(body) is plain
+    deep = b"[" * 300 + b"]" * 300
+    assert fastpath.submit(SUBMIT % (b"1", b"[" + body + b"," + deep + b"]"), DEFAULT_CAPS) is None
