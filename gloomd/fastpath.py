@@ -55,9 +55,7 @@ __all__ = ["ENABLED", "respond", "submit"]
 _BODY_DEPTH: Final = codec.MAX_DEPTH - 1
 #: Digits map to "0", `e` and `E` to "e", everything else to " ": a number with
 #: an exponent shows as "0e", an integer past 64 bits as nineteen "0"s.
-_NUMBERS: Final = bytes(
-    48 if 48 <= i <= 57 else 101 if i in (69, 101) else 32 for i in range(256)
-)
+_NUMBERS: Final = bytes(48 if 48 <= i <= 57 else 101 if i in (69, 101) else 32 for i in range(256))
 _LONG_RUN: Final = b"0" * 19
 #: `{` and `}` become `[` and `]`; all but brackets and quotes are deleted.
 _BRACKETS: Final = bytes.maketrans(b"{}", b"[]")

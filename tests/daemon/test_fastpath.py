@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gloomd import fastpath
-from gloomd.broker import Broker, iter_frames
+from gloomd import fastpath, ingest
+from gloomd.broker import KICK_CHUNK, Broker, iter_frames
 from gloomd.ingest import MasterIngest, SlaveIngest
 from gloomd.messages import (
     DEFAULT_CAPS,
@@ -31,6 +31,7 @@ from gloomd.messages import (
 )
 from gloomwire import codec
 from gloomwire.framing import encode_frame
+from tests.support.brokerkit import Kit
 
 pytestmark = pytest.mark.skipif(not fastpath.ENABLED, reason="msgspec is not installed")
 
@@ -133,7 +134,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(10**25), max_value=10**25)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 raw_fragments = st.sampled_from(
@@ -196,7 +199,12 @@ def run_jobs(payloads: list[bytes], responds: list[bytes], fast: bool) -> list[b
 
 
 def fastpath_on(receive: Any, payload: bytes) -> None:
-    receive(payload)
+    saved = ingest.FAST_PATH_MIN
+    ingest.FAST_PATH_MIN = 0  # every frame, however short
+    try:
+        receive(payload)
+    finally:
+        ingest.FAST_PATH_MIN = saved
 
 
 def fastpath_off(receive: Any, payload: bytes) -> None:
@@ -211,8 +219,10 @@ def fastpath_off(receive: Any, payload: bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(json_values, min_size=1, max_size=5))
 def test_frames_out_are_byte_identical_for_compact_clients(bodies: list[Any]) -> None:
-    payloads = [codec.dumps({"action": "submit", "id": i, "type": "t", "body": b}) for i, b in
-                enumerate(bodies)]
+    payloads = [
+        codec.dumps({"action": "submit", "id": i, "type": "t", "body": b})
+        for i, b in enumerate(bodies)
+    ]
     responds = [codec.dumps({"action": "respond", "body": [b]}) for b in bodies]
     assert run_jobs(payloads, responds, fast=True) == run_jobs(payloads, responds, fast=False)
 
@@ -221,7 +231,9 @@ def test_a_large_object_body_is_spliced_not_rebuilt() -> None:
     body = b"[" + b",".join([b'{"k":12345,"v":"abcdefgh"}'] * 3000) + b"]"
     submit = b'{"action":"submit","id":"j","type":"t","body":' + body + b"}"
     frames = run_jobs([submit], [b'{"action":"respond","body":' + body + b"}"], fast=True)
-    assert encode_frame({"action": "job", "id": "j", "type": "t", "body": json.loads(body)}) in frames
+    assert (
+        encode_frame({"action": "job", "id": "j", "type": "t", "body": json.loads(body)}) in frames
+    )
     assert body in frames[-2]  # the slave's job frame carries the bytes sent
 
 
@@ -258,3 +270,36 @@ def test_depth_and_numbers_of_a_structured_body(body: bytes, plain: bool) -> Non
     assert fastpath._plain_values(body) is plain
     deep = b"[" * 300 + b"]" * 300
     assert fastpath.submit(SUBMIT % (b"1", b"[" + body + b"," + deep + b"]"), DEFAULT_CAPS) is None
+
+
+def test_short_frames_take_the_exact_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken: list[bytes] = []
+    monkeypatch.setattr(fastpath, "submit", lambda p, caps: taken.append(p))
+    broker = Broker()
+    receive = MasterIngest(broker, broker.connect_master("m")).receive
+    receive(b'{"action":"submit","id":1,"type":"t","body":"%s"}' % (b"x" * 400))
+    receive(b'{"action":"submit","id":2,"type":"t","body":"%s"}' % (b"x" * 600))
+    assert [len(p) for p in taken] == [647]  # the second only
+
+
+def test_a_fast_submit_waits_behind_its_masters_kick() -> None:
+    """A submit taken by the fast path while its master's kick runs is held
+    like any other request: its answers leave after the kick's."""
+    k = Kit()
+    m = k.master()
+    s = k.slave("t")
+    total = KICK_CHUNK + 10
+    for job_id in range(total):
+        k.submit(m, job_id, detach=True)
+        k.out(s)
+        k.send(s, {"action": "fail", "error": "ERROR", "reason": None})
+    k.broker.disconnect(s)
+    k.out(m)
+    assert k.send(m, {"action": "kick", "type": "t"}) == []  # a chunk per pass
+    body = "x" * ingest.FAST_PATH_MIN
+    payload = b'{"action":"submit","id":"late","type":"u","body":"%s"}' % body.encode()
+    assert fastpath.submit(payload, DEFAULT_CAPS) is not None  # the fast path's frame
+    k.receive(m, payload)
+    assert len(m.held) == 1 and k.out(m) == []
+    k.step()
+    assert k.out(m) == [{"ok": True, "kicked": total}, {"ok": True, "id": "late"}]
