@@ -59,7 +59,7 @@ BUSY_ROUNDS = 8
 class ReactorClient(Protocol):
     """What the reactor needs from the server that owns it."""
 
-    def on_data(self, conn: PlainConnection[Any], data: bytes) -> str | None:
+    def on_data(self, conn: PlainConnection[Any], data: bytes | memoryview) -> str | None:
         """Handle bytes; a returned reason means: hang up (final frame queued)."""
 
     def on_deadline(self, conn: PlainConnection[Any]) -> str:
@@ -269,7 +269,9 @@ class Reactor:
             return
         except OSError:
             size = 0
-        data = self._view[:size].tobytes()
+        # A view: the framing copies it (whole, or frame by frame when it
+        # starts with a large frame), before the buffer is read into again.
+        data = self._view[:size]
         if conn.lingering:
             if not data:
                 self.drop(conn)
