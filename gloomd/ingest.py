@@ -38,7 +38,7 @@ one `held is not None` test.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from gloomwire import codec
 from gloomwire.auth import token_matches
@@ -140,10 +140,11 @@ class SlaveIngest(Ingest):
     """A slave connection: the state check needs to know whether it holds a job."""
 
     __slots__ = ()
-    peer: SlavePeer
 
     def receive(self, payload: bytes) -> None:
-        slave = self.peer
+        # A cast, not a narrower `peer: SlavePeer` in the class: mypyc refuses
+        # to narrow an attribute's type in a subclass.
+        slave = cast(SlavePeer, self.peer)
         if slave.job is not None and len(payload) >= FAST_PATH_MIN:
             fast = fastpath.respond(payload, self._max_values)
             if fast is not None:
@@ -165,10 +166,9 @@ class MasterIngest(Ingest):
     """A master connection (or an in-process master, `gloomd.local`)."""
 
     __slots__ = ()
-    peer: MasterPeer
 
     def receive(self, payload: bytes) -> None:
-        master = self.peer
+        master = cast(MasterPeer, self.peer)
         try:
             # A submit the fast path is sure of, else the exact path: either
             # way the message is held behind an earlier request, as below.
