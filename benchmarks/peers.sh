@@ -10,7 +10,11 @@
 # queues excepted; the table shows the median), BUDGET=seconds (default 900: the whole run stops
 # starting new work after that; each run also has its own hard deadline),
 # OUT=file (JSON lines; default benchmarks/results/run-<time>.jsonl), PY=python,
-# GLOOMD_ARGS / GEARMAND_ARGS / BEANSTALKD_ARGS (extra server flags, default none).
+# GLOOMD_ARGS / GEARMAND_ARGS / BEANSTALKD_ARGS (extra server flags, default none),
+# SYSTEMS="gloomd gearmand" (only these; default gloomd and every peer installed).
+# gloomd is the one `$PY -m gloomd` imports from here: run a copy of another
+# tree's benchmarks/ (or a compiled install's, from a folder without gloomd/)
+# to compare builds in one sitting (benchmarks/README.md, issue 20).
 #
 # Every server is started fresh for each run on 127.0.0.1 on a free port and
 # stopped after it (see benchmarks/servers.py).  A peer that is not installed
@@ -28,7 +32,7 @@ for arg in "$@"; do
     case "$arg" in
         --install) INSTALL=1 ;;
         --quick) QUICK=1 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         -*) echo "peers.sh: unknown option $arg" >&2; exit 2 ;;
         *) WORKLOADS+=("$arg") ;;
     esac
@@ -45,8 +49,11 @@ if [[ "$INSTALL" == 1 ]]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y gearman-job-server beanstalkd
 fi
 
-SYSTEMS=(gloomd)
+WANT=" ${SYSTEMS:-gloomd gearmand beanstalkd} "
+SYSTEMS=()
+[[ "$WANT" == *" gloomd "* ]] && SYSTEMS+=(gloomd)
 for peer in gearmand beanstalkd; do
+    [[ "$WANT" == *" $peer "* ]] || continue
     if command -v "$peer" >/dev/null 2>&1 || [[ -x /usr/sbin/$peer || -x /usr/bin/$peer ]]; then
         SYSTEMS+=("$peer")
     else

@@ -22,8 +22,9 @@ answer at once and get the whole kick in one pass.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from gloomwire.framing import encode_frame
@@ -99,8 +100,16 @@ class _KickWork:
 class Broker(Flow):
     """The broker a server runs: `Flow` plus messages in and the master actions."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        limits: BrokerLimits | None = None,
+        clock: Callable[[], float] | None = None,
+        max_outbox: int = 64 * 1024 * 1024,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        # `Flow`'s parameters spelled out: compiled by mypyc, `*args, **kwargs`
+        # passed on to a native base class arrive as one tuple.
+        super().__init__(limits, clock, max_outbox, wall)
         # Kicks by type under way, one chunk per pass, oldest first.
         self._work: deque[_KickWork] = deque()
 

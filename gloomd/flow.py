@@ -132,9 +132,6 @@ from .timers import DeadlineHeap, delay_alive, timeout_alive
 
 __all__ = ["INF", "TICK_BUDGET", "BrokerLimits", "Flow"]
 
-# Histogram buckets on the hot path: a module global each, not an attribute.
-_bucket = bisect_left
-_BOUNDS: Final = BOUNDS
 
 log = logging.getLogger("gloomd.broker")
 
@@ -490,7 +487,7 @@ class Flow:
                         now = self._clock()
                     wait = now - job.stamp
                     tally = job.tally
-                    tally.wait_counts[_bucket(_BOUNDS, wait)] += 1
+                    tally.wait_counts[bisect_left(BOUNDS, wait)] += 1
                     tally.wait_sum += wait
                     self._assign(slave, queue, job, now)
                     return
@@ -595,7 +592,7 @@ class Flow:
             now = self._clock()
             ran = now - job.stamp
             tally = job.tally
-            tally.run_counts[_bucket(_BOUNDS, ran)] += 1
+            tally.run_counts[bisect_left(BOUNDS, ran)] += 1
             tally.run_sum += ran
             tally.finished[OK] += 1
             self.totals["completed"] += 1

@@ -186,7 +186,9 @@ class LocalMaster:
         replies = []
         for item in items:
             # Pre-encoded frames (OK_FRAME, stats) skip their 4-byte length.
-            decoded = codec.loads(item[4:]) if type(item) is bytes else item
+            # A frame queued as a dict may carry a body kept as its JSON
+            # bytes (`gloomd.fastpath`): encoded and decoded, it is a value.
+            decoded = codec.loads(item[4:] if type(item) is bytes else codec.dumps(item))
             assert isinstance(decoded, dict)
             replies.append(decoded)
         return replies

@@ -220,7 +220,9 @@ class Submit(NamedTuple):
     key: bytes | str
     priority: int
     body: Any
-    timeout: float | None = None
+    # int | float, not float: compiled by mypyc, a `float` field turns 30 into
+    # 30.0, and the job frame must echo the timeout as it was sent.
+    timeout: int | float | None = None
     detach: bool = False
     after: tuple[str | int, ...] = ()
     # The job lifecycle (durability-and-operations.md section 2); None: not asked for.

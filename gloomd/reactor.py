@@ -61,7 +61,7 @@ BUSY_ROUNDS = 8
 class ReactorClient(Protocol):
     """What the reactor needs from the server that owns it."""
 
-    def on_data(self, conn: PlainConnection[Any], data: bytes) -> str | None:
+    def on_data(self, conn: PlainConnection[Any], data: bytes | memoryview) -> str | None:
         """Handle bytes; a returned reason means: hang up (final frame queued)."""
 
     def on_deadline(self, conn: PlainConnection[Any]) -> str:
@@ -176,10 +176,10 @@ class Reactor:
             reason = self._client.internal_error(conn, exc)
             if not conn.closed:
                 self.hang_up(conn, reason)
-        except Exception as exc:
+        except Exception as second:  # not `exc`: an except name is deleted after its block
             event(
                 log, "internal_error", logging.ERROR, peer=conn.name, stage="hang_up",
-                error=type(exc).__name__, exc_info=exc,
+                error=type(second).__name__, exc_info=second,
             )  # fmt: skip
             self.drop(conn, "internal_error")
 
@@ -274,7 +274,9 @@ class Reactor:
             return
         except OSError:
             size = 0
-        data = self._view[:size].tobytes()
+        # A view: the framing copies it (whole, or frame by frame when it
+        # starts with a large frame), before the buffer is read into again.
+        data = self._view[:size]
         if conn.lingering:
             if not data:
                 self.drop(conn)

@@ -40,7 +40,7 @@ from typing import Any
 
 import trio
 
-from gloomwire.framing import FrameTooLarge, FrameTooLargeWithFrames, encode_frame
+from gloomwire.framing import FrameTooLarge, FrameTooLargeWithFrames, encode_frame, encode_into
 from gloomwire.logformat import event
 from gloomwire.vocabulary import OK_FRAME, error
 
@@ -299,7 +299,7 @@ class GloomServer:
 
     # ------------------------------------------------------------ bytes in (both transports)
 
-    def on_data(self, conn: Connection[Ingest], data: bytes) -> str | None:
+    def on_data(self, conn: Connection[Ingest], data: bytes | memoryview) -> str | None:
         """Feed received bytes to the connection's ingest.
 
         Returns None, or the reason to hang up after the final error frame
@@ -522,7 +522,9 @@ class GloomServer:
         if not broker.dirty:
             return
         for peer in broker.take_dirty():
-            conn: Connection[Any] | None = peer.transport
+            # Any: an in-process master (gloomd.local) writes like a connection
+            # without being one, and compiled code checks a declared type.
+            conn: Any = peer.transport
             out = peer.outbox
             if conn is None:  # gone: nothing to write to
                 peer.outbox = []
@@ -548,8 +550,16 @@ class GloomServer:
                     conn.write(item if type(item) is bytes else encode_frame(item))
                 else:
                     # The frames of every job are encoded here, in one pass
-                    # (see `Broker.send`); `write` weighs them against the cap.
-                    conn.write(b"".join([i if type(i) is bytes else encode_frame(i) for i in out]))
+                    # (see `Broker.send`), and joined once (a prefix and its
+                    # payload are not joined first); `write` weighs them
+                    # against the cap.
+                    parts: list[bytes] = []
+                    for i in out:
+                        if type(i) is bytes:
+                            parts.append(i)
+                        else:
+                            encode_into(parts, i)
+                    conn.write(b"".join(parts))
             except Exception as exc:
                 self._write_failed(conn, exc)
 

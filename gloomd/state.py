@@ -71,6 +71,37 @@ STATE_NAMES: Final = {
 }
 
 
+#: A job's fields (`Job.retry_copy` copies them all: compiled by mypyc, a
+#: class cannot read its own `__slots__`).
+_JOB_FIELDS: Final = (
+    "accepted",
+    "attempt",
+    "backoff",
+    "body",
+    "deadline",
+    "dependents",
+    "detached",
+    "final",
+    "id",
+    "key",
+    "losses",
+    "mark",
+    "master",
+    "others",
+    "priority",
+    "ready_at",
+    "retried",
+    "retries",
+    "seq",
+    "stamp",
+    "state",
+    "tally",
+    "timeout",
+    "type",
+    "waiting",
+)
+
+
 class Job:
     """One accepted job.
 
@@ -83,33 +114,7 @@ class Job:
     daemon: a restart requeues running jobs and closes every connection.
     """
 
-    __slots__ = (
-        "accepted",
-        "attempt",
-        "backoff",
-        "body",
-        "deadline",
-        "dependents",
-        "detached",
-        "final",
-        "id",
-        "key",
-        "losses",
-        "mark",
-        "master",
-        "others",
-        "priority",
-        "ready_at",
-        "retried",
-        "retries",
-        "seq",
-        "stamp",
-        "state",
-        "tally",
-        "timeout",
-        "type",
-        "waiting",
-    )
+    __slots__ = _JOB_FIELDS
 
     def __init__(
         self, msg: m.Submit, seq: int, master: MasterPeer | None, accepted: float, tally: TypeTally
@@ -161,7 +166,7 @@ class Job:
         object.  The caller moves the registrations (ids, masters).
         """
         copy = Job.__new__(Job)
-        for name in Job.__slots__:
+        for name in _JOB_FIELDS:
             setattr(copy, name, getattr(self, name))
         return copy
 

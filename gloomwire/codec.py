@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["NO_LIMIT", "DecodeError", "canonical", "dumps", "loads"]
+__all__ = ["NO_LIMIT", "DecodeError", "canonical", "dumps", "loads", "raw_json"]
 
 # 19 digits is the shortest run that can leave the signed 64-bit range
 # (-9223372036854775809); anything shorter orjson decodes exactly.  To find
@@ -71,6 +71,9 @@ _DEEP_PAYLOAD = 2 * MAX_DEPTH
 _SCAN_LIMIT = 4096
 #: Most keys and values a large payload may have to be checked by walking them.
 _WALK_LIMIT = 4096
+#: Values walked in a large payload whose structure was not counted, before
+#: the C passes take over (a job frame with a large body has about five).
+_QUICK_WALK = 64
 
 
 def loads(payload: bytes, max_values: int = NO_LIMIT) -> Any:
@@ -98,7 +101,7 @@ def loads(payload: bytes, max_values: int = NO_LIMIT) -> Any:
         if (
             size > _DEEP_PAYLOAD
             and payload.count(b"[") + payload.count(b"{") > MAX_DEPTH
-            and _shape(obj)[0] > MAX_DEPTH
+            and _depth(obj) > MAX_DEPTH
         ):
             raise DecodeError(f"nested deeper than {MAX_DEPTH} levels")
         return obj
@@ -106,11 +109,14 @@ def loads(payload: bytes, max_values: int = NO_LIMIT) -> Any:
 
 
 def _loads_large(payload: bytes, max_values: int) -> Any:
-    """Payloads over 4 KiB: counted first, then checked at the cost of their
-    values when they are few and at C speed when they are many."""
-    structure = len(payload.translate(None, _NOT_STRUCTURE))  # 0.5 ms per MiB
-    if structure > max_values:
-        _check_values(payload, max_values, structure)
+    """Payloads over 4 KiB: counted first when they could pass the value cap,
+    then checked at the cost of their values when they are few and at C
+    speed when they are many."""
+    structure = -1  # not counted: the payload cannot hold more than max_values
+    if len(payload) > max_values:
+        structure = _structure_bytes(payload)  # 0.5 ms per MiB
+        if structure > max_values:
+            _check_values(payload, max_values, structure)
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -122,11 +128,16 @@ def _loads_large(payload: bytes, max_values: int) -> Any:
     if structure <= _WALK_LIMIT:
         # Few values (a large string, say): walking them costs nothing.
         # orjson decodes an integer beyond 64 bits as a float, so a value
-        # without floats is exact; with floats, decode again exactly.
-        depth, has_float = _shape(obj)
-        if depth > MAX_DEPTH:
-            raise DecodeError(f"nested deeper than {MAX_DEPTH} levels")
-        return _exact_loads(payload, depth_checked=True) if has_float else obj
+        # without floats is exact; with floats, decode again exactly.  Not
+        # counted (a payload of at most `max_values` bytes), the values are
+        # walked only while they are few: counting the structure bytes of a
+        # 64 KiB job body cost as much as decoding it (issue 20).
+        shape = _shape(obj, _WALK_LIMIT if structure >= 0 else _QUICK_WALK)
+        if shape is not None:
+            depth, has_float = shape
+            if depth > MAX_DEPTH:
+                raise DecodeError(f"nested deeper than {MAX_DEPTH} levels")
+            return _exact_loads(payload, depth_checked=True) if has_float else obj
     # Many values: walking them cost 0.4 us each (110 ms for 262,144 empty
     # lists, measured); C passes cost a few ms.  orjson writes exactly the
     # depths we accept, so writing the value back checks its depth; and an
@@ -138,6 +149,11 @@ def _loads_large(payload: bytes, max_values: int) -> Any:
     if _has_long_run(payload):
         return _exact_loads(payload, depth_checked=True)
     return obj
+
+
+def _structure_bytes(payload: bytes) -> int:
+    """Bytes that may precede a key or value (`,:[{`), strings included."""
+    return len(payload.translate(None, _NOT_STRUCTURE))
 
 
 def _has_long_run(payload: bytes) -> bool:
@@ -153,7 +169,7 @@ def _exact_loads(payload: bytes, *, depth_checked: bool = False) -> Any:
     if (
         not depth_checked
         and payload.count(b"[") + payload.count(b"{") > MAX_DEPTH
-        and _shape(obj)[0] > MAX_DEPTH
+        and _depth(obj) > MAX_DEPTH
     ):
         raise DecodeError(f"nested deeper than {MAX_DEPTH} levels")
     # Accept only what we can write back: encoding once finds, at C speed,
@@ -181,7 +197,7 @@ def _check_values(payload: bytes, max_values: int, quick: int = -1) -> None:
     inside strings too, if the caller has it.
     """
     if quick < 0:
-        quick = len(payload.translate(None, _NOT_STRUCTURE))
+        quick = _structure_bytes(payload)
     if quick <= max_values:
         return
     # Over by the quick count, which a large text body (CSV, escaped JSON)
@@ -206,11 +222,15 @@ def _check_values(payload: bytes, max_values: int, quick: int = -1) -> None:
         raise DecodeError(f"more than {max_values} keys and values")
 
 
-def _shape(obj: Any) -> tuple[int, bool]:
-    """Nesting depth of a decoded value, and whether it holds a float; no recursion."""
+def _shape(obj: Any, limit: int = -1) -> tuple[int, bool] | None:
+    """Nesting depth of a decoded value, and whether it holds a float; no recursion.
+
+    With a `limit` >= 0, None once more than `limit` values have been seen.
+    """
     deepest = 0
     has_float = False
     stack = [(obj, 1)]
+    budget = limit if limit >= 0 else NO_LIMIT
     while stack:
         value, level = stack.pop()
         if isinstance(value, dict):
@@ -221,14 +241,42 @@ def _shape(obj: Any) -> tuple[int, bool]:
             continue
         if level > deepest:
             deepest = level
+        budget -= len(value)
+        if budget < 0:
+            return None
         stack.extend((item, level + 1) for item in value)
     return deepest, has_float
+
+
+def _depth(obj: Any) -> int:
+    shape = _shape(obj)
+    assert shape is not None  # no limit
+    return shape[0]
+
+
+def raw_json(value: Any) -> Any:
+    """orjson's `default`: a `bytes` value is JSON text, written as it is.
+
+    A job body the daemon carries without decoding it (`gloomd.fastpath`)
+    is kept as its bytes, already checked under this module's policy; no
+    decoded JSON value is ever `bytes`, so the two cannot be confused.
+    """
+    if type(value) is bytes:
+        return orjson.Fragment(value)
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def _exact_raw_json(value: Any) -> Any:
+    """`raw_json` for the standard library's encoder (the rare big-integer path)."""
+    if type(value) is bytes:
+        return _exact_loads(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def dumps(obj: Any) -> bytes:
     """Encode compactly, falling back to the standard library for big integers."""
     try:
-        return orjson.dumps(obj)
+        return orjson.dumps(obj, default=raw_json)
     except orjson.JSONEncodeError:
         # Only integers beyond 64 bits (or values that are not JSON at all, which
         # the fallback rejects with TypeError/ValueError) reach this path.
@@ -250,5 +298,10 @@ def canonical(obj: Any) -> bytes:
 def _exact_dumps(obj: Any, *, sort_keys: bool) -> bytes:
     """The standard library's encoder, with orjson's output conventions."""
     return json.dumps(
-        obj, separators=(",", ":"), sort_keys=sort_keys, ensure_ascii=False, allow_nan=False
+        obj,
+        separators=(",", ":"),
+        sort_keys=sort_keys,
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_exact_raw_json,
     ).encode("utf-8")

@@ -26,6 +26,7 @@ __all__ = [
     "FrameDecoder",
     "FrameTooLarge",
     "encode_frame",
+    "encode_into",
     "encode_payload",
 ]
 
@@ -34,11 +35,15 @@ DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 
 #: Size of the length prefix.
 HEADER = 4
+#: A receive starting with a frame at least this long is copied frame by
+#: frame, not whole and then frame by frame (`FrameDecoder.feed`).
+LARGE_FRAME = 4096
 
 _LENGTH = struct.Struct(">I")
 _unpack_from = _LENGTH.unpack_from
 _pack = _LENGTH.pack
 _orjson_dumps = orjson.dumps
+_raw_json = codec.raw_json
 
 
 class FrameTooLarge(Exception):
@@ -72,8 +77,16 @@ class FrameDecoder:
         self.pending = 0
         self._need = 0  # bytes the partial frame needs in all (0: header not yet known)
 
-    def feed(self, data: bytes | bytearray) -> list[bytes]:
-        if type(data) is not bytes:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """The payloads `data` completes.  A memoryview (of a buffer the caller
+        reuses) is copied: whole, or, when it starts with a large frame, frame
+        by frame, which saves copying a large payload twice (issue 20)."""
+        if type(data) is memoryview:
+            if self._chunks or len(data) < HEADER or _unpack_from(data)[0] < LARGE_FRAME:
+                data = data.tobytes()
+            else:
+                return self._feed_view(data)
+        elif type(data) is not bytes:
             data = bytes(data)  # trio streams may hand over a bytearray
         if self._chunks:
             self._chunks.append(data)
@@ -105,6 +118,27 @@ class FrameDecoder:
             self.pending = len(rest)
         return frames
 
+    def _feed_view(self, view: memoryview) -> list[bytes]:
+        """`feed` for a view that starts a frame: each payload copied once."""
+        frames: list[bytes] = []
+        end = len(view)
+        pos = 0
+        limit = self.max_frame
+        while end - pos >= HEADER:
+            (length,) = _unpack_from(view, pos)
+            if length > limit:
+                raise FrameTooLargeWithFrames(length, limit, frames)
+            stop = pos + HEADER + length
+            if stop > end:
+                self._need = HEADER + length
+                break
+            frames.append(view[pos + HEADER : stop].tobytes())
+            pos = stop
+        if pos < end:
+            self._chunks.append(view[pos:].tobytes())
+            self.pending = end - pos
+        return frames
+
     def clear(self) -> None:
         """Forget a partial frame (the connection is gone): up to a whole
         frame's bytes are freed now rather than with the decoder."""
@@ -129,10 +163,20 @@ def encode_payload(payload: bytes) -> bytes:
     return _pack(len(payload)) + payload
 
 
+def encode_into(parts: list[bytes], obj: Any) -> None:
+    """Append one message's length prefix and payload to `parts`, to be joined
+    with others: one copy of the payload fewer than `encode_frame` + join."""
+    try:
+        payload = _orjson_dumps(obj, default=_raw_json)
+    except orjson.JSONEncodeError:
+        payload = codec.dumps(obj)
+    parts += (_pack(len(payload)), payload)
+
+
 def encode_frame(obj: Any) -> bytes:
     """Encode one message (a dict) as a complete frame."""
     try:
-        payload = _orjson_dumps(obj)  # `codec.dumps`, less one call per frame
+        payload = _orjson_dumps(obj, default=_raw_json)  # `codec.dumps`, one call less
     except orjson.JSONEncodeError:
         payload = codec.dumps(obj)
     return _pack(len(payload)) + payload

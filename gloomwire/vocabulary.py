@@ -133,7 +133,7 @@ def progress(job_id: Any, body: Any) -> dict[str, Any]:
 
 
 def job(
-    job_id: Any, job_type: Any, body: Any, attempt: int = 1, timeout: float | None = None
+    job_id: Any, job_type: Any, body: Any, attempt: int = 1, timeout: int | float | None = None
 ) -> dict[str, Any]:
     """A job handed to a slave.
 
@@ -214,7 +214,7 @@ def fail(category: str, reason: Any = None) -> dict[str, Any]:
 
 
 def submit(
-    job_id: Any, job_type: Any, body: Any, priority: int = 0, **extra: Any
+    job_id: Any, job_type: Any, body: Any, priority: Any = 0, **extra: Any
 ) -> dict[str, Any]:
     """A master's submit; `extra` holds the optional keys (timeout, detach, after, ...)."""
     frame = {"action": "submit", "id": job_id, "type": job_type, "priority": priority, "body": body}

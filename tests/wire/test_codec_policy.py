@@ -165,3 +165,45 @@ def test_value_cap_refuses_before_building_anything() -> None:
     with pytest.raises(codec.DecodeError):
         codec.loads(payload, 262_144)
     assert time.perf_counter() - started < 1.0  # a few C passes, not a decode
+
+
+# ---------------------------------------------------------------- large payloads (issue 20)
+
+BIG_BODY = b'{"action":"respond","body":"' + b"x" * 65536 + b'"}'
+
+
+def test_large_payload_under_the_cap_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 64 KiB job frame cannot hold more values than the cap allows: counting
+    its structure bytes cost as much as decoding it, so it is not counted."""
+    counted: list[int] = []
+    real = codec._structure_bytes
+    monkeypatch.setattr(codec, "_structure_bytes", lambda p: counted.append(len(p)) or real(p))
+    assert codec.loads(BIG_BODY, 262_144)["body"] == "x" * 65536
+    assert counted == []
+    # Longer than the cap allows values: counted, and refused before decoding.
+    with pytest.raises(codec.DecodeError, match="more than 10000 keys"):
+        codec.loads(b"[" + b"[]," * 30_000 + b"[]]", 10_000)
+    assert counted == [90_004]  # the whole payload, counted once
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" + b",".join([b"1.5"] * 5000) + b"]",  # many values, floats: C passes
+        b"[" + b",".join([LONG_INT] * 300) + b"]",  # many big integers: exact
+        b"[" + b",".join([b"1.5"] * 100) + b"," + PAD + b"]",  # past the quick walk
+        b'{"a":' + b",".join([b'"x"'] * 2000).join([b"[", b"]"]) + b',"b":' + PAD + b"}",
+        b"[" + PAD + b"," + LONG_INT + b"]",  # few values, a big integer
+        b"[1.25," + PAD + b"]",  # few values, a float
+    ],
+)
+def test_large_payloads_decode_exactly_whatever_their_values(payload: bytes) -> None:
+    assert codec.loads(payload, 262_144) == json.loads(payload)
+
+
+@pytest.mark.parametrize("values", [10, 100, 5000])
+def test_large_payloads_too_deep_are_refused_whatever_their_values(values: int) -> None:
+    deep = b"[" * 300 + b"]" * 300
+    payload = b"[" + b",".join([b"0"] * values) + b"," + deep + b"," + PAD + b"]"
+    with pytest.raises(codec.DecodeError, match="nested deeper"):
+        codec.loads(payload, 262_144)

@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gloomwire import codec
-from gloomwire.framing import FrameDecoder, FrameTooLarge, encode_frame, encode_payload
+from gloomwire.framing import (
+    LARGE_FRAME,
+    FrameDecoder,
+    FrameTooLarge,
+    encode_frame,
+    encode_into,
+    encode_payload,
+)
 
 json_values = st.recursive(
     st.none()
@@ -140,3 +147,51 @@ def test_too_deep_is_refused_small_or_large(size: int) -> None:
     payload = ('{{"pad":"{}","v":{}}}'.format("x" * size, deep)).encode()
     with pytest.raises(codec.DecodeError):
         codec.loads(payload)
+
+
+# ------------------------------------------------------ views of a reused buffer (issue 20)
+
+
+def _frames(*payloads: bytes) -> bytes:
+    return b"".join(encode_payload(p) for p in payloads)
+
+
+@pytest.mark.parametrize("split", [0, 3, 70_000, 70_004, 70_050])
+def test_a_view_gives_the_frames_bytes_give_and_keeps_none_of_the_buffer(split: int) -> None:
+    big, small = b'"' + b"x" * 70_000 + b'"', b"{}"
+    stream = _frames(big, small, big) + encode_payload(big)[:100]
+    buffer = bytearray(len(stream))
+    by_view, by_bytes = FrameDecoder(), FrameDecoder()
+    got_view: list[bytes] = []
+    for chunk in (stream[:split], stream[split:]):
+        buffer[: len(chunk)] = chunk
+        got_view += by_view.feed(memoryview(buffer)[: len(chunk)])
+        buffer[:] = b"\0" * len(buffer)  # the caller reads into it again
+    got_bytes = by_bytes.feed(stream[:split]) + by_bytes.feed(stream[split:])
+    assert got_view == got_bytes == [big, small, big]
+    assert all(type(f) is bytes for f in got_view)
+    assert by_view.pending == by_bytes.pending == 100
+    rest = encode_payload(big)[100:]
+    assert by_view.feed(memoryview(rest)) == by_bytes.feed(rest) == [big]
+
+
+def test_a_view_starting_with_a_large_frame_is_copied_frame_by_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[int] = []
+    real = FrameDecoder._feed_view
+    monkeypatch.setattr(FrameDecoder, "_feed_view", lambda s, v: seen.append(len(v)) or real(s, v))
+    decoder = FrameDecoder()
+    decoder.feed(memoryview(_frames(b"1", b"2")))  # small: copied whole, sliced as bytes
+    decoder.feed(memoryview(_frames(b"3" * LARGE_FRAME, b"4")))
+    assert seen == [LARGE_FRAME + 4 + 5]
+
+
+def test_encode_into_gives_encode_frame_s_bytes() -> None:
+    parts: list[bytes] = []
+    for obj in ({"ok": True}, {"id": 10**30, "body": b"[1]"}, {"body": "x" * 5000}):
+        encode_into(parts, obj)
+    assert b"".join(parts) == b"".join(
+        encode_frame(o)
+        for o in ({"ok": True}, {"id": 10**30, "body": b"[1]"}, {"body": "x" * 5000})
+    )

@@ -1,0 +1,125 @@
+"""A build compiled with mypyc writes the same frames as pure Python (issue 20).
+
+`hatch_build.py` compiles the modules listed in pyproject.toml when the
+machine has a C compiler and ships pure Python otherwise, so both must
+behave alike, frame for frame.  `tests.support.transcript` runs a fixed
+script of frames through the core and digests every frame written; this
+test runs it on a pure copy of the sources and on a compiled one, and
+compares.  Compiled code checks declared types at run time, which is where
+the two can part: a `float` field made 30 into 30.0 in a job frame.
+
+The compiled side is the installed package when it is compiled (a wheel
+built on a machine with a compiler); otherwise, with GLOOMD_TEST_MYPYC=1, a
+scratch copy compiled here (35 s to a minute; CI sets it).  Else the test
+is skipped: a pure-Python install has one path only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compiled_modules() -> list[str]:
+    """The modules the build hook compiles (pyproject.toml), as paths."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    hook = config["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["custom"]
+    return list(hook["include"])
+
+
+def installed_compiled() -> bool:
+    spec = importlib.util.find_spec("gloomd.broker")
+    return spec is not None and str(spec.origin).endswith(".so")
+
+
+def can_compile() -> bool:
+    """A C compiler and the interpreter's headers: what the build hook needs too."""
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    return shutil.which("cc") is not None and headers.exists()
+
+
+def copy_sources(where: Path) -> None:
+    """gloomwire/ and gloomd/ as .py files only, and the transcript beside them."""
+    for package in ("gloomwire", "gloomd"):
+        shutil.copytree(
+            ROOT / package,
+            where / package,
+            ignore=lambda _dir, names: [n for n in names if n.endswith((".so", ".pyc"))],
+        )
+    shutil.copy(ROOT / "tests" / "support" / "transcript.py", where / "transcript.py")
+
+
+def digest(where: Path) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "transcript.py"],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def compile_copy(where: Path) -> None:
+    copy_sources(where)
+    (where / "setup_mypyc.py").write_text(
+        "from setuptools import setup\n"
+        "from mypyc.build import mypycify\n"
+        f"setup(name='scratch', py_modules=[], ext_modules=mypycify({compiled_modules()!r}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "setup_mypyc.py", "build_ext", "--inplace"],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    # mypyc's own errors (a construct it cannot compile) are the useful part.
+    errors = [line for line in done.stdout.splitlines() if "error" in line.lower()]
+    assert done.returncode == 0, "\n".join(errors[-20:]) or done.stderr[-4000:]
+
+
+def test_the_transcript_covers_the_protocol() -> None:
+    from tests.support.transcript import transcript
+
+    frames = [frame for _, frame in transcript()]
+    text = b"\n".join(frames)
+    words = [b"invalid_json", b"missing_field", b"invalid_action", b"unknown_action"]
+    words += [b"invalid_state", b'"TIMEOUT"', b"job_error", b'"timeout":30', b'"stats"']
+    words += [b'"kicked"', b'"jobs"', b'"attached"', b'"attempt":2', b'"reason":"delay"']
+    for word in words:
+        assert word in text
+    assert transcript() == transcript()  # deterministic, or no digest could be compared
+
+
+def test_compiled_and_pure_write_the_same_frames(tmp_path: Path) -> None:
+    pure = tmp_path / "pure"
+    copy_sources(pure)
+    if installed_compiled():
+        compiled = tmp_path / "installed"
+        compiled.mkdir()
+        shutil.copy(ROOT / "tests" / "support" / "transcript.py", compiled / "transcript.py")
+    elif os.environ.get("GLOOMD_TEST_MYPYC"):
+        if not can_compile():
+            pytest.skip("GLOOMD_TEST_MYPYC=1 but no C compiler or no Python.h (python3-dev)")
+        compiled = tmp_path / "compiled"
+        compile_copy(compiled)
+        assert list(compiled.glob("gloomd/broker*.so")), "mypyc built nothing"
+    else:
+        pytest.skip("a pure-Python install (set GLOOMD_TEST_MYPYC=1 to compile a copy)")
+    assert digest(compiled) == digest(pure)
