@@ -36,6 +36,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import time
 from typing import Any
 
 import trio
@@ -46,9 +47,12 @@ from gloomwire.vocabulary import OK_FRAME, error
 from .broker import Broker, Peer
 from .config import Config
 from .fdlimit import descriptor_limit
+from .holds import divert
 from .ingest import Ingest, ingest_for
 from .reactor import LINGER, Reactor
+from .replay import Restored, restore
 from .transport import INF, Connection, PlainConnection, StreamConnection
+from .writer import JournalWriter
 
 #: Reads of what a refused connection already sent, before its socket is
 #: closed (unread input would make the close a reset; see `_refuse`).
@@ -82,6 +86,8 @@ class GloomServer:
         self._accept_scopes: list[trio.CancelScope] = []
         self._run_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
+        #: The journal's writer (`gloomd.writer`), None without a journal.
+        self.journal: JournalWriter | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -94,6 +100,8 @@ class GloomServer:
         self.broker = Broker(
             cfg.limits, clock=trio.lowlevel.current_clock().current_time, max_outbox=cfg.max_outbuf
         )
+        if cfg.journal is not None:
+            self._replay(cfg)
         master_sock = _listen(cfg)
         slave_sock = _listen(cfg, master=False)
         self.master_port = master_sock.getsockname()[1]
@@ -103,6 +111,8 @@ class GloomServer:
                 self._nursery = nursery
                 self._run_scope = nursery.cancel_scope
                 await nursery.start(self._reactor.run)
+                if self.journal is not None:
+                    await nursery.start(self.journal.run)
                 nursery.start_soon(self._flusher)
                 nursery.start_soon(self._timer)
                 nursery.start_soon(self._accept_loop, master_sock, "master")
@@ -128,16 +138,36 @@ class GloomServer:
                 if peer.transport is not None:
                     peer.transport.abort()
 
+    def _replay(self, cfg: Config) -> None:
+        """Rebuild the broker from the journal (before listening), then journal it."""
+        assert self.broker is not None and cfg.journal is not None
+        self.journal = JournalWriter(cfg.journal, self.broker, self.write_frames, self.flush)
+        self.broker.journal = self.journal.durable
+        restored = cfg.restored or Restored()
+        counts = restore(self.broker, restored, time.time(), trio.current_time())
+        self.journal.attach()
+        log.info(
+            "event=restore queued=%d delayed=%d waiting=%d dead=%d results=%d requeued=%d"
+            " seconds=%.3f",
+            *(counts[name] for name in ("queued", "delayed", "waiting", "dead", "results")),
+            counts["requeued"],
+            counts["seconds"],
+        )
+
     async def shutdown(self) -> None:
         """Stop accepting, fail every unanswered job with HALTED, flush, close.
 
+        With a journal, detached jobs are kept instead: running ones are
+        journaled back to queued and the last batch committed first.
         Returns once every connection has been written out and sent EOF, or
         the grace period ran out; `run` then returns.
         """
         for scope in self._accept_scopes:
             scope.cancel()
         assert self.broker is not None
-        halted = self.broker.halt()
+        if self.journal is not None:
+            await self.journal.finish()
+        halted = self.broker.halt(keep_detached=self.journal is not None)
         log.info("event=shutdown halted_jobs=%d connections=%d", halted, len(self._connections))
         self.flush()
         with trio.move_on_after(self.config.shutdown_grace):
@@ -497,6 +527,9 @@ class GloomServer:
         """
         broker = self.broker
         assert broker is not None
+        journal = self.journal
+        if journal is not None:
+            journal.collect()  # the pass's records, and the replies they hold
         if broker.timers_changed:
             self._timer_lot.unpark()
         if not broker.dirty:
@@ -507,6 +540,9 @@ class GloomServer:
             if conn is None:  # gone: nothing to write to
                 peer.outbox = []
                 peer.pending = 0
+                continue
+            if peer.gated is not None:  # replies wait for a commit: these behind them
+                divert(peer)
                 continue
             # A paused connection is written at once: that is what resumes it.
             if urgent_only and (
@@ -532,6 +568,17 @@ class GloomServer:
                     conn.write(b"".join([i if type(i) is bytes else encode_frame(i) for i in out]))
             except Exception as exc:
                 self._write_failed(conn, exc)
+
+    def write_frames(self, peer: Peer, frames: list[bytes | dict[str, Any]]) -> None:
+        """Write `frames` to `peer` now: replies released by a commit (`gloomd.holds`),
+        which go before anything in its outbox."""
+        conn: Connection[Any] | None = peer.transport
+        if conn is None or conn.closed:
+            return
+        try:
+            conn.write(b"".join([f if type(f) is bytes else encode_frame(f) for f in frames]))
+        except Exception as exc:
+            self._write_failed(conn, exc)
 
     def _write_failed(self, conn: Connection[Any], exc: Exception) -> None:
         """Writing to `conn` raised: the boundary for output (see `internal_error`)."""
