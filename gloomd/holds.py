@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from gloomwire.vocabulary import error
 
-from .state import DICT_FRAME_BYTES, Peer
+from .state import Peer
 
 __all__ = ["DROP", "Holds", "Segment", "divert"]
 
@@ -80,24 +80,32 @@ class Holds:
         """Anything held or marked (the I/O layer must not skip the write)."""
         return bool(self._marks or self._waiting)
 
-    def seal(self) -> None:
-        """Move the frames marked in this pass onto their peers' `gated` segments."""
+    def seal(self) -> list[tuple[Peer, list[Frame]]]:
+        """Move the frames marked in this pass onto their peers' `gated` segments.
+
+        Returns the frames queued before a mark on a peer that had nothing
+        held yet: they precede the held ones, so the caller writes them now.
+        """
         if not self._marks:
-            return
+            return []
         marks, self._marks = self._marks, {}
         ticket = self.ticket
         waiting = self._waiting.setdefault(ticket, {})
+        ready: list[tuple[Peer, list[Frame]]] = []
         for peer, (start, held) in marks.items():
             out = peer.outbox
             frames = out[start:]
-            del out[start:]
-            peer.pending = max(0, peer.pending - _size(frames))
-            if peer.gated:  # the frames before the mark wait behind earlier segments
-                self.divert(peer)
+            before = out[:start]
+            peer.outbox = []
+            peer.pending = 0
             if not frames:
                 continue  # the peer was dropped meanwhile
             gated = peer.gated
-            if gated is None:
+            if gated:
+                gated[-1].frames.extend(before)  # they wait behind earlier segments
+            else:
+                if before:
+                    ready.append((peer, before))
                 gated = peer.gated = deque()
             if gated and gated[-1].ticket == ticket:
                 segment = gated[-1]
@@ -110,13 +118,13 @@ class Holds:
             waiting[peer] = None
         if not waiting:
             del self._waiting[ticket]
+        return ready
 
     def divert(self, peer: Peer) -> None:
         divert(peer)
 
     def close(self) -> int:
-        """End the open ticket (its write starts now); returns it."""
-        self.seal()
+        """End the open ticket (its write starts now; seal first); returns it."""
         ticket = self.ticket
         self.ticket += 1
         return ticket
@@ -152,7 +160,3 @@ def _fail(segment: Segment) -> None:
     frames: list[Any] = segment.frames
     for index, reason in segment.durable:
         frames[index] = None if reason is DROP else error("journal_error", reason)
-
-
-def _size(frames: list[Frame]) -> int:
-    return sum(len(f) if type(f) is bytes else DICT_FRAME_BYTES for f in frames)

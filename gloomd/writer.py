@@ -101,7 +101,8 @@ class JournalWriter:
             self._lot.unpark()
         holds = durable.holds
         if holds is not None:
-            holds.seal()
+            for peer, frames in holds.seal():
+                self._write(peer, frames)
 
     def _due(self) -> bool:
         holds = self.durable.holds
