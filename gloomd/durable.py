@@ -31,7 +31,7 @@ from typing import Any
 from gloomwire import codec
 
 from .holds import Holds
-from .journal import BatchBuilder, job_key
+from .journal import BatchBuilder, CommitHistogram, job_key
 from .records import RESULT, job_record, result_record, type_of_key
 from .state import Job, JobId, TypeQueue
 from .stores import Stores
@@ -53,19 +53,25 @@ class Durable:
     """The broker's journal effects (see the module docstring).
 
     `holds` is None with ``--sync off``: acks do not wait, and nothing is
-    fresh.  `stats` answers the ``journal`` object of ``stats``.
+    fresh.  `stats` answers the ``journal`` object of ``stats``, `histogram`
+    the commit times of /metrics (both the store's, read at request time).
     """
 
-    __slots__ = ("_open", "fresh", "holds", "stats", "touched", "types")
+    __slots__ = ("_open", "fresh", "histogram", "holds", "stats", "touched", "types")
 
     def __init__(
-        self, holds: Holds | None, stats: Callable[[], dict[str, Any]] | None = None
+        self,
+        holds: Holds | None,
+        stats: Callable[[], Any] | None = None,
+        histogram: Callable[[], CommitHistogram] | None = None,
     ) -> None:
         self.touched: set[JobId] = set()
         self.types: dict[bytes | str, Any] = {}
         self.holds = holds
         self.fresh: set[Job] | None = None if holds is None else set()
         self.stats = stats
+        #: Commit seconds (bounds, counts, total), for gloomd_journal_commit_seconds.
+        self.histogram = histogram
         self._open = Ticket(holds.ticket if holds is not None else 0)
 
     def accepted(self, job: Job) -> None:

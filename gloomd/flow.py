@@ -897,6 +897,8 @@ class Flow:
                 dependent.waiting -= 1
                 if dependent.waiting == 0:
                     self._released(dependent, now)
+                elif self.journal is not None and dependent.detached:
+                    self.journal.touched.add(dependent.id)  # its record counts what it waits on
             else:
                 self._fail_job(dependent, "DEPENDENCY", now, job.id)
 

@@ -104,11 +104,13 @@ def restore(flow: Flow, restored: Restored, wall: float, mono: float) -> dict[st
             for dependent in found:
                 links[dependent.id] = links.get(dependent.id, 0) + 1
     limits = flow.limits
-    seq = 0
+    # Orders go on from the journal's: a record not rewritten keeps its seq and
+    # mark, so those given from now on must come after every one of them.
+    flow._seq = max([flow._seq, *(rec.seq for rec in restored.jobs)])
+    flow._marks = max([flow._marks, *(rec.mark for rec in restored.jobs)])
     # Queued and running ones by seq, the others by the order they entered their state.
     for rec in sorted(restored.jobs, key=lambda r: (r.state in ("queued", "running"), r.mark)):
         job = jobs[rec.id]
-        seq = max(seq, rec.seq)
         queue = flow._queue_for(job.type, job.key)
         job.tally = queue.tally
         job.tally.submitted += 1
@@ -150,7 +152,6 @@ def restore(flow: Flow, restored: Restored, wall: float, mono: float) -> dict[st
             counts["requeued"] += 1
         flow._enqueue(job, queue, mono)
         counts["queued"] += 1
-    flow._seq = max(flow._seq, seq)
     dead = flow._dead
     dead.entries.sort(key=lambda entry: entry[0])
     dead.compact(STATE_ALIVE[DEAD])

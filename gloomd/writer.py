@@ -73,7 +73,7 @@ class JournalWriter:
         self._write = write
         self._flush = flush
         holds = Holds() if store.sync != "off" else None
-        self.durable = Durable(holds, stats=store.stats)  # type: ignore[arg-type]
+        self.durable = Durable(holds, stats=store.stats, histogram=store.commit_histogram)
         self._builder = BatchBuilder()
         self._lot = trio.lowlevel.ParkingLot()
         self._lock = trio.Lock()

@@ -7,10 +7,12 @@ what it holds through the protocol (`jobs`, `stats`, `result`, a slave).
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +205,25 @@ def test_second_daemon_on_the_same_journal_refuses(tmp_path: Path) -> None:
     with spawn_gloomd("--journal", journal, "--no-http"):
         done = _start("--journal", journal)
         assert (done.returncode, done.stderr) == (2, f"gloomd: --journal {journal}: in use\n")
+
+
+async def test_http_shows_the_journal(tmp_path: Path) -> None:
+    journal = str(tmp_path / "j.db")
+    with spawn_gloomd("--journal", journal, "--sync", "normal") as daemon:
+        master = await Peer.connect(daemon.master_port)
+        assert (await ask(master, submit("a")))["ok"]  # acked: one commit at least
+        base = f"http://127.0.0.1:{daemon.http_port}"
+
+        def get(path: str) -> str:
+            with urllib.request.urlopen(base + path, timeout=WAIT) as response:
+                return str(response.read().decode())
+
+        metrics = await trio.to_thread.run_sync(get, "/metrics")
+        counts = [
+            line for line in metrics.splitlines()
+            if line.startswith("gloomd_journal_commit_seconds_count")
+        ]  # fmt: skip
+        assert len(counts) == 1 and float(counts[0].split()[-1]) >= 1
+        stats = json.loads(await trio.to_thread.run_sync(get, "/api/stats"))
+        found = stats["stats"]["journal"]  # the stats action's answer, as JSON
+        assert found["path"] == journal and found["sync"] == "normal" and found["commits"] >= 1
