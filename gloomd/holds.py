@@ -33,10 +33,12 @@ from gloomwire.vocabulary import error
 
 from .state import Peer
 
-__all__ = ["DROP", "Holds", "Segment", "divert"]
+__all__ = ["DROP", "READY", "Holds", "Segment", "divert", "take_ready"]
 
 #: The reason of a held frame that is dropped, not answered, if its write fails.
 DROP: Final = object()
+#: The ticket of frames that wait for nothing but the flush (see `Holds.seal`).
+READY: Final = 0
 
 Frame = bytes | dict[str, Any]
 
@@ -80,33 +82,36 @@ class Holds:
         """Anything held or marked (the I/O layer must not skip the write)."""
         return bool(self._marks or self._waiting)
 
-    def seal(self) -> list[tuple[Peer, list[Frame]]]:
+    def seal(self) -> None:
         """Move the frames marked in this pass onto their peers' `gated` segments.
 
-        Returns the frames queued before a mark on a peer that had nothing
-        held yet: they precede the held ones, so the caller writes them now.
+        The frames queued before a mark, on a peer that had nothing held
+        yet, precede the held ones and may leave now: they become a segment
+        of ticket `READY` at the head, which the flush writes (`take_ready`).
         """
         if not self._marks:
-            return []
+            return
         marks, self._marks = self._marks, {}
         ticket = self.ticket
         waiting = self._waiting.setdefault(ticket, {})
-        ready: list[tuple[Peer, list[Frame]]] = []
         for peer, (start, held) in marks.items():
             out = peer.outbox
             frames = out[start:]
             before = out[:start]
             peer.outbox = []
             peer.pending = 0
-            if not frames:
-                continue  # the peer was dropped meanwhile
+            if not frames:  # the peer was dropped meanwhile
+                peer.outbox = out
+                continue
             gated = peer.gated
             if gated:
                 gated[-1].frames.extend(before)  # they wait behind earlier segments
             else:
-                if before:
-                    ready.append((peer, before))
                 gated = peer.gated = deque()
+                if before:
+                    head = Segment(READY)
+                    head.frames = before
+                    gated.append(head)
             if gated and gated[-1].ticket == ticket:
                 segment = gated[-1]
             else:
@@ -118,7 +123,6 @@ class Holds:
             waiting[peer] = None
         if not waiting:
             del self._waiting[ticket]
-        return ready
 
     def divert(self, peer: Peer) -> None:
         divert(peer)
@@ -145,6 +149,19 @@ class Holds:
             if frames:
                 out.append((peer, frames))
         return out
+
+
+def take_ready(peer: Peer) -> list[Frame]:
+    """The frames of a gated peer that may be written now (see `seal`); what
+    it was sent since its last write waits behind its held frames."""
+    divert(peer)
+    gated = peer.gated
+    if not gated or gated[0].ticket != READY:
+        return []
+    frames: list[Frame] = gated.popleft().frames
+    if not gated:
+        peer.gated = None
+    return frames
 
 
 def divert(peer: Peer) -> None:

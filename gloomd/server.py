@@ -47,7 +47,7 @@ from gloomwire.vocabulary import OK_FRAME, error
 from .broker import Broker, Peer
 from .config import Config
 from .fdlimit import descriptor_limit
-from .holds import divert
+from .holds import divert, take_ready
 from .ingest import Ingest, ingest_for
 from .reactor import LINGER, Reactor
 from .replay import Restored, restore
@@ -541,18 +541,26 @@ class GloomServer:
                 peer.outbox = []
                 peer.pending = 0
                 continue
-            if peer.gated is not None:  # replies wait for a commit: these behind them
-                divert(peer)
-                continue
+            if peer.gated is not None:
+                # Replies wait for a commit (`gloomd.holds`): only what came
+                # before them may leave, the rest waits behind them.
+                if urgent_only and conn.role == "master" and not conn.paused:
+                    divert(peer)
+                    broker.dirty[peer] = None  # still to write
+                    continue
+                out = take_ready(peer)
+                if not out:
+                    continue
             # A paused connection is written at once: that is what resumes it.
-            if urgent_only and (
+            elif urgent_only and (
                 (conn.role == "master" and not conn.paused)
                 or (len(out) == 1 and out[0] is OK_FRAME)
             ):
                 broker.dirty[peer] = None  # still to write
                 continue
-            peer.outbox = []
-            peer.pending = 0
+            else:
+                peer.outbox = []
+                peer.pending = 0
             if conn.closed:
                 continue
             try:

@@ -101,8 +101,7 @@ class JournalWriter:
             self._lot.unpark()
         holds = durable.holds
         if holds is not None:
-            for peer, frames in holds.seal():
-                self._write(peer, frames)
+            holds.seal()
 
     def _due(self) -> bool:
         holds = self.durable.holds
