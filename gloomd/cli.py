@@ -546,11 +546,16 @@ def _open_journal(args: argparse.Namespace) -> tuple[JournalStore | None, Restor
         return None, None
     path = str(args.journal)
     store = JournalStore.open(path, args.sync)
+    # A million records are millions of objects, none of them garbage: the
+    # collector would scan them again and again (1M jobs: 15 s instead of 5).
+    gc.disable()
     try:
         restored = decode_snapshot(path, store.load())
     except BaseException:
         store.close()
         raise
+    finally:
+        gc.enable()
     return store, restored
 
 

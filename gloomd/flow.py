@@ -108,7 +108,7 @@ from .counters import BOUNDS, CATEGORY_OUTCOME, OK, Tallies
 from .counters import CRASH as CRASHED
 from .counters import DEPENDENCY as DEPENDENCY_FAILED
 from .counters import TIMEOUT as TIMED_OUT
-from .holds import DROP
+from .holds import Dispatch
 from .logs import LogBudget
 from .state import (
     DEAD,
@@ -499,7 +499,7 @@ class Flow:
             journal.touched.add(job.id)
             if journal.fresh is not None and job in journal.fresh:
                 # Not yet in the journal: no slave runs it before it is.
-                journal.holds.hold(slave, DROP)  # type: ignore[union-attr]
+                journal.holds.hold(slave, Dispatch(job))  # type: ignore[union-attr]
         self.send(slave, frame)
 
     def _slave_ready(self, slave: SlavePeer, now: float | None = None) -> None:

@@ -31,12 +31,25 @@ from typing import Any, Final
 
 from gloomwire.vocabulary import error
 
-from .state import Peer
+from .state import Job, Peer, SlavePeer
 
-__all__ = ["DROP", "READY", "Holds", "Segment", "divert", "take_ready"]
+__all__ = ["DROP", "READY", "Dispatch", "Holds", "Segment", "divert", "take_ready"]
 
 #: The reason of a held frame that is dropped, not answered, if its write fails.
 DROP: Final = object()
+
+
+class Dispatch:
+    """The reason of a held job frame to a slave: dropped if the write fails,
+    and if the slave no longer holds that job when it is released (it
+    re-joined or left meanwhile, and the broker took the job back)."""
+
+    __slots__ = ("job",)
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+
 #: The ticket of frames that wait for nothing but the flush (see `Holds.seal`).
 READY: Final = 0
 
@@ -143,6 +156,8 @@ class Holds:
                 segment = gated.popleft()
                 if failed and segment.ticket == ticket:
                     _fail(segment)
+                elif segment.durable and isinstance(peer, SlavePeer):
+                    _taken_back(peer, segment)
                 frames.extend(frame for frame in segment.frames if frame is not None)
             if not gated:
                 peer.gated = None
@@ -176,4 +191,12 @@ def divert(peer: Peer) -> None:
 def _fail(segment: Segment) -> None:
     frames: list[Any] = segment.frames
     for index, reason in segment.durable:
-        frames[index] = None if reason is DROP else error("journal_error", reason)
+        dropped = reason is DROP or isinstance(reason, Dispatch)
+        frames[index] = None if dropped else error("journal_error", reason)
+
+
+def _taken_back(slave: SlavePeer, segment: Segment) -> None:
+    frames: list[Any] = segment.frames
+    for index, reason in segment.durable:
+        if isinstance(reason, Dispatch) and slave.job is not reason.job:
+            frames[index] = None

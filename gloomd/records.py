@@ -135,6 +135,7 @@ _JOB_STATES: Final = frozenset(STATE_NAMES.values())
 def decode(state: str, record: bytes) -> JobRecord | ResultRecord:
     """A row back as a record; ValueError says what is wrong with it."""
     try:
+        # The codec, not orjson: orjson turns an integer past 64 bits into a float.
         obj = codec.loads(record)
     except Exception as exc:  # the codec's own errors: not JSON, too deep...
         raise ValueError(f"not JSON ({exc})") from None

@@ -58,7 +58,8 @@ def decode_snapshot(path: str, snapshot: Snapshot) -> Restored:
     for key, state, record in snapshot.jobs:
         try:
             item = decode(state, record)
-            if job_id_of(key) != item.id or type(job_id_of(key)) is not type(item.id):
+            key_id = job_id_of(key)
+            if key_id != item.id or type(key_id) is not type(item.id):
                 raise ValueError("the record's id is not its key's")
         except ValueError as exc:
             raise JournalError(path, f"bad record for key {key[:40]!r}: {exc}") from None

@@ -34,6 +34,7 @@ so what it was doing leaves no half-changed state behind.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import socket
 import time
@@ -144,7 +145,11 @@ class GloomServer:
         self.journal = JournalWriter(cfg.journal, self.broker, self.write_frames, self.flush)
         self.broker.journal = self.journal.durable
         restored = cfg.restored or Restored()
-        counts = restore(self.broker, restored, time.time(), trio.current_time())
+        gc.disable()  # (see `cli._open_journal`)
+        try:
+            counts = restore(self.broker, restored, time.time(), trio.current_time())
+        finally:
+            gc.enable()
         self.journal.attach()
         log.info(
             "event=restore queued=%d delayed=%d waiting=%d dead=%d results=%d requeued=%d"

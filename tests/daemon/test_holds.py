@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gloomd.holds import DROP, Holds, divert, take_ready
-from gloomd.state import MasterPeer, SlavePeer
+from gloomd.holds import DROP, Dispatch, Holds, divert, take_ready
+from gloomd.state import Job, MasterPeer, SlavePeer
 
 
 def sent(peer: MasterPeer | SlavePeer, *frames: bytes) -> None:
@@ -68,3 +68,17 @@ def test_a_later_ticket_waits_for_its_own_write() -> None:
     assert peer.gated is not None  # ack-2 still waits
     second = holds.close()
     assert holds.release(second, failed=True) == [(peer, [{"error": "journal_error", "reason": 2}])]
+
+
+def test_a_job_frame_is_dropped_when_its_slave_no_longer_holds_the_job() -> None:
+    holds = Holds()
+    slave = SlavePeer("s")
+    job = object.__new__(Job)
+    slave.job = job
+    holds.hold(slave, Dispatch(job))
+    sent(slave, b"job")
+    holds.seal()
+    slave.job = None  # it re-joined: the broker took the job back
+    sent(slave, b"ok-join")
+    take_ready(slave)
+    assert holds.release(holds.close(), failed=False) == [(slave, [b"ok-join"])]

@@ -15,11 +15,12 @@ it holds is checked against what the masters were told:
 * a slave then drains the queue and gets each held job exactly once.
 
 Bounded: a few thousand jobs per mode, every wait under `fail_after`.  The
-longer soak is benchmarks/journal_soak.py.
+longer soak is benchmarks/journal_soak.py (GLOOMD_CRASH_ROUNDS, GLOOMD_CRASH_SEED).
 """
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,9 @@ from tests.support.wire import Peer
 
 MASTERS = 3
 SLAVES = 2
-ROUNDS = 4
+#: Kill rounds per mode; benchmarks/journal_soak.py runs many more (and its own seed).
+ROUNDS = int(os.environ.get("GLOOMD_CRASH_ROUNDS", "4"))
+SEED = os.environ.get("GLOOMD_CRASH_SEED", "journal-crash")
 WINDOW = 64  # submits in flight per master
 WAIT = 20.0
 QUIET = {"GLOOMD_TEST_QUIET_LOGS": "1"}
@@ -117,11 +120,11 @@ async def held_jobs(master: Peer) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("sync", ["full", "normal"])
 async def test_kill_9_under_load_loses_nothing_acked(tmp_path: Path, sync: str) -> None:
-    rng = random.Random(f"journal-crash-{sync}")
+    rng = random.Random(f"{SEED}-{sync}")
     journal = str(tmp_path / "j.db")
     tally = Tally()
     args = ("--journal", journal, "--sync", sync, "--no-http", "--max-retries", "1000")
-    with trio.fail_after(120):
+    with trio.fail_after(60 + 15 * ROUNDS):
         for _ in range(ROUNDS):
             tally.target = tally.acks + rng.randint(300, 1500)
             tally.reached = trio.Event()

@@ -227,3 +227,22 @@ async def test_http_shows_the_journal(tmp_path: Path) -> None:
         stats = json.loads(await trio.to_thread.run_sync(get, "/api/stats"))
         found = stats["stats"]["journal"]  # the stats action's answer, as JSON
         assert found["path"] == journal and found["sync"] == "normal" and found["commits"] >= 1
+
+
+async def test_sync_off_acks_at_once_and_a_clean_stop_keeps_everything(tmp_path: Path) -> None:
+    journal = str(tmp_path / "j.db")
+    with spawn_gloomd("--journal", journal, "--sync", "off", "--no-http") as daemon:
+        master = await Peer.connect(daemon.master_port)
+        for i in range(50):
+            await master.send(submit(i, priority=i % 2))
+        with trio.fail_after(WAIT):
+            assert [await master.recv() for _ in range(50)] == [
+                {"ok": True, "id": i} for i in range(50)
+            ]
+        stats = (await ask(master, {"action": "stats"}))["stats"]
+        assert stats["journal"]["sync"] == "off"
+        assert daemon.stop() == 0
+    with spawn_gloomd("--journal", journal, "--no-http") as daemon:
+        master = await Peer.connect(daemon.master_port)
+        queued = [j["id"] for j in await listing(master, "queued")]
+        assert queued == [*range(1, 50, 2), *range(0, 50, 2)]
