@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 from gloomwire import codec
 
 from .journal import JournalError, Snapshot, job_id_of
-from .records import JobRecord, ResultRecord, decode, type_key
-from .state import DEAD, GONE, STATE_ALIVE, Job, JobId
+from .records import ResultRecord, decode, type_key
+from .state import DEAD, DELAYED, GONE, QUEUED, RUNNING, STATE_ALIVE, WAITING, Job, JobId
 from .stores import STORE_ENTRY_BYTES
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ __all__ = ["Restored", "decode_snapshot", "restore"]
 class Restored:
     """The journal's content, decoded (not yet in a broker)."""
 
-    jobs: list[JobRecord] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)
     results: list[ResultRecord] = field(default_factory=list)
     paused: list[Any] = field(default_factory=list)
 
@@ -88,60 +88,61 @@ def restore(flow: Flow, restored: Restored, wall: float, mono: float) -> dict[st
     flow.journal = None  # what is restored is in the journal already
     counts: dict[str, Any] = dict.fromkeys(("queued", "delayed", "waiting", "dead", "requeued"), 0)
     changed: list[JobId] = []
-    jobs: dict[JobId, Job] = {}
-    records: dict[JobId, JobRecord] = {}
-    for rec in restored.jobs:
-        job = _job(flow, rec, wall, mono)
-        jobs[rec.id] = job
-        records[rec.id] = rec
-        flow.jobs[rec.id] = job
-    # Waiting jobs' links: each parent's record lists its waiting dependents.
+    restored_jobs = restored.jobs
+    jobs: dict[JobId, Job] = flow.jobs
+    for job in restored_jobs:
+        jobs[job.id] = job
+        job.ready_at = mono + (job.ready_at - wall) if job.ready_at else 0.0
+    # Waiting jobs' links: each parent's record lists its waiting dependents
+    # (ids, as decoded; links to jobs from here on).
+    states = {job.id: job.state for job in restored_jobs}
     links: dict[JobId, int] = {}
-    for rec in restored.jobs:
-        if rec.dependents:
-            parent = jobs[rec.id]
-            found = [jobs[d] for d in rec.dependents if d in jobs and records[d].state == "waiting"]
-            parent.dependents = found or None
+    for job in restored_jobs:
+        ids: Any = job.dependents
+        if ids:
+            found = [jobs[d] for d in ids if states.get(d) == WAITING]
+            job.dependents = found or None
             for dependent in found:
                 links[dependent.id] = links.get(dependent.id, 0) + 1
     limits = flow.limits
+    totals = flow.totals
     # Orders go on from the journal's: a record not rewritten keeps its seq and
     # mark, so those given from now on must come after every one of them.
-    flow._seq = max([flow._seq, *(rec.seq for rec in restored.jobs)])
-    flow._marks = max([flow._marks, *(rec.mark for rec in restored.jobs)])
-    # Queued and running ones by seq, the others by the order they entered their state.
-    for rec in sorted(restored.jobs, key=lambda r: (r.state in ("queued", "running"), r.mark)):
-        job = jobs[rec.id]
+    flow._seq = max([flow._seq, *(job.seq for job in restored_jobs)])
+    flow._marks = max([flow._marks, *(job.mark for job in restored_jobs)])
+    later: list[Job] = []  # queued and running ones, by seq below
+    # The others by the order they entered their state.
+    for job in sorted(restored_jobs, key=lambda j: j.mark):
         queue = flow._queue_for(job.type, job.key)
-        job.tally = queue.tally
-        job.tally.submitted += 1
-        flow.totals["submitted"] += 1
-        state = rec.state
-        if state == "dead":
+        tally = job.tally = queue.tally
+        tally.submitted += 1
+        totals["submitted"] += 1
+        state = job.state
+        if state == QUEUED or state == RUNNING:
+            later.append(job)
+        elif state == DEAD:
             flow._enter(job, queue, DEAD)
             flow._dead.entries.append((job.mark, job))
-            flow.totals["failed"] += 1
+            totals["failed"] += 1
             counts["dead"] += 1
-        elif state == "delayed":
+        elif state == DELAYED:
             flow._delay(job, queue, job.ready_at)
             counts["delayed"] += 1
-        elif state == "waiting":
+        else:  # WAITING
             linked = links.get(job.id, 0)
-            if linked < rec.waiting:
+            if linked < job.waiting:
                 job.state = GONE  # in no queue yet
                 flow._fail_job(job, "DEPENDENCY", mono)
                 changed.append(job.id)
                 counts["dead"] += 1
             else:
                 job.waiting = linked
-                flow._enter(job, queue, 0)  # WAITING
+                flow._enter(job, queue, WAITING)
                 counts["waiting"] += 1
-    for rec in sorted(restored.jobs, key=lambda r: r.seq):
-        if rec.state not in ("queued", "running"):
-            continue
-        job = jobs[rec.id]
-        queue = flow._queue_for(job.type, job.key)
-        if rec.state == "running":
+    later.sort(key=lambda j: j.seq)
+    for job in later:
+        queue = flow.types[job.key]
+        if job.state == RUNNING:
             changed.append(job.id)
             job.losses += 1
             if job.losses > limits.max_retries:
@@ -149,7 +150,7 @@ def restore(flow: Flow, restored: Restored, wall: float, mono: float) -> dict[st
                 flow._fail_job(job, "CRASH", mono)
                 counts["dead"] += 1
                 continue
-            flow.totals["requeued"] += 1
+            totals["requeued"] += 1
             counts["requeued"] += 1
         flow._enqueue(job, queue, mono)
         counts["queued"] += 1
@@ -164,36 +165,6 @@ def restore(flow: Flow, restored: Restored, wall: float, mono: float) -> dict[st
         journal.touched.update(changed)
     counts["seconds"] = round(time.perf_counter() - started, 3)
     return counts
-
-
-def _job(flow: Flow, rec: JobRecord, wall: float, mono: float) -> Job:
-    job = Job.__new__(Job)
-    job.id = rec.id
-    job.type = rec.type
-    job.key = type_key(rec.type)
-    job.priority = rec.priority
-    job.body = rec.body
-    job.seq = rec.seq
-    job.master = None
-    job.others = None
-    job.detached = True
-    job.timeout = rec.timeout
-    job.attempt = rec.attempt
-    job.losses = rec.losses
-    job.retries = rec.retries
-    job.retried = rec.retried
-    job.backoff = rec.backoff
-    job.state = GONE
-    job.accepted = rec.accepted
-    job.stamp = mono
-    job.deadline = 0.0
-    job.ready_at = mono + (rec.ready_at - wall) if rec.ready_at is not None else 0.0
-    job.mark = rec.mark
-    job.final = rec.final
-    job.waiting = 0
-    job.dependents = None
-    job.tally = flow.tallies.of(job.key)
-    return job
 
 
 def _results(
