@@ -79,6 +79,9 @@ class JournalWriter:
         self._lock = trio.Lock()
         self._interval = OFF_INTERVAL if holds is None else math.inf
         self.failures = 0
+        #: A pass's changes could not be made into records (a bug): the batch
+        #: being built is not committed, as if its write had failed.
+        self._broken = False
 
     def attach(self) -> None:
         """From now on the broker's changes are journaled (after replay)."""
@@ -90,14 +93,20 @@ class JournalWriter:
         durable = self.durable
         if durable:
             broker = self.broker
-            durable.collect(
-                broker.jobs,
-                broker.stores,
-                broker.types,
-                self._builder,
-                time.time(),
-                trio.current_time(),
-            )
+            try:
+                durable.collect(
+                    broker.jobs,
+                    broker.stores,
+                    broker.types,
+                    self._builder,
+                    time.time(),
+                    trio.current_time(),
+                )
+            except Exception as exc:
+                # The boundary of the journal (issue 18: nothing stops the
+                # daemon): this batch fails whole, its acks say journal_error.
+                log.error("event=internal_error stage=journal_records", exc_info=exc)
+                self._broken = True
             self._lot.unpark()
         holds = durable.holds
         if holds is not None:
@@ -123,13 +132,18 @@ class JournalWriter:
             return
         batch = self._builder.take()
         ticket = self.durable.close()
-        failed = False
+        failed, self._broken = self._broken, False
         try:
-            await trio.to_thread.run_sync(self.store.commit, batch)
+            if not failed:
+                await trio.to_thread.run_sync(self.store.commit, batch)
         except JournalWriteError as exc:
             failed = True
-            self.failures += 1
             log.error("event=journal_error rows=%d error=%s", len(batch), exc.reason)
+        except Exception as exc:
+            failed = True
+            log.error("event=internal_error stage=journal_commit rows=%d", len(batch), exc_info=exc)
+        if failed:
+            self.failures += 1
         self.collect()  # what this pass held waits for the next ticket
         broker = self.broker
         if failed:
