@@ -33,8 +33,13 @@ install: $(TEST_STAMP)
 install-browser:
 	bash .ci/install-browser
 
+# The journal of `make serve` lives in data/ of the checkout (git-ignored);
+# `make serve JOURNAL=` runs without one (jobs in memory only).
+JOURNAL ?= data/journal.db
+
 serve: install-serve
-	$(BIN)/gloomd $(ARGS)
+	$(if $(JOURNAL),mkdir -p $(dir $(JOURNAL)))
+	$(BIN)/gloomd $(if $(JOURNAL),--journal $(JOURNAL)) $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -6,7 +6,7 @@
 #   bash benchmarks/peers.sh --install       # first apt-get install the peers (or INSTALL=1)
 #   bash benchmarks/peers.sh throughput latency   # only these workloads
 #
-# Environment: QUICK=1, INSTALL=1, REPEAT=n (runs per system and workload, deep
+# Environment: QUICK=1, INSTALL=1, DURABLE=0 (skip the durable-jobs run), REPEAT=n (runs per system and workload, deep
 # queues excepted; the table shows the median), BUDGET=seconds (default 900: the whole run stops
 # starting new work after that; each run also has its own hard deadline),
 # OUT=file (JSON lines; default benchmarks/results/run-<time>.jsonl), PY=python,
@@ -118,5 +118,14 @@ if [[ $ALL == 1 ]]; then
     echo "JSON lines: $OUT (also benchmarks/results/latest-$SIZE.jsonl)"
 else
     echo "JSON lines: $OUT"
+fi
+# Durable jobs (issue 13): gloomd --journal (each --sync) beside beanstalkd -b and gearmand
+# -q libsqlite3, in one run of their own (DURABLE=0 skips it; a peer not installed is skipped).
+if [[ "${DURABLE:-1}" == 1 && $ALL == 1 ]]; then
+    echo >&2
+    echo "durable jobs (benchmarks/durable.py):" >&2
+    if [[ "$QUICK" == 1 ]]; then dargs=(--jobs 2000 --rounds 1); else dargs=(--jobs 10000 --rounds 3); fi
+    timeout 1800 "$PY" -m benchmarks.durable "${dargs[@]}" --out "${OUT%.jsonl}-durable.jsonl" \
+        | grep -v '^{' || true
 fi
 echo "Not compared: the original Gloom (Erlang) cannot be fetched on this machine."

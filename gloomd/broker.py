@@ -34,7 +34,7 @@ from gloomwire.vocabulary import stats as stats_frame
 
 from . import listing
 from . import messages as m
-from .attach import drop_listener, has_listener
+from .attach import drop_listener, has_listener, listeners
 from .counters import CANCELLED, HALTED
 from .flow import INF, TICK_BUDGET, BrokerLimits, Flow, log
 from .state import (
@@ -195,6 +195,8 @@ class Broker(Flow):
         if state == RUNNING or (state == DEAD and not delete):
             self.send(master, error("invalid_state", STATE_NAMES[state]))
             return
+        if job.detached:
+            self.hold_reply(master, job_id)  # the journal must forget it first
         self.send(master, ack(job_id))
         if delete and self._may_log(master):
             event(log, "delete", master=master.name, id=job_id, type=job.type,
@@ -239,6 +241,7 @@ class Broker(Flow):
         if self._may_log(master):
             event(log, "kick", master=master.name, id=job_id, type=job.type)
         self._revive(job, self._clock())
+        self.hold_reply(master, job_id)
         self.send(master, ack(job_id))
 
     def _kick_type(self, master: MasterPeer, msg: m.KickType) -> None:
@@ -254,6 +257,7 @@ class Broker(Flow):
         # An in-process master (the HTTP admin API) needs its answer at once.
         chunk = limit if master in self.internal else KICK_CHUNK
         if self._kick_some(work, chunk, self._clock()):
+            self.hold_reply(master, msg.type)
             self.send(master, kicked(work.done))
             return
         master.held = []
@@ -285,6 +289,7 @@ class Broker(Flow):
     def _finish_work(self, work: _KickWork) -> None:
         master = work.master
         if master is not None:
+            self.hold_reply(master, work.queue.type)
             self.send(master, kicked(work.done))
             self._release(master)
 
@@ -310,6 +315,7 @@ class Broker(Flow):
         if not queue.paused and self._may_log(master):
             event(log, "pause", master=master.name, type=msg.type)
         queue.paused = True
+        self._journal_type(master, queue)
         self.send(master, OK_FRAME)
 
     def _resume(self, master: MasterPeer, msg: m.Resume) -> None:
@@ -324,8 +330,47 @@ class Broker(Flow):
                 slave, _ = queue.idle.popitem(last=False)
                 self.idle_total -= 1
                 self._slave_ready(slave, now)
+            self._journal_type(master, queue)
             self._forget_if_empty(queue)
         self.send(master, OK_FRAME)
+
+    def _journal_type(self, master: MasterPeer, queue: TypeQueue) -> None:
+        """A pause flag changed: journaled, and its ok waits for the commit."""
+        journal = self.journal
+        if journal is not None:
+            journal.types[queue.key] = queue.type
+            self.hold_reply(master, queue.type)
+
+    def take_back(self, jobs: list[Job]) -> None:
+        """The journal's commit holding these new detached jobs failed: their
+        acks become `journal_error` (`gloomd.holds`), so they are removed as
+        if never accepted (counted withdrawn).  None has run: a fresh job's
+        frame to a slave is held too, and dropped with the commit."""
+        holders = {id(slave.job): slave for slave in self.slaves if slave.job is not None}
+        for job in jobs:
+            if self.jobs.get(job.id) is not job:
+                continue  # gone meanwhile (cancelled, deleted, timed out)
+            queue = self.types[job.key]
+            if job.state == RUNNING:
+                slave = holders.get(id(job))
+                job.state = GONE
+                queue.running -= 1
+                if slave is not None:
+                    slave.job = None
+                    self._slave_ready(slave)
+                self.totals["withdrawn"] += 1
+            else:
+                if job.state != DEAD:  # a dead one (DEPENDENCY at once) counted failed
+                    self.totals["withdrawn"] += 1
+                self._take_out(job)
+            del self.jobs[job.id]
+            frame = error("journal_error", job.id)
+            for listener in listeners(job):
+                listener.jobs.pop(job.id, None)
+                if listener is not job.master:  # the first one's ack says it
+                    self.send(listener, frame)
+            job.master = job.others = None
+            self._forget_if_empty(queue)
 
     def _drop_master(self, master: MasterPeer) -> None:
         self.masters.discard(master)
@@ -357,8 +402,11 @@ class Broker(Flow):
 
     # ------------------------------------------------------------ shutdown & stats
 
-    def halt(self) -> int:
+    def halt(self, keep_detached: bool = False) -> int:
         """The daemon is stopping: answer every unanswered job with HALTED.
+
+        `keep_detached` (a journal keeps them for the next start): detached
+        jobs are not failed, nor counted; the caller has journaled them.
 
         Kicks under way are answered with what they did, and the requests
         held behind them handled.  Queues are emptied so no slave gets new
@@ -371,7 +419,7 @@ class Broker(Flow):
             self._finish_work(self._work.popleft())
         count = 0
         for job in list(self.jobs.values()):
-            if job.state == DEAD:
+            if job.state == DEAD or (keep_detached and job.detached):
                 continue
             if job.master is not None:
                 frame = job_failed(job.id, "HALTED")
@@ -436,6 +484,10 @@ class Broker(Flow):
         answer["waiting"] = self.waiting_total
         answer["connections"] = {"masters": len(self.masters), "slaves": len(self.slaves)}
         answer["uptime_s"] = round(self._clock() - self.started, 3)
+        journal = self.journal
+        answer["journal"] = (
+            journal.stats() if journal is not None and journal.stats is not None else None
+        )
         return answer
 
     def _row(self, queue: TypeQueue) -> dict[str, Any]:

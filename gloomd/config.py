@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from gloomwire.framing import DEFAULT_MAX_FRAME
 
 from .broker import BrokerLimits
+from .journal import JournalStore
+from .replay import Restored
 from .transport import DEFAULT_HIGH_WATER
 
 __all__ = ["Config"]
@@ -51,3 +53,7 @@ class Config:
     #: TLS for every port; None: plaintext.
     ssl_context: ssl.SSLContext | None = None
     limits: BrokerLimits = field(default_factory=BrokerLimits)
+    #: The journal (`--journal`), open and checked; None: jobs live in memory only.
+    journal: JournalStore | None = field(default=None, compare=False)
+    #: What it held at start, decoded (`gloomd.replay`), replayed before listening.
+    restored: Restored | None = field(default=None, repr=False, compare=False)

@@ -86,7 +86,7 @@ import time
 from bisect import bisect_left, insort
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gloomwire.framing import encode_frame
 from gloomwire.logformat import event
@@ -108,6 +108,7 @@ from .counters import BOUNDS, CATEGORY_OUTCOME, OK, Tallies
 from .counters import CRASH as CRASHED
 from .counters import DEPENDENCY as DEPENDENCY_FAILED
 from .counters import TIMEOUT as TIMED_OUT
+from .holds import Dispatch
 from .logs import LogBudget
 from .state import (
     DEAD,
@@ -129,6 +130,9 @@ from .state import (
 )
 from .stores import Stores
 from .timers import DeadlineHeap, delay_alive, timeout_alive
+
+if TYPE_CHECKING:
+    from .durable import Durable
 
 __all__ = ["INF", "TICK_BUDGET", "BrokerLimits", "Flow"]
 
@@ -260,6 +264,9 @@ class Flow:
         }
         self.started = self._clock()
         self.halted = False
+        #: The journal's effects (`gloomd.durable`), None without a journal:
+        #: then every transition pays one `is not None` and nothing else.
+        self.journal: Durable | None = None
 
     def connect_master(
         self, name: str, transport: Any = None, *, internal: bool = False
@@ -293,6 +300,16 @@ class Flow:
             # rest is dropped with the peer at the next flush.
             peer.overflowed = True
         self.dirty[peer] = None
+
+    def hold_reply(self, peer: Peer, reason: Any) -> None:
+        """The next frame sent to `peer` waits for the journal's commit
+        (`gloomd.holds`); `reason` names it in a `journal_error` if that fails.
+
+        Not for in-process masters, which read their answers at once.
+        """
+        journal = self.journal
+        if journal is not None and journal.holds is not None and peer not in self.internal:
+            journal.holds.hold(peer, reason)
 
     def take_dirty(self) -> list[Peer]:
         """Hand the I/O layer the peers with frames to write, and forget them."""
@@ -359,6 +376,10 @@ class Flow:
         if log.isEnabledFor(logging.DEBUG):
             event(log, "submit", logging.DEBUG, master=master.name, id=job_id, type=msg.type,
                   priority=job.priority)  # fmt: skip
+        journal = self.journal
+        if journal is not None and job.detached:
+            journal.accepted(job)  # before `_enqueue`: a slave's job frame may be held
+            self.hold_reply(master, job_id)
         delay = msg.delay
         if failed_dep is None and not waiting_on and not delay:
             # Hand it on before acking: a waiting slave's frame is on the
@@ -381,6 +402,8 @@ class Flow:
                 if dep_job.dependents is None:
                     dep_job.dependents = []
                 dep_job.dependents.append(job)
+                if journal is not None and dep_job.detached:
+                    journal.touched.add(dep_job.id)  # its record lists its dependents
         else:
             self._delay(job, queue, now + delay)  # type: ignore[operator]
 
@@ -438,6 +461,9 @@ class Flow:
             return
         job.state = QUEUED
         job.stamp = now
+        journal = self.journal
+        if journal is not None and job.detached:
+            journal.touched.add(job.id)
         entry = (-job.priority, job.seq, job)
         heapq.heappush(queue.heap, entry)
         queue.queued += 1
@@ -469,6 +495,12 @@ class Flow:
             job.deadline = deadline
             self._timeouts.push(deadline, job.seq, job)
             self._arm(deadline)
+        journal = self.journal
+        if journal is not None and job.detached:
+            journal.touched.add(job.id)
+            if journal.fresh is not None and job in journal.fresh:
+                # Not yet in the journal: no slave runs it before it is.
+                journal.holds.hold(slave, Dispatch(job))  # type: ignore[union-attr]
         self.send(slave, frame)
 
     def _slave_ready(self, slave: SlavePeer, now: float | None = None) -> None:
@@ -497,6 +529,9 @@ class Flow:
     def _enter(self, job: Job, queue: TypeQueue, state: int) -> None:
         """The job enters DELAYED, WAITING or DEAD: counts, and an entry in that state's log."""
         job.state = state
+        journal = self.journal
+        if journal is not None and job.detached:
+            journal.touched.add(job.id)
         self._marks += 1
         mark = job.mark = self._marks
         if state == DEAD:
@@ -733,6 +768,9 @@ class Flow:
         elif job.state != GONE:
             self._leave(job, queue)
         job.state = GONE
+        journal = self.journal
+        if journal is not None and job.detached:
+            journal.touched.add(job.id)
         return queue
 
     def _remove(self, job: Job, frame: dict[str, Any] | None, now: float) -> None:
@@ -838,6 +876,9 @@ class Flow:
     def _forget(self, job: Job, ok: bool, now: float) -> None:
         if self.jobs.get(job.id) is job:
             del self.jobs[job.id]
+        journal = self.journal
+        if journal is not None and job.detached:
+            journal.touched.add(job.id)  # its result now, or nothing
         # `_settle` and `_arm`, inlined for the job with no dependents: every job ends here.
         expires = self.stores.record_outcome(job.id, ok, now)
         if expires < self._timer_at:
@@ -865,6 +906,8 @@ class Flow:
                 dependent.waiting -= 1
                 if dependent.waiting == 0:
                     self._released(dependent, now)
+                elif self.journal is not None and dependent.detached:
+                    self.journal.touched.add(dependent.id)  # its record counts what it waits on
             else:
                 self._fail_job(dependent, "DEPENDENCY", now, job.id)
 

@@ -34,8 +34,10 @@ so what it was doing leaves no half-changed state behind.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import socket
+import time
 from typing import Any
 
 import trio
@@ -47,9 +49,12 @@ from gloomwire.vocabulary import OK_FRAME, error
 from .broker import Broker, Peer
 from .config import Config
 from .fdlimit import descriptor_limit
+from .holds import divert, take_ready
 from .ingest import Ingest, ingest_for
 from .reactor import LINGER, Reactor
+from .replay import Restored, restore
 from .transport import INF, Connection, PlainConnection, StreamConnection
+from .writer import JournalWriter
 
 #: Reads of what a refused connection already sent, before its socket is
 #: closed (unread input would make the close a reset; see `_refuse`).
@@ -83,6 +88,8 @@ class GloomServer:
         self._accept_scopes: list[trio.CancelScope] = []
         self._run_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
+        #: The journal's writer (`gloomd.writer`), None without a journal.
+        self.journal: JournalWriter | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -95,6 +102,8 @@ class GloomServer:
         self.broker = Broker(
             cfg.limits, clock=trio.lowlevel.current_clock().current_time, max_outbox=cfg.max_outbuf
         )
+        if cfg.journal is not None:
+            self._replay(cfg)
         master_sock = _listen(cfg)
         slave_sock = _listen(cfg, master=False)
         self.master_port = master_sock.getsockname()[1]
@@ -104,6 +113,8 @@ class GloomServer:
                 self._nursery = nursery
                 self._run_scope = nursery.cancel_scope
                 await nursery.start(self._reactor.run)
+                if self.journal is not None:
+                    await nursery.start(self.journal.run)
                 nursery.start_soon(self._flusher)
                 nursery.start_soon(self._timer)
                 nursery.start_soon(self._accept_loop, master_sock, "master")
@@ -129,22 +140,50 @@ class GloomServer:
                 if peer.transport is not None:
                     peer.transport.abort()
 
+    def _replay(self, cfg: Config) -> None:
+        """Rebuild the broker from the journal (before listening), then journal it."""
+        assert self.broker is not None and cfg.journal is not None
+        self.journal = JournalWriter(cfg.journal, self.broker, self.write_frames, self.flush)
+        self.broker.journal = self.journal.durable
+        restored = cfg.restored or Restored()
+        gc.disable()  # (see `cli._open_journal`)
+        try:
+            counts = restore(self.broker, restored, time.time(), trio.current_time())
+        finally:
+            gc.enable()
+        self.journal.attach()
+        log.info(
+            "event=restore queued=%d delayed=%d waiting=%d dead=%d results=%d requeued=%d"
+            " seconds=%.3f",
+            *(counts[name] for name in ("queued", "delayed", "waiting", "dead", "results")),
+            counts["requeued"],
+            counts["seconds"],
+        )
+
     async def shutdown(self) -> None:
         """Stop accepting, fail every unanswered job with HALTED, flush, close.
 
+        With a journal, detached jobs are kept instead: running ones are
+        journaled back to queued and the last batch committed first.
         Returns once every connection has been written out and sent EOF, or
         the grace period ran out; `run` then returns.
         """
         for scope in self._accept_scopes:
             scope.cancel()
         assert self.broker is not None
-        dropped = dropped_detached(self.broker)
-        halted = self.broker.halt()
+        journal = self.journal
+        kept = journal is not None
+        if journal is not None:
+            await journal.finish()
+        # Without a journal, queued detached jobs whose master left die with the process.
+        dropped = 0 if kept else dropped_detached(self.broker)
+        halted = self.broker.halt(keep_detached=kept)
         if dropped:
             event(
                 log, "shutdown", logging.WARNING, halted_jobs=halted, dropped_detached=dropped,
                 connections=len(self._connections),
-                note="detached jobs whose master had left are lost: gloomd keeps no state on disk",
+                note="detached jobs whose master had left are lost: run with --journal to keep"
+                " them",
             )  # fmt: skip
         else:
             event(
@@ -517,6 +556,9 @@ class GloomServer:
         """
         broker = self.broker
         assert broker is not None
+        journal = self.journal
+        if journal is not None:
+            journal.collect()  # the pass's records, and the replies they hold
         if broker.timers_changed:
             self._timer_lot.unpark()
         if not broker.dirty:
@@ -530,15 +572,26 @@ class GloomServer:
                 peer.outbox = []
                 peer.pending = 0
                 continue
+            if peer.gated is not None:
+                # Replies wait for a commit (`gloomd.holds`): only what came
+                # before them may leave, the rest waits behind them.
+                if urgent_only and conn.role == "master" and not conn.paused:
+                    divert(peer)
+                    broker.dirty[peer] = None  # still to write
+                    continue
+                out = take_ready(peer)
+                if not out:
+                    continue
             # A paused connection is written at once: that is what resumes it.
-            if urgent_only and (
+            elif urgent_only and (
                 (conn.role == "master" and not conn.paused)
                 or (len(out) == 1 and out[0] is OK_FRAME)
             ):
                 broker.dirty[peer] = None  # still to write
                 continue
-            peer.outbox = []
-            peer.pending = 0
+            else:
+                peer.outbox = []
+                peer.pending = 0
             if conn.closed:
                 continue
             try:
@@ -562,6 +615,17 @@ class GloomServer:
                     conn.write(b"".join(parts))
             except Exception as exc:
                 self._write_failed(conn, exc)
+
+    def write_frames(self, peer: Peer, frames: list[bytes | dict[str, Any]]) -> None:
+        """Write `frames` to `peer` now: replies released by a commit (`gloomd.holds`),
+        which go before anything in its outbox."""
+        conn: Connection[Any] | None = peer.transport
+        if conn is None or conn.closed:
+            return
+        try:
+            conn.write(b"".join([f if type(f) is bytes else encode_frame(f) for f in frames]))
+        except Exception as exc:
+            self._write_failed(conn, exc)
 
     def _write_failed(self, conn: Connection[Any], exc: Exception) -> None:
         """Writing to `conn` raised: the boundary for output (see `internal_error`)."""

@@ -31,6 +31,8 @@ from .counters import TypeTally
 from .logs import LogBudget
 
 if TYPE_CHECKING:
+    from collections import deque
+
     from .messages import MasterRequest
 
 __all__ = [
@@ -355,7 +357,7 @@ class Peer:
     looks at it.
     """
 
-    __slots__ = ("logs", "name", "outbox", "overflowed", "pending", "transport")
+    __slots__ = ("gated", "logs", "name", "outbox", "overflowed", "pending", "transport")
 
     def __init__(self, name: str, transport: Any = None) -> None:
         #: Encoded frames not yet handed to the I/O layer (tests may add dicts).
@@ -367,6 +369,9 @@ class Peer:
         self.name = name
         self.transport = transport
         self.logs = LogBudget()
+        #: Frames that wait for a durable write (`gloomd.holds`), oldest
+        #: first; None while nothing waits (the flush's one check).
+        self.gated: deque[Any] | None = None
 
 
 class MasterPeer(Peer):

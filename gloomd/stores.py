@@ -38,6 +38,7 @@ class Stores:
     """The result store and the outcome store, with their caps."""
 
     __slots__ = (
+        "dropped",
         "max_outcome_bytes",
         "max_result_bytes",
         "max_results",
@@ -61,6 +62,9 @@ class Stores:
         self.outcomes: OrderedDict[JobId, tuple[float, bool]] = OrderedDict()
         self.result_bytes = 0
         self.outcome_bytes = 0
+        #: With a journal: the set the ids of results dropped (expired, or past
+        #: a cap) go to, so that their rows go too (`gloomd.durable`).
+        self.dropped: set[JobId] | None = None
 
     def store_result(self, job_id: JobId, key: bytes | str, frame: bytes, now: float) -> float:
         """Keep a detached job's final frame; returns when it expires."""
@@ -72,8 +76,10 @@ class Stores:
         store[job_id] = (expires, frame, key)
         self.result_bytes += len(frame) + STORE_ENTRY_BYTES
         while len(store) > self.max_results or self.result_bytes > self.max_result_bytes:
-            _, (_, dropped, _) = store.popitem(last=False)  # the oldest first
+            gone, (_, dropped, _) = store.popitem(last=False)  # the oldest first
             self.result_bytes -= len(dropped) + STORE_ENTRY_BYTES
+            if self.dropped is not None:
+                self.dropped.add(gone)
         return expires
 
     def record_outcome(self, job_id: JobId, ok: bool, now: float) -> float:
@@ -114,6 +120,8 @@ class Stores:
             budget -= 1
             del results[key]
             self.result_bytes -= len(stored) + STORE_ENTRY_BYTES
+            if self.dropped is not None:
+                self.dropped.add(key)
         outcomes = self.outcomes
         while outcomes and budget > 0:
             job_id, (until, _) = next(iter(outcomes.items()))

@@ -71,19 +71,14 @@ def test_unit_is_hardened() -> None:
 
 
 def test_exec_start_flags() -> None:
-    """The flags gloomd knows parse; the journal lives in the StateDirectory.
-
-    --journal comes with the journal: until then it is the only flag the
-    parser does not know.  When it lands this test fails on purpose: drop it
-    from `later`.
-    """
+    """Every flag parses; the journal lives in the StateDirectory."""
     (command,) = directives()["ExecStart"]
     argv = shlex.split(command)
     assert argv[0] == INSTALLED_AT
-    args, unknown = build_parser().parse_known_args(argv[1:])
+    args = build_parser().parse_args(argv[1:])
     assert args.host == "127.0.0.1"
     assert (args.http_host, args.http_port, args.no_http) == ("127.0.0.1", 9997, False)
-    later = {"--journal"}
-    assert {word for word in unknown if word.startswith("--")} == later
+    assert str(args.journal).startswith("/var/lib/gloomd/")
+    assert args.sync == "full"
     journal = argv[argv.index("--journal") + 1]
     assert journal.startswith("/var/lib/gloomd/")  # StateDirectory=gloomd: writable there only

@@ -40,7 +40,9 @@ def installs(lines: list[str]) -> list[str]:
 def test_make_serve_installs_the_package_without_the_test_extra(tmp_path: Path) -> None:
     lines = dry_run("serve", tmp_path)
     assert [line.split("pip ", 1)[1] for line in installs(lines)] == ["install --quiet -e ."]
-    assert lines[-1].rstrip().endswith("/bin/gloomd")
+    # It runs the daemon on its embedded defaults, with the journal in data/ (README).
+    assert lines[-1].rstrip().endswith("/bin/gloomd --journal data/journal.db")
+    assert "mkdir -p data/" in lines
 
 
 @pytest.mark.parametrize("target", ["test", "install"])
@@ -71,6 +73,7 @@ def test_ctrl_c_on_make_serve_stops_gloomd_cleanly_and_make_says_nothing(tmp_pat
             "serve",
             f"BIN={Path(sys.executable).parent}",
             f"SERVE_STAMP={stamp}",
+            f"JOURNAL={tmp_path / 'data' / 'journal.db'}",  # not the checkout's data/
             "ARGS=--master-port 0 --slave-port 0 --no-http",
         ],
         stdout=subprocess.PIPE,
@@ -90,3 +93,4 @@ def test_ctrl_c_on_make_serve_stops_gloomd_cleanly_and_make_says_nothing(tmp_pat
     text = err.decode()
     assert "event=shutdown" in text, text
     assert "make" not in text and "Interrupt" not in text, text
+    assert (tmp_path / "data" / "journal.db").exists()  # make serve runs with its journal

@@ -32,8 +32,8 @@ while it has one) and the counters (`gloomd.counters.TypeTally`: submitted,
 finished by outcome, the wait and run histograms), which outlive the queue:
 a type whose jobs all finished keeps its counters.  A None field means "not
 kept": the series is not exported at all (rather than exported as 0, which
-would claim a fact); the broker keeps every field today but the journal's
-histogram, which comes with the journal.
+would claim a fact); the broker keeps every field, the journal's commit
+histogram only with ``--journal``.
 
 Label cardinality: a type's label is the type if it is a string, else its
 canonical JSON.  The first `max_types` types in the broker's order (oldest
@@ -242,6 +242,10 @@ def snapshot_from_broker(
             other.add(tally, sums)
     if other.seen:
         kept.append(other.row())
+    journal = broker.journal
+    commits = None
+    if journal is not None and journal.histogram is not None:
+        commits = HistogramSnapshot(*journal.histogram())
     return MetricsSnapshot(
         types=tuple(kept),
         totals=dict(broker.totals),
@@ -249,8 +253,7 @@ def snapshot_from_broker(
         connections=dict(connections),
         uptime_s=now - broker.started,
         build=dict(build or {}),
-        # Filled once there is a journal (its commit-time histogram).
-        journal_commit_seconds=None,
+        journal_commit_seconds=commits,
     )
 
 

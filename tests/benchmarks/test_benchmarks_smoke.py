@@ -116,3 +116,23 @@ def test_peer_round_trip(system: str) -> None:
     rc, line = loadgen("--system", system, "--jobs", "300", "--window", "40", "--masters", "2")
     assert rc == 0
     assert_clean(line, 300)
+
+
+def test_durable_benchmark_runs_each_installed_system_and_a_replay() -> None:
+    configs = ["gloomd", "gloomd-full", "gloomd-off"]
+    configs += [c for c, s in (("beanstalkd-f50", "beanstalkd"), ("gearmand-sqlite", "gearmand"))
+                if installed(s)]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.durable", "--jobs", "300", "--window", "50",
+         "--rounds", "1", "--systems", ",".join(configs), "--replay", "2000"],
+        cwd=ROOT, capture_output=True, timeout=55, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    lines = [json.loads(x) for x in done.stdout.decode().splitlines() if x.startswith("{")]
+    assert lines[0]["restored"] == 2000 and lines[0]["restore_s"] is not None
+    runs = {line["config"]: line for line in lines[1:]}
+    assert set(runs) == set(configs)
+    for line in runs.values():
+        assert (line["acked"], line["finished"]) == (300, 300), line
+    assert runs["gloomd-full"]["commits"] >= 1 and runs["gloomd"]["commits"] is None
+    assert runs["gloomd-full"]["written_bytes_per_job"] > 0

@@ -123,7 +123,9 @@ def test_stats_rows_past_the_cap_are_summed() -> None:
     k.out(m)
     (reply,) = k.send(m, {"action": "stats"})
     stats = reply["stats"]
-    assert list(stats) == ["types", "types_omitted", "totals", "waiting", "connections", "uptime_s"]
+    assert list(stats) == [
+        "types", "types_omitted", "totals", "waiting", "connections", "uptime_s", "journal",
+    ]  # fmt: skip
     assert [row["type"] for row in stats["types"]] == ["a", "b"]
     assert stats["types_omitted"] == {
         "types": 3, "queued": 2, "running": 1, "slaves": 2, "idle": 1,
@@ -181,4 +183,6 @@ def test_small_stats_answer_keeps_its_shape() -> None:
     k.submit(m, 1, body=0)
     k.out(m)
     (reply,) = k.send(m, {"action": "stats"})
-    assert list(reply["stats"]) == ["types", "totals", "waiting", "connections", "uptime_s"]
+    assert list(reply["stats"]) == [
+        "types", "totals", "waiting", "connections", "uptime_s", "journal",
+    ]  # fmt: skip
