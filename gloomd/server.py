@@ -152,13 +152,11 @@ class GloomServer:
         finally:
             gc.enable()
         self.journal.attach()
-        log.info(
-            "event=restore queued=%d delayed=%d waiting=%d dead=%d results=%d requeued=%d"
-            " seconds=%.3f",
-            *(counts[name] for name in ("queued", "delayed", "waiting", "dead", "results")),
-            counts["requeued"],
-            counts["seconds"],
-        )
+        event(
+            log, "restore",
+            **{name: counts[name] for name in ("queued", "delayed", "waiting", "dead", "results")},
+            requeued=counts["requeued"], seconds=round(counts["seconds"], 3),
+        )  # fmt: skip
 
     async def shutdown(self) -> None:
         """Stop accepting, fail every unanswered job with HALTED, flush, close.

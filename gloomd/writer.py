@@ -41,6 +41,8 @@ from typing import Any, Final
 
 import trio
 
+from gloomwire.logformat import event
+
 from .broker import Broker
 from .durable import Durable
 from .holds import Holds
@@ -105,7 +107,7 @@ class JournalWriter:
             except Exception as exc:
                 # The boundary of the journal (issue 18: nothing stops the
                 # daemon): this batch fails whole, its acks say journal_error.
-                log.error("event=internal_error stage=journal_records", exc_info=exc)
+                event(log, "internal_error", logging.ERROR, stage="journal_records", exc_info=exc)
                 self._broken = True
             self._lot.unpark()
         holds = durable.holds
@@ -138,10 +140,13 @@ class JournalWriter:
                 await trio.to_thread.run_sync(self.store.commit, batch)
         except JournalWriteError as exc:
             failed = True
-            log.error("event=journal_error rows=%d error=%s", len(batch), exc.reason)
+            event(log, "journal_error", logging.ERROR, rows=len(batch), error=exc.reason)
         except Exception as exc:
             failed = True
-            log.error("event=internal_error stage=journal_commit rows=%d", len(batch), exc_info=exc)
+            event(
+                log, "internal_error", logging.ERROR, stage="journal_commit", rows=len(batch),
+                exc_info=exc,
+            )  # fmt: skip
         if failed:
             self.failures += 1
         self.collect()  # what this pass held waits for the next ticket

@@ -182,3 +182,25 @@ def test_worker_lines_parse(log_format: str, check: Callable[[str], list[dict[st
     started = [line for line in lines if line.get("event") == "job_started"]
     assert {line["type"] for line in started} == {"w"}
     assert str(one(lines, "stopped")["error"]) == "2"
+
+
+@pytest.mark.parametrize(("log_format", "check"), [("logfmt", check_logfmt), ("json", check_json)])
+def test_journal_lines_parse(
+    log_format: str, check: Callable[[str], list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """The journal's events are events too: a restart restores one detached job."""
+    journal = tmp_path / "journal.db"
+    args = ("--journal", str(journal), "--log-format", log_format, "--no-http")
+    with spawn_gloomd(*args) as daemon:
+        with socket.create_connection(daemon.master_addr, timeout=10) as master:
+            detached = {"action": "submit", "id": "d", "type": "q", "body": 2, "detach": True}
+            master.sendall(frame(detached))
+            assert recv(master) == {"ok": True, "id": "d"}  # held until its commit
+        assert daemon.stop() == 0
+    with spawn_gloomd(*args, capture_logs=True) as daemon:
+        assert daemon.stop() == 0
+        assert daemon.proc.stderr is not None
+        lines = check(daemon.proc.stderr.read().decode())
+    restore = one(lines, "restore")
+    assert str(restore["queued"]) == "1" and str(restore["requeued"]) == "0"
+    assert str(one(lines, "shutdown")["dropped_detached"]) == "0"
