@@ -304,11 +304,10 @@ class Flow:
     def hold_reply(self, peer: Peer, reason: Any) -> None:
         """The next frame sent to `peer` waits for the journal's commit
         (`gloomd.holds`); `reason` names it in a `journal_error` if that fails.
-
-        Not for in-process masters, which read their answers at once.
+        In-process masters are held too (`gloomd.local.LocalMaster.ask`).
         """
         journal = self.journal
-        if journal is not None and journal.holds is not None and peer not in self.internal:
+        if journal is not None and journal.holds is not None:
             journal.holds.hold(peer, reason)
 
     def take_dirty(self) -> list[Peer]:

@@ -91,6 +91,12 @@ class Holds:
         else:
             mark[1].append((index, reason))
 
+    def marked(self, peer: Peer) -> int | None:
+        """The outbox index of `peer`'s first frame held in this pass, if any
+        (an in-process master, `gloomd.local`, reads its answers itself)."""
+        mark = self._marks.get(peer)
+        return None if mark is None else mark[0]
+
     def __bool__(self) -> bool:
         """Anything held or marked (the I/O layer must not skip the write)."""
         return bool(self._marks or self._waiting)

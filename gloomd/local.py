@@ -10,7 +10,13 @@ it over loopback (the scheduler used to, with TLS verification off).
 Two ways in:
 
 * `request(frame)`, synchronous: the frames the broker answered at once
-  (the HTTP admin API: `stats`, `jobs`, `kick`..., one answer each);
+  (`stats`, `jobs`, an attached submit);
+* `ask(frame)`: the one frame answering an action (the HTTP admin API:
+  `stats`, `jobs`, `kick`...), or, when the journal holds that answer until
+  its commit (`kick`, `delete`, `pause`... of detached jobs, with
+  ``--journal``), a `HeldAnswer` to await: the answer the master port would
+  send, an ack once stored or `journal_error` (`gloomd.holds`, the same
+  mechanism as a connection's; the held frame is released through `write`);
 * `await call(id, type, body, priority=, timeout=, ...)`: submit one job
   and wait for its result by id (the scheduler).  Submits are answered at
   once (the ack, or why not), so no error frame can be matched to the wrong
@@ -32,6 +38,7 @@ connection that closed), and the next request takes a new seat.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -43,12 +50,13 @@ from gloomwire.logformat import event
 from gloomwire.vocabulary import describe_failure, error, submit
 
 from .broker import Broker
+from .holds import Holds
 from .ingest import MasterIngest
 
 if TYPE_CHECKING:
     from .server import GloomServer
 
-__all__ = ["LocalMaster", "LocalMasterError", "RemoteJobError", "SubmitRejected"]
+__all__ = ["HeldAnswer", "LocalMaster", "LocalMasterError", "RemoteJobError", "SubmitRejected"]
 
 log = logging.getLogger("gloomd.local")
 
@@ -105,6 +113,27 @@ class _Outcome:
             self.done.set()
 
 
+class HeldAnswer:
+    """The answer to an `ask` that waits for the journal's commit (`gloomd.holds`)."""
+
+    __slots__ = ("_outcome",)
+
+    def __init__(self, outcome: _Outcome) -> None:
+        self._outcome = outcome
+
+    async def wait(self) -> dict[str, Any]:
+        """The answer once the commit returned: the ack, or `journal_error`.
+
+        Raises `LocalMasterError` if gloomd stopped before.
+        """
+        outcome = self._outcome
+        await outcome.done.wait()
+        if outcome.error is not None:
+            raise outcome.error
+        answer: dict[str, Any] = outcome.value
+        return answer
+
+
 class LocalMaster:
     """An in-process master of a `GloomServer`'s broker (see the module docstring).
 
@@ -127,6 +156,9 @@ class LocalMaster:
         self._ingest: MasterIngest | None = None
         self._decoder = FrameDecoder(_NO_CAP)
         self._waiting: dict[Any, _Outcome] = {}
+        #: Answers held by the journal, in the order the broker queued them:
+        #: `write` hands the held frames to them as commits release them.
+        self._held: deque[_Outcome] = deque()
 
     # ------------------------------------------------------------ the seat
 
@@ -154,7 +186,8 @@ class LocalMaster:
             ingest.peer.transport = None
             broker.disconnect(ingest.peer)
         waiting, self._waiting = self._waiting, {}
-        for outcome in waiting.values():
+        held, self._held = self._held, deque()
+        for outcome in [*waiting.values(), *held]:
             outcome.set(error=reason)
 
     # ------------------------------------------------------------ frames in and out
@@ -164,34 +197,75 @@ class LocalMaster:
 
         The frame is encoded and fed to the ingest as a connection's payload
         would be, so the broker judges it exactly as it judges the master
-        port's (the decoding policy and the value cap included).
+        port's (the decoding policy and the value cap included).  For a
+        frame whose answer the journal may hold, use `ask`.
+        """
+        replies = self._send(frame)
+        if isinstance(replies, int):
+            raise LocalMasterError(f"{frame.get('action')!r} waits for the journal: use ask()")
+        return replies
+
+    def ask(self, frame: dict[str, Any]) -> dict[str, Any] | HeldAnswer:
+        """Send one action answered by one frame: that frame, or the `HeldAnswer`
+        to await when the journal holds it until its commit (see the module)."""
+        replies = self._send(frame)
+        count = replies if isinstance(replies, int) else len(replies)
+        if count != 1:
+            raise RuntimeError(f"the broker answered {count} frames to one action")
+        if isinstance(replies, int):
+            outcome = _Outcome()
+            self._held.append(outcome)  # before any commit can release it
+            return HeldAnswer(outcome)
+        return replies[0]
+
+    def _send(self, frame: dict[str, Any]) -> list[dict[str, Any]] | int:
+        """Feed `frame` to the broker: the frames it answered at once, or how
+        many frames it queued if they wait for the journal's commit.
+
+        Held frames stay in the outbox for the flush to seal (`Holds.seal`);
+        the frames of an answer that is not held are taken at once, so the
+        outbox holds nothing else before a mark.
         """
         broker, ingest = self._seat()
         peer = ingest.peer
-        if peer.outbox:  # answers queued before, not yet flushed: theirs first
-            self._deliver(self._take(broker))
+        journal = broker.journal
+        holds: Holds | None = None if journal is None else journal.holds
+        if peer.outbox and (holds is None or holds.marked(peer) is None):
+            # Answers queued before, not yet flushed: theirs first.
+            self._deliver(self._take(broker, 0))
+        start = len(peer.outbox)
         ingest.receive(codec.dumps(frame))
-        replies = self._take(broker)
+        replies: list[dict[str, Any]] | int
+        if holds is not None and holds.marked(peer) is not None:
+            replies = len(peer.outbox) - start  # sealed by the flush below
+            self._server.flush()
+            return replies
+        replies = self._take(broker, start)
         # The request may have given other peers frames (a submit hands a
         # job to an idle slave): write them now, not at the next flush.
         if broker.dirty or broker.timers_changed:
             self._server.flush()
         return replies
 
-    def _take(self, broker: Broker) -> list[dict[str, Any]]:
+    def _take(self, broker: Broker, start: int) -> list[dict[str, Any]]:
+        """The frames queued for this seat from outbox index `start` on."""
         assert self._ingest is not None
         peer = self._ingest.peer
-        items, peer.outbox, peer.pending = peer.outbox, [], 0
-        broker.dirty.pop(peer, None)
-        replies = []
-        for item in items:
-            # Pre-encoded frames (OK_FRAME, stats) skip their 4-byte length.
-            # A frame queued as a dict may carry a body kept as its JSON
-            # bytes (`gloomd.fastpath`): encoded and decoded, it is a value.
-            decoded = codec.loads(item[4:] if type(item) is bytes else codec.dumps(item))
-            assert isinstance(decoded, dict)
-            replies.append(decoded)
-        return replies
+        items = peer.outbox[start:]
+        del peer.outbox[start:]
+        if not start:
+            peer.pending = 0
+            broker.dirty.pop(peer, None)
+        return [self._decode(item) for item in items]
+
+    @staticmethod
+    def _decode(item: bytes | dict[str, Any]) -> dict[str, Any]:
+        # Pre-encoded frames (OK_FRAME, stats) skip their 4-byte length.
+        # A frame queued as a dict may carry a body kept as its JSON
+        # bytes (`gloomd.fastpath`): encoded and decoded, it is a value.
+        decoded = codec.loads(item[4:] if type(item) is bytes else codec.dumps(item))
+        assert isinstance(decoded, dict)
+        return decoded
 
     async def call(
         self,
@@ -267,8 +341,22 @@ class LocalMaster:
     # ------------------------------------------------------------ the flush's side
 
     def write(self, data: bytes) -> None:
-        """Frames the server's flush wrote to this "connection"."""
-        self._deliver([codec.loads(payload) for payload in self._decoder.feed(data)])
+        """Frames the server's flush, or a commit's release, wrote to this "connection".
+
+        While answers are held (`ask`), the frames that are not a waited
+        call's outcome are those answers, in the order they were asked.
+        """
+        for payload in self._decoder.feed(data):
+            frame = codec.loads(payload)
+            if self._held and not self._is_outcome(frame):
+                self._held.popleft().set(value=frame)
+            else:
+                self._deliver([frame])
+
+    def _is_outcome(self, frame: Any) -> bool:
+        return frame.get("id") in self._waiting and (
+            "body" in frame or frame.get("error") in ("job_error", "job_failed")
+        )
 
     def abort(self) -> None:
         """The server dropped this peer (it stopped, or the output cap was passed)."""

@@ -12,18 +12,21 @@ The seat is an internal peer: no connection, so `stats` does not count it
 among `connections.masters`; and the HTTP layer lets only the actions below
 through (the path names the action), so it never holds a job.
 
-Everything here runs synchronously between two awaits: the reply is taken
-from the peer's outbox right after the broker handled the frame.
+The reply is taken from the peer's outbox right after the broker handled
+the frame, synchronously, unless the journal holds it until the commit that
+stores the change (`kick`, `delete`, `pause`, `resume` with ``--journal``,
+as on the master port): then `call` gives a `HeldAnswer` to await, so that
+an operator is never told "done" about a change a crash could still lose.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from ..local import LocalMaster
+from ..local import HeldAnswer, LocalMaster
 from ..server import GloomServer
 
-__all__ = ["ADMIN_NAME", "AdminChannel", "status_for"]
+__all__ = ["ADMIN_NAME", "AdminChannel", "HeldAnswer", "status_for"]
 
 ADMIN_NAME: Final = "http-admin"
 
@@ -45,13 +48,11 @@ class AdminChannel:
     def __init__(self, server: GloomServer, name: str = ADMIN_NAME) -> None:
         self._local = LocalMaster(server, name)
 
-    def call(self, frame: dict[str, Any]) -> dict[str, Any]:
-        """Send one master frame, return the broker's answer to it.
+    def call(self, frame: dict[str, Any]) -> dict[str, Any] | HeldAnswer:
+        """Send one master frame, return the broker's answer to it, or the
+        `HeldAnswer` to await if the journal holds it.
 
         Raises `gloomd.local.LocalMasterError` (a RuntimeError) when the
         Gloom server is not running.
         """
-        replies = self._local.request(frame)
-        if len(replies) != 1:
-            raise RuntimeError(f"the broker answered {len(replies)} frames to one action")
-        return replies[0]
+        return self._local.ask(frame)

@@ -7,13 +7,14 @@ between is a function of values, tested without a connection.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from gloomwire import codec
 
 __all__ = [
+    "Deferred",
     "HttpRequest",
     "HttpResponse",
     "Offload",
@@ -66,6 +67,16 @@ class Offload:
     """
 
     work: Callable[[], HttpResponse]
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A response that waits on the loop for something the routes cannot wait
+    for: an admin action's answer held until the journal's commit stores it
+    (`gloomd.holds`).  The I/O shell awaits `wait`.
+    """
+
+    wait: Callable[[], Awaitable[HttpResponse]]
 
 
 def json_response(status: int, value: Any, *, close: bool = False) -> HttpResponse:

@@ -27,10 +27,11 @@ from gloomwire import codec
 
 from ..messages import ProtocolViolation, decode_object
 from ..server import GloomServer
-from .admin import AdminChannel, status_for
+from .admin import AdminChannel, HeldAnswer, status_for
 from .assets import PAGE_HEADERS, Asset, load_assets
 from .buildinfo import build_labels
 from .messages import (
+    Deferred,
     HttpRequest,
     HttpResponse,
     Offload,
@@ -59,6 +60,9 @@ _MAX_QUERY_FIELDS: Final = 32
 #: still takes turns between them); p50 0.1 ms either way.
 OFFLOAD_TYPES: Final = 64
 
+#: What a route gives the I/O shell: a response, or the work that makes it.
+Result = HttpResponse | Offload | Deferred
+
 
 class HttpApp:
     """The routes of the HTTP port over one running `GloomServer`.
@@ -85,9 +89,9 @@ class HttpApp:
         self._token = None if settings.token is None else settings.token.encode("utf-8")
         self._assets: dict[str, Asset] = load_assets()
         self.admin = AdminChannel(server)
-        handlers: dict[
-            str, tuple[tuple[str, ...], Callable[[HttpRequest], HttpResponse | Offload]]
-        ] = {path: (_GET, self._asset) for path in self._assets}
+        handlers: dict[str, tuple[tuple[str, ...], Callable[[HttpRequest], Result]]] = {
+            path: (_GET, self._asset) for path in self._assets
+        }
         handlers["/healthz"] = (_GET, self._healthz)
         handlers["/metrics"] = (_GET, self._metrics)
         handlers["/api/stats"] = (_GET, self._stats)
@@ -98,8 +102,9 @@ class HttpApp:
 
     # ------------------------------------------------------------ dispatch
 
-    def handle(self, request: HttpRequest) -> HttpResponse | Offload:
-        """The response, or the work that makes it if that is better done off the loop."""
+    def handle(self, request: HttpRequest) -> Result:
+        """The response, or the work that makes it if that is better done off the
+        loop (`Offload`), or what it waits for on the loop (`Deferred`)."""
         route = self._handlers.get(request.path)
         if route is None:
             return error_response(404, "not_found", request.path)
@@ -149,10 +154,10 @@ class HttpApp:
             return Offload(lambda: _metrics_response(snapshot))
         return _metrics_response(snapshot)
 
-    def _stats(self, request: HttpRequest) -> HttpResponse:
+    def _stats(self, request: HttpRequest) -> Result:
         return self._answer(self.admin.call({"action": "stats"}))
 
-    def _jobs(self, request: HttpRequest) -> HttpResponse:
+    def _jobs(self, request: HttpRequest) -> Result:
         frame: dict[str, Any] = {"action": "jobs"}
         try:
             fields = parse_qsl(
@@ -165,7 +170,7 @@ class HttpApp:
                 frame[key] = _query_value(value)
         return self._answer(self.admin.call(frame))
 
-    def _admin_action(self, request: HttpRequest) -> HttpResponse:
+    def _admin_action(self, request: HttpRequest) -> Result:
         content_type = request.header(b"content-type") or b""
         if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
             # A cross-site form or a "simple" fetch cannot send this type
@@ -183,7 +188,15 @@ class HttpApp:
         return self._answer(self.admin.call(frame))
 
     @staticmethod
-    def _answer(reply: dict[str, Any]) -> HttpResponse:
+    def _answer(reply: dict[str, Any] | HeldAnswer) -> HttpResponse | Deferred:
+        if isinstance(reply, HeldAnswer):
+            # With --journal: answered once the commit storing the change has
+            # returned (or with journal_error), as the master port answers.
+            async def wait() -> HttpResponse:
+                answer = await reply.wait()
+                return json_response(status_for(answer), answer)
+
+            return Deferred(wait)
         return json_response(status_for(reply), reply)
 
     # ------------------------------------------------------------ metrics

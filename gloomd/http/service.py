@@ -49,7 +49,7 @@ from gloomwire.logformat import event
 from ..server import GloomServer
 from ..service import Service
 from .buildinfo import version
-from .messages import HttpRequest, HttpResponse, Offload, error_response
+from .messages import Deferred, HttpRequest, HttpResponse, Offload, error_response
 from .routes import HttpApp, split_target
 from .settings import HttpSettings
 
@@ -196,6 +196,8 @@ class HttpService(Service):
                     result = await trio.to_thread.run_sync(
                         result.work, limiter=self._offload_limiter
                     )
+                elif isinstance(result, Deferred):
+                    result = await result.wait()
                 response = result
             except Exception as exc:
                 event(
