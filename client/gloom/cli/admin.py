@@ -26,7 +26,14 @@ from rich.table import Table
 from .._lifecycle import ANY_TYPE, JobInfo, ListedState
 from .._trio_master import AsyncMaster, open_master
 from ..errors import InvalidState, UnknownJob
-from .common import EXIT_FAILED, EXIT_OK, Command, UsageError, connection_security
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Command,
+    UsageError,
+    connection_security,
+    positive_int,
+)
 from .render import to_json, type_text
 
 __all__ = ["COMMANDS", "format_age", "jobs_table"]
@@ -35,16 +42,6 @@ __all__ = ["COMMANDS", "format_age", "jobs_table"]
 DEFAULT_LIMIT = 100
 
 _STATES = [state.value for state in ListedState]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def format_age(seconds: float) -> str:
@@ -110,7 +107,7 @@ def _configure_listing(parser: argparse.ArgumentParser, *, with_state: bool) -> 
         )
     parser.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_LIMIT,
         metavar="N",
         help=f"show at most N jobs (default {DEFAULT_LIMIT}; pages are followed past 1,000)",
@@ -170,7 +167,7 @@ def _configure_kick(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="with --type: at most N jobs (default: all of them)",

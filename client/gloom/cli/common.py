@@ -125,6 +125,17 @@ def connection_security(args: argparse.Namespace) -> dict[str, Any]:
     return {"token": token, "ssl_context": context}
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (counts, limits)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def positive_number(text: str) -> float:
     """An argparse type: a finite number above 0 (seconds, mostly)."""
     try:

@@ -32,6 +32,7 @@ from .common import (
     Command,
     UsageError,
     connection_security,
+    positive_int,
     positive_number,
 )
 from .explain import explain
@@ -46,16 +47,6 @@ def _json_arg(text: str) -> Any:
         return codec.loads(text.encode("utf-8"))
     except codec.DecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _print_result(value: Any) -> None:
@@ -97,7 +88,7 @@ def _configure_submit(parser: argparse.ArgumentParser) -> None:
         help="a job that outlives this command: print its id and exit (with --wait-timeout:"
         " wait that long for its result first)",
     )
-    parser.add_argument("--count", type=_count, default=1, help="submit N copies")
+    parser.add_argument("--count", type=positive_int, default=1, help="submit N copies")
     parser.add_argument("--id", default=None, help="job id (a string; default: a fresh uuid)")
     parser.add_argument(
         "--after",
