@@ -103,12 +103,12 @@ class Durable:
             for job_id in touched:
                 key = job_key(job_id)
                 job = jobs.get(job_id)
-                if job is not None:
-                    if job.detached:
-                        builder.put(key, *job_record(job, wall, mono))
-                    else:  # the id is an attached job's now: the detached one's row goes
-                        builder.delete(key)
+                if job is not None and job.detached:
+                    builder.put(key, *job_record(job, wall, mono))
                     continue
+                # No detached job holds the id: the row is its kept result's, if
+                # any.  An attached job may hold the id meanwhile (it is not
+                # durable), beside the result kept in memory for --result-ttl.
                 stored = results.get(job_id)
                 if stored is None:
                     builder.delete(key)

@@ -111,7 +111,11 @@ def restore(flow: Flow, restored: Restored, wall: float, mono: float) -> dict[st
     flow._seq = max([flow._seq, *(job.seq for job in restored_jobs)])
     flow._marks = max([flow._marks, *(job.mark for job in restored_jobs)])
     later: list[Job] = []  # queued and running ones, by seq below
-    # The others by the order they entered their state.
+    # The others by the order they entered their state.  Entering it again
+    # gives each a new mark (after the journal's): touched, so that the first
+    # commit writes every one, or a record rewritten later would carry a mark
+    # of the new numbering beside the old ones and change places at the next
+    # replay (the delayed, waiting and dead orders).
     for job in sorted(restored_jobs, key=lambda j: j.mark):
         queue = flow._queue_for(job.type, job.key)
         tally = job.tally = queue.tally
@@ -120,7 +124,9 @@ def restore(flow: Flow, restored: Restored, wall: float, mono: float) -> dict[st
         state = job.state
         if state == QUEUED or state == RUNNING:
             later.append(job)
-        elif state == DEAD:
+            continue
+        changed.append(job.id)
+        if state == DEAD:
             flow._enter(job, queue, DEAD)
             flow._dead.entries.append((job.mark, job))
             totals["failed"] += 1
@@ -133,7 +139,6 @@ def restore(flow: Flow, restored: Restored, wall: float, mono: float) -> dict[st
             if linked < job.waiting:
                 job.state = GONE  # in no queue yet
                 flow._fail_job(job, "DEPENDENCY", mono)
-                changed.append(job.id)
                 counts["dead"] += 1
             else:
                 job.waiting = linked

@@ -210,19 +210,7 @@ class BrokerMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.wall = FakeClock()
         self.wall.now = 1000.0
-        self.broker = Broker(
-            # One stats row at most: with both types live the other is summed
-            # in `types_omitted`, from the broker's running sums.
-            BrokerLimits(
-                max_queued=MAX_QUEUED,
-                max_retries=MAX_RETRIES,
-                result_ttl=TTL,
-                max_stats_types=1,
-                max_dead=MAX_DEAD,
-            ),
-            clock=self.clock,
-            wall=self.wall,
-        )
+        self.broker = self.new_broker()
         self.masters: dict[int, MMaster] = {}
         self.slaves: dict[int, MSlave] = {}
         self.live: dict[tuple[type, Any], MJob] = {}
@@ -250,6 +238,22 @@ class BrokerMachine(RuleBasedStateMachine):
         self.expected: dict[int, list[Any]] = {}
 
     # ------------------------------------------------------------ plumbing
+
+    def new_broker(self) -> Broker:
+        """A broker on the machine's clocks (a restart makes another one)."""
+        return Broker(
+            # One stats row at most: with both types live the other is summed
+            # in `types_omitted`, from the broker's running sums.
+            BrokerLimits(
+                max_queued=MAX_QUEUED,
+                max_retries=MAX_RETRIES,
+                result_ttl=TTL,
+                max_stats_types=1,
+                max_dead=MAX_DEAD,
+            ),
+            clock=self.clock,
+            wall=self.wall,
+        )
 
     def _name(self) -> str:
         self.names += 1
