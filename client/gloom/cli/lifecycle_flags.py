@@ -13,6 +13,8 @@ import argparse
 import math
 from typing import Any
 
+from .common import positive_number
+
 __all__ = ["add_lifecycle_flags", "lifecycle_spec"]
 
 
@@ -23,13 +25,6 @@ def _non_negative_number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value >= 0 or math.isinf(value):
         raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more: {text!r}")
-    return value
-
-
-def _positive_number(text: str) -> float:
-    value = _non_negative_number(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
     return value
 
 
@@ -54,7 +49,7 @@ def add_lifecycle_flags(parser: argparse.ArgumentParser) -> None:
         help="run it again up to N times after an ERROR or TIMEOUT failure",
     )  # fmt: skip
     group.add_argument(
-        "--backoff", type=_positive_number, default=None, metavar="S",
+        "--backoff", type=positive_number, default=None, metavar="S",
         help="wait S seconds before the first retry, doubling each time (default 1)",
     )  # fmt: skip
     group.add_argument(
