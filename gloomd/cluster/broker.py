@@ -406,8 +406,8 @@ class ClusterBroker(Broker):
     def _unavailable(self, item: _Item, *, later: bool) -> None:
         peer, slot = item.peer, item.slot
         if peer is None:
-            if later:
-                self._later.append(item)
+            if later and item.kind != "none":
+                self._later.append(item)  # a peer's leaving; a progress is moot by then
             return
         if isinstance(peer, SlavePeer):
             # Its step may or may not have run: the connection ends, and
