@@ -374,3 +374,24 @@ async def test_lifecycle_actions_across_daemons(make_cluster_server: MakeServer)
     assert await admin.request({"action": "resume", "type": "t"}) == {"ok": True}
     job = await slave.recv()
     assert (job["id"], job["attempt"]) == ("d", 2)
+
+
+async def test_wsjobd_and_gloom_ports_in_cluster_mode(
+    gloomd_cluster: Callable[..., list[Any]],
+) -> None:
+    """The websocket job service runs beside the cluster's ports."""
+    import json
+
+    from tests.support import WSJOBS
+    from tests.support.wsclient import ws_client
+
+    (daemon,) = gloomd_cluster(1, "--ws-port", "0", "--jobs-dir", str(WSJOBS))
+    assert daemon.ws_port is not None
+    async with ws_client(daemon.ws_port) as ws:
+        await ws.send_message(json.dumps({"func": "echo.run", "ident": "c", "echo": "hi"}))
+        with trio.fail_after(10):
+            while True:
+                frame = json.loads(await ws.get_message())
+                if "result" in frame:
+                    break
+        assert frame["result"] == "hi"
