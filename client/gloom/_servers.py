@@ -229,7 +229,9 @@ class AsyncServers:
     ) -> Job:
         """`AsyncMaster.submit` on the next daemon that can be reached.
 
-        Raises `TransportError` when none can, and `SpreadError` for an
+        A daemon lost before it acked the submit is skipped too, unless the job
+        is detached (it may be there: `TransportError`).  Raises
+        `TransportError` when none can be reached, and `SpreadError` for an
         ``after`` across daemons.
         """
         job_id = new_job_id() if id is None else id
@@ -237,13 +239,35 @@ class AsyncServers:
         spec: dict[str, Any] = {"type": type, "body": body, "priority": priority}
         spec.update(id=job_id, timeout=timeout, after=after_ids, detach=detach, delay=delay)
         spec.update(retries=retries, backoff=backoff, unique=unique)
-        master = await self._master_for(self._order(job_id, after_ids))
-        job = await master.submit(**spec)  # a refusal raises: nothing to remember
-        self._remember(job_id, master)
-        return job
+        reasons: list[str] = []
+        for index in self._order(job_id, after_ids):
+            daemon = self._daemons[index]
+            master = await self._connected(daemon)
+            if master is None:
+                reasons.append(f"{daemon.peer}: {daemon.reason}")
+                continue
+            try:
+                job = await master.submit(**spec)  # a refusal raises: nothing to remember
+            except TransportError as exc:
+                # Lost before the ack: the daemon just went away.  An attached
+                # job dies with its master's connection anyway, so it goes to
+                # the next daemon; a detached one may live on there, so the
+                # caller is told rather than the job doubled.
+                self._down(daemon, str(exc))
+                if detach:
+                    raise
+                reasons.append(f"{daemon.peer}: {exc}")
+                continue
+            self._remember(job_id, master)
+            return job
+        raise TransportError(f"no gloomd can be reached ({'; '.join(reasons)})")
 
     async def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[Job]:
-        """`AsyncMaster.submit_many`, each job to its daemon (pipelined per daemon)."""
+        """`AsyncMaster.submit_many`, each job to its daemon (pipelined per daemon).
+
+        Daemons that cannot be reached are skipped as by `submit`; a daemon
+        lost while its share is in flight fails those handles (no resubmit).
+        """
         specs = [dict(spec) for spec in jobs]
         check_specs(specs)
         if any("type" not in spec for spec in specs):
@@ -375,7 +399,8 @@ class AsyncServers:
         await master._run()
         if daemon.master is master:
             daemon.master = None
-            self._down(daemon, str(master._conn.error))
+            if trio.current_time() >= daemon.down_until:  # not yet marked by a submit
+                self._down(daemon, str(master._conn.error))
 
     def _down(self, daemon: _Daemon, reason: str) -> None:
         daemon.reason = reason
