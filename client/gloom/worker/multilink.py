@@ -143,8 +143,8 @@ class MultiLink:
                 self._want = False
                 self._current = (member, link)
                 for other in self._members:
-                    if other is not member and other.usable is not None:
-                        self._nursery.start_soon(self._park, other)
+                    if other is not member:
+                        self._start_park(other)
                 return frame
             await offered.wait()
 
@@ -172,10 +172,11 @@ class MultiLink:
     async def leave(self) -> int:
         """Stop taking jobs everywhere; how many job frames the daemons took back."""
         self._want = False
-        async with trio.open_nursery() as nursery:
-            for member in self._members:
-                if member.usable is not None:
-                    nursery.start_soon(self._park, member)
+        for member in self._members:
+            self._start_park(member)
+        for member in self._members:
+            if member.parked is not None:
+                await member.parked.wait()
         return self.returned
 
     # ------------------------------------------------------------ internals
@@ -201,11 +202,17 @@ class MultiLink:
         except LinkLost:
             pass  # its own task reconnects, and joins then
 
-    async def _park(self, member: _Member) -> None:
+    def _start_park(self, member: _Member) -> None:
+        """Park a connection in the background.  `parked` is set here, at
+        once, so that a join asked for meanwhile waits for the park to be
+        answered and goes on the wire after it."""
         link = member.usable
         if link is None or member.parked is not None:
             return
         done = member.parked = trio.Event()
+        self._nursery.start_soon(self._park, member, link, done)
+
+    async def _park(self, member: _Member, link: SlaveLink, done: trio.Event) -> None:
         try:
             with trio.move_on_after(PARK_TIMEOUT) as waited:
                 self.returned += await link.leave()
