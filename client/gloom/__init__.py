@@ -6,7 +6,8 @@ Two ways in, with the same names:
   and ``async with gloom.open_slave(host, port) as s: ...``;
 * blocking: ``gloom.Master`` and ``gloom.Slave``, a drop-in for Gloom's own client;
 * several independent daemons (the Gearman way): ``gloom.open_masters("h1:9998,h2:9998")``
-  spreads submits and fails over; the worker runner takes ``servers=`` too.
+  (blocking: ``gloom.Masters``) spreads submits and fails over, ``gloom.open_slaves``
+  serves every daemon, and the worker runner takes ``servers=``.
 
 Both run the same sans-IO protocol code (``_master_protocol``,
 ``_slave_protocol``), so they match results to jobs the same way.
@@ -19,6 +20,8 @@ submit keywords and the master methods ``kick``, ``kick_type``, ``delete``,
 from ._lifecycle import ANY_TYPE, JobInfo, JobsPage, ListedState
 from ._protocol import JobState
 from ._servers import AsyncServers, SpreadError, open_masters
+from ._servers_slave import AsyncSlaves, open_slaves
+from ._servers_sync import Masters
 from ._sync import Job as SyncJob
 from ._sync import Master, Slave
 from ._trio_master import AsyncMaster, Job, new_job_id, open_master
@@ -42,6 +45,7 @@ __all__ = [
     "AsyncMaster",
     "AsyncServers",
     "AsyncSlave",
+    "AsyncSlaves",
     "GloomError",
     "InvalidState",
     "Job",
@@ -53,6 +57,7 @@ __all__ = [
     "JobsPage",
     "ListedState",
     "Master",
+    "Masters",
     "ProtocolError",
     "ServerError",
     "Slave",
@@ -67,4 +72,5 @@ __all__ = [
     "open_master",
     "open_masters",
     "open_slave",
+    "open_slaves",
 ]
