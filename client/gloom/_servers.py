@@ -126,7 +126,9 @@ def _add(into: dict[str, Any], answer: Mapping[str, Any]) -> None:
         have = into.get(key)
         if key == "uptime_s" and isinstance(value, (int, float)):
             into[key] = value if have is None else max(have, value)
-        elif isinstance(value, bool) or (have is None and not isinstance(value, (dict, list))):
+        elif isinstance(value, bool):
+            into[key] = have is True or value  # "paused": paused somewhere
+        elif have is None and not isinstance(value, (dict, list)):
             into.setdefault(key, value)
         elif isinstance(value, (int, float)):
             into[key] = value + (have if isinstance(have, (int, float)) else 0)
@@ -326,17 +328,21 @@ class AsyncServers:
         return merged
 
     async def kick_type(self, type: Any, limit: int | None = None) -> int:
-        """`AsyncMaster.kick_type` on every daemon (each kicks up to `limit`): how many."""
-        counts = await self._everywhere(lambda master: master.kick_type(type, limit))
+        """`AsyncMaster.kick_type` on every daemon (each kicks up to `limit`): how many.
+
+        Like `pause`, done on every daemon that can be reached, then
+        `TransportError` if one could not."""
+        counts = await self._everywhere(lambda master: master.kick_type(type, limit), every=True)
         return sum(counts)
 
     async def pause(self, type: Any) -> None:
-        """Pause `type` on every daemon that can be reached."""
-        await self._everywhere(lambda master: master.pause(type))
+        """Pause `type` on every daemon; `TransportError` naming those that could
+        not be reached (the others are paused)."""
+        await self._everywhere(lambda master: master.pause(type), every=True)
 
     async def resume(self, type: Any) -> None:
-        """Resume `type` on every daemon that can be reached."""
-        await self._everywhere(lambda master: master.resume(type))
+        """Resume `type` on every daemon (unreachable ones: as `pause`)."""
+        await self._everywhere(lambda master: master.resume(type), every=True)
 
     # -- internals ----------------------------------------------------------------
 
@@ -443,8 +449,9 @@ class AsyncServers:
         assert unknown is not None
         raise unknown
 
-    async def _everywhere(self, call: Any) -> list[Any]:
-        """`call(master)` on every daemon that can be reached, side by side."""
+    async def _everywhere(self, call: Any, *, every: bool = False) -> list[Any]:
+        """`call(master)` on every daemon that can be reached, side by side;
+        `TransportError` when none can (with `every`: when one cannot)."""
         answers: list[Any] = []
         reasons: list[str] = []
 
@@ -463,6 +470,9 @@ class AsyncServers:
                 nursery.start_soon(one, daemon)
         if not answers:
             raise TransportError(f"no gloomd can be reached ({'; '.join(sorted(reasons))})")
+        if every and reasons:
+            done = f"done on {len(answers)} of {len(self._daemons)} daemons"
+            raise TransportError(f"{done}; unreachable: {'; '.join(sorted(reasons))}")
         return answers
 
 

@@ -128,6 +128,20 @@ def test_hash_detach_then_result_from_a_fresh_client(daemons: list[Daemon]) -> N
     assert cancelled.returncode == 1
 
 
+def test_pause_and_resume_every_daemon(daemons: list[Daemon]) -> None:
+    servers = masters(daemons)
+    for command, word in (("pause", "paused"), ("resume", "resumed")):
+        done = gloom_cmd(command, "--servers", servers, "cli-paused")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"{word} cli-paused"
+        for daemon in daemons:
+            with gloom.Master(daemon.master_addr, timeout=10) as master:
+                rows = [r for r in master.stats()["types"] if r["type"] == "cli-paused"]
+            paused = [row.get("paused", False) for row in rows]
+            # Paused: a row saying so; resumed: no row left, or one saying not paused.
+            assert paused == [True] if command == "pause" else True not in paused
+
+
 def test_commands_of_one_daemon_refuse_servers(daemons: list[Daemon]) -> None:
     done = gloom_cmd("jobs", "--servers", masters(daemons))
     assert done.returncode == 2
