@@ -7,7 +7,7 @@ Two ways in, with the same names:
 * blocking: ``gloom.Master`` and ``gloom.Slave``, a drop-in for Gloom's own client;
 * several independent daemons (the Gearman way): ``gloom.open_masters("h1:9998,h2:9998")``
   (blocking: ``gloom.Masters``) spreads submits and fails over, ``gloom.open_slaves``
-  serves every daemon, and the worker runner takes ``servers=``.
+  (blocking: ``gloom.Slaves``) serves every daemon, and the worker runner takes ``servers=``.
 
 Both run the same sans-IO protocol code (``_master_protocol``,
 ``_slave_protocol``), so they match results to jobs the same way.
@@ -21,7 +21,7 @@ from ._lifecycle import ANY_TYPE, JobInfo, JobsPage, ListedState
 from ._protocol import JobState
 from ._servers import AsyncServers, SpreadError, open_masters
 from ._servers_slave import AsyncSlaves, open_slaves
-from ._servers_sync import Masters
+from ._servers_sync import Masters, Slaves
 from ._sync import Job as SyncJob
 from ._sync import Master, Slave
 from ._trio_master import AsyncMaster, Job, new_job_id, open_master
@@ -62,6 +62,7 @@ __all__ = [
     "ServerError",
     "Slave",
     "SlaveJob",
+    "Slaves",
     "SpreadError",
     "SyncJob",
     "TransportError",

@@ -268,6 +268,23 @@ async def test_a_refused_token_is_raised_not_skipped(make_server: Any) -> None:
             await masters.submit("nobody", 0)
 
 
+async def test_pause_is_done_everywhere_and_names_what_it_could_not_reach(
+    daemons: Daemons,
+) -> None:
+    await daemons.start(2)
+    async with gloom.open_masters(daemons.masters()) as masters:
+        for n in range(2):
+            await masters.submit("held", n)  # one queued on each daemon
+        await masters.pause("held")
+        (row,) = [r for r in (await masters.stats())["types"] if r["type"] == "held"]
+        assert (row["queued"], row["paused"]) == (2, True)
+        daemons.lose(1)
+        with trio.fail_after(10), pytest.raises(gloom.TransportError, match="done on 1 of 2"):
+            await masters.resume("held")
+        (row,) = [r for r in (await masters.stats())["types"] if r["type"] == "held"]
+        assert row["paused"] is False  # resumed on the daemon that is left
+
+
 # -- the slave and blocking APIs given a list ------------------------------------------
 
 
@@ -348,3 +365,28 @@ def test_blocking_masters_spread_receive_and_fail_over() -> None:
             assert not thread.is_alive()
         with pytest.raises(gloom.TransportError):
             masters.stats()
+
+
+def test_blocking_slaves_serve_every_daemon() -> None:
+    quiet = {"GLOOMD_TEST_QUIET_LOGS": "1"}
+    with spawn_gloomd(env=quiet) as one, spawn_gloomd(env=quiet) as two:
+        peers = [f"{HOST}:{one.master_port}", f"{HOST}:{two.master_port}"]
+        with gloom.Slaves(f"{HOST}:{one.slave_port},{HOST}:{two.slave_port}", timeout=10) as slaves:
+            slaves.join("double")
+
+            def run() -> None:
+                for _ in range(4):
+                    job = slaves.job()
+                    slaves.progress("half way")
+                    slaves.respond(job.body * 2)
+
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            with gloom.Masters(",".join(peers), timeout=10) as masters:
+                ids = [masters.submit(type="double", body=n) for n in range(4)]
+                assert {masters.server_of(i) for i in ids} == set(peers)
+                assert sorted(masters.receive().body for _ in ids) == [0, 2, 4, 6]
+            thread.join(10)
+            assert not thread.is_alive()
+            with pytest.raises(gloom.ProtocolError):
+                slaves.respond(1)  # answered already
