@@ -175,3 +175,27 @@ async def test_sigkilled_daemon_fails_its_jobs_and_the_rest_carry_on(
                         again = await master.submit("w", gate.body(tag="again"))
                         await (await gate.next()).release()
                         assert (await again.wait())["tag"] == "again"
+
+
+async def test_a_busy_pool_over_two_daemons_leaves_none_parked(
+    nursery: trio.Nursery, runners: list[Runner]
+) -> None:
+    # Both daemons keep offering: every job a slot takes parks its other
+    # connection (taking back the offer it may have had) and joins it again
+    # after answering.  A park that outlived its slot's job would leave that
+    # daemon's jobs queued for good; here every job must complete.
+    daemons = [Daemon(nursery) for _ in range(2)]
+    for daemon in daemons:
+        await daemon.start()
+    servers = ",".join(f"{HOST}:{d.slave_port}" for d in daemons)
+    runner = await start_worker(nursery, runners, servers, "echo", concurrency=2)
+    masters = ",".join(f"{HOST}:{d.master_port}" for d in daemons)
+    async with gloom.open_masters(masters) as spread:
+        with trio.fail_after(30):
+            jobs = await spread.submit_many([{"type": "w", "body": n} for n in range(200)])
+            assert [await job.wait() for job in jobs] == list(range(200))
+            await runner.wait_for(lambda: runner.stats.answers == 200)
+    assert {spread.server_of(job.id) for job in jobs} == {
+        f"{HOST}:{d.master_port}" for d in daemons
+    }
+    assert runner.stats.max_busy <= 2

@@ -19,8 +19,9 @@ runner's rule (credit = idle processes) across them:
   it), and `release` re-joins everywhere.  A refused token is final: it is
   raised by the next `next_job`.
 
-Cost: two requests per other daemon per job (park, re-join); one daemon
-(plain ``--host``) does not go through here.
+Cost: two requests per other daemon per job (park, re-join), neither
+awaited on the job's path; one daemon (plain ``--host``) does not go through
+here.
 """
 
 from __future__ import annotations
@@ -164,10 +165,17 @@ class MultiLink:
 
     async def release(self, keep: SlaveLink | None = None) -> None:
         """The slot is free again: join every connection but `keep` (which a
-        respond or fail already offered again)."""
+        respond or fail already offered again).
+
+        The joins go out in the background: the slot waits for a job, not for
+        their replies, so the other daemons cost no round trip per job.
+        """
         self._current = None
         self._want = True
-        await self._join_all(exclude=keep)
+        for member in self._members:
+            if member.link is not None and member.link is not keep:
+                self._nursery.start_soon(self._join_one, member)
+        await trio.lowlevel.checkpoint()
 
     async def leave(self) -> int:
         """Stop taking jobs everywhere; how many job frames the daemons took back."""
@@ -192,8 +200,11 @@ class MultiLink:
                     nursery.start_soon(self._join_one, member)
 
     async def _join_one(self, member: _Member) -> None:
-        if member.parked is not None:
-            await member.parked.wait()  # its daemon must have taken back what it sent
+        # Its daemon must have taken back what it sent before the join goes out
+        # (a park started meanwhile too: its drain would eat a fresh offer).
+        # Nothing checkpoints from here to the join's send.
+        while member.parked is not None:
+            await member.parked.wait()
         link = member.usable
         if link is None or not self._want or self._type is _UNSET:
             return
