@@ -23,6 +23,7 @@ __all__ = [
     "HOST",
     "MASTER_PORT",
     "OLD_NAMES",
+    "SERVERS",
     "SLAVE_PORT",
     "TOKEN",
     "DeprecatedName",
@@ -34,6 +35,9 @@ TOKEN = "GLOOMD_TOKEN"
 HOST = "GLOOMD_HOST"
 MASTER_PORT = "GLOOMD_MASTER_PORT"
 SLAVE_PORT = "GLOOMD_SLAVE_PORT"
+#: Several independent daemons for the commands that spread over them
+#: (``--servers``): "h1,h2" or "h1:PORT,h2:PORT".
+SERVERS = "GLOOMD_SERVERS"
 
 #: The documented name of each variable -> the old spelling still accepted.
 OLD_NAMES = {

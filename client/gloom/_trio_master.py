@@ -11,7 +11,7 @@ calls; `jobs` is an async iterator that follows the daemon's cursor.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Unpack
 
@@ -67,6 +67,8 @@ class Job:
         self.error: GloomError | None = None
         self.progress: Any = None
         self.attached = False
+        #: Submitted with ``detach``: the job outlives this connection.
+        self.detached = False
         self._master = master
         self._seen_progress = False
         self._refused = False  # the daemon answered the submit with an error
@@ -183,10 +185,18 @@ class _ProgressUpdates:
 class AsyncMaster:
     """A master connection.  Get one with `open_master`."""
 
-    def __init__(self, connection: FrameConnection) -> None:
+    def __init__(
+        self,
+        connection: FrameConnection,
+        lost_job: Callable[[Job, GloomError], GloomError] | None = None,
+    ) -> None:
         self._conn = connection
         self._proto = MasterProtocol()
         self._notice: ServerError | None = None
+        #: What a job still unfinished when the connection ends fails with
+        #: (default: the connection's own `TransportError`); the --servers
+        #: client (`gloom._servers`) reports attached ones as CRASH instead.
+        self._lost_job = lost_job
 
     @property
     def connected(self) -> bool:
@@ -334,6 +344,7 @@ class AsyncMaster:
         if job_id is None:
             job_id = new_job_id()
         job = Job(self, job_id, spec["type"])
+        job.detached = bool(spec.get("detach", False))
         request, data = self._proto.submit_spec(job_id, spec, token=job)
         request.waker = job
         self._conn.send_nowait(data)
@@ -391,7 +402,10 @@ class AsyncMaster:
             self._wake(request)
         for job in tokens:
             if isinstance(job, Job):
-                job._finish(JobState.FAILED, error=TransportError(str(error)))
+                lost: GloomError = TransportError(str(error))
+                if self._lost_job is not None:
+                    lost = self._lost_job(job, lost)
+                job._finish(JobState.FAILED, error=lost)
 
 
 class JobsIterator:

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
             parents=[common],
             allow_abbrev=False,
         )
-        child.set_defaults(run=command.run, _parser=child)
+        child.set_defaults(run=command.run, _parser=child, _takes_servers=command.servers)
         command.configure(child)
     return parser
 
@@ -167,6 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     environ.print_notes("gloom")
     parser = build_parser()
     args = parse(parser, argv)
+    if getattr(args, "servers", None) is not None and not getattr(args, "_takes_servers", True):
+        args._parser.print_usage(sys.stderr)
+        print(
+            f"gloom {args.command}: error: --servers: this command reads one daemon; give --host",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
         status: int = args.run(args)
         return status

@@ -32,6 +32,7 @@ from .common import (
     Command,
     UsageError,
     connection_security,
+    master_session,
     positive_int,
 )
 from .render import to_json, type_text
@@ -183,7 +184,7 @@ def _run_kick(args: argparse.Namespace) -> int:
 
 
 async def _kick(args: argparse.Namespace) -> int:
-    async with _session(args) as master:
+    async with master_session(args) as master:
         if args.type is not None:
             kicked = await master.kick_type(args.type, args.limit)
             noun = "job" if kicked == 1 else "jobs"
@@ -198,7 +199,7 @@ def _configure_id(parser: argparse.ArgumentParser) -> None:
 
 def _run_delete(args: argparse.Namespace) -> int:
     async def delete() -> int:
-        async with _session(args) as master:
+        async with master_session(args) as master:
             return await _on_one(
                 master.delete(args.id), args.id, "deleted", "a running job cannot be deleted"
             )
@@ -236,7 +237,7 @@ def _run_resume(args: argparse.Namespace) -> int:
 
 
 async def _switch(args: argparse.Namespace, pause: bool) -> int:
-    async with _session(args) as master:
+    async with master_session(args) as master:
         if pause:
             await master.pause(args.type)
         else:
@@ -258,8 +259,15 @@ COMMANDS = [
         "queue a dead job again, or the oldest dead jobs of a type",
         _configure_kick,
         _run_kick,
+        servers=True,
     ),
-    Command("delete", "remove a job that is not running", _configure_id, _run_delete),
-    Command("pause", "stop handing out jobs of a type", _configure_type, _run_pause),
-    Command("resume", "hand out jobs of a paused type again", _configure_type, _run_resume),
+    Command("delete", "remove a job that is not running", _configure_id, _run_delete, servers=True),
+    Command("pause", "stop handing out jobs of a type", _configure_type, _run_pause, servers=True),
+    Command(
+        "resume",
+        "hand out jobs of a paused type again",
+        _configure_type,
+        _run_resume,
+        servers=True,
+    ),
 ]

@@ -6,12 +6,15 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from gloomwire import environ
 
 from .._security import TokenError, client_ssl_context, resolve_token
+from .._servers import AsyncServers, Spread, open_masters, parse_servers
+from .._trio_master import AsyncMaster, open_master
 from ..errors import GloomError
 
 __all__ = [
@@ -25,7 +28,9 @@ __all__ = [
     "connection_options",
     "connection_security",
     "daemon_options",
+    "master_session",
     "positive_number",
+    "servers_of",
 ]
 
 EXIT_OK = 0
@@ -45,6 +50,8 @@ class Command:
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     description: str | None = None
+    #: Takes ``--servers`` (a list of daemons); the others refuse it.
+    servers: bool = False
 
 
 class UsageError(GloomError):
@@ -69,6 +76,14 @@ def daemon_options(parser: argparse.ArgumentParser) -> None:
             default=environ.lookup(variable) or default,
             help=f"{text} (default: ${variable}, else {default})",
         )
+    group.add_argument(
+        "--servers",
+        metavar="H1:P,H2:P",
+        default=None,
+        help="several independent daemons instead of --host: submits are spread over them,"
+        " workers join them all (a host without a port takes the command's port option;"
+        f" default: ${environ.SERVERS} for the commands that take a list)",
+    )
 
 
 def security_options(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +138,35 @@ def connection_security(args: argparse.Namespace) -> dict[str, Any]:
     except OSError as exc:  # unreadable CA file
         raise UsageError(f"cannot load --tls-ca {args.tls_ca}: {exc.strerror or exc}") from None
     return {"token": token, "ssl_context": context}
+
+
+def servers_of(args: argparse.Namespace, port: int) -> list[tuple[str, int]] | None:
+    """The daemons --servers (else $GLOOMD_SERVERS) lists, or None for one daemon.
+
+    A host without a port takes `port` (the command's --master-port or
+    --slave-port); a malformed list is a `UsageError`.
+    """
+    text = getattr(args, "servers", None)
+    if text is None:
+        text = environ.lookup(environ.SERVERS) or None
+    if text is None:
+        return None
+    try:
+        return parse_servers(text, port)
+    except ValueError as exc:
+        raise UsageError(f"--servers: {exc}") from None
+
+
+def master_session(
+    args: argparse.Namespace, spread: Spread = "round_robin"
+) -> AbstractAsyncContextManager[AsyncMaster | AsyncServers]:
+    """The master connection a command works through: one daemon (--host),
+    or every daemon of --servers / $GLOOMD_SERVERS (`gloom.open_masters`)."""
+    security = connection_security(args)
+    servers = servers_of(args, args.master_port)
+    if servers is None:
+        return open_master(args.host, args.master_port, **security)
+    return open_masters(servers, spread=spread, **security)
 
 
 def positive_int(text: str) -> int:

@@ -23,7 +23,8 @@ from rich.text import Text
 from gloomwire import codec
 
 from .._connect import Backoff
-from .._trio_master import AsyncMaster, Job, open_master
+from .._servers import AsyncServers
+from .._trio_master import AsyncMaster, Job
 from ..errors import GloomError, JobError, ServerError, TransportError, WaitTimeout
 from .common import (
     EXIT_FAILED,
@@ -32,8 +33,10 @@ from .common import (
     Command,
     UsageError,
     connection_security,
+    master_session,
     positive_int,
     positive_number,
+    servers_of,
 )
 from .explain import explain
 from .lifecycle_flags import add_lifecycle_flags, lifecycle_spec
@@ -98,6 +101,13 @@ def _configure_submit(parser: argparse.ArgumentParser) -> None:
         help="run only after job ID completed (repeatable)",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--spread",
+        choices=["round_robin", "hash"],
+        default="round_robin",
+        help="with --servers: each job to the next daemon in turn (default), or to the daemon"
+        " its id hashes to (the same id always on the same daemon)",
+    )
     add_lifecycle_flags(parser)
 
 
@@ -125,7 +135,7 @@ async def _submit(args: argparse.Namespace) -> int:
     """
     left = _Left()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_master(args.host, args.master_port, **connection_security(args)) as master:
+        async with master_session(args, args.spread) as master:
             status: int | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, left)
@@ -182,7 +192,9 @@ def _report_left(jobs: list[Job], args: argparse.Namespace, why: str) -> None:
     )
 
 
-async def _submit_and_wait(master: AsyncMaster, args: argparse.Namespace, left: _Left) -> int:
+async def _submit_and_wait(
+    master: AsyncMaster | AsyncServers, args: argparse.Namespace, left: _Left
+) -> int:
     specs = [
         {
             "type": args.type,
@@ -312,7 +324,7 @@ def _configure_id(parser: argparse.ArgumentParser) -> None:
 
 def _run_result(args: argparse.Namespace) -> int:
     async def fetch() -> int:
-        async with open_master(args.host, args.master_port, **connection_security(args)) as master:
+        async with master_session(args) as master:
             try:
                 value = await master.result(args.id)
             except ServerError as exc:
@@ -326,7 +338,7 @@ def _run_result(args: argparse.Namespace) -> int:
 
 def _run_cancel(args: argparse.Namespace) -> int:
     async def cancel() -> int:
-        async with open_master(args.host, args.master_port, **connection_security(args)) as master:
+        async with master_session(args) as master:
             try:
                 await master.cancel(args.id)
             except ServerError as exc:
@@ -359,7 +371,7 @@ async def _stats(args: argparse.Namespace) -> int:
     security = connection_security(args)
     if args.watch:
         return await _watch(args, security)
-    async with open_master(args.host, args.master_port, **security) as master:
+    async with master_session(args) as master:
         stats = await master.stats()
     if args.json:
         _print_result(stats)
@@ -390,7 +402,10 @@ async def _watch(args: argparse.Namespace, security: dict[str, Any]) -> int:
 
 async def _refresh(args: argparse.Namespace, security: dict[str, Any], live: Live) -> None:
     """`_watch`'s loop; returns only by being cancelled (or raising)."""
+    servers = servers_of(args, args.master_port)
     where = f"{args.host}:{args.master_port}"
+    if servers is not None:
+        where = ",".join(f"{host}:{port}" for host, port in servers)
     backoff = Backoff(1.0, 10.0)
     last: Group | None = None
     notice: str | None = None
@@ -403,7 +418,7 @@ async def _refresh(args: argparse.Namespace, security: dict[str, Any], live: Liv
 
     while True:
         try:
-            async with open_master(args.host, args.master_port, **security) as master:
+            async with master_session(args) as master:
                 while True:
                     last = stats_table(await master.stats())
                     if notice is not None:
@@ -433,8 +448,11 @@ COMMANDS = [
         "submit a job, show its progress and print its result",
         _configure_submit,
         _run_submit,
+        servers=True,
     ),
-    Command("result", "print the result of a detached job", _configure_id, _run_result),
-    Command("cancel", "cancel a queued job", _configure_id, _run_cancel),
-    Command("stats", "show queues, slaves and totals", _configure_stats, _run_stats),
+    Command(
+        "result", "print the result of a detached job", _configure_id, _run_result, servers=True
+    ),
+    Command("cancel", "cancel a queued job", _configure_id, _run_cancel, servers=True),
+    Command("stats", "show queues, slaves and totals", _configure_stats, _run_stats, servers=True),
 ]

@@ -114,4 +114,7 @@ def stats_table(stats: dict[str, Any]) -> Group:
     parts.append(f"slaves {connections.get('slaves', 0)}")
     if "uptime_s" in stats:
         parts.append(f"uptime {stats['uptime_s']:.0f} s")
+    servers = stats.get("servers")
+    if isinstance(servers, dict):  # summed over --servers
+        parts.append(f"servers {servers.get('up')}/{servers.get('total')} up")
     return Group(table, Text(" · ".join(parts)))

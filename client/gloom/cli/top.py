@@ -28,8 +28,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .._trio_master import open_master
-from .common import EXIT_OK, Command, connection_security, positive_number
+from .common import EXIT_OK, Command, master_session, positive_number
 from .render import type_text
 
 __all__ = ["COMMANDS", "TopView"]
@@ -185,7 +184,7 @@ async def _wait_for_quit_key(fd: int) -> None:
 
 
 async def _top(args: argparse.Namespace) -> int:
-    async with open_master(args.host, args.master_port, **connection_security(args)) as master:
+    async with master_session(args) as master:
         view = TopView()
         view.update(await master.stats())
         console = Console()
@@ -228,5 +227,6 @@ COMMANDS = [
         "live view of per-type depths and rates (q or Ctrl-C to leave)",
         _configure,
         _run,
+        servers=True,
     ),
 ]

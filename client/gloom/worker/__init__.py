@@ -61,6 +61,11 @@ async def serve(
     :param import_path: directories put in front of ``sys.path`` in the pool.
     :param class_args, class_kwargs: build the instance of a class handler (fresh per job).
     :param burst: return once nothing of `type` is queued or running (tests, batch jobs).
+    :param servers: several independent daemons to serve at once instead of
+        `host` (the Gearman way): ``"h1:9999,h2:9999"`` or a list, their slave
+        ports.  Each pool slot joins every daemon while its process is free
+        and takes the first job any sends (see `gloom.worker.multilink`); a
+        lost daemon is reconnected alone.  Not with `min`/`max`/`burst`.
     :param token, token_file: the daemon's shared token, presented on every
         connection the runner opens: `token`, else `token_file`'s first line,
         else $GLOOMD_TOKEN, else none (as `gloom.open_master`).  A refusal

@@ -144,6 +144,7 @@ def configure(parser: argparse.ArgumentParser, *, connection: bool = False) -> N
 def run_args(args: argparse.Namespace) -> int:
     """Run the worker for parsed arguments; returns the exit status."""
     from ..cli import UsageError, connection_security
+    from ..cli.common import servers_of
     from . import run  # not at import time: keeps `gloom --help` light
 
     logformat.setup(args.log_level, args.log_format, sys.stderr)
@@ -157,6 +158,7 @@ def run_args(args: argparse.Namespace) -> int:
         # Token and CA resolved once, before the pool starts: a missing token
         # file is a usage error, not a worker that starts and cannot connect.
         security = connection_security(args)
+        servers = servers_of(args, args.slave_port)
     except UsageError as exc:
         print(f"gloom worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -165,9 +167,11 @@ def run_args(args: argparse.Namespace) -> int:
         # One rule with `gloomd --import-path`: the directories given, then
         # the current directory, then what is installed.
         options["import_path"] = [*args.import_path, os.getcwd()]
+        options["servers"] = servers
         run(args.type, args.handler, **options, **security)
     except Unauthorized as exc:
-        print(f"gloom worker: {exc} (gloomd at {args.host}:{args.slave_port})", file=sys.stderr)
+        where = f"{args.host}:{args.slave_port}" if servers is None else "one of --servers"
+        print(f"gloom worker: {exc} (gloomd at {where})", file=sys.stderr)
         return EXIT_REFUSED
     except (HandlerError, ValueError, TransportError) as exc:
         print(f"gloom worker: {exc}", file=sys.stderr)
@@ -200,7 +204,7 @@ def _registry_commands() -> list[Any]:
     """The entry for the ``gloom`` command's registry (`gloom.cli.COMMAND_MODULES`)."""
     from ..cli import Command
 
-    return [Command("worker", HELP, configure, run_args, DESCRIPTION)]
+    return [Command("worker", HELP, configure, run_args, DESCRIPTION, servers=True)]
 
 
 COMMANDS = _registry_commands()

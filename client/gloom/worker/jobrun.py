@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import trio
 
@@ -22,7 +22,6 @@ from gloomwire import vocabulary
 from gloomwire.logformat import event
 
 from .._slave_protocol import attempt_of
-from .link import SlaveLink
 from .pool import Exited, PoolProcess
 from .provision import prespawn_if_due
 from .state import RunState, Slot
@@ -32,8 +31,17 @@ __all__ = ["effective_timeout", "run_job"]
 log = logging.getLogger("gloom.worker")
 
 
+class JobLink(Protocol):
+    """What a running job needs of its connection (a `SlaveLink`, or a slot's
+    `MultiLink` over several daemons)."""
+
+    def send_progress(self, body: Any) -> None: ...
+
+    async def wait_lost(self) -> None: ...
+
+
 async def run_job(
-    run: RunState, slot: Slot, link: SlaveLink, frame: dict[str, Any]
+    run: RunState, slot: Slot, link: JobLink, frame: dict[str, Any]
 ) -> dict[str, Any] | None:
     """Run `frame` on the slot's process; the frame to answer with, or None
     when the link was lost (the job is killed and not reported)."""
@@ -154,7 +162,7 @@ class _Done(NamedTuple):
     retry: bool
 
 
-async def _job_outcome(proc: PoolProcess, link: SlaveLink) -> _Done | Exited:
+async def _job_outcome(proc: PoolProcess, link: JobLink) -> _Done | Exited:
     while True:
         message = await proc.receive()
         if isinstance(message, Exited):
@@ -166,7 +174,7 @@ async def _job_outcome(proc: PoolProcess, link: SlaveLink) -> _Done | Exited:
             return _Done(message["frame"], message.get("retry") is True)
 
 
-async def _watch_link(link: SlaveLink, slot: Slot, scope: trio.CancelScope) -> None:
+async def _watch_link(link: JobLink, slot: Slot, scope: trio.CancelScope) -> None:
     await link.wait_lost()
     slot.cancel_reason = "lost"
     scope.cancel()

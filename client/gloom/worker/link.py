@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -87,6 +87,8 @@ class SlaveLink:
         self._lost_event = trio.Event()
         self._conn = SlaveConnection(stream, peer, self._offer)
         self.protocol = self._conn.protocol
+        #: Called after each job frame is queued (`MultiLink` waits on several links).
+        self.on_offer: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ API
 
@@ -115,6 +117,17 @@ class SlaveLink:
             return await self._jobs.receive()
         except trio.EndOfChannel:
             raise LinkLost(self.lost or "closed") from None
+
+    def take_nowait(self) -> dict[str, Any] | None:
+        """A job frame already received, or None."""
+        try:
+            return self._jobs.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return None
+
+    def abort(self, reason: str) -> None:
+        """Close the connection now (its daemon requeues what it sent us)."""
+        self._conn.connection.abort(TransportError(reason))
 
     def send_progress(self, body: Any) -> None:
         """Queue a ``progress`` frame (no reply); dropped if the link is gone."""
@@ -170,6 +183,8 @@ class SlaveLink:
 
     def _offer(self, _conn: SlaveConnection, frame: dict[str, Any]) -> None:
         self._jobs_send.send_nowait(frame)
+        if self.on_offer is not None:
+            self.on_offer()
 
     def _mark_lost(self, reason: str) -> None:
         if self.lost is not None:

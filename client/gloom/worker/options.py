@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._connect import Backoff, Endpoint
 from .._security import client_ssl_context, resolve_token
+from .._servers import parse_servers
 from .handler import HandlerSpec, split_path
 
 __all__ = ["WorkerOptions"]
@@ -33,6 +35,10 @@ class WorkerOptions:
     class_args: tuple[Any, ...] = ()
     class_kwargs: dict[str, Any] | None = None
     burst: bool = False
+    #: Several daemons to serve at once (the Gearman way): "h1:9999,h2:9999"
+    #: or a list of "host:port" / (host, port), their slave ports (a host
+    #: without a port takes `slave_port`).  Replaces `host` when given.
+    servers: str | Sequence[str | tuple[str, int]] | None = None
     # The finer knobs (API only; README's worker table):
     #: Seconds of silence on a link before it is pinged (0: no pings).
     heartbeat: float = 5.0
@@ -81,6 +87,13 @@ class WorkerOptions:
             raise ValueError("max_jobs_per_process must be at least 1")
         if self.liveness < 1:
             raise ValueError("liveness must be at least 1")
+        self._servers: list[tuple[str, int]] = []
+        if self.servers is not None:
+            self._servers = parse_servers(self.servers, self.slave_port)
+            if len(self._servers) > 1 and (self.scaling or self.burst):
+                # Both read one daemon's backlog on its master port, which a
+                # list of slave ports does not name.
+                raise ValueError("servers does not combine with min/max or burst")
 
     @property
     def scaling(self) -> bool:
@@ -103,9 +116,22 @@ class WorkerOptions:
     @property
     def slave_endpoint(self) -> Endpoint:
         """Where each slot connects (and the start-up probe)."""
+        if self._servers:  # one daemon given as a list of one
+            host, port = self._servers[0]
+            return Endpoint(host, port, self.ssl_context, self.token, self.connect_timeout)
         return Endpoint(
             self.host, self.slave_port, self.ssl_context, self.token, self.connect_timeout
         )
+
+    @property
+    def slave_endpoints(self) -> list[Endpoint]:
+        """Every daemon the slots serve: `servers`, else the one `slave_endpoint`."""
+        if not self._servers:
+            return [self.slave_endpoint]
+        return [
+            Endpoint(host, port, self.ssl_context, self.token, self.connect_timeout)
+            for host, port in self._servers
+        ]
 
     @property
     def master_endpoint(self) -> Endpoint:

@@ -17,7 +17,7 @@ from .._connect import Endpoint, connect
 from .._slave_protocol import SlaveProtocol
 from ..errors import ProtocolError, TransportError, Unauthorized
 
-__all__ = ["probe"]
+__all__ = ["probe", "probe_any"]
 
 _READ_SIZE = 64 * 1024
 
@@ -62,3 +62,35 @@ async def probe(endpoint: Endpoint) -> None:
             await trio.aclose_forcefully(stream)
     if isinstance(ping.error, Unauthorized):
         raise ping.error
+
+
+async def probe_any(endpoints: list[Endpoint]) -> list[str]:
+    """`probe` every daemon side by side; return the unreachable ones' reasons.
+
+    With several daemons (``--servers``) one that answers is enough to start
+    (the slots keep trying the others); a refused token anywhere is raised,
+    and so is the first daemon's error when none answers.
+    """
+    if len(endpoints) == 1:
+        await probe(endpoints[0])
+        return []
+    errors: list[TransportError | None] = [None] * len(endpoints)
+    refused: list[Unauthorized] = []
+
+    async def one(index: int) -> None:
+        try:
+            await probe(endpoints[index])
+        except TransportError as exc:
+            errors[index] = exc
+        except Unauthorized as exc:
+            refused.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for index in range(len(endpoints)):
+            nursery.start_soon(one, index)
+    if refused:
+        raise refused[0]
+    failed = [error for error in errors if error is not None]
+    if len(failed) == len(endpoints):
+        raise failed[0]
+    return [str(error) for error in failed]

@@ -35,7 +35,7 @@ from . import autoscale
 from .handler import HandlerError
 from .options import WorkerOptions
 from .pool import PoolProcess, ProcessFactory, SpawnFailed
-from .probe import probe
+from .probe import probe_any
 from .signals import stop_on_signals
 from .slots import add_slot
 from .state import RunnerStats, RunState, WorkerEvent
@@ -102,7 +102,8 @@ class Runner(RunState):
         # whether or not the daemon is up.
         procs = await self._spawn_initial(low)
         try:
-            await probe(opts.slave_endpoint)
+            for reason in await probe_any(opts.slave_endpoints):
+                event(log, "server_down", logging.WARNING, reason=reason)
             if opts.scaling or opts.burst:
                 await autoscale.check_master(self)
             async with trio.open_nursery() as aux:

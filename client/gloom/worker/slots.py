@@ -25,6 +25,7 @@ from gloomwire.logformat import event
 from ..errors import GloomError, Unauthorized
 from .jobrun import run_job
 from .link import LinkLost, SlaveLink, open_link
+from .multilink import MultiLink, open_links
 from .pool import PoolProcess
 from .provision import RETIRE_TIMEOUT, ready_process, spawn_for
 from .state import RunState, Slot
@@ -43,7 +44,8 @@ def add_slot(run: RunState, proc: PoolProcess | None) -> Slot:
     slot = Slot(run.next_slot, proc)
     run.next_slot += 1
     run.slots[slot.id] = slot
-    run.slot_nursery.start_soon(_slot_task, run, slot)
+    many = len(run.options.slave_endpoints) > 1
+    run.slot_nursery.start_soon(_servers_slot_task if many else _slot_task, run, slot)
     return slot
 
 
@@ -96,14 +98,18 @@ async def _slot_task(run: RunState, slot: Slot) -> None:
             slot.state = "reconnecting"
             await run.sleep_unless_stopping(delay)
     finally:
-        with trio.CancelScope(shield=True):
-            slot.state = "closing"
-            for proc in (slot.proc, slot.successor):
-                if proc is not None:
-                    await proc.retire(RETIRE_TIMEOUT)
-            slot.proc = slot.successor = None
-            del run.slots[slot.id]
-            run.emit("slot_closed", slot)
+        await _close_slot(run, slot)
+
+
+async def _close_slot(run: RunState, slot: Slot) -> None:
+    with trio.CancelScope(shield=True):
+        slot.state = "closing"
+        for proc in (slot.proc, slot.successor):
+            if proc is not None:
+                await proc.retire(RETIRE_TIMEOUT)
+        slot.proc = slot.successor = None
+        del run.slots[slot.id]
+        run.emit("slot_closed", slot)
 
 
 async def _serve_link(run: RunState, slot: Slot, link: SlaveLink) -> str:
@@ -150,6 +156,83 @@ async def _serve_link(run: RunState, slot: Slot, link: SlaveLink) -> str:
             await link.answer(answer)
         except LinkLost:
             return "lost"
+        run.stats.answers += 1
+
+
+async def _servers_slot_task(run: RunState, slot: Slot) -> None:
+    """`_slot_task` over several daemons (``--servers``): one `MultiLink`,
+    whose connections reconnect one by one, so the slot never stops serving
+    the daemons that are up."""
+    opts = run.options
+
+    def lost(peer: str, reason: str, delay: float) -> None:
+        run.stats.reconnects += 1
+        event(
+            log, "link_lost", logging.WARNING, slot=slot.id, server=peer, reason=reason,
+            retry_in=round(delay, 2),
+        )  # fmt: skip
+        run.emit("link_lost", slot, server=peer, reason=reason)
+
+    try:
+        if slot.proc is None and not await spawn_for(run, slot):
+            return
+        async with open_links(
+            opts.slave_endpoints,
+            heartbeat=opts.heartbeat,
+            liveness=opts.liveness,
+            backoff=opts.backoff,
+            on_lost=lost,
+        ) as links:
+            await links.join(opts.type)
+            run.stats.joins += 1
+            await _serve_links(run, slot, links)
+            slot.state = "leaving"
+            with trio.move_on_after(LEAVE_TIMEOUT):
+                await links.leave()
+            run.stats.returned += links.returned
+    except Unauthorized as exc:
+        run.refused(slot, exc)
+    finally:
+        await _close_slot(run, slot)
+
+
+async def _serve_links(run: RunState, slot: Slot, links: MultiLink) -> None:
+    """`_serve_link` over several daemons, until told to leave.  A job whose
+    daemon was lost is abandoned (that daemon requeued it) and the slot goes
+    on serving the others."""
+    while not (run.stopping or slot.retire):
+        slot.state = "idle"
+        slot.idle_since = trio.current_time()
+        run.emit("idle", slot)
+        proc = slot.proc
+        frame: dict[str, Any] | None = None
+        with trio.CancelScope() as scope:
+            slot.idle_scope = scope
+            try:
+                async with trio.open_nursery() as nursery:
+                    if proc is not None:
+                        nursery.start_soon(_cancel_when_dead, proc, scope)
+                    frame = await links.next_job()
+                    nursery.cancel_scope.cancel()
+            finally:
+                slot.idle_scope = None
+        if frame is None:
+            if proc is None or not proc.alive:
+                slot.crashes += 1
+                run.emit("died_idle", slot, pid=None if proc is None else proc.pid)
+                if not run.stopping:
+                    await ready_process(run, slot)
+            continue
+        answer = await run_job(run, slot, links, frame)
+        if not run.stopping:
+            await ready_process(run, slot)
+        if answer is None:
+            await links.release()
+            continue
+        try:
+            await links.answer(answer)
+        except LinkLost:
+            continue
         run.stats.answers += 1
 
 
