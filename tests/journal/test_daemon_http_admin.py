@@ -98,7 +98,7 @@ async def test_http_answer_waits_for_a_commit_that_cannot_happen(tmp_path: Path)
 async def test_http_answers_journal_error_on_a_full_disk(tmp_path: Path) -> None:
     """A full disk (a file size limit on the daemon): pauses asked over HTTP are
     200 while stored and `journal_error` once a commit fails; after a kill -9,
-    exactly the ones answered 200 are paused."""
+    every one answered 200 is paused, and besides them at most the refused one."""
     journal = str(tmp_path / "j.db")
     stored: list[str] = []
     refused: str | None = None
@@ -137,7 +137,12 @@ async def test_http_answers_journal_error_on_a_full_disk(tmp_path: Path) -> None
 
     with spawn_gloomd("--journal", journal, "--no-http") as daemon:
         master = await Peer.connect(daemon.master_port)
-        assert await paused_types(master) == set(stored)
+        # Every pause answered 200 is there.  The refused one stays in effect
+        # in memory and "is written with the next commit" (README, journal
+        # errors): a commit that ran before the kill, once the failed one gave
+        # the WAL's space back, may have stored it; nothing else may appear.
+        paused = await paused_types(master)
+        assert paused in (set(stored), {*stored, refused}), (paused - set(stored), refused)
 
 
 async def test_concurrent_http_deletes_each_get_their_own_answer(tmp_path: Path) -> None:
