@@ -202,6 +202,98 @@ def run(jobs: int, slaves: int, window: int, body: bytes) -> dict[str, Any]:
     return trio.run(main)
 
 
+def queued_memory(jobs: int, body: bytes) -> dict[str, Any]:
+    """Bytes the server holds per queued job: `jobs` submits, no slave.
+
+    The same server as `run`, one master sending in batches of 1,000 and
+    reading its acks: first `jobs` jobs with RSS read before and after (what
+    the process grew by), then `jobs` more under tracemalloc (what Python
+    allocated and kept: the job records, ids, bodies, the queue's and logs'
+    entries).  The RSS figure moves with the allocator's arenas and lists'
+    growth steps; tracemalloc's is exact and repeatable.
+    """
+    import tracemalloc
+
+    import trio
+
+    from benchmarks.procstat import memory_kb
+
+    def rss_kib() -> int:
+        return memory_kb(os.getpid())["VmRSS"]
+
+    async def main() -> dict[str, Any]:
+        from gloomd.broker import Broker
+        from gloomd.config import Config
+        from gloomd.reactor import Reactor
+        from gloomd.server import GloomServer
+        from gloomd.transport import PlainConnection
+
+        cfg = Config()
+        server = GloomServer(cfg)
+        server.broker = Broker(cfg.limits, clock=lambda: 0.0, max_outbox=cfg.max_outbuf)
+        reactor = Reactor(server, clock=lambda: 0.0)
+        server._reactor = reactor
+        here, there = socket.socketpair()
+        for sock in (here, there):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+            sock.setblocking(False)
+        conn: PlainConnection[Any] = PlainConnection(
+            here, server._seat("m", "master"), "m", "127.0.0.1", "master", cfg.max_outbuf,
+            reactor.update, reactor.drop, cfg.output_high_water, cfg.write_timeout,
+        )  # fmt: skip
+        server._admit(conn)
+        reactor.add(conn)
+        master = _Client(there)
+        head = b'{"action":"submit","id":%d,"type":"echo","body":'
+        tail = body + b"}"
+
+        answers = 0
+
+        def submit(start: int, count: int) -> None:
+            nonlocal answers
+            for first in range(start, start + count, 1000):
+                last = min(first + 1000, start + count)
+                master.send(b"".join([_frame(head % i + tail) for i in range(first, last)]))
+                while True:
+                    master.pump()
+                    while reactor._poll():
+                        pass
+                    server.flush()
+                    answers += len(master.frames())
+                    if not master.out:
+                        break
+                while reactor._poll():
+                    pass
+                server.flush()
+                answers += len(master.frames())
+
+        submit(0, 1000)  # warm: the type's queue, the first allocations
+        gc.collect()
+        rss_before = rss_kib()
+        submit(1000, jobs)
+        gc.collect()
+        rss = (rss_kib() - rss_before) * 1024
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        submit(1000 + jobs, jobs)
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        master.sock.close()
+        reactor.drop(conn)
+        reactor._epoll.close()
+        return {
+            "jobs": jobs,
+            "body_bytes": len(body),
+            "traced_bytes_per_job": round(traced / jobs),
+            "rss_bytes_per_job": round(rss / jobs),
+            "answered": answers,
+        }
+
+    return trio.run(main)
+
+
 def _instructions(args: argparse.Namespace, jobs: int, out: str) -> int:
     scope = ["--toggle-collect=builtin_sorted"] if args.scope == "server" else []
     cmd = [
@@ -255,7 +347,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", nargs="?", choices=("run", "measure"), default="run")
+    ap.add_argument("command", nargs="?", choices=("run", "measure", "memory"), default="run")
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--slaves", type=int, default=4)
     ap.add_argument("--window", type=int, default=100)
@@ -271,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.command == "measure":
         print(json.dumps(measure(args)))
+        return 0
+    if args.command == "memory":
+        print(json.dumps(queued_memory(args.jobs, body_json(args.body, args.kind))))
         return 0
     result = run(args.jobs, args.slaves, args.window, body_json(args.body, args.kind))
     print(json.dumps(result))
