@@ -4,14 +4,18 @@ jobs/s and CPU per job move by 10-15% between runs on a shared 2-core VM;
 an instruction count does not.  This drives a real `GloomServer` (its
 `Reactor._poll`, `on_data`, the ingest, the broker, the flush and
 `PlainConnection.write`) over socketpairs, synchronously and without a
-clock, with the leanest possible clients in the same process: a master
-keeping `--window` jobs in flight and `--slaves` slaves echoing every job
+clock, with the leanest possible clients in the same process: `--masters`
+masters (1) each keeping `--window` jobs in flight and `--slaves` slaves
+echoing every job
 with a pre-built `respond` frame.  Every receive and send is the same from
 one run to the next, so the instruction count is too.
 
     python -m benchmarks.callgrind_jobs --jobs 2000            # runs, prints a summary line
     python -m benchmarks.callgrind_jobs measure                # under callgrind: instructions/job
     python -m benchmarks.callgrind_jobs measure --body 65536 --jobs 300
+    python -m benchmarks.callgrind_jobs measure --slaves 1024 --window 1000   # fan-out
+    python -m benchmarks.callgrind_jobs measure --masters 100 --window 10     # 100 masters
+    python -m benchmarks.callgrind_jobs memory --jobs 100000   # bytes per queued job
 
 `measure` runs the workload under `valgrind --tool=callgrind` twice, with
 N and 2N jobs, and reports (I(2N) - I(N)) / N: start-up (the interpreter,
@@ -104,7 +108,7 @@ def body_json(size: int, kind: str) -> bytes:
     return b"[" + b",".join([item] * count) + b"]"
 
 
-def run(jobs: int, slaves: int, window: int, body: bytes) -> dict[str, Any]:
+def run(jobs: int, slaves: int, window: int, body: bytes, n_masters: int = 1) -> dict[str, Any]:
     """Drive `jobs` jobs through a real server; return what was counted."""
     import trio
 
@@ -157,7 +161,7 @@ def run(jobs: int, slaves: int, window: int, body: bytes) -> dict[str, Any]:
             # `--toggle-collect=builtin_sorted` callgrind counts the server alone.
             sorted(_ONE, key=serve)
 
-        master = connect("master", "m")
+        masters = [connect("master", f"m{i}") for i in range(n_masters)]
         workers = [connect("slave", f"s{i}") for i in range(slaves)]
         join = _frame(b'{"action":"join","type":"echo"}')
         for w in workers:
@@ -169,15 +173,20 @@ def run(jobs: int, slaves: int, window: int, body: bytes) -> dict[str, Any]:
         head = b'{"action":"submit","id":%d,"type":"echo","body":'
         tail = body + b"}"
         sent = done = acks = 0
+        # Each master keeps `window` jobs in flight (ids are the daemon's, so
+        # they are numbered across masters).
+        in_flight = [0] * len(masters)
         gc.freeze()
         thresholds = gc.get_threshold()
         gc.set_threshold(thresholds[0], thresholds[1], 1_000_000)  # gloomd's policy (cli.py)
         while done < jobs:
-            batch = min(window - (sent - done), jobs - sent)
-            if batch > 0:
-                master.send(b"".join([_frame(head % (sent + i) + tail) for i in range(batch)]))
-                sent += batch
-            master.pump()
+            for k, master in enumerate(masters):
+                batch = min(window - in_flight[k], jobs - sent)
+                if batch > 0:
+                    master.send(b"".join([_frame(head % (sent + i) + tail) for i in range(batch)]))
+                    sent += batch
+                    in_flight[k] += batch
+                master.pump()
             settle()
             for w in workers:
                 got = w.frames()
@@ -185,19 +194,113 @@ def run(jobs: int, slaves: int, window: int, body: bytes) -> dict[str, Any]:
                     w.send(respond * sum(1 for f in got if f.startswith(b'{"action":"job"')))
                 w.pump()
             settle()
-            for frame in master.frames():
-                if frame.startswith(b'{"id"'):
-                    done += 1
-                else:
-                    acks += 1
+            for k, master in enumerate(masters):
+                for frame in master.frames():
+                    if frame.startswith(b'{"id"'):
+                        done += 1
+                        in_flight[k] -= 1
+                    else:
+                        acks += 1
         gc.unfreeze()
         gc.set_threshold(*thresholds)
-        for client in (master, *workers):
+        for client in (*masters, *workers):
             client.sock.close()
         for conn in list(reactor._conns.values()):
             reactor.drop(conn)
         reactor._epoll.close()
         return {"jobs": jobs, "done": done, "acks": acks, "body_bytes": len(body)}
+
+    return trio.run(main)
+
+
+def queued_memory(jobs: int, body: bytes) -> dict[str, Any]:
+    """Bytes the server holds per queued job: `jobs` submits, no slave.
+
+    The same server as `run`, one master sending in batches of 1,000 and
+    reading its acks: first `jobs` jobs with RSS read before and after (what
+    the process grew by), then `jobs` more under tracemalloc (what Python
+    allocated and kept: the job records, ids, bodies, the queue's and logs'
+    entries).  The RSS figure moves with the allocator's arenas and lists'
+    growth steps; tracemalloc's is exact and repeatable.
+    """
+    import tracemalloc
+
+    import trio
+
+    from benchmarks.procstat import memory_kb
+
+    def rss_kib() -> int:
+        return memory_kb(os.getpid())["VmRSS"]
+
+    async def main() -> dict[str, Any]:
+        from gloomd.broker import Broker
+        from gloomd.config import Config
+        from gloomd.reactor import Reactor
+        from gloomd.server import GloomServer
+        from gloomd.transport import PlainConnection
+
+        cfg = Config()
+        server = GloomServer(cfg)
+        server.broker = Broker(cfg.limits, clock=lambda: 0.0, max_outbox=cfg.max_outbuf)
+        reactor = Reactor(server, clock=lambda: 0.0)
+        server._reactor = reactor
+        here, there = socket.socketpair()
+        for sock in (here, there):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+            sock.setblocking(False)
+        conn: PlainConnection[Any] = PlainConnection(
+            here, server._seat("m", "master"), "m", "127.0.0.1", "master", cfg.max_outbuf,
+            reactor.update, reactor.drop, cfg.output_high_water, cfg.write_timeout,
+        )  # fmt: skip
+        server._admit(conn)
+        reactor.add(conn)
+        master = _Client(there)
+        head = b'{"action":"submit","id":%d,"type":"echo","body":'
+        tail = body + b"}"
+
+        answers = 0
+
+        def submit(start: int, count: int) -> None:
+            nonlocal answers
+            for first in range(start, start + count, 1000):
+                last = min(first + 1000, start + count)
+                master.send(b"".join([_frame(head % i + tail) for i in range(first, last)]))
+                while True:
+                    master.pump()
+                    while reactor._poll():
+                        pass
+                    server.flush()
+                    answers += len(master.frames())
+                    if not master.out:
+                        break
+                while reactor._poll():
+                    pass
+                server.flush()
+                answers += len(master.frames())
+
+        submit(0, 1000)  # warm: the type's queue, the first allocations
+        gc.collect()
+        rss_before = rss_kib()
+        submit(1000, jobs)
+        gc.collect()
+        rss = (rss_kib() - rss_before) * 1024
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        submit(1000 + jobs, jobs)
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        master.sock.close()
+        reactor.drop(conn)
+        reactor._epoll.close()
+        return {
+            "jobs": jobs,
+            "body_bytes": len(body),
+            "traced_bytes_per_job": round(traced / jobs),
+            "rss_bytes_per_job": round(rss / jobs),
+            "answered": answers,
+        }
 
     return trio.run(main)
 
@@ -218,6 +321,8 @@ def _instructions(args: argparse.Namespace, jobs: int, out: str) -> int:
         str(args.slaves),
         "--window",
         str(args.window),
+        "--masters",
+        str(args.masters),
         "--body",
         str(args.body),
         "--kind",
@@ -245,6 +350,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "jobs": args.jobs,
         "slaves": args.slaves,
         "window": args.window,
+        "masters": args.masters,
         "body": args.body,
         "kind": args.kind,
         "scope": args.scope,
@@ -255,10 +361,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", nargs="?", choices=("run", "measure"), default="run")
+    ap.add_argument("command", nargs="?", choices=("run", "measure", "memory"), default="run")
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--slaves", type=int, default=4)
-    ap.add_argument("--window", type=int, default=100)
+    ap.add_argument("--window", type=int, default=100, help="jobs in flight per master")
+    ap.add_argument("--masters", type=int, default=1)
     ap.add_argument("--body", type=int, default=100, help="body bytes, as JSON")
     ap.add_argument("--kind", choices=("string", "object"), default="string")
     ap.add_argument(
@@ -272,7 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "measure":
         print(json.dumps(measure(args)))
         return 0
-    result = run(args.jobs, args.slaves, args.window, body_json(args.body, args.kind))
+    if args.command == "memory":
+        print(json.dumps(queued_memory(args.jobs, body_json(args.body, args.kind))))
+        return 0
+    result = run(args.jobs, args.slaves, args.window, body_json(args.body, args.kind), args.masters)
     print(json.dumps(result))
     return 0 if result["done"] == args.jobs else 1
 

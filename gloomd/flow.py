@@ -324,7 +324,10 @@ class Flow:
             del master.jobs[job_id]
             self.send(master, frame)
             job.master = None
-            others = job.others
+            # `job.others`, read where it lives: a property call per job costs
+            # about 500 instructions in pure Python (`JobRare`).
+            rare = job.rare
+            others = None if rare is None else rare.others
             if others is not None:
                 job.others = None
                 for other in others:
@@ -367,7 +370,7 @@ class Flow:
         queue = self.types.get(msg.key) or self._queue_for(msg.type, msg.key)
         tally = queue.tally
         self._seq += 1
-        job = Job(msg, self._seq, master, self._wall(), tally)
+        job = Job(msg, self._seq, master, self._wall(), queue)
         self.jobs[job_id] = job
         master.jobs[job_id] = job
         tally.submitted += 1
@@ -882,7 +885,8 @@ class Flow:
         expires = self.stores.record_outcome(job.id, ok, now)
         if expires < self._timer_at:
             self.timers_changed = True
-        if job.dependents:
+        rare = job.rare  # `job.dependents` without the property call, as in `_tell_masters`
+        if rare is not None and rare.dependents:
             self._release_dependents(job, ok, now)
 
     def _settle(self, job: Job, ok: bool, now: float) -> None:

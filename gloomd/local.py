@@ -365,6 +365,10 @@ class LocalMaster:
             else:
                 self._deliver([frame])
 
+    def write_parts(self, parts: list[bytes]) -> None:
+        """`write`, for frames the flush did not join (`Connection.write_parts`)."""
+        self.write(b"".join(parts))
+
     def _is_outcome(self, frame: Any) -> bool:
         return frame.get("id") in self._waiting and (
             "body" in frame or frame.get("error") in ("job_error", "job_failed")

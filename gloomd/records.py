@@ -111,6 +111,7 @@ _STATE_NUMBERS: Final = {name: number for number, name in STATE_NAMES.items()}
 
 def _job(obj: dict[str, Any], state: int) -> Job:
     job = Job.__new__(Job)
+    job.rare = None  # before the rare fields below are set (`JobRare`)
     job_id = obj["id"]
     kind = type(job_id)
     if kind is not str and kind is not int:

@@ -42,7 +42,13 @@ from typing import Any
 
 import trio
 
-from gloomwire.framing import FrameTooLarge, FrameTooLargeWithFrames, encode_frame, encode_into
+from gloomwire.framing import (
+    SPLICE_MIN,
+    FrameTooLarge,
+    FrameTooLargeWithFrames,
+    encode_frame,
+    encode_into,
+)
 from gloomwire.logformat import event
 from gloomwire.vocabulary import OK_FRAME, error
 
@@ -617,21 +623,28 @@ class GloomServer:
                 if peer.overflowed:
                     conn.overflowed = True
                     conn.abort()
-                elif len(out) == 1:
-                    item = out[0]
-                    conn.write(item if type(item) is bytes else encode_frame(item))
+                elif len(out) == 1 and type(out[0]) is bytes:
+                    conn.write(out[0])
                 else:
                     # The frames of every job are encoded here, in one pass
                     # (see `Broker.send`), and joined once (a prefix and its
                     # payload are not joined first); `write` weighs them
-                    # against the cap.
+                    # against the cap.  With a large frame among them they
+                    # are not joined at all (`write_parts`): a 64 KiB body
+                    # is then copied by the kernel alone.
                     parts: list[bytes] = []
+                    large = False
                     for i in out:
                         if type(i) is bytes:
                             parts.append(i)
-                        else:
-                            encode_into(parts, i)
-                    conn.write(b"".join(parts))
+                            if len(i) >= SPLICE_MIN:
+                                large = True
+                        elif encode_into(parts, i):
+                            large = True
+                    if large:
+                        conn.write_parts(parts)
+                    else:
+                        conn.write(b"".join(parts))
             except Exception as exc:
                 self._write_failed(conn, exc)
 

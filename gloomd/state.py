@@ -47,6 +47,7 @@ __all__ = [
     "Job",
     "JobId",
     "JobLog",
+    "JobRare",
     "MasterPeer",
     "Peer",
     "SlavePeer",
@@ -73,35 +74,74 @@ STATE_NAMES: Final = {
 }
 
 
-#: A job's fields (`Job.retry_copy` copies them all: compiled by mypyc, a
+#: A job's own fields (`Job.retry_copy` copies them all: compiled by mypyc, a
 #: class cannot read its own `__slots__`).
 _JOB_FIELDS: Final = (
     "accepted",
     "attempt",
-    "backoff",
     "body",
     "deadline",
-    "dependents",
     "detached",
-    "final",
     "id",
     "key",
-    "losses",
-    "mark",
     "master",
-    "others",
     "priority",
-    "ready_at",
-    "retried",
-    "retries",
+    "rare",
     "seq",
     "stamp",
     "state",
     "tally",
     "timeout",
     "type",
-    "waiting",
 )
+
+
+class JobRare:
+    """The fields of a job that most jobs never set, in one object made on the
+    first write that needs it: a queued job without retries, delay, `after`,
+    other listeners or a death holds 72 B less (issue 20: memory per queued
+    job grew by about 200 B with the lifecycle's fields).  `Job` reads and
+    writes them through properties, so no caller knows where they live.
+    """
+
+    __slots__ = (
+        "backoff",
+        "dependents",
+        "final",
+        "losses",
+        "mark",
+        "others",
+        "ready_at",
+        "retried",
+        "retries",
+        "waiting",
+    )
+
+    def __init__(self) -> None:
+        self.others: list[MasterPeer] | None = None
+        self.retries: int | None = None
+        self.retried = 0
+        self.backoff: float | None = None
+        self.losses = 0
+        self.mark = 0
+        self.ready_at = 0.0
+        self.final: bytes | None = None
+        self.waiting = 0
+        self.dependents: list[Job] | None = None
+
+    def copy(self) -> JobRare:
+        twin = JobRare()
+        twin.others = self.others
+        twin.retries = self.retries
+        twin.retried = self.retried
+        twin.backoff = self.backoff
+        twin.losses = self.losses
+        twin.mark = self.mark
+        twin.ready_at = self.ready_at
+        twin.final = self.final
+        twin.waiting = self.waiting
+        twin.dependents = self.dependents
+        return twin
 
 
 class Job:
@@ -119,28 +159,25 @@ class Job:
     __slots__ = _JOB_FIELDS
 
     def __init__(
-        self, msg: m.Submit, seq: int, master: MasterPeer | None, accepted: float, tally: TypeTally
+        self, msg: m.Submit, seq: int, master: MasterPeer | None, accepted: float, queue: TypeQueue
     ) -> None:
         self.id = msg.id
-        self.type = msg.type
-        self.key = msg.key
+        # The queue's key and, for a string type (its own key), its type:
+        # one string per type, not one per queued job (56 B a job for
+        # "echo", issue 20).  Any other type is kept as this submit spelled
+        # it (its key is canonical JSON, which two spellings can share).
+        key = msg.key
+        self.type = queue.type if type(key) is str else msg.type
+        self.key = queue.key
         self.priority = msg.priority
         self.body = msg.body
         self.seq = seq
         #: The first master waiting for its answer, then the others (`gloomd.attach`).
         self.master = master
-        self.others: list[MasterPeer] | None = None
         self.detached = msg.detach
         self.timeout = msg.timeout
         #: Deliveries so far (a job frame says `attempt` + 1).
         self.attempt = 0
-        #: Slaves lost while holding it (`--max-retries`, CRASH).
-        self.losses = 0
-        #: Retries asked for; None when the submit had no `retries` (its
-        #: failure frames then carry no `attempt`, as before the lifecycle).
-        self.retries = msg.retries
-        self.retried = 0
-        self.backoff = msg.backoff
         self.state = WAITING
         #: Wall-clock seconds at acceptance (`age_s`).
         self.accepted = accepted
@@ -148,16 +185,131 @@ class Job:
         self.stamp = 0.0
         #: Monotonic: a running job's timeout deadline.
         self.deadline = 0.0
-        #: Monotonic: when a DELAYED job becomes ready (0.0: no delay pending).
-        self.ready_at = 0.0
-        #: Its entry's key in the log of its state (delayed, waiting, dead).
-        self.mark = 0
-        #: A dead job's failure frame, encoded: what `result` answers.
-        self.final: bytes | None = None
-        self.waiting = 0  # jobs in `after` not yet completed
-        self.dependents: list[Job] | None = None
         #: Its type's counters (`gloomd.counters`).
-        self.tally = tally
+        self.tally = queue.tally
+        #: The fields below (properties) when one was set: see `JobRare`.
+        self.rare: JobRare | None = None
+        if msg.retries is not None or msg.backoff is not None:
+            rare = self.rare = JobRare()
+            rare.retries = msg.retries
+            rare.backoff = msg.backoff
+
+    def _rare(self) -> JobRare:
+        rare = self.rare
+        if rare is None:
+            rare = self.rare = JobRare()
+        return rare
+
+    # The rare fields.  A write of a field's default where none was set
+    # makes no `JobRare` (`job.others = None` ends every answered job).
+
+    @property
+    def others(self) -> list[MasterPeer] | None:
+        """Masters waiting for its answer besides `master` (`gloomd.attach`)."""
+        rare = self.rare
+        return None if rare is None else rare.others
+
+    @others.setter
+    def others(self, value: list[MasterPeer] | None) -> None:
+        if value is not None or self.rare is not None:
+            self._rare().others = value
+
+    @property
+    def retries(self) -> int | None:
+        """Retries asked for; None when the submit had no `retries` (its
+        failure frames then carry no `attempt`, as before the lifecycle)."""
+        rare = self.rare
+        return None if rare is None else rare.retries
+
+    @retries.setter
+    def retries(self, value: int | None) -> None:
+        if value is not None or self.rare is not None:
+            self._rare().retries = value
+
+    @property
+    def retried(self) -> int:
+        rare = self.rare
+        return 0 if rare is None else rare.retried
+
+    @retried.setter
+    def retried(self, value: int) -> None:
+        if value or self.rare is not None:
+            self._rare().retried = value
+
+    @property
+    def backoff(self) -> float | None:
+        rare = self.rare
+        return None if rare is None else rare.backoff
+
+    @backoff.setter
+    def backoff(self, value: float | None) -> None:
+        if value is not None or self.rare is not None:
+            self._rare().backoff = value
+
+    @property
+    def losses(self) -> int:
+        """Slaves lost while holding it (`--max-retries`, CRASH)."""
+        rare = self.rare
+        return 0 if rare is None else rare.losses
+
+    @losses.setter
+    def losses(self, value: int) -> None:
+        if value or self.rare is not None:
+            self._rare().losses = value
+
+    @property
+    def mark(self) -> int:
+        """Its entry's key in the log of its state (delayed, waiting, dead)."""
+        rare = self.rare
+        return 0 if rare is None else rare.mark
+
+    @mark.setter
+    def mark(self, value: int) -> None:
+        if value or self.rare is not None:
+            self._rare().mark = value
+
+    @property
+    def ready_at(self) -> float:
+        """Monotonic: when a DELAYED job becomes ready (0.0: no delay pending)."""
+        rare = self.rare
+        return 0.0 if rare is None else rare.ready_at
+
+    @ready_at.setter
+    def ready_at(self, value: float) -> None:
+        if value or self.rare is not None:
+            self._rare().ready_at = value
+
+    @property
+    def final(self) -> bytes | None:
+        """A dead job's failure frame, encoded: what `result` answers."""
+        rare = self.rare
+        return None if rare is None else rare.final
+
+    @final.setter
+    def final(self, value: bytes | None) -> None:
+        if value is not None or self.rare is not None:
+            self._rare().final = value
+
+    @property
+    def waiting(self) -> int:
+        """Jobs in `after` not yet completed."""
+        rare = self.rare
+        return 0 if rare is None else rare.waiting
+
+    @waiting.setter
+    def waiting(self, value: int) -> None:
+        if value or self.rare is not None:
+            self._rare().waiting = value
+
+    @property
+    def dependents(self) -> list[Job] | None:
+        rare = self.rare
+        return None if rare is None else rare.dependents
+
+    @dependents.setter
+    def dependents(self, value: list[Job] | None) -> None:
+        if value is not None or self.rare is not None:
+            self._rare().dependents = value
 
     def retry_copy(self) -> Job:
         """A copy that carries on, for a job that timed out and will be retried
@@ -170,6 +322,8 @@ class Job:
         copy = Job.__new__(Job)
         for name in _JOB_FIELDS:
             setattr(copy, name, getattr(self, name))
+        if self.rare is not None:
+            copy.rare = self.rare.copy()  # the orphan's writes must not reach the copy
         return copy
 
 

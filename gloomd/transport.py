@@ -38,6 +38,8 @@ from gloomwire.framing import FrameDecoder
 __all__ = ["RECV_SIZE", "Connection", "Inbound", "PlainConnection", "StreamConnection"]
 
 RECV_SIZE = 256 * 1024
+#: Most buffers one `sendmsg` takes (Linux's UIO_MAXIOV); more are joined first.
+IOV_MAX = 1024
 INF = float("inf")
 #: Default high-water mark of a connection's unsent output, bytes.
 DEFAULT_HIGH_WATER = 1024 * 1024
@@ -154,6 +156,11 @@ class Connection(Generic[InboundT]):
     def write(self, data: bytes) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def write_parts(self, parts: list[bytes]) -> None:
+        """`write` the parts joined: frames of which some are large (see
+        `PlainConnection.write_parts`, which need not join them)."""
+        self.write(b"".join(parts))
+
     def start_closing(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -218,13 +225,35 @@ class PlainConnection(Connection[InboundT]):
         self._on_change = on_change
         self._on_abort = on_abort
 
+    def write_parts(self, parts: list[bytes]) -> None:
+        """`write` the parts as one buffer, handing the kernel the parts
+        themselves (`sendmsg`) when nothing waits before them: a large body
+        is then not copied into a joined buffer first (issue 20).  What the
+        kernel does not take is joined and queued as `write` would."""
+        if self.closed:
+            return
+        if self.outbuf or len(parts) > IOV_MAX:
+            self.write(b"".join(parts))
+            return
+        try:
+            sent = self.sock.sendmsg(parts)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.abort()
+            return
+        size = 0
+        for part in parts:
+            size += len(part)
+        if sent < size:
+            self._queue(memoryview(b"".join(parts))[sent:])
+
     def write(self, data: bytes) -> None:
         """Queue `data`, sending as much as the kernel takes right now."""
         if self.closed:
             return
-        outbuf = self.outbuf
         rest: bytes | memoryview = data
-        if not outbuf:
+        if not self.outbuf:
             try:
                 sent = self.sock.send(data)
             except BlockingIOError:
@@ -236,6 +265,11 @@ class PlainConnection(Connection[InboundT]):
                 return
             if sent:
                 rest = memoryview(data)[sent:]
+        self._queue(rest)
+
+    def _queue(self, rest: bytes | memoryview) -> None:
+        """Buffer what the kernel did not take, under the cap."""
+        outbuf = self.outbuf
         # Weighed before it is appended: the buffer never holds more than the cap.
         if len(outbuf) + len(rest) > self.max_outbuf:
             self._overflow()

@@ -44,6 +44,12 @@ _unpack_from = _LENGTH.unpack_from
 _pack = _LENGTH.pack
 _orjson_dumps = orjson.dumps
 _raw_json = codec.raw_json
+#: A body kept as JSON text at least this long is joined into the output in
+#: place rather than copied by orjson first (`encode_into`).
+SPLICE_MIN = 4096
+#: Where `encode_into` puts such a body: one NUL byte, which orjson never
+#: writes otherwise (a NUL in a string is written `\u0000`).
+_HOLE = orjson.Fragment(b"\x00")
 
 
 class FrameTooLarge(Exception):
@@ -82,6 +88,8 @@ class FrameDecoder:
         reuses) is copied: whole, or, when it starts with a large frame, frame
         by frame, which saves copying a large payload twice (issue 20)."""
         if type(data) is memoryview:
+            if self._need:
+                return self._finish_view(data)
             if self._chunks or len(data) < HEADER or _unpack_from(data)[0] < LARGE_FRAME:
                 data = data.tobytes()
             else:
@@ -139,6 +147,33 @@ class FrameDecoder:
             self.pending = end - pos
         return frames
 
+    def _finish_view(self, view: memoryview) -> list[bytes]:
+        """`feed` for a view when a frame of known length is pending: the view's
+        bytes that complete it are joined with the held ones, and the rest is fed
+        as a view of its own.  Copying the whole view and joining it to the held
+        part, as the bytes path does, copied every byte after the pending frame
+        twice more: with 64 KiB frames nearly every receive ends inside one."""
+        need = self._need - self.pending
+        if need > len(view):
+            self._chunks.append(view.tobytes())
+            self.pending += len(view)
+            return []
+        chunks: list[bytes | memoryview] = [memoryview(self._chunks[0])[HEADER:]]
+        chunks += self._chunks[1:]
+        chunks.append(view[:need])
+        self._chunks = []
+        self.pending = self._need = 0
+        first = b"".join(chunks)
+        if need == len(view):
+            return [first]
+        try:
+            frames = self.feed(view[need:])
+        except FrameTooLargeWithFrames as exc:
+            exc.frames.insert(0, first)
+            raise
+        frames.insert(0, first)
+        return frames
+
     def clear(self) -> None:
         """Forget a partial frame (the connection is gone): up to a whole
         frame's bytes are freed now rather than with the decoder."""
@@ -163,20 +198,67 @@ def encode_payload(payload: bytes) -> bytes:
     return _pack(len(payload)) + payload
 
 
-def encode_into(parts: list[bytes], obj: Any) -> None:
+class _LargeBody(Exception):
+    """Raised by `_raw_json_small` at a `bytes` value worth splicing."""
+
+
+def _raw_json_small(value: Any) -> Any:
+    """`codec.raw_json`, stopping orjson at a `bytes` value of `SPLICE_MIN` or more.
+
+    orjson calls its `default` only for a type it cannot write, and only
+    bodies kept as JSON text are `bytes`: a frame without one (every frame
+    of a 100 B job) pays nothing for the splice (issue 20).
+    """
+    if type(value) is bytes and len(value) >= SPLICE_MIN:
+        raise _LargeBody
+    return _raw_json(value)
+
+
+def encode_into(parts: list[bytes], obj: Any) -> bool:
     """Append one message's length prefix and payload to `parts`, to be joined
-    with others: one copy of the payload fewer than `encode_frame` + join."""
+    with others: one copy of the payload fewer than `encode_frame` + join.
+
+    A large body kept as its JSON text (`gloomd.fastpath`) is appended as it
+    is, between the frame's text before and after it, so that orjson does
+    not copy it into its output before the join copies it again (issue 20).
+    Returns whether it did: the parts are then worth writing unjoined
+    (`PlainConnection.write_parts`).
+    """
     try:
-        payload = _orjson_dumps(obj, default=_raw_json)
-    except orjson.JSONEncodeError:
+        payload = _orjson_dumps(obj, default=_raw_json_small)
+    except orjson.JSONEncodeError as exc:
+        if type(exc.__cause__) is _LargeBody and _splice(parts, obj):
+            return True
         payload = codec.dumps(obj)
     parts += (_pack(len(payload)), payload)
+    return False
+
+
+def _splice(parts: list[bytes], obj: Any) -> bool:
+    """`encode_into` for a frame whose `body` is large JSON text: the frame
+    written with a hole for the body, the body appended as it is."""
+    body = obj.get("body") if type(obj) is dict else None
+    if type(body) is not bytes or len(body) < SPLICE_MIN:
+        return False  # large JSON text elsewhere (not a frame the hot path writes)
+    shell = dict(obj)
+    shell["body"] = _HOLE
+    try:
+        text = _orjson_dumps(shell, default=_raw_json)
+    except orjson.JSONEncodeError:
+        return False  # an integer past 64 bits elsewhere in the frame: the exact writer
+    # NUL is escaped inside a JSON string, so the hole is the one NUL.
+    at = text.find(0)
+    parts += (_pack(len(text) - 1 + len(body)), text[:at], body, text[at + 1 :])
+    return True
 
 
 def encode_frame(obj: Any) -> bytes:
     """Encode one message (a dict) as a complete frame."""
     try:
-        payload = _orjson_dumps(obj, default=_raw_json)  # `codec.dumps`, one call less
-    except orjson.JSONEncodeError:
+        payload = _orjson_dumps(obj, default=_raw_json_small)  # `codec.dumps`, one call less
+    except orjson.JSONEncodeError as exc:
+        parts: list[bytes] = []
+        if type(exc.__cause__) is _LargeBody and _splice(parts, obj):
+            return b"".join(parts)  # orjson's copy of the body saved, as in `encode_into`
         payload = codec.dumps(obj)
     return _pack(len(payload)) + payload

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 
@@ -12,8 +13,10 @@ from hypothesis import strategies as st
 from gloomwire import codec
 from gloomwire.framing import (
     LARGE_FRAME,
+    SPLICE_MIN,
     FrameDecoder,
     FrameTooLarge,
+    FrameTooLargeWithFrames,
     encode_frame,
     encode_into,
     encode_payload,
@@ -195,3 +198,79 @@ def test_encode_into_gives_encode_frame_s_bytes() -> None:
         encode_frame(o)
         for o in ({"ok": True}, {"id": 10**30, "body": b"[1]"}, {"body": "x" * 5000})
     )
+
+
+def test_a_pending_frame_is_completed_from_a_view_and_the_rest_read_as_a_view(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each receive of 64 KiB frames ends inside one: the view that completes
+    # it is not copied whole (and joined again), its rest goes frame by frame.
+    big = b'"' + b"y" * 70_000 + b'"'
+    stream = _frames(big, big, b"{}")
+    seen: list[int] = []
+    real = FrameDecoder._feed_view
+    monkeypatch.setattr(FrameDecoder, "_feed_view", lambda s, v: seen.append(len(v)) or real(s, v))
+    decoder = FrameDecoder()
+    buffer = bytearray(stream)
+    assert decoder.feed(memoryview(buffer)[:1000]) == []
+    assert decoder.feed(memoryview(buffer)[1000:2000]) == []
+    buffer[:2000] = b"\0" * 2000  # held bytes are copies: the buffer is read into again
+    assert decoder.feed(memoryview(buffer)[2000:]) == [big, big, b"{}"]
+    assert seen == [1000, len(stream) - len(big) - 4]
+    assert decoder.pending == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=20_000), max_size=8))
+def test_views_cut_anywhere_give_the_frames_bytes_give(cuts: list[int]) -> None:
+    payloads = [b'"' + b"a" * 9_000 + b'"', b"{}", b"[1]", b'"' + b"b" * 5_000 + b'"', b"2"]
+    stream = _frames(*payloads)
+    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    by_view, by_bytes = FrameDecoder(), FrameDecoder()
+    got_view: list[bytes] = []
+    got_bytes: list[bytes] = []
+    buffer = bytearray(len(stream))
+    for start, stop in itertools.pairwise(bounds):
+        buffer[: stop - start] = stream[start:stop]
+        got_view += by_view.feed(memoryview(buffer)[: stop - start])
+        buffer[:] = b"\0" * len(buffer)
+        got_bytes += by_bytes.feed(stream[start:stop])
+    assert got_view == got_bytes == payloads
+    assert by_view.pending == by_bytes.pending == 0
+
+
+def test_frames_before_a_bad_length_survive_a_pending_frame_completed_from_a_view() -> None:
+    big = b'"' + b"z" * 6_000 + b'"'
+    stream = _frames(big, b"{}") + struct.pack(">I", 1 << 30)
+    decoder = FrameDecoder()
+    assert decoder.feed(memoryview(stream)[:100]) == []
+    with pytest.raises(FrameTooLargeWithFrames) as caught:
+        decoder.feed(memoryview(stream)[100:])
+    assert caught.value.frames == [big, b"{}"]
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"action": "job", "id": 7, "type": "t", "body": b'"' + b"x" * SPLICE_MIN + b'"'},
+        {
+            "action": "job",
+            "id": "a",
+            "type": "t",
+            "body": b"[" + b"1," * SPLICE_MIN + b"1]",
+            "attempt": 2,
+            "timeout": 1.5,
+        },
+        {"id": 10**30, "body": b'"' + b"x" * SPLICE_MIN + b'"'},  # the exact writer
+        {"id": 1, "body": b'"short"'},
+    ],
+)
+def test_a_large_body_is_spliced_in_place_and_the_frame_is_the_same(obj: dict[str, object]) -> None:
+    whole = encode_payload(codec.dumps(obj))
+    parts: list[bytes] = []
+    spliced = encode_into(parts, obj)
+    assert b"".join(parts) == encode_frame(obj) == whole
+    body = obj["body"]
+    assert spliced == (isinstance(body, bytes) and len(body) >= SPLICE_MIN and obj["id"] != 10**30)
+    if spliced:
+        assert any(part is body for part in parts)  # not copied by orjson
