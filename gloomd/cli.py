@@ -16,6 +16,7 @@ import gc
 import ipaddress
 import logging
 import math
+import re
 import signal
 import ssl
 import sys
@@ -30,6 +31,8 @@ from gloomwire.framing import DEFAULT_MAX_FRAME
 from gloomwire.logformat import event
 
 from .broker import BrokerLimits
+from .cluster.keys import prefix
+from .cluster.settings import ClusterSettings, read_password
 from .config import Config
 from .fdlimit import (
     DescriptorBudgetError,
@@ -226,6 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="full: acks wait for a commit that survives power loss; normal: one that survives"
         " SIGKILL; off: acks do not wait, commits at least every 50 ms",
     )  # fmt: skip
+    clu = p.add_argument_group("cluster (README: Scaling out)")
+    clu.add_argument(
+        "--cluster", default=None, metavar="URL",
+        help="share one queue with every daemon given this Redis (redis://[[USER]:PASSWORD@]"
+        "HOST:PORT/DB, rediss://, unix://); none: the embedded broker",
+    )  # fmt: skip
+    clu.add_argument(
+        "--cluster-name", default="gloomd",
+        help="the cluster's name on that Redis (daemons with the same Redis and name share a"
+        " queue)",
+    )  # fmt: skip
+    clu.add_argument(
+        "--cluster-lease", type=float, default=5.0, metavar="SECONDS",
+        help="a daemon silent this long is presumed dead: its slaves' jobs are requeued",
+    )  # fmt: skip
+    clu.add_argument(
+        "--cluster-password-file", type=Path, default=None, metavar="PATH",
+        help="Redis password on the first line of this file (keeps it out of ps)",
+    )  # fmt: skip
     sched = p.add_argument_group("scheduler")
     sched.add_argument("--schedule", type=Path, default=None, help="TOML file of periodic jobs")
     sched.add_argument(
@@ -291,6 +313,7 @@ def config_from_args(
         keepalive_count=args.keepalive_count,
         token=token,
         ssl_context=ssl_context,
+        cluster=cluster_settings(args),
         limits=BrokerLimits(
             max_queued=args.max_queued,
             max_retries=args.max_retries,
@@ -349,6 +372,7 @@ _NEEDS = (
     ("--jobs-dir", "jobs_dir", "ws_port", "--ws-port"),
     ("--schedule-state", "schedule_state", "schedule", "--schedule"),
     ("--import-path", "import_path", "schedule", "--schedule"),
+    ("--cluster-password-file", "cluster_password_file", "cluster", "--cluster"),
 )
 
 
@@ -379,6 +403,78 @@ def check_flags(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive and finite")
     if not 0 <= args.shutdown_grace < math.inf:
         raise ConfigError("--shutdown-grace must be a finite number of seconds")
+    check_cluster_flags(args)
+
+
+def check_cluster_flags(args: argparse.Namespace) -> None:
+    """`--cluster` and its companions (values and combinations; Redis itself
+    is reached later, `probe_cluster`)."""
+    if args.cluster is None:
+        for flag, name, default in (
+            ("--cluster-name", "cluster_name", "gloomd"),
+            ("--cluster-lease", "cluster_lease", 5.0),
+        ):
+            if getattr(args, name) != default:
+                raise ConfigError(f"{flag} does nothing without --cluster: give both")
+        return
+    if args.journal is not None:
+        raise ConfigError(
+            "--cluster and --journal go apart: in cluster mode Redis keeps the jobs (its AOF is"
+            " the journal)"
+        )
+    url = args.cluster
+    if url.split("://", 1)[0] not in ("redis", "rediss", "unix") or "://" not in url:
+        raise ConfigError(f"--cluster {_safe_url(url)}: redis://, rediss:// or unix:// expected")
+    try:
+        prefix(args.cluster_name)
+    except ValueError:
+        raise ConfigError(
+            f"--cluster-name {args.cluster_name!r}: must not be empty nor hold braces"
+        ) from None
+    lease = args.cluster_lease
+    if not lease > 0 or not math.isfinite(lease):
+        raise ConfigError(f"--cluster-lease {lease}: must be positive and finite (seconds)")
+    if args.cluster_password_file is not None:
+        try:
+            read_password(str(args.cluster_password_file))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"--cluster-password-file {args.cluster_password_file}: cannot read it:"
+                f" {getattr(exc, 'strerror', None) or exc}"
+            ) from None
+
+
+def cluster_settings(args: argparse.Namespace) -> ClusterSettings | None:
+    """The cluster's settings from checked flags (None: no `--cluster`)."""
+    if args.cluster is None:
+        return None
+    password_file = args.cluster_password_file
+    return ClusterSettings(
+        args.cluster,
+        name=args.cluster_name,
+        lease=args.cluster_lease,
+        password_file=None if password_file is None else str(password_file),
+    )
+
+
+def probe_cluster(settings: ClusterSettings) -> None:
+    """Reach the cluster's Redis once before anything listens: a daemon does
+    not start on a queue it cannot reach (`ConfigError`, password masked)."""
+    try:
+        # Compiled (mypyc) builds cannot be subclassed by the adapter.
+        import gloomd.cluster.broker  # noqa: F401
+    except TypeError as exc:
+        raise ConfigError(
+            f"--cluster: this build of gloomd is compiled ({exc}); cluster mode needs the"
+            " pure-Python build (GLOOMD_PURE_PYTHON=1 pip install .)"
+        ) from None
+    from .cluster.engine import probe  # coredis: loaded in cluster mode only
+    from .cluster.errors import BackendUnavailable
+
+    try:
+        trio.run(probe, settings)
+    except BackendUnavailable as exc:
+        raise ConfigError(f"--cluster {exc}") from None
 
 
 def load_security(args: argparse.Namespace) -> tuple[str | None, ssl.SSLContext | None]:
@@ -591,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_flags(args)
         token, ssl_context = load_security(args)
+        settings = cluster_settings(args)
+        if settings is not None:
+            probe_cluster(settings)
     except ConfigError as exc:
         print(f"gloomd: {exc}", file=sys.stderr)
         return 2
@@ -660,6 +759,11 @@ def _open_journal(args: argparse.Namespace) -> tuple[JournalStore | None, Restor
     finally:
         gc.enable()
     return store, restored
+
+
+def _safe_url(url: str) -> str:
+    """A URL as it may be printed: its password masked."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

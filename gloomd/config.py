@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from gloomwire.framing import DEFAULT_MAX_FRAME
 
 from .broker import BrokerLimits
+from .cluster.settings import ClusterSettings
 from .journal import JournalStore
 from .replay import Restored
 from .transport import DEFAULT_HIGH_WATER
@@ -57,3 +58,6 @@ class Config:
     journal: JournalStore | None = field(default=None, compare=False)
     #: What it held at start, decoded (`gloomd.replay`), replayed before listening.
     restored: Restored | None = field(default=None, repr=False, compare=False)
+    #: The cluster (`--cluster`): the queue lives in this Redis, shared by
+    #: every daemon given it (`gloomd.cluster`); None: the embedded broker.
+    cluster: ClusterSettings | None = field(default=None, repr=False)

@@ -302,20 +302,32 @@ class LocalMaster:
                 extra[key] = value
         if unique:
             extra["unique"] = True
-        replies = self.request(submit(job_id, job_type, body, priority, **extra))
-        answer = replies[0]
-        if answer.get("ok") is not True or answer.get("id") != job_id:
-            if answer.get("error") in ("job_error", "job_failed") and answer.get("id") == job_id:
-                raise RemoteJobError(answer)  # e.g. HALTED: the daemon is stopping
-            raise SubmitRejected(answer)
+        # The result slot is taken before the submit is sent: with --cluster
+        # (or a held answer) the ack and the result may arrive in one write.
         outcome = self._waiting.get(job_id)
         if outcome is None:
             outcome = self._waiting[job_id] = _Outcome()
         outcome.callers += 1
         try:
+            replies = self._send(submit(job_id, job_type, body, priority, **extra))
+            rest: list[dict[str, Any]] = []
+            if isinstance(replies, int):
+                # The answer waits for the cluster's step (`gloomd.holds`).
+                held = _Outcome()
+                self._held.append(held)
+                answer = await HeldAnswer(held).wait()
+            else:
+                answer, rest = replies[0], replies[1:]
+            if answer.get("ok") is not True or answer.get("id") != job_id:
+                if (
+                    answer.get("error") in ("job_error", "job_failed")
+                    and answer.get("id") == job_id
+                ):
+                    raise RemoteJobError(answer)  # e.g. HALTED: the daemon is stopping
+                raise SubmitRejected(answer)
             if answer.get("attached") is True and on_attached is not None:
                 on_attached()
-            self._deliver(replies[1:])  # an `after` that had already failed, say
+            self._deliver(rest)  # an `after` that had already failed, say
             await outcome.done.wait()
         finally:
             outcome.callers -= 1

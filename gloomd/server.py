@@ -90,6 +90,10 @@ class GloomServer:
         self._nursery: trio.Nursery | None = None
         #: The journal's writer (`gloomd.writer`), None without a journal.
         self.journal: JournalWriter | None = None
+        #: The broker when it is the cluster's (`--cluster`), else None.  Any:
+        #: `gloomd.cluster.broker` is imported only in cluster mode (it brings
+        #: the Redis client), and compiled code would check a declared type.
+        self.cluster: Any = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -99,9 +103,15 @@ class GloomServer:
         cfg = self.config
         # The run's clock itself: `trio.current_time` reaches the same method
         # through three more calls, and the broker reads it once per job.
-        self.broker = Broker(
-            cfg.limits, clock=trio.lowlevel.current_clock().current_time, max_outbox=cfg.max_outbuf
-        )
+        clock = trio.lowlevel.current_clock().current_time
+        if cfg.cluster is not None:
+            from .cluster.broker import ClusterBroker
+
+            self.broker = self.cluster = ClusterBroker(
+                cfg.cluster, cfg.limits, clock=clock, max_outbox=cfg.max_outbuf
+            )
+        else:
+            self.broker = Broker(cfg.limits, clock=clock, max_outbox=cfg.max_outbuf)
         if cfg.journal is not None:
             self._replay(cfg)
         master_sock = _listen(cfg)
@@ -115,6 +125,11 @@ class GloomServer:
                 await nursery.start(self._reactor.run)
                 if self.journal is not None:
                     await nursery.start(self.journal.run)
+                cluster = self.cluster
+                if cluster is not None:
+                    # Redis unreachable at start raises here (BackendUnavailable).
+                    await nursery.start(cluster.engine.run)
+                    await nursery.start(cluster.run, self.write_frames, self.flush)
                 nursery.start_soon(self._flusher)
                 nursery.start_soon(self._timer)
                 nursery.start_soon(self._accept_loop, master_sock, "master")
@@ -170,12 +185,16 @@ class GloomServer:
             scope.cancel()
         assert self.broker is not None
         journal = self.journal
-        kept = journal is not None
+        kept = journal is not None or self.cluster is not None
         if journal is not None:
             await journal.finish()
         # Without a journal, queued detached jobs whose master left die with the process.
         dropped = 0 if kept else dropped_detached(self.broker)
-        halted = self.broker.halt(keep_detached=kept)
+        if self.cluster is not None:
+            # The jobs live in Redis: the daemon leaves the cluster.
+            halted = await self.cluster.leave()
+        else:
+            halted = self.broker.halt(keep_detached=kept)
         if dropped:
             event(
                 log, "shutdown", logging.WARNING, halted_jobs=halted, dropped_detached=dropped,
@@ -557,6 +576,8 @@ class GloomServer:
         journal = self.journal
         if journal is not None:
             journal.collect()  # the pass's records, and the replies they hold
+        elif self.cluster is not None:
+            self.cluster.holds.seal()  # replies held behind steps sent to Redis
         if broker.timers_changed:
             self._timer_lot.unpark()
         if not broker.dirty:

@@ -42,14 +42,15 @@ from coredis.retry import NoRetryPolicy
 from coredis.tokens import PureToken
 
 from gloomwire import codec
+from gloomwire.logformat import event
 
 from . import steps
 from .errors import BackendUnavailable, BackendUncertain, Fenced
-from .keys import id_key, prefix, type_key, type_key_of
+from .keys import id_key, id_of_key, prefix, type_key, type_key_of
 from .settings import ClusterLimits, ClusterSettings
 from .steps import Delivery, JobSpec, Reply, Step
 
-__all__ = ["LIBRARY_SOURCE", "ClusterEngine"]
+__all__ = ["LIBRARY_SOURCE", "ClusterEngine", "probe"]
 
 log = logging.getLogger("gloomd.cluster")
 
@@ -186,27 +187,27 @@ class ClusterEngine:
             self.up = True
             self._up_event.set()
             if not first:
-                log.info("event=cluster_up daemon=%s withdrawn=%d", self.daemon, len(pending))
+                event(log, "cluster_up", daemon=self.daemon, withdrawn=len(pending))
 
     async def _register(self, ops: coredis.Redis[bytes]) -> None:
         args = [round(self.settings.lease * 1000), *self.limits.as_args()]
         self.counters.round_trips += 1
         await ops.fcall(steps.fn("register"), [self._seq_key], self._with_context(args))
-        log.info("event=cluster_join daemon=%s name=%s", self.daemon, self.settings.name)
+        event(log, "cluster_join", daemon=self.daemon, name=self.settings.name)
 
     def _fenced(self) -> None:
         """Our record is gone: every peer's state went with it."""
         old = self.daemon
         self.daemon = secrets.token_hex(6)
         self._withdraws.clear()
-        log.warning("event=cluster_fenced daemon=%s new=%s", old, self.daemon)
+        event(log, "cluster_fenced", logging.WARNING, daemon=old, new=self.daemon)
         self.on_fenced()
 
     def _down(self, exc: BaseException) -> None:
         if self.up:
             self.up = False
             self._up_event = trio.Event()
-            log.warning("event=cluster_down daemon=%s error=%r", self.daemon, exc)
+            event(log, "cluster_down", logging.WARNING, daemon=self.daemon, error=_describe(exc))
         self._recover_event.set()
 
     async def _recover_loop(self) -> None:
@@ -219,7 +220,13 @@ class ClusterEngine:
                 try:
                     await self._connect()
                 except (*CONNECTION_ERRORS, RedisError) as exc:
-                    log.debug("event=cluster_retry wait=%.3f error=%r", wait, exc)
+                    event(
+                        log,
+                        "cluster_retry",
+                        logging.DEBUG,
+                        wait=round(wait, 3),
+                        error=_describe(exc),
+                    )
                     await trio.sleep(wait)
                     wait = min(wait * 2, settings.backoff_max)
 
@@ -413,9 +420,10 @@ class ClusterEngine:
         if _code(raw) != "reaped":
             return None
         requeued, masters = int(raw[1]), int(raw[2])
-        log.warning(
-            "event=cluster_reap daemon=%s requeued=%d masters=%d", daemon, requeued, masters
-        )
+        event(
+            log, "cluster_reap", logging.WARNING, daemon=daemon, requeued=requeued,
+            masters=masters,
+        )  # fmt: skip
         return requeued, masters
 
     async def tick(self) -> float:
@@ -423,7 +431,7 @@ class ClusterEngine:
         while True:
             raw = await self.call(Step(steps.fn("tick"), (STEP_LIMIT,)))
             for job_id in raw[3:]:
-                log.info("event=dead_dropped id=%r", job_id)
+                event(log, "dead_dropped", id=id_of_key(job_id))
             if int(raw[2]) == 0:
                 wait = int(raw[1])
                 return math.inf if wait < 0 else wait / 1000
@@ -467,7 +475,10 @@ class ClusterEngine:
                     self.on_inbox(batch)
                 except Exception as exc:
                     # The adapter's bug costs this batch, never the engine.
-                    log.error("event=internal_error stage=inbox", exc_info=exc)
+                    event(
+                        log, "internal_error", logging.ERROR, stage="inbox",
+                        error=type(exc).__name__, exc_info=exc,
+                    )  # fmt: skip
 
     def _arm(self, seconds: float) -> None:
         when = trio.current_time() + seconds
@@ -505,6 +516,30 @@ class ClusterEngine:
                         await self.reap(daemon)
             except (BackendUnavailable, Fenced):
                 continue
+
+
+async def probe(settings: ClusterSettings) -> None:
+    """Reach Redis once (connect, authenticate, PING) and leave, joining
+    nothing: the daemon's check at start.  Raises `BackendUnavailable`
+    (the password masked in its message)."""
+    failure: BaseException | None = None
+    try:
+        async with ClusterEngine(settings)._client(settings.connect_timeout) as client:
+            try:
+                await client.ping()
+            except (*CONNECTION_ERRORS, RedisError) as exc:
+                failure = exc
+    except (*CONNECTION_ERRORS, RedisError) as exc:
+        failure = exc
+    if failure is not None:
+        # Raised outside the client, whose task group would wrap it.
+        raise BackendUnavailable(f"{_safe(settings.url)}: {failure}") from failure
+
+
+def _describe(exc: BaseException) -> str:
+    """An error for a log line: its type and message, never a password (a
+    connection error may quote the URL)."""
+    return _safe(f"{type(exc).__name__}: {exc}")
 
 
 def _safe(url: str) -> str:

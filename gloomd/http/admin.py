@@ -31,7 +31,7 @@ __all__ = ["ADMIN_NAME", "AdminChannel", "HeldAnswer", "status_for"]
 ADMIN_NAME: Final = "http-admin"
 
 #: Error frames with an HTTP status of their own; every other error is 400.
-_ERROR_STATUS: Final = {"unknown_id": 404, "invalid_state": 409}
+_ERROR_STATUS: Final = {"unknown_id": 404, "invalid_state": 409, "backend_unavailable": 503}
 
 
 def status_for(reply: dict[str, Any]) -> int:

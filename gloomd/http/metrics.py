@@ -44,8 +44,8 @@ type="_other", and so is a type literally named "_other".
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Final
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import (
@@ -55,6 +55,8 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from gloomwire import codec
 
 from ..broker import Broker, TypeQueue
 from ..counters import BOUNDS, TypeTally
@@ -193,6 +195,55 @@ def type_label(queue: TypeQueue) -> str:
     """
     key = queue.key
     return key if isinstance(key, str) else key.decode("utf-8")
+
+
+def snapshot_from_stats(
+    stats: Mapping[str, Any],
+    *,
+    max_types: int,
+    connections: Mapping[str, int],
+    build: Mapping[str, str] | None = None,
+) -> MetricsSnapshot:
+    """A snapshot from a `stats` answer: the cluster's figures (``--cluster``).
+
+    The cluster keeps per type its gauges and completed/failed counts, not
+    the outcomes by category nor the wait and run histograms: those are not
+    exported rather than exported wrong (README: Scaling out).  Types past
+    `max_types` are summed into "_other"; so are the stats answer's omitted ones.
+    """
+    kept: list[TypeMetrics] = []
+    other: TypeMetrics | None = None
+    rows = list(stats.get("types", ()))
+    omitted = stats.get("types_omitted")
+    if omitted is not None:
+        rows.append({"type": None, "omitted": True, **omitted})
+    for row in rows:
+        job_type = row["type"]
+        label = job_type if type(job_type) is str else codec.canonical(job_type).decode()
+        metrics = TypeMetrics(
+            label=label,
+            queued=row["queued"],
+            running=row["running"],
+            slaves_idle=row["idle"],
+            slaves_busy=row["slaves"] - row["idle"],
+            delayed=row["delayed"],
+            waiting=row["waiting"],
+            dead=row["dead"],
+        )
+        if len(kept) < max_types and not row.get("omitted") and label != OTHER:
+            kept.append(metrics)
+        else:
+            other = metrics if other is None else other.plus(metrics, OTHER)
+    if other is not None:
+        kept.append(replace(other, label=OTHER))
+    return MetricsSnapshot(
+        types=tuple(kept),
+        totals=dict(stats["totals"]),
+        waiting=stats["waiting"],
+        connections=dict(connections),
+        uptime_s=stats["uptime_s"],
+        build=dict(build or {}),
+    )
 
 
 def snapshot_from_broker(

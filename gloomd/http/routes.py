@@ -39,7 +39,13 @@ from .messages import (
     json_response,
     text_response,
 )
-from .metrics import CONTENT_TYPE, MetricsSnapshot, render, snapshot_from_broker
+from .metrics import (
+    CONTENT_TYPE,
+    MetricsSnapshot,
+    render,
+    snapshot_from_broker,
+    snapshot_from_stats,
+)
 from .settings import HttpSettings
 
 __all__ = ["ADMIN_ACTIONS", "JOBS_KEYS", "OFFLOAD_TYPES", "HttpApp", "split_target"]
@@ -146,13 +152,34 @@ class HttpApp:
             return text_response(503, "draining\n")
         return text_response(200, "ok\n")
 
-    def _metrics(self, request: HttpRequest) -> HttpResponse | Offload:
+    def _metrics(self, request: HttpRequest) -> HttpResponse | Offload | Deferred:
+        if self._server.cluster is not None:
+            return self._cluster_metrics()
         # The snapshot is taken here, on the loop (it reads the broker); only
         # the formatting of a large one leaves it.
         snapshot = self.snapshot()
         if len(snapshot.types) > OFFLOAD_TYPES:
             return Offload(lambda: _metrics_response(snapshot))
         return _metrics_response(snapshot)
+
+    def _cluster_metrics(self) -> Deferred:
+        """With --cluster the figures are the cluster's, from a stats step
+        (one round trip to Redis per scrape), not this daemon's broker."""
+        reply = self.admin.call({"action": "stats"})
+
+        async def wait() -> HttpResponse:
+            answer = await reply.wait() if isinstance(reply, HeldAnswer) else reply
+            if answer.get("ok") is not True:
+                return json_response(status_for(answer), answer)
+            snapshot = snapshot_from_stats(
+                answer["stats"],
+                max_types=self._settings.metrics_max_types,
+                connections=self._connections(),
+                build=build_labels(),
+            )
+            return _metrics_response(snapshot)
+
+        return Deferred(wait)
 
     def _stats(self, request: HttpRequest) -> Result:
         return self._answer(self.admin.call({"action": "stats"}))

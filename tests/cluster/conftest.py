@@ -7,6 +7,7 @@ kill Redis start their own (`redis_factory`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,6 +21,7 @@ from gloomd.cluster.engine import ClusterEngine
 from gloomd.cluster.settings import ClusterLimits, ClusterSettings
 from gloomwire import codec
 from tests.cluster.redis_server import REDIS_SERVER, RedisServer
+from tests.support.daemon import spawn_gloomd
 
 if not os.path.exists(REDIS_SERVER):
     if os.environ.get("CI"):
@@ -151,3 +153,39 @@ async def _run_engine(
 @pytest.fixture
 async def daemon(make_daemon: Callable[..., Awaitable[Daemon]]) -> AsyncIterator[Daemon]:
     yield await make_daemon()
+
+
+# ---------------------------------------------------------------- gloomd daemons on one Redis
+
+
+@pytest.fixture
+def make_cluster_server(
+    make_server: Callable[..., Awaitable[Any]], redis_server: RedisServer, cluster_name: str
+) -> Callable[..., Awaitable[Any]]:
+    """`await make_cluster_server()`: a gloomd server (`GloomServer`, in this
+    test's trio run, on free ports) in this test's cluster on the session's
+    Redis; `url=` another Redis, `lease=` its lease, other `Config` fields
+    as keywords.  Call it N times for N daemons."""
+
+    async def start(*, url: str | None = None, lease: float = 5.0, **config: Any) -> Any:
+        settings = ClusterSettings(url or redis_server.url, name=cluster_name, lease=lease)
+        return await make_server(cluster=settings, **config)
+
+    return start
+
+
+@pytest.fixture
+def gloomd_cluster(
+    redis_server: RedisServer, cluster_name: str
+) -> Iterator[Callable[..., list[Any]]]:
+    """`gloomd_cluster(n, *flags)`: n `gloomd` processes (tests.support.daemon
+    `spawn_gloomd`) in this test's cluster on the session's Redis; their
+    `master_port`/`slave_port`/`http_port` to connect to, `stop()` / `proc` to stop or
+    kill one.  `url=` another Redis.  All are stopped when the test ends."""
+    with contextlib.ExitStack() as stack:
+
+        def start(count: int, *flags: str, url: str | None = None) -> list[Any]:
+            cluster = ("--cluster", url or redis_server.url, "--cluster-name", cluster_name)
+            return [stack.enter_context(spawn_gloomd(*cluster, *flags)) for _ in range(count)]
+
+        yield start
