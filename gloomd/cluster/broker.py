@@ -356,6 +356,9 @@ class ClusterBroker(Broker):
                 self._queue[:0], self._later = self._later, []
             if not self._queue:
                 continue
+            # One scheduling round more: the reactor reads what arrived
+            # meanwhile, and its steps join this pipeline.
+            await trio.lowlevel.checkpoint()
             self.holds.seal()
             ticket = self.holds.close()
             batch, self._queue = self._queue, []
@@ -406,8 +409,8 @@ class ClusterBroker(Broker):
     def _unavailable(self, item: _Item, *, later: bool) -> None:
         peer, slot = item.peer, item.slot
         if peer is None:
-            if later:
-                self._later.append(item)
+            if later and item.kind != "none":
+                self._later.append(item)  # a peer's leaving; a progress is moot by then
             return
         if isinstance(peer, SlavePeer):
             # Its step may or may not have run: the connection ends, and
@@ -472,6 +475,11 @@ class ClusterBroker(Broker):
         attached jobs; its slaves' jobs go back without a loss, detached jobs
         and the other daemons' jobs stay.  Returns how many were failed."""
         self.halted = True
+        counters = self.engine.counters
+        event(
+            log, "cluster_leave", round_trips=counters.round_trips, calls=counters.calls,
+            inbox_reads=counters.inbox_reads, messages=counters.messages,
+        )  # fmt: skip
         try:
             halted = await self.engine.halt()
         except (BackendUnavailable, Fenced) as exc:

@@ -352,3 +352,46 @@ async def test_redis_that_lost_its_data_fences_the_daemon(
     assert engine.daemon != before
     fresh = await Peer.connect(server.master_port)
     assert await submit(fresh, "a") == {"ok": True, "id": "a"}
+
+
+async def test_lifecycle_actions_across_daemons(make_cluster_server: MakeServer) -> None:
+    """Dead letters, kick by type, pause and resume, delete: asked on one
+    daemon, about jobs another one took."""
+    one = await make_cluster_server()
+    two = await make_cluster_server()
+    master = await Peer.connect(one.master_port)
+    admin = await Peer.connect(two.master_port)
+    slave = await join(one.slave_port, "t")
+    assert await submit(master, "d", detach=True) == {"ok": True, "id": "d"}
+    assert (await slave.recv())["id"] == "d"
+    assert await slave.request({"action": "fail", "error": "ERROR", "reason": "no"}) == {"ok": True}
+    failed = await master.recv()
+    assert (failed["error"], failed["reason"]) == ("job_error", "no")
+    assert await admin.request({"action": "pause", "type": "t"}) == {"ok": True}
+    assert await admin.request({"action": "kick", "type": "t"}) == {"ok": True, "kicked": 1}
+    assert await submit(master, "e", detach=True) == {"ok": True, "id": "e"}
+    assert await admin.request({"action": "delete", "id": "e"}) == {"ok": True, "id": "e"}
+    assert await admin.request({"action": "resume", "type": "t"}) == {"ok": True}
+    job = await slave.recv()
+    assert (job["id"], job["attempt"]) == ("d", 2)
+
+
+async def test_wsjobd_and_gloom_ports_in_cluster_mode(
+    gloomd_cluster: Callable[..., list[Any]],
+) -> None:
+    """The websocket job service runs beside the cluster's ports."""
+    import json
+
+    from tests.support import WSJOBS
+    from tests.support.wsclient import ws_client
+
+    (daemon,) = gloomd_cluster(1, "--ws-port", "0", "--jobs-dir", str(WSJOBS))
+    assert daemon.ws_port is not None
+    async with ws_client(daemon.ws_port) as ws:
+        await ws.send_message(json.dumps({"func": "echo.run", "ident": "c", "echo": "hi"}))
+        with trio.fail_after(10):
+            while True:
+                frame = json.loads(await ws.get_message())
+                if "result" in frame:
+                    break
+        assert frame["result"] == "hi"
