@@ -51,7 +51,7 @@ from ..durable import Durable
 from ..holds import Holds
 from ..state import DICT_FRAME_BYTES, Job, MasterPeer, Peer, SlavePeer
 from . import steps
-from .engine import STEP_LIMIT, ClusterEngine
+from .engine import KICK_STEP, STEP_LIMIT, ClusterEngine
 from .errors import BackendUnavailable, Fenced
 from .keys import id_key, type_key
 from .settings import ClusterLimits, ClusterSettings
@@ -254,7 +254,7 @@ class ClusterBroker(Broker):
             self._ask(master, "reply", step, job_id)
         elif cls is m.KickType:
             kick: m.KickType = msg  # type: ignore[assignment]
-            want = STEP_LIMIT if kick.limit is None else min(STEP_LIMIT, kick.limit)
+            want = KICK_STEP if kick.limit is None else min(KICK_STEP, kick.limit)
             step = Step(steps.fn("kick_type"), (type_key(kick.key), want))
             self._ask(master, "kick", step, "kick", kick.limit)
         elif cls is m.Pause:
@@ -456,7 +456,7 @@ class ClusterBroker(Broker):
             item.done += got
             done, limit = item.done, item.limit
             if more and got and (limit is None or done < limit):
-                want = STEP_LIMIT if limit is None else min(STEP_LIMIT, limit - done)
+                want = KICK_STEP if limit is None else min(KICK_STEP, limit - done)
                 item.step = Step(steps.fn("kick_type"), (item.step.args[0], want))
                 return True
             assert slot is not None

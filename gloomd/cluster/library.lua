@@ -47,6 +47,7 @@ tk = a type's key: `s` + string or `j` + canonical JSON):
   held:D           hash: slave s -> ik (the job it holds, maybe an orphan)
   mj:D:m           set: jobs master m of daemon D hears about
   ms:D             set: masters of D with an mj set
+  gm:D             set: masters of D that left, while master_gone works in chunks
   in:D             list: D's inbox
 
 Job fields: id (id JSON), t (tk), tj (type JSON), b (body JSON), pe
@@ -389,10 +390,16 @@ local function listeners(ik, j)
   return ls
 end
 
+-- Master m of daemon d has left, and master_gone is still working through
+-- its jobs (in chunks): it hears nothing more (its daemon would drop it).
+local function gone(d, m)
+  return redis.call('SISMEMBER', P .. 'gm:' .. d, m) == 1
+end
+
 local function notify(ik, j, frame)
   for _, l in ipairs(listeners(ik, j)) do
     local d, m = split(l)
-    push(d, 'm' .. m .. ' ' .. frame)
+    if not gone(d, m) then push(d, 'm' .. m .. ' ' .. frame) end
   end
 end
 
@@ -402,7 +409,7 @@ local function tell_and_release(ik, j, frame, except)
     redis.call('SREM', P .. 'mj:' .. l, ik)
     if frame and l ~= except then
       local d, m = split(l)
-      push(d, 'm' .. m .. ' ' .. frame)
+      if not gone(d, m) then push(d, 'm' .. m .. ' ' .. frame) end
     end
   end
   if j.lx then redis.call('DEL', P .. 'l:' .. ik) end
@@ -562,8 +569,14 @@ local function master_gone(d, m, limit)
   local key = P .. 'mj:' .. who
   local iks = redis.call('SPOP', key, limit)
   for _, ik in ipairs(iks) do drop_listener(ik, who, 'gone') end
-  if redis.call('EXISTS', key) == 1 then return true end
+  if redis.call('EXISTS', key) == 1 then
+    -- Other steps run before the next call: frames for this master's jobs
+    -- meanwhile would only flood its daemon's inbox (see `gone`).
+    redis.call('SADD', P .. 'gm:' .. d, m)
+    return true
+  end
   redis.call('SREM', P .. 'ms:' .. d, m)
+  redis.call('SREM', P .. 'gm:' .. d, m)
   return false
 end
 
@@ -660,7 +673,7 @@ redis.register_function('gloomd_1_reap', function(keys, args)
     masters = masters + 1
   end
   redis.call('DEL', P .. 'held:' .. x, P .. 'sl:' .. x, P .. 'ms:' .. x, P .. 'in:' .. x,
-    P .. 'dm:' .. x)
+    P .. 'dm:' .. x, P .. 'gm:' .. x)
   return reply({'reaped', int(requeued), int(masters)})
 end)
 
@@ -692,7 +705,7 @@ redis.register_function('gloomd_1_halt', function(keys, args)
   end
   redis.call('ZREM', P .. 'leases', D)
   redis.call('DEL', P .. 'held:' .. D, P .. 'sl:' .. D, P .. 'ms:' .. D, P .. 'in:' .. D,
-    P .. 'dm:' .. D)
+    P .. 'dm:' .. D, P .. 'gm:' .. D)
   OUT[D] = nil
   return reply(r)
 end)
