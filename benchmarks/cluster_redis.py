@@ -53,6 +53,13 @@ class RedisServer:
             return f"redis://{auth}127.0.0.1:{self.port}/0"
         return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[2]}"
 
+    @property
+    def pid(self) -> int:
+        """The running server's pid (for /proc figures)."""
+        if self.process is None:
+            raise RuntimeError("redis-server is not running")
+        return self.process.pid
+
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [

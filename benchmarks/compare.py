@@ -47,10 +47,24 @@ DEEP_METRICS = [
     ("server_cpu_us_per_job", "server CPU µs/job ↓", False),
     ("server_peak_rss_mb", "server peak RSS MB ↓", False),
 ]
+CLUSTER_METRICS = [
+    ("jobs_per_s", "jobs/s ↑", True),
+    ("server_cpu_us_per_job", "server CPU µs/job (all processes) ↓", False),
+    ("cpu_us_per_job_gloomd1", "daemon 1 CPU µs/job ↓", False),
+    ("cpu_us_per_job_gloomd2", "daemon 2 CPU µs/job ↓", False),
+    ("cpu_us_per_job_redis", "Redis CPU µs/job ↓", False),
+    ("redis_fcalls_per_job", "Redis function calls/job ↓", False),
+    ("redis_commands_per_job", "Redis commands/job ↓", False),
+    ("redis_reads_per_job", "Redis reads (round trips)/job ↓", False),
+    ("p50_ms", "p50 ms ↓", False),
+    ("p99_ms", "p99 ms ↓", False),
+]
 
 
 def metrics_for(workload: str) -> list[tuple[str, str, bool]]:
     base = workload.rstrip("*")
+    if base.startswith("cluster"):
+        return CLUSTER_METRICS
     if base.startswith("deep"):
         return DEEP_METRICS
     if base.startswith("latency"):

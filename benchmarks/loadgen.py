@@ -34,10 +34,11 @@ from typing import Any
 import orjson
 
 from . import workloads
+from .cluster_servers import ClusterGroup, daemons_of, redis_counters, start_cluster
 from .drivers import MasterPlan, MasterReport, WorkerPlan, master_main, worker_main
 from .procstat import cpu_seconds, cpu_times, memory_kb
 from .servers import Server, ServerError, installed, start_server
-from .systems import SYSTEMS
+from .systems import CLUSTER, SYSTEMS
 from .workloads import Workload
 
 __all__ = ["RunFailed", "main", "run"]
@@ -149,7 +150,10 @@ def run(
     _raise_fd_limit(work.slaves + 2 * work.masters + 256)
     own = server is None
     if server is None:
-        server = start_server(system, server_args)
+        if daemons_of(system):
+            server = start_cluster(system, server_args)
+        else:
+            server = start_server(system, server_args)
     procs: list[multiprocessing.process.BaseProcess] = []
     children0 = os.times()
     try:
@@ -198,9 +202,20 @@ def _drive(
         procs.append(p)
         return ours
 
+    # A cluster's slaves and masters are spread over its daemons: one worker
+    # process (or more) per daemon, masters taking the daemons in turn.
+    slave_addrs = server.slaves if isinstance(server, ClusterGroup) else [server.slave]
+    master_addrs = server.masters if isinstance(server, ClusterGroup) else [server.master]
+    worker_procs = max(worker_procs, len(slave_addrs))
+    master_procs = max(master_procs, min(len(master_addrs), work.masters))
     worker_pipes = [
-        spawn(worker_main, WorkerPlan(system, server.slave, n, deadline + GRACE, hold=work.deep))
-        for n in _split(work.slaves, max(1, min(worker_procs, work.slaves)))
+        spawn(
+            worker_main,
+            WorkerPlan(
+                system, slave_addrs[i % len(slave_addrs)], n, deadline + GRACE, hold=work.deep
+            ),
+        )
+        for i, n in enumerate(_split(work.slaves, max(1, min(worker_procs, work.slaves))))
         if n
     ]
     _await(worker_pipes, {"ready"}, setup_until)
@@ -219,7 +234,7 @@ def _drive(
             # A deep queue has no window: everything is queued before any slave joins.
             MasterPlan(
                 system,
-                server.master,
+                master_addrs[i % len(master_addrs)],
                 g,
                 max(counts) if work.deep else work.window,
                 work.body,
@@ -227,13 +242,20 @@ def _drive(
                 work.deep,
             ),
         )
-        for g in groups
+        for i, g in enumerate(groups)
     ]
     _await(master_pipes, {"ready"}, setup_until)
 
     pid = server.pid
-    user0, sys0 = cpu_times(pid)
+    # Every process of the system (a cluster: its daemons and Redis): the
+    # server CPU figures are their sum, each one's share is reported too.
+    pids = server.pids if isinstance(server, ClusterGroup) else {system: pid}
+    times0 = {name: cpu_times(p) for name, p in pids.items()}
+    user0 = sum(t[0] for t in times0.values())
+    sys0 = sum(t[1] for t in times0.values())
     cpu0 = user0 + sys0
+    redis = server.redis if isinstance(server, ClusterGroup) else None
+    redis0 = redis_counters(redis) if redis is not None else {}
     rss0 = memory_kb(pid)["VmRSS"]
     extra: dict[str, Any] = {}
     t_go = time.perf_counter()
@@ -269,9 +291,18 @@ def _drive(
     pending = [p for p in master_pipes if id(p) not in early]
     reports_raw = dict(early)
     reports_raw.update(_await(pending, {"report"}, deadline + GRACE))
-    user1, sys1 = cpu_times(pid)
+    times1 = {name: cpu_times(p) for name, p in pids.items()}
+    user1 = sum(t[0] for t in times1.values())
+    sys1 = sum(t[1] for t in times1.values())
     cpu1 = user1 + sys1
     mem1 = memory_kb(pid)
+    if len(pids) > 1:
+        for name in pids:
+            spent = sum(times1[name]) - sum(times0[name])
+            extra[f"cpu_s_{name}"] = round(spent, 2)
+    if redis is not None:
+        redis1 = redis_counters(redis)
+        extra["redis"] = {key: redis1[key] - redis0.get(key, 0) for key in redis1}
     for p in worker_pipes:
         try:
             p.send("stop")
@@ -296,6 +327,12 @@ def _drive(
     ]
     if work.deep and "submit_per_s" in extra and t_last > t_drain and completed:
         extra["drain_per_s"] = round(completed / (t_last - t_drain))
+    if len(pids) > 1 and completed:
+        for name in pids:
+            extra[f"cpu_us_per_job_{name}"] = round(extra[f"cpu_s_{name}"] / completed * 1e6, 1)
+    if redis is not None and completed:
+        for key in ("fcalls", "commands", "reads"):
+            extra[f"redis_{key}_per_job"] = round(extra["redis"][key] / completed, 2)
     return {
         "completed": completed,
         "elapsed_s": round(elapsed, 3),
@@ -329,7 +366,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks.loadgen",
         description="Drive one system with one workload; print one JSON line.",
     )
-    ap.add_argument("--system", choices=SYSTEMS, default="gloomd")
+    ap.add_argument("--system", choices=SYSTEMS + CLUSTER, default="gloomd")
     ap.add_argument("--workload", default="throughput", help="a named workload (see workloads.py)")
     ap.add_argument("--quick", action="store_true", help="the small size of the named workload")
     ap.add_argument("--jobs", type=int, help="override: jobs in all")
@@ -388,8 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         host, mport, *rest = args.connect.split(":")
         sport = rest[0] if rest else mport  # gearmand and beanstalkd use one port for both
         server = Server(args.system, None, args.server_pid, (host, int(mport)), (host, int(sport)))
-    elif installed(args.system) is None:
-        skipped = f"{args.system} is not installed"
+    elif installed("redis-server" if daemons_of(args.system) else args.system) is None:
+        missing = "redis-server" if daemons_of(args.system) else args.system
+        skipped = f"{missing} is not installed"
         line = {"system": args.system, "workload": work.name, "skipped": skipped}
         _emit(line, args.out)
         return 3

@@ -12,6 +12,8 @@
 # OUT=file (JSON lines; default benchmarks/results/run-<time>.jsonl), PY=python,
 # GLOOMD_ARGS / GEARMAND_ARGS / BEANSTALKD_ARGS (extra server flags, default none),
 # SYSTEMS="gloomd gearmand" (only these; default gloomd and every peer installed).
+# The cluster workload runs gloomd alone and on one Redis with 1 and 2 daemons
+# (gloomd-cluster1, gloomd-cluster2; issue 16) instead of the peers.
 # gloomd is the one `$PY -m gloomd` imports from here: run a copy of another
 # tree's benchmarks/ (or a compiled install's, from a folder without gloomd/)
 # to compare builds in one sitting (benchmarks/README.md, issue 20).
@@ -32,7 +34,7 @@ for arg in "$@"; do
     case "$arg" in
         --install) INSTALL=1 ;;
         --quick) QUICK=1 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         -*) echo "peers.sh: unknown option $arg" >&2; exit 2 ;;
         *) WORKLOADS+=("$arg") ;;
     esac
@@ -76,14 +78,30 @@ OUT=${OUT:-benchmarks/results/run-$(date -u +%Y%m%dT%H%M%SZ)-$SIZE.jsonl}
 : >"$OUT"
 echo "systems: ${SYSTEMS[*]}; workloads: ${WORKLOADS[*]}; repeat $REPEAT; budget ${BUDGET}s; results: $OUT" >&2
 
+# The cluster workload compares gloomd with itself on Redis (1 and 2 daemons,
+# issue 16), not with the peers; it needs redis-server (bash .ci/install-redis).
+CLUSTER_SYSTEMS=()
+if [[ "$WANT" == *" gloomd "* ]]; then
+    if command -v redis-server >/dev/null 2>&1 || [[ -x /usr/bin/redis-server ]]; then
+        CLUSTER_SYSTEMS=(gloomd gloomd-cluster1 gloomd-cluster2)
+    else
+        echo "note: redis-server is not installed; the cluster workload is skipped" >&2
+    fi
+fi
+
 start=$SECONDS
 for workload in "${WORKLOADS[@]}"; do
+    RUN_SYSTEMS=("${SYSTEMS[@]}")
+    if [[ "$workload" == cluster* ]]; then
+        RUN_SYSTEMS=("${CLUSTER_SYSTEMS[@]}")
+        ((${#RUN_SYSTEMS[@]})) || continue
+    fi
     deadline=$("$PY" -c "from benchmarks import workloads; print(workloads.get('$workload', quick=$([[ $QUICK == 1 ]] && echo True || echo False)).deadline)")
     runs=$REPEAT
     # A deep queue takes minutes and measures memory more than speed: once is enough.
     [[ "$workload" == deep-* ]] && runs=1
     for ((i = 1; i <= runs; i++)); do
-        for system in "${SYSTEMS[@]}"; do
+        for system in "${RUN_SYSTEMS[@]}"; do
             left=$((BUDGET - (SECONDS - start)))
             if ((left < 15)); then
                 echo "budget of ${BUDGET}s spent: $system / $workload not run" >&2
@@ -95,7 +113,8 @@ for workload in "${WORKLOADS[@]}"; do
             limit=$("$PY" -c "print(min($deadline, $left - 10))")
             # Extra server flags per system: GLOOMD_ARGS, GEARMAND_ARGS, BEANSTALKD_ARGS
             # (e.g. GEARMAND_ARGS=--hashtable-buckets=1000003 for deep queues).
-            var="${system^^}_ARGS"
+            var="${system%%-*}"
+            var="${var^^}_ARGS"
             sargs=()
             for a in ${!var:-}; do sargs+=("--server-arg=$a"); done
             t0=$SECONDS

@@ -3,8 +3,9 @@
 Full sizes follow issue #7: throughput (20,000 jobs of 100 B, 4 slaves,
 window 1,000), latency (window 1), fan-out (64 and 1,024 slaves), deep queue
 (jobs queued with no slave, then drained, at 1k/10k/100k/1M), large bodies
-(64 KiB) and many masters (100).  Every workload has a hard deadline: a run
-that passes it stops by itself and reports what it saw (``deadline_hit``).
+(64 KiB), many masters (100), and the cluster (gloomd on Redis, issue 16).
+Every workload has a hard deadline: a run that passes it stops by itself and
+reports what it saw (``deadline_hit``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ FULL: dict[str, Workload] = {
         Workload("fanout-1024", 20_000, slaves=1024),
         Workload("large-64k", 5_000, body=64 * 1024, window=100),
         Workload("many-masters", 20_000, masters=100, window=10),
+        # gloomd alone against gloomd on Redis with 1 and 2 daemons (issue 16):
+        # 8 slaves and 2 masters, spread over the daemons by the generator.
+        Workload("cluster", 10_000, slaves=8, masters=2, window=500),
         _deep(1_000, "1k", 60),
         _deep(10_000, "10k", 60),
         _deep(100_000, "100k", 120),
@@ -58,6 +62,7 @@ QUICK: dict[str, Workload] = {
         replace(FULL["fanout-1024"], jobs=5_000, deadline=60),
         replace(FULL["large-64k"], jobs=1_000, deadline=60),
         replace(FULL["many-masters"], jobs=5_000, deadline=60),
+        replace(FULL["cluster"], jobs=2_000, deadline=60),
         FULL["deep-1k"],
         FULL["deep-10k"],
         replace(FULL["deep-100k"], deadline=90),

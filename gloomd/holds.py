@@ -152,6 +152,23 @@ class Holds:
         self.ticket += 1
         return ticket
 
+    def defer(self, peer: Peer, ticket: int) -> None:
+        """`peer`'s frames held for `ticket` (or earlier) wait for the open
+        ticket instead: the answer they hold needs another write (a cluster
+        step done in chunks, each its own round trip: a kick of many jobs).
+        Everything the peer is sent meanwhile stays behind them.  Call before
+        `release(ticket)`; the open ticket must be closed (and released) later."""
+        waiting = self._waiting.get(ticket)
+        if waiting is None or peer not in waiting:
+            return
+        del waiting[peer]
+        if not waiting:
+            del self._waiting[ticket]
+        for segment in peer.gated or ():
+            if READY < segment.ticket <= ticket:
+                segment.ticket = self.ticket
+        self._waiting.setdefault(self.ticket, {})[peer] = None
+
     def release(self, ticket: int, failed: bool) -> list[tuple[Peer, list[Frame]]]:
         """The write of `ticket` returned: each waiting peer's frames to write now."""
         out: list[tuple[Peer, list[Frame]]] = []

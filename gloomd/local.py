@@ -146,6 +146,8 @@ class LocalMaster:
     #: (it may wait for the end of a busy spell), never paused.
     role: Final = "master"
     paused: Final = False
+    #: What `GloomServer.write_frames` reads of a connection: never hung up.
+    hangup: Final = None
 
     def __init__(self, server: GloomServer, name: str) -> None:
         self._server = server

@@ -54,6 +54,9 @@ _DEADLINES_MIN = 1024
 
 #: Seconds a hung-up connection may keep sending before it is closed anyway.
 LINGER = 1.0
+#: Seconds a hang-up waits for the peer's held replies (a journal commit, a
+#: cluster's Redis step: at most its 5 s timeout) before it closes anyway.
+HELD_WAIT = 10.0
 #: Batches handled back to back while sockets stay ready, before yielding to trio.
 BUSY_ROUNDS = 8
 
@@ -78,6 +81,9 @@ class ReactorClient(Protocol):
 
     def flush(self, urgent_only: bool = False) -> None:
         """Write every peer's pending output (or only what cannot wait)."""
+
+    def held(self, conn: PlainConnection[Any]) -> bool:
+        """Are replies to the peer held behind a write not yet done (`gloomd.holds`)?"""
 
 
 class Reactor:
@@ -161,6 +167,21 @@ class Reactor:
         client closes, and close after at most LINGER seconds.
         """
         self._client.flush()  # the final frame leaves before the peer is forgotten
+        if self._client.held(conn):
+            # Answers to the frames before the bad one wait for a write (a
+            # journal commit, a cluster's Redis step), and the final frame
+            # behind them: the peer is released once they are written (the
+            # server calls this again), or after HELD_WAIT.  Input meanwhile
+            # is discarded.
+            conn.hangup = reason
+            conn.lingering = True
+            conn.auth_deadline = conn.frame_deadline = INF
+            conn.linger_deadline = self._clock() + HELD_WAIT
+            self._schedule(conn, conn.linger_deadline)
+            conn.paused = False
+            self.update(conn)
+            return
+        conn.hangup = None
         self._client.release(conn, reason)
         conn.lingering = True
         conn.auth_deadline = conn.frame_deadline = conn.write_deadline = INF

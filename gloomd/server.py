@@ -57,7 +57,7 @@ from .config import Config
 from .fdlimit import descriptor_limit
 from .holds import divert, take_ready
 from .ingest import Ingest, ingest_for
-from .reactor import LINGER, Reactor
+from .reactor import HELD_WAIT, LINGER, Reactor
 from .replay import Restored, restore
 from .transport import INF, Connection, PlainConnection, StreamConnection
 from .writer import JournalWriter
@@ -551,6 +551,12 @@ class GloomServer:
                 reason = self.internal_error(conn, exc)
             # Hang up: write the final frame, wait briefly for it to leave.
             self.flush()
+            if self.held(conn):
+                # Behind held replies (see `Reactor.hang_up`): `write_frames`
+                # starts the closing once they are written.
+                conn.hangup = reason
+                with trio.move_on_after(HELD_WAIT):
+                    await conn.wait_drained()
             conn.start_closing()
             with trio.move_on_after(LINGER):
                 await conn.wait_drained()
@@ -658,6 +664,17 @@ class GloomServer:
             conn.write(b"".join([f if type(f) is bytes else encode_frame(f) for f in frames]))
         except Exception as exc:
             self._write_failed(conn, exc)
+            return
+        if conn.hangup is not None and peer.gated is None:
+            # It was hung up while these were held: now the rest of it.
+            if isinstance(conn, PlainConnection):
+                self._reactor.hang_up(conn, conn.hangup)
+            else:
+                conn.start_closing()
+
+    def held(self, conn: Connection[Ingest]) -> bool:
+        """Are replies to the peer held behind a write (see `Reactor.hang_up`)?"""
+        return conn.ingest.peer.gated is not None
 
     def _write_failed(self, conn: Connection[Any], exc: Exception) -> None:
         """Writing to `conn` raised: the boundary for output (see `internal_error`)."""

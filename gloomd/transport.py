@@ -71,6 +71,7 @@ class Connection(Generic[InboundT]):
         "closed",
         "closing",
         "frame_deadline",
+        "hangup",
         "high_water",
         "host",
         "in_flight",
@@ -122,6 +123,9 @@ class Connection(Generic[InboundT]):
         self.stash: list[bytes] | None = None
         #: Bytes handed to the stream and not yet sent (TLS; always 0 for plain TCP).
         self.in_flight = 0
+        #: Hung up while replies were held (`gloomd.holds`): the reason, until
+        #: they are written and the hang-up goes on (`Reactor.hang_up`).
+        self.hangup: str | None = None
         self._drained = trio.Event()
 
     @property

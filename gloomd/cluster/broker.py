@@ -51,7 +51,7 @@ from ..durable import Durable
 from ..holds import Holds
 from ..state import DICT_FRAME_BYTES, Job, MasterPeer, Peer, SlavePeer
 from . import steps
-from .engine import STEP_LIMIT, ClusterEngine
+from .engine import KICK_STEP, STEP_LIMIT, ClusterEngine
 from .errors import BackendUnavailable, Fenced
 from .keys import id_key, type_key
 from .settings import ClusterLimits, ClusterSettings
@@ -84,7 +84,7 @@ class Slot:
 class _Item:
     """One queued step: whose, what kind of answer, where the answer goes."""
 
-    __slots__ = ("kind", "limit", "peer", "reason", "slot", "step")
+    __slots__ = ("done", "kind", "limit", "peer", "reason", "slot", "step")
 
     def __init__(
         self,
@@ -102,6 +102,8 @@ class _Item:
         #: The `reason` of this step's backend_unavailable (an id, an action).
         self.reason = reason
         self.limit = limit
+        #: Jobs kicked so far by the earlier chunks of a kick by type.
+        self.done = 0
 
 
 def cluster_limits(limits: BrokerLimits) -> ClusterLimits:
@@ -237,7 +239,7 @@ class ClusterBroker(Broker):
                 sub.detach,
                 sub.after,
                 sub.delay or 0.0,
-                sub.retries or 0,
+                sub.retries,
                 1.0 if sub.backoff is None else sub.backoff,
                 sub.unique,
             )
@@ -252,7 +254,7 @@ class ClusterBroker(Broker):
             self._ask(master, "reply", step, job_id)
         elif cls is m.KickType:
             kick: m.KickType = msg  # type: ignore[assignment]
-            want = STEP_LIMIT if kick.limit is None else min(STEP_LIMIT, kick.limit)
+            want = KICK_STEP if kick.limit is None else min(KICK_STEP, kick.limit)
             step = Step(steps.fn("kick_type"), (type_key(kick.key), want))
             self._ask(master, "kick", step, "kick", kick.limit)
         elif cls is m.Pause:
@@ -362,38 +364,50 @@ class ClusterBroker(Broker):
             self.holds.seal()
             ticket = self.holds.close()
             batch, self._queue = self._queue, []
-            await self._send(batch)
+            unfinished = await self._send(batch)
+            if unfinished:
+                # Steps done in chunks (a kick, a resume, a master's leaving):
+                # the next chunk goes with the next pipeline, so other peers'
+                # steps run in between; the requester's answer (and all it is
+                # sent after it) waits for the last chunk.
+                for item in unfinished:
+                    if item.peer is not None:
+                        self.holds.defer(item.peer, ticket)
+                self._queue[:0] = unfinished
             for peer, frames in self.holds.release(ticket, False):
                 self._write(peer, _expand(frames))
             self._flush()
 
-    async def _send(self, batch: list[_Item]) -> None:
+    async def _send(self, batch: list[_Item]) -> list[_Item]:
+        """Send `batch` as one pipeline and apply the answers; returns the
+        items whose step must be called again (the next chunk)."""
         engine = self.engine
+        unfinished: list[_Item] = []
         try:
             answers = await engine.call_many([item.step for item in batch])
         except Fenced:
             # Nothing ran; `on_fenced` closes every connection.
             for item in batch:
                 self._unavailable(item, later=False)
-            return
+            return unfinished
         except BackendUnavailable:
             # Not sent, or its answer lost (`BackendUncertain`: the engine
             # withdraws the submits among them once Redis is back).
             for item in batch:
                 self._unavailable(item, later=True)
-            return
+            return unfinished
         except Exception as exc:
             # A bug, or an error Redis answered for the whole pipeline: the
             # batch is answered internal_error, the daemon goes on (issue 18).
             self._internal_error(batch, exc)
-            return
+            return unfinished
         for item, raw in zip(batch, answers, strict=True):
             try:
-                await self._apply(item, raw)
-            except (BackendUnavailable, Fenced):
-                self._unavailable(item, later=True)
+                if self._apply(item, raw):
+                    unfinished.append(item)
             except Exception as exc:
                 self._internal_error([item], exc)
+        return unfinished
 
     def _internal_error(self, items: list[_Item], exc: Exception) -> None:
         event(
@@ -419,7 +433,9 @@ class ClusterBroker(Broker):
         elif slot is not None:
             slot.frames = [error("backend_unavailable", item.reason)]
 
-    async def _apply(self, item: _Item, raw: Any) -> None:
+    def _apply(self, item: _Item, raw: Any) -> bool:
+        """Fill the item's slot from its step's answer; True when the step
+        must be called again first (its next chunk: see `run`)."""
         kind, slot, peer = item.kind, item.slot, item.peer
         if kind == "reply" or kind == "gone":
             reply = steps.parse_reply(raw)
@@ -430,21 +446,19 @@ class ClusterBroker(Broker):
             if reply.code == "job" and isinstance(peer, SlavePeer) and peer in self._numbers:
                 peer.job = HOLDING
         elif kind == "more":
-            while steps.parse_reply(raw).code == "more":
-                raw = await self.engine.call(item.step)
+            reply = steps.parse_reply(raw)
+            if reply.code == "more":
+                return True
             if slot is not None:
-                slot.frames = list(steps.parse_reply(raw).frames)
+                slot.frames = list(reply.frames)
         elif kind == "kick":
-            done, more = int(raw[1]), int(raw[2])
-            limit = item.limit
-            while more and done and (limit is None or done < limit):
-                want = STEP_LIMIT if limit is None else min(STEP_LIMIT, limit - done)
-                tk = item.step.args[0]
-                raw = await self.engine.call(Step(steps.fn("kick_type"), (tk, want)))
-                got, more = int(raw[1]), int(raw[2])
-                if not got:
-                    break
-                done += got
+            got, more = int(raw[1]), int(raw[2])
+            item.done += got
+            done, limit = item.done, item.limit
+            if more and got and (limit is None or done < limit):
+                want = KICK_STEP if limit is None else min(KICK_STEP, limit - done)
+                item.step = Step(steps.fn("kick_type"), (item.step.args[0], want))
+                return True
             assert slot is not None
             slot.frames = [kicked(done)]
         elif kind == "stats":
@@ -458,6 +472,7 @@ class ClusterBroker(Broker):
             rows, cursor = steps.parse_jobs(raw)
             assert slot is not None
             slot.frames = [encode_frame(jobs_page(rows, self._keep_cursor(cursor)))]
+        return False
 
     def _keep_cursor(self, cursor: list[str] | None) -> list[int] | None:
         if cursor is None:

@@ -50,7 +50,7 @@ from .keys import id_key, id_of_key, prefix, type_key, type_key_of
 from .settings import ClusterLimits, ClusterSettings
 from .steps import Delivery, JobSpec, Reply, Step
 
-__all__ = ["LIBRARY_SOURCE", "ClusterEngine", "probe"]
+__all__ = ["KICK_STEP", "LIBRARY_SOURCE", "STEP_LIMIT", "ClusterEngine", "probe"]
 
 log = logging.getLogger("gloomd.cluster")
 
@@ -63,8 +63,14 @@ CONNECTION_ERRORS: Final = (RedisConnectionError, TimeoutError, OSError)
 INBOX_BLOCK: Final = 1.0
 #: Inbox messages taken per read.
 INBOX_BATCH: Final = 1000
-#: Work of one call of tick, kick by type, resume, master_gone.
+#: Work of one call of tick, resume, master_gone.
 STEP_LIMIT: Final = 1000
+#: Dead jobs one call of a kick by type queues again.  Smaller than
+#: STEP_LIMIT: each takes Redis ~50 us (measured), and every daemon's steps
+#: wait while a call runs; 250 holds it ~12 ms, so a kick of many jobs adds
+#: that much at most to anyone's round trip (the kick goes one call per
+#: pipeline of its daemon, see `ClusterBroker.run`).
+KICK_STEP: Final = 250
 
 
 class Counters:
@@ -331,7 +337,7 @@ class ClusterEngine:
         tk = type_key(type_key_of(job_type))
         kicked = 0
         while limit is None or kicked < limit:
-            want = STEP_LIMIT if limit is None else min(STEP_LIMIT, limit - kicked)
+            want = KICK_STEP if limit is None else min(KICK_STEP, limit - kicked)
             raw = await self.call(Step(steps.fn("kick_type"), (tk, want)))
             kicked += int(raw[1])
             if raw[2] == 0 or int(raw[1]) == 0:
@@ -456,6 +462,12 @@ class ClusterEngine:
             except CONNECTION_ERRORS as exc:
                 self._down(exc)
                 continue
+            except RedisError as exc:
+                # Redis answered an error (BUSY: a long function runs): the
+                # inbox is read again shortly; the engine must not die of it.
+                self._refused("inbox", exc)
+                await trio.sleep(self.settings.backoff_min)
+                continue
             self.counters.inbox_reads += 1
             self.counters.round_trips += 1
             if not got:
@@ -501,6 +513,9 @@ class ClusterEngine:
                 wait = await self.tick()
             except (BackendUnavailable, Fenced):
                 continue
+            except RedisError as exc:
+                self._refused("tick", exc)
+                wait = self.settings.backoff_max
             self._arm(wait)
 
     async def _lease_loop(self) -> None:
@@ -516,6 +531,13 @@ class ClusterEngine:
                         await self.reap(daemon)
             except (BackendUnavailable, Fenced):
                 continue
+            except RedisError as exc:
+                self._refused("renew", exc)
+
+    def _refused(self, task: str, exc: RedisError) -> None:
+        """Redis answered one of the engine's own calls with an error (BUSY
+        while a long function runs, OOM...): logged, and tried again later."""
+        event(log, "cluster_refused", logging.WARNING, task=task, error=_describe(exc))
 
 
 async def probe(settings: ClusterSettings) -> None:

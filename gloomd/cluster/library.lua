@@ -47,6 +47,7 @@ tk = a type's key: `s` + string or `j` + canonical JSON):
   held:D           hash: slave s -> ik (the job it holds, maybe an orphan)
   mj:D:m           set: jobs master m of daemon D hears about
   ms:D             set: masters of D with an mj set
+  gm:D             set: masters of D that left, while master_gone works in chunks
   in:D             list: D's inbox
 
 Job fields: id (id JSON), t (tk), tj (type JSON), b (body JSON), pe
@@ -155,16 +156,28 @@ local function f_error(name, reasonj)
   return framed('{"error":"' .. name .. '","reason":' .. reasonj .. '}')
 end
 
+-- `at`: the job's attempt, or nil when its submit had no `retries` (and it
+-- was never kicked): its failure frames then carry no `attempt`, as Gloom's.
 local function f_failed(idj, cat, at, depj)
   local s = '{"error":"job_failed","reason":' .. idj .. ',"id":' .. idj .. ',"category":"'
     .. cat .. '"'
   if depj then s = s .. ',"dependency":' .. depj end
-  return framed(s .. ',"attempt":' .. at .. '}')
+  if at then s = s .. ',"attempt":' .. at end
+  return framed(s .. '}')
 end
 
 local function f_jerror(idj, cat, reasonj, at)
-  return framed('{"error":"job_error","reason":' .. reasonj .. ',"id":' .. idj
-    .. ',"category":"' .. cat .. '","attempt":' .. at .. '}')
+  local s = '{"error":"job_error","reason":' .. reasonj .. ',"id":' .. idj
+    .. ',"category":"' .. cat .. '"'
+  if at then s = s .. ',"attempt":' .. at end
+  return framed(s .. '}')
+end
+
+-- The `attempt` of a job's failure frames (see f_failed): rt is '' when its
+-- submit had no `retries`.
+local function att(j)
+  if j.rt == '' then return nil end
+  return j.at
 end
 
 local function f_result(idj, bodyj) return framed('{"id":' .. idj .. ',"body":' .. bodyj .. '}') end
@@ -377,10 +390,16 @@ local function listeners(ik, j)
   return ls
 end
 
+-- Master m of daemon d has left, and master_gone is still working through
+-- its jobs (in chunks): it hears nothing more (its daemon would drop it).
+local function gone(d, m)
+  return redis.call('SISMEMBER', P .. 'gm:' .. d, m) == 1
+end
+
 local function notify(ik, j, frame)
   for _, l in ipairs(listeners(ik, j)) do
     local d, m = split(l)
-    push(d, 'm' .. m .. ' ' .. frame)
+    if not gone(d, m) then push(d, 'm' .. m .. ' ' .. frame) end
   end
 end
 
@@ -390,7 +409,7 @@ local function tell_and_release(ik, j, frame, except)
     redis.call('SREM', P .. 'mj:' .. l, ik)
     if frame and l ~= except then
       local d, m = split(l)
-      push(d, 'm' .. m .. ' ' .. frame)
+      if not gone(d, m) then push(d, 'm' .. m .. ' ' .. frame) end
     end
   end
   if j.lx then redis.call('DEL', P .. 'l:' .. ik) end
@@ -462,7 +481,7 @@ local function end_job(ik, j, frame, kind, except)
             local left = redis.call('HINCRBY', JK(dik), 'w', -1)
             if left <= 0 then released[#released + 1] = {dik, dj} end
           else
-            work[#work + 1] = {dik, dj, f_failed(dj.id, 'DEPENDENCY', dj.at, wj.id), 'fail', nil}
+            work[#work + 1] = {dik, dj, f_failed(dj.id, 'DEPENDENCY', att(dj), wj.id), 'fail', nil}
             redis.call('HINCRBY', P .. 'tot', 'failed', 1)
             redis.call('HINCRBY', P .. 'ty:' .. dj.t, 'failed', 1)
           end
@@ -513,7 +532,7 @@ local function lose(ik, j)
   if losses > cfg('max_retries') then
     redis.call('HINCRBY', P .. 'tot', 'failed', 1)
     redis.call('HINCRBY', P .. 'ty:' .. j.t, 'failed', 1)
-    return end_job(ik, j, f_failed(j.id, 'CRASH', j.at), 'fail', nil)
+    return end_job(ik, j, f_failed(j.id, 'CRASH', att(j)), 'fail', nil)
   end
   redis.call('HINCRBY', P .. 'tot', 'requeued', 1)
   requeue(ik, j)
@@ -533,7 +552,13 @@ local function drop_listener(ik, who, kind)
   end
   if j.dt == '1' or j.s == 'X' then return end
   if j.lm ~= '' or (j.lx and redis.call('SCARD', P .. 'l:' .. ik) > 0) then return end
-  redis.call('HINCRBY', P .. 'tot', 'withdrawn', 1)
+  if kind == 'halt' then
+    -- Its daemon stopped: HALTED, a failure, as the embedded broker counts it.
+    redis.call('HINCRBY', P .. 'tot', 'failed', 1)
+    redis.call('HINCRBY', P .. 'ty:' .. j.t, 'failed', 1)
+  else
+    redis.call('HINCRBY', P .. 'tot', 'withdrawn', 1)
+  end
   end_job(ik, j, nil, kind, nil)
 end
 
@@ -544,8 +569,14 @@ local function master_gone(d, m, limit)
   local key = P .. 'mj:' .. who
   local iks = redis.call('SPOP', key, limit)
   for _, ik in ipairs(iks) do drop_listener(ik, who, 'gone') end
-  if redis.call('EXISTS', key) == 1 then return true end
+  if redis.call('EXISTS', key) == 1 then
+    -- Other steps run before the next call: frames for this master's jobs
+    -- meanwhile would only flood its daemon's inbox (see `gone`).
+    redis.call('SADD', P .. 'gm:' .. d, m)
+    return true
+  end
   redis.call('SREM', P .. 'ms:' .. d, m)
+  redis.call('SREM', P .. 'gm:' .. d, m)
   return false
 end
 
@@ -642,7 +673,7 @@ redis.register_function('gloomd_1_reap', function(keys, args)
     masters = masters + 1
   end
   redis.call('DEL', P .. 'held:' .. x, P .. 'sl:' .. x, P .. 'ms:' .. x, P .. 'in:' .. x,
-    P .. 'dm:' .. x)
+    P .. 'dm:' .. x, P .. 'gm:' .. x)
   return reply({'reaped', int(requeued), int(masters)})
 end)
 
@@ -666,7 +697,7 @@ redis.register_function('gloomd_1_halt', function(keys, args)
       local j = getjob(ik)
       if j and j.dt ~= '1' and j.s ~= 'X' then
         r[#r + 1] = m
-        r[#r + 1] = f_failed(j.id, 'HALTED', j.at)
+        r[#r + 1] = f_failed(j.id, 'HALTED', att(j))
       end
       drop_listener(ik, who, 'halt')
     end
@@ -674,7 +705,7 @@ redis.register_function('gloomd_1_halt', function(keys, args)
   end
   redis.call('ZREM', P .. 'leases', D)
   redis.call('DEL', P .. 'held:' .. D, P .. 'sl:' .. D, P .. 'ms:' .. D, P .. 'in:' .. D,
-    P .. 'dm:' .. D)
+    P .. 'dm:' .. D, P .. 'gm:' .. D)
   OUT[D] = nil
   return reply(r)
 end)
@@ -731,7 +762,7 @@ redis.register_function('gloomd_1_submit', function(keys, args)
   end
   local n = int(redis.call('INCR', P .. 'seq'))
   local j = {id = idj, t = tk, tj = tj, pe = args[10], pj = args[11], n = n, q = n, at = '0',
-    ls = '0', rt = args[15], rl = args[15], rk = '0', bo = args[16], dt = args[13], ac = int(NOW),
+    ls = '0', rt = args[15], rl = args[15] == '' and '0' or args[15], rk = '0', bo = args[16], dt = args[13], ac = int(NOW),
     lm = who}
   local fields = {'id', idj, 't', tk, 'tj', tj, 'b', args[9], 'pe', j.pe, 'pj', j.pj, 'n', n,
     'q', n, 'at', 0, 'ls', 0, 'rt', j.rt, 'rl', j.rl, 'rk', 0, 'bo', j.bo, 'dt', j.dt,
@@ -751,7 +782,7 @@ redis.register_function('gloomd_1_submit', function(keys, args)
   if failed_dep then
     redis.call('HINCRBY', P .. 'tot', 'failed', 1)
     redis.call('HINCRBY', P .. 'ty:' .. tk, 'failed', 1)
-    local dropped = end_job(ik, j, f_failed(idj, 'DEPENDENCY', '0', failed_dep), 'fail', nil)
+    local dropped = end_job(ik, j, f_failed(idj, 'DEPENDENCY', att(j), failed_dep), 'fail', nil)
     return dropped_reply('ok', {f_ack(idj)}, dropped)
   end
   if #waiting > 0 then
@@ -784,7 +815,7 @@ redis.register_function('gloomd_1_cancel', function(keys, args)
     return reply({'error', f_error('invalid_state', '"' .. STATE_NAMES[j.s] .. '"')})
   end
   redis.call('HINCRBY', P .. 'tot', 'cancelled', 1)
-  local dropped = end_job(ik, j, f_failed(j.id, 'CANCELLED', j.at), 'cancel', who)
+  local dropped = end_job(ik, j, f_failed(j.id, 'CANCELLED', att(j)), 'cancel', who)
   return dropped_reply('ok', {f_ack(idj)}, dropped)
 end)
 
@@ -911,7 +942,7 @@ redis.register_function('gloomd_1_fail', function(keys, args)
     else
       redis.call('HINCRBY', P .. 'tot', 'failed', 1)
       redis.call('HINCRBY', P .. 'ty:' .. j.t, 'failed', 1)
-      dropped = end_job(ik, j, f_jerror(j.id, cat, args[5], j.at), 'fail', nil)
+      dropped = end_job(ik, j, f_jerror(j.id, cat, args[5], att(j)), 'fail', nil)
     end
   end
   local frame = next_for(s)
@@ -986,7 +1017,7 @@ redis.register_function('gloomd_1_tick', function(keys, args)
       else
         redis.call('HINCRBY', P .. 'tot', 'failed', 1)
         redis.call('HINCRBY', P .. 'ty:' .. j.t, 'failed', 1)
-        for _, x in ipairs(end_job(ik, j, f_failed(j.id, 'TIMEOUT', j.at), 'fail', nil)) do
+        for _, x in ipairs(end_job(ik, j, f_failed(j.id, 'TIMEOUT', att(j)), 'fail', nil)) do
           dropped[#dropped + 1] = x
         end
       end
@@ -1020,7 +1051,9 @@ end)
 
 local function kick_one(ik, j)
   leave(ik, j)
-  redis.call('HSET', JK(ik), 'rl', j.rt, 'rk', 0)
+  -- Kicked once, its failure frames say which attempt (rt '' becomes 0).
+  if j.rt == '' then j.rt = '0' end
+  redis.call('HSET', JK(ik), 'rt', j.rt, 'rl', j.rt, 'rk', 0)
   redis.call('HDEL', JK(ik), 'ff')
   j.rl, j.rk = j.rt, '0'
   make_ready(ik, j, true, nil)
@@ -1069,7 +1102,7 @@ redis.register_function('gloomd_1_delete', function(keys, args)
   local kind = 'delete'
   if j.dt ~= '1' then kind = 'cancel' end
   if j.s ~= 'X' then redis.call('HINCRBY', P .. 'tot', 'cancelled', 1) end
-  local dropped = end_job(ik, j, f_failed(j.id, 'CANCELLED', j.at), kind, who)
+  local dropped = end_job(ik, j, f_failed(j.id, 'CANCELLED', att(j)), kind, who)
   return dropped_reply('ok', {f_ack(idj)}, dropped)
 end)
 

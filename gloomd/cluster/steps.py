@@ -51,7 +51,8 @@ class JobSpec(NamedTuple):
     detach: bool = False
     after: tuple[JobId, ...] = ()
     delay: float = 0.0
-    retries: int = 0
+    #: None: the submit had no `retries` (its failure frames carry no `attempt`).
+    retries: int | None = None
     backoff: float = 1.0
     unique: bool = False
 
@@ -104,7 +105,7 @@ def submit(master: int, token: str, spec: JobSpec) -> Step:
             b"" if spec.timeout is None else codec.dumps(spec.timeout),
             1 if spec.detach else 0,
             _ms(spec.delay),
-            spec.retries,
+            b"" if spec.retries is None else spec.retries,
             _ms(spec.backoff),
             1 if spec.unique else 0,
             *after,

@@ -136,3 +136,26 @@ def test_durable_benchmark_runs_each_installed_system_and_a_replay() -> None:
         assert (line["acked"], line["finished"]) == (300, 300), line
     assert runs["gloomd-full"]["commits"] >= 1 and runs["gloomd"]["commits"] is None
     assert runs["gloomd-full"]["written_bytes_per_job"] > 0
+
+
+def test_cluster_of_two_daemons_spreads_the_load_and_counts_redis() -> None:
+    """peers.sh's cluster workload (issue 16): masters and slaves spread over
+    two daemons on one Redis, every job answered once, each process' CPU and
+    Redis' calls per job reported."""
+    if installed("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing under CI: .ci/install-redis installs it")
+        pytest.skip("no redis-server (bash .ci/install-redis)")
+    rc, line = loadgen(
+        "--system", "gloomd-cluster2", "--workload", "cluster", "--quick", "--jobs", "400"
+    )  # fmt: skip
+    assert rc == 0, line
+    assert (line["system"], line["slaves"], line["masters"]) == ("gloomd-cluster2", 8, 2)
+    assert_clean(line, 400)
+    # Both daemons served (each has a master and half the slaves), and Redis
+    # ran the steps: at least a submit and a respond per job, pipelined.
+    assert line["cpu_s_gloomd1"] > 0 and line["cpu_s_gloomd2"] > 0, line
+    assert line["redis_fcalls_per_job"] >= 2, line
+    assert line["redis_commands_per_job"] > line["redis_fcalls_per_job"], line
+    assert 0 < line["redis_reads_per_job"] < line["redis_fcalls_per_job"], line
+    assert line["server_command"].count("--cluster ") == 2

@@ -135,3 +135,30 @@ async def test_a_submit_whose_answer_was_lost_is_withdrawn(make_daemon: MakeDaem
     # Its token no longer matches anything: withdrawing again does nothing.
     again = step._replace(function="gloomd_1_withdraw", args=(1, step.args[2], step.args[1]))
     assert (await d.engine.call(again))[0] == b"none"
+
+
+#: A function that keeps Redis busy for `ARGV[1]` ms (a script past the
+#: busy threshold: every other client is answered BUSY meanwhile).
+_BUSY_SCRIPT = (
+    "local s = redis.call('TIME') local t0 = s[1] * 1000000 + s[2] "
+    "while true do local t = redis.call('TIME') "
+    "if t[1] * 1000000 + t[2] - t0 > tonumber(ARGV[1]) * 1000 then return 1 end end"
+)
+
+
+async def test_a_redis_busy_with_a_long_script_does_not_kill_the_engine(
+    make_daemon: MakeDaemon,
+    redis_factory: Callable[..., RedisServer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis answers BUSY to everyone while a long function runs: the
+    engine's own calls (lease, inbox, clock) log it and go on; it serves
+    once Redis is free."""
+    server = redis_factory()
+    server.cli("CONFIG", "SET", "busy-reply-threshold", "50")
+    daemon = await make_daemon(url=server.url, lease=0.3)
+    await trio.to_thread.run_sync(server.cli, "EVAL", _BUSY_SCRIPT, "0", "1500")
+    assert any("cluster_refused" in r.getMessage() for r in caplog.records)
+    with trio.fail_after(5):
+        reply = await daemon.engine.submit(1, JobSpec("after", "t", None))
+    assert reply.code == "ok"
