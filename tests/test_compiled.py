@@ -102,6 +102,7 @@ def test_the_transcript_covers_the_protocol() -> None:
     words = [b"invalid_json", b"missing_field", b"invalid_action", b"unknown_action"]
     words += [b"invalid_state", b'"TIMEOUT"', b"job_error", b'"timeout":30', b'"stats"']
     words += [b'"kicked"', b'"jobs"', b'"attached"', b'"attempt":2', b'"reason":"delay"']
+    words += [b'"id":"slow","type":"slow","priority":0,"state":"delayed"']
     for word in words:
         assert word in text
     assert transcript() == transcript()  # deterministic, or no digest could be compared
@@ -123,3 +124,12 @@ def test_compiled_and_pure_write_the_same_frames(tmp_path: Path) -> None:
     else:
         pytest.skip("a pure-Python install (set GLOOMD_TEST_MYPYC=1 to compile a copy)")
     assert digest(compiled) == digest(pure)
+
+
+def test_the_build_installs_what_mypyc_reads() -> None:
+    """mypy follows the compiled modules' imports into coredis, an extra:
+    the build hook must install it, or mypyc fails and the wheel is pure."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    hook = config["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["custom"]
+    cluster = config["project"]["optional-dependencies"]["cluster"]
+    assert set(cluster) <= set(hook["dependencies"])
