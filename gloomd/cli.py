@@ -460,14 +460,6 @@ def cluster_settings(args: argparse.Namespace) -> ClusterSettings | None:
 def probe_cluster(settings: ClusterSettings) -> None:
     """Reach the cluster's Redis once before anything listens: a daemon does
     not start on a queue it cannot reach (`ConfigError`, password masked)."""
-    try:
-        # Compiled (mypyc) builds cannot be subclassed by the adapter.
-        import gloomd.cluster.broker  # noqa: F401
-    except TypeError as exc:
-        raise ConfigError(
-            f"--cluster: this build of gloomd is compiled ({exc}); cluster mode needs the"
-            " pure-Python build (GLOOMD_PURE_PYTHON=1 pip install .)"
-        ) from None
     from .cluster.engine import probe  # coredis: loaded in cluster mode only
     from .cluster.errors import BackendUnavailable
 

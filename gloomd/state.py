@@ -319,7 +319,10 @@ class Job:
         answer is acked and dropped), so the job that goes on must be another
         object.  The caller moves the registrations (ids, masters).
         """
-        copy = Job.__new__(Job)
+        # Through `__init__`: compiled by mypyc, `Job.__new__(Job)` runs it
+        # too (a native class's tp_new does), without its arguments.
+        msg = m.Submit(self.id, self.type, self.key, self.priority, self.body)
+        copy = Job(msg, self.seq, self.master, self.accepted, self.tally)
         for name in _JOB_FIELDS:
             setattr(copy, name, getattr(self, name))
         if self.rare is not None:

@@ -12,6 +12,10 @@ The compiled side is the installed package when it is compiled (a wheel
 built on a machine with a compiler); otherwise, with GLOOMD_TEST_MYPYC=1, a
 scratch copy compiled here (35 s to a minute; CI sets it).  Else the test
 is skipped: a pure-Python install has one path only.
+
+`--cluster` runs `gloomd.cluster.broker.ClusterBroker`, a subclass of
+`Broker`: compiled with it (an interpreted class cannot subclass a compiled
+one), and run here as two compiled daemons on one Redis.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
+import gloom
+from tests.cluster.redis_server import RedisServer
+from tests.support.daemon import spawn_gloomd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,24 +110,82 @@ def test_the_transcript_covers_the_protocol() -> None:
     words = [b"invalid_json", b"missing_field", b"invalid_action", b"unknown_action"]
     words += [b"invalid_state", b'"TIMEOUT"', b"job_error", b'"timeout":30', b'"stats"']
     words += [b'"kicked"', b'"jobs"', b'"attached"', b'"attempt":2', b'"reason":"delay"']
+    words += [b'"id":"slow","type":"slow","priority":0,"state":"delayed"']
     for word in words:
         assert word in text
     assert transcript() == transcript()  # deterministic, or no digest could be compared
 
 
-def test_compiled_and_pure_write_the_same_frames(tmp_path: Path) -> None:
-    pure = tmp_path / "pure"
-    copy_sources(pure)
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder where `python transcript.py` and `python -m gloomd` import the
+    compiled gloomd: the installed one (an empty folder but the transcript),
+    or a copy compiled here once for this module's tests."""
     if installed_compiled():
-        compiled = tmp_path / "installed"
-        compiled.mkdir()
-        shutil.copy(ROOT / "tests" / "support" / "transcript.py", compiled / "transcript.py")
+        where = tmp_path_factory.mktemp("installed")
+        shutil.copy(ROOT / "tests" / "support" / "transcript.py", where / "transcript.py")
     elif os.environ.get("GLOOMD_TEST_MYPYC"):
         if not can_compile():
             pytest.skip("GLOOMD_TEST_MYPYC=1 but no C compiler or no Python.h (python3-dev)")
-        compiled = tmp_path / "compiled"
-        compile_copy(compiled)
-        assert list(compiled.glob("gloomd/broker*.so")), "mypyc built nothing"
+        where = tmp_path_factory.mktemp("compiled")
+        compile_copy(where)
+        assert list(where.glob("gloomd/broker*.so")), "mypyc built nothing"
     else:
         pytest.skip("a pure-Python install (set GLOOMD_TEST_MYPYC=1 to compile a copy)")
+    return where
+
+
+#: The first test to use `compiled` compiles it (35 s idle, minutes on a busy
+#: machine): pytest-timeout counts a fixture's setup in the test's time.
+COMPILING = pytest.mark.timeout(900)
+
+
+@COMPILING
+def test_compiled_and_pure_write_the_same_frames(tmp_path: Path, compiled: Path) -> None:
+    pure = tmp_path / "pure"
+    copy_sources(pure)
     assert digest(compiled) == digest(pure)
+
+
+def test_the_build_installs_what_mypyc_reads() -> None:
+    """mypy follows the compiled modules' imports into coredis, an extra:
+    the build hook must install it, or mypyc fails and the wheel is pure."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    hook = config["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["custom"]
+    cluster = config["project"]["optional-dependencies"]["cluster"]
+    assert set(cluster) <= set(hook["dependencies"])
+    assert "gloomd/cluster/broker.py" in hook["include"]
+
+
+@COMPILING
+async def test_a_compiled_cluster(compiled: Path, redis_server: RedisServer) -> None:
+    """`--cluster` on the compiled build (an interpreted class cannot subclass
+    the compiled `Broker`, so `ClusterBroker` is compiled too): a job submitted
+    on one compiled daemon runs on a slave of another, over one Redis."""
+    where = subprocess.run(
+        [sys.executable, "-c", "import gloomd.cluster.broker as b; print(b.__file__)"],
+        cwd=compiled,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert where.stdout.strip().endswith(".so"), where.stdout
+    cluster = ("--cluster", redis_server.url, "--cluster-name", f"compiled{os.getpid()}")
+    env = {"PYTHONPATH": ""}
+    with (
+        spawn_gloomd(*cluster, cwd=compiled, env=env) as one,
+        spawn_gloomd(*cluster, cwd=compiled, env=env) as two,
+    ):
+        async with (
+            gloom.open_master("127.0.0.1", one.master_port) as master,
+            gloom.open_slave("127.0.0.1", two.slave_port) as slave,
+        ):
+            await slave.join("square")
+            job = await master.submit("square", 7, id="sq")
+            work = await slave.next_job()
+            assert (work.id, work.body) == ("sq", 7)
+            await work.respond(49)
+            assert await job.wait(timeout=10) == 49
+        assert one.stop() == 0 and two.stop() == 0

@@ -76,6 +76,7 @@ def spawn_gloomd(
     env: dict[str, str] | None = None,
     capture_logs: bool = False,
     preexec_fn: Callable[[], None] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> Iterator[Daemon]:
     """Run `python -m gloomd` on free loopback ports for the duration of a block.
 
@@ -87,6 +88,8 @@ def spawn_gloomd(
     such tests small, since a full pipe would stall the daemon.  With
     GLOOMD_TEST_QUIET_LOGS=1 in `env`, the daemon's log is discarded.
     `preexec_fn` runs in the child before gloomd (e.g. to lower a resource limit).
+    `cwd`: the directory it runs in, whose `gloomd` package `-m` imports first
+    (tests/test_compiled.py runs a compiled copy so).
     """
     args = [
         sys.executable, "-m", "gloomd", "--master-port", "0", "--slave-port", "0",
@@ -101,6 +104,7 @@ def spawn_gloomd(
         else (subprocess.DEVNULL if (env or {}).get("GLOOMD_TEST_QUIET_LOGS") else None),
         env={**os.environ, **(env or {})},
         preexec_fn=preexec_fn,
+        cwd=cwd,
     )
     try:
         line = _read_ready(proc, timeout)

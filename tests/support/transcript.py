@@ -147,6 +147,14 @@ def transcript() -> list[tuple[str, bytes]]:
     flush()
     send("m1", b'{"action":"stats","type":"t"}')
     _lifecycle(send, clock, broker, flush)
+    # A job that times out with a retry left goes on as a copy (`Job.retry_copy`).
+    peer("s3", "s")
+    send("s3", b'{"action":"join","type":"slow"}')
+    send("m1", b'{"action":"submit","id":"slow","type":"slow","timeout":1,"retries":1,"body":0}')
+    clock.now += 2
+    broker.tick(clock.now)
+    flush()
+    send("m1", b'{"action":"jobs","type":"slow"}')
     broker.halt()
     flush()
     return out
