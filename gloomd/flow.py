@@ -979,7 +979,7 @@ class Flow:
             # dead, where a kick may bring it back to life (the orphan must not
             # come back with it: its late answer would complete the kicked job).
             orphan = job
-            job = orphan.retry_copy()
+            job = orphan.retry_copy(self.types[orphan.key])
             orphan.state = GONE
             orphan.master = orphan.others = orphan.dependents = None
             self.jobs[job.id] = job

@@ -22,7 +22,9 @@ from typing import Any, Final
 
 from gloomwire import codec
 
-from .state import STATE_NAMES, WAITING, Job, JobId
+from .counters import TypeTally
+from .messages import Submit
+from .state import STATE_NAMES, WAITING, Job, JobId, TypeQueue
 
 __all__ = [
     "RECORD_VERSION",
@@ -109,22 +111,26 @@ class ResultRecord:
 _STATE_NUMBERS: Final = {name: number for number, name in STATE_NAMES.items()}
 
 
+#: The queue a job is decoded against: `gloomd.replay` gives each restored job
+#: its own queue's tally.  A job is built through `Job.__init__`, as mypyc
+#: compiles `Job`: a compiled class' `__new__` runs `__init__` (without
+#: arguments), and its attributes refuse a value of another type (no None
+#: for `tally`).
+_DECODING: Final = TypeQueue(None, "", 0, TypeTally(""))
+
+
 def _job(obj: dict[str, Any], state: int) -> Job:
-    job = Job.__new__(Job)
-    job.rare = None  # before the rare fields below are set (`JobRare`)
     job_id = obj["id"]
     kind = type(job_id)
     if kind is not str and kind is not int:
         raise ValueError(f"not a job id: {job_id!r}")
-    job.id = job_id
-    job.type = job_type = obj["type"]
-    job.key = type_key(job_type)
-    job.priority = int(obj["priority"])
-    job.body = obj["body"]
+    job_type = obj["type"]
+    msg = Submit(job_id, job_type, type_key(job_type), int(obj["priority"]), obj["body"])
+    job = Job(msg, int(obj["seq"]), None, float(obj["accepted"]), _DECODING)
+    job.type, job.key = job_type, msg.key  # not the placeholder queue's
     timeout = obj["timeout"]
     job.timeout = None if timeout is None else float(timeout)
     job.state = state
-    job.seq = int(obj["seq"])
     job.mark = int(obj["mark"])
     job.attempt = int(obj["attempt"])
     job.losses = int(obj["losses"])
@@ -133,7 +139,6 @@ def _job(obj: dict[str, Any], state: int) -> Job:
     job.retried = int(obj["retried"])
     backoff = obj["backoff"]
     job.backoff = None if backoff is None else float(backoff)
-    job.accepted = float(obj["accepted"])
     ready_at = obj["ready_at"]
     job.ready_at = 0.0 if ready_at is None else float(ready_at)
     job.waiting = int(obj["waiting"])
@@ -143,8 +148,6 @@ def _job(obj: dict[str, Any], state: int) -> Job:
     job.final = None if final is None else _frame(final)
     job.master = job.others = None
     job.detached = True
-    job.stamp = job.deadline = 0.0
-    job.tally = None  # type: ignore[assignment]
     return job
 
 
@@ -154,7 +157,7 @@ def decode(state: str, record: bytes) -> Job | ResultRecord:
     The job is not yet in a broker (`gloomd.replay` puts it there): `state`
     is its state's number, `ready_at` the wall-clock deadline (0.0: none),
     `dependents` the ids its record lists, `mark` and `seq` the record's,
-    `tally` None.  Built here at once, with no record object between: a
+    `tally` a placeholder's.  Built here at once, with no record object between: a
     million of them is what a restart of a deep queue reads.
     """
     try:

@@ -311,7 +311,7 @@ class Job:
         if value is not None or self.rare is not None:
             self._rare().dependents = value
 
-    def retry_copy(self) -> Job:
+    def retry_copy(self, queue: TypeQueue) -> Job:
         """A copy that carries on, for a job that timed out and will be retried
         or kept dead (a kick would bring it back to life).
 
@@ -322,7 +322,7 @@ class Job:
         # Through `__init__`: compiled by mypyc, `Job.__new__(Job)` runs it
         # too (a native class's tp_new does), without its arguments.
         msg = m.Submit(self.id, self.type, self.key, self.priority, self.body)
-        copy = Job(msg, self.seq, self.master, self.accepted, self.tally)
+        copy = Job(msg, self.seq, self.master, self.accepted, queue)
         for name in _JOB_FIELDS:
             setattr(copy, name, getattr(self, name))
         if self.rare is not None:

@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -189,3 +190,34 @@ async def test_a_compiled_cluster(compiled: Path, redis_server: RedisServer) -> 
             await work.respond(49)
             assert await job.wait(timeout=10) == 49
         assert one.stop() == 0 and two.stop() == 0
+
+
+@COMPILING
+async def test_a_compiled_daemon_restores_its_journal(compiled: Path, tmp_path: Path) -> None:
+    """Replay builds jobs outside the compiled modules (`gloomd.records`): a
+    compiled `Job` must be built through its `__init__` there too.  Killed
+    with jobs queued, dead and detached-with-retries, a compiled daemon comes
+    back with every one of them."""
+    journal = str(tmp_path / "j.db")
+    env = {"PYTHONPATH": ""}
+    with spawn_gloomd("--journal", journal, cwd=compiled, env=env) as daemon:
+        async with gloom.open_master("127.0.0.1", daemon.master_port) as master:
+            await master.submit("later", {"n": 1}, id="q1", detach=True, priority=3)
+            await master.submit("later", 2, id="q2", detach=True, retries=2, backoff=0.5)
+            await master.submit("later", 3, id="q3", detach=True)
+        daemon.stop(signal.SIGKILL)
+    with spawn_gloomd("--journal", journal, cwd=compiled, env=env) as daemon:
+        async with (
+            gloom.open_master("127.0.0.1", daemon.master_port) as master,
+            gloom.open_slave("127.0.0.1", daemon.slave_port) as slave,
+        ):
+            await slave.join("later")
+            seen = []
+            for _ in range(3):
+                work = await slave.next_job()
+                seen.append((work.id, work.body))
+                await work.respond(None)
+            assert seen == [("q1", {"n": 1}), ("q2", 2), ("q3", 3)]
+            stats = await master.stats()
+            assert stats["totals"]["completed"] == 3, stats
+        assert daemon.stop() == 0

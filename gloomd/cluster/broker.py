@@ -50,7 +50,7 @@ from ..broker import Broker, BrokerLimits
 from ..counters import TypeTally
 from ..durable import Durable
 from ..holds import Holds
-from ..state import DICT_FRAME_BYTES, Job, MasterPeer, Peer, SlavePeer
+from ..state import DICT_FRAME_BYTES, Job, MasterPeer, Peer, SlavePeer, TypeQueue
 from . import steps
 from .engine import KICK_STEP, STEP_LIMIT, ClusterEngine
 from .errors import BackendUnavailable, Fenced
@@ -65,7 +65,9 @@ log = logging.getLogger("gloomd.cluster")
 #: What `SlavePeer.job` holds while a slave holds a cluster job: ingest's
 #: state check reads only `is not None`; the job itself lives in Redis.
 #: Built through `__init__`: compiled, `Job.__new__(Job)` runs it without arguments.
-HOLDING: Final = Job(m.Submit("", None, "", 0, None), 0, None, 0.0, TypeTally(""))
+HOLDING: Final = Job(
+    m.Submit("", None, "", 0, None), 0, None, 0.0, TypeQueue(None, "", 0, TypeTally(""))
+)
 #: `jobs` cursors kept for the next page (`messages` takes a short list of
 #: integers; the cluster's cursor is three strings): the oldest go first.
 MAX_CURSORS: Final = 10_000
