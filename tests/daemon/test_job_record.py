@@ -48,7 +48,7 @@ def test_set_fields_are_kept_and_a_retry_copy_has_its_own() -> None:
     job = _job(k, "r")
     assert job.rare is not None and (job.retries, job.backoff) == (2, 1.5)
     job.losses = 1
-    copy = job.retry_copy()
+    copy = job.retry_copy(k.broker.types[job.key])
     job.losses = 5  # the orphan's later writes do not reach the job that goes on
     job.others = []
     assert (copy.losses, copy.others, copy.retries, copy.backoff) == (1, None, 2, 1.5)
