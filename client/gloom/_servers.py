@@ -44,7 +44,7 @@ from gloomwire import codec
 from ._connect import Backoff, Endpoint, Security, connect
 from ._master_protocol import check_specs, new_job_id
 from ._protocol import id_key
-from ._trio_connection import FrameConnection
+from ._trio_connection import FrameConnection, nursery_beside
 from ._trio_master import AsyncMaster, Job
 from .errors import GloomError, JobFailed, TransportError, UnknownJob
 
@@ -511,8 +511,7 @@ async def open_masters(
         Endpoint(host, port, first.ssl_context, first.token, connect_timeout)
         for host, port in addresses[1:]
     ]
-    body_error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
+    async with nursery_beside() as nursery:
         servers_master = AsyncServers(
             endpoints,
             nursery,
@@ -520,14 +519,4 @@ async def open_masters(
             retry_delay=retry_delay,
             max_retry_delay=max_retry_delay,
         )
-        try:
-            yield servers_master
-        except BaseException as exc:
-            body_error = exc  # re-raised as itself, not in an ExceptionGroup
-        finally:
-            nursery.cancel_scope.cancel()
-    if body_error is not None:
-        try:
-            raise body_error
-        finally:
-            body_error = None
+        yield servers_master

@@ -26,6 +26,7 @@ import trio
 
 from ._connect import Backoff, Endpoint, Security, connect
 from ._servers import Address, parse_servers
+from ._trio_connection import nursery_beside
 from ._trio_slave import AsyncSlave, SlaveJob
 from .errors import GloomError, TransportError, Unauthorized
 
@@ -165,8 +166,7 @@ async def open_slaves(
     errors = [s for s in streams if isinstance(s, TransportError)]
     if len(errors) == len(streams):
         raise errors[0]
-    body_error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
+    async with nursery_beside() as nursery:
         slaves = AsyncSlaves(endpoints, nursery)
         for index, (endpoint, stream) in enumerate(zip(endpoints, streams, strict=True)):
             backoff = Backoff(reconnect_delay, max_reconnect_delay)
@@ -176,14 +176,4 @@ async def open_slaves(
             slave = AsyncSlave(endpoint, stream, backoff)
             slaves._add(index, slave)
             nursery.start_soon(slave._run)
-        try:
-            yield slaves
-        except BaseException as exc:
-            body_error = exc
-        finally:
-            nursery.cancel_scope.cancel()
-    if body_error is not None:
-        try:
-            raise body_error
-        finally:
-            body_error = None
+        yield slaves

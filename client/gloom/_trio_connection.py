@@ -159,18 +159,18 @@ def wake(request: Request) -> None:
 
 
 @asynccontextmanager
-async def running_beside(task: Callable[[], Awaitable[object]]) -> AsyncIterator[None]:
-    """Run `task` while the caller's block runs; cancel it when the block ends.
+async def nursery_beside() -> AsyncIterator[trio.Nursery]:
+    """A nursery for tasks that run while the caller's block runs, cancelled
+    when the block ends.
 
     An exception from the block is re-raised as itself, outside the nursery,
-    so callers of `open_master`/`open_slave` see their own exception rather
-    than an ExceptionGroup wrapping it.
+    so callers of `open_master`/`open_slave` (and their several-daemon
+    forms) see their own exception rather than an ExceptionGroup wrapping it.
     """
     body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(task)
         try:
-            yield
+            yield nursery
         except BaseException as exc:
             body_error = exc
         finally:
@@ -180,3 +180,11 @@ async def running_beside(task: Callable[[], Awaitable[object]]) -> AsyncIterator
             raise body_error
         finally:
             body_error = None
+
+
+@asynccontextmanager
+async def running_beside(task: Callable[[], Awaitable[object]]) -> AsyncIterator[None]:
+    """Run `task` while the caller's block runs (`nursery_beside`)."""
+    async with nursery_beside() as nursery:
+        nursery.start_soon(task)
+        yield

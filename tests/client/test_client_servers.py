@@ -390,3 +390,17 @@ def test_blocking_slaves_serve_every_daemon() -> None:
             assert not thread.is_alive()
             with pytest.raises(gloom.ProtocolError):
                 slaves.respond(1)  # answered already
+
+
+async def test_exceptions_leave_the_several_daemon_blocks_unwrapped(daemons: Daemons) -> None:
+    """As `open_master`'s: the block's own exception, not an ExceptionGroup."""
+    await daemons.start(2)
+    slaves_at = ",".join(f"{HOST}:{s.slave_port}" for s in daemons.servers)
+    with trio.fail_after(10):
+        with pytest.raises(KeyError):
+            async with gloom.open_masters(daemons.masters()) as masters:
+                await masters.submit("t", 1)  # a task of the nursery is running
+                raise KeyError("mine")
+        with pytest.raises(KeyError):
+            async with gloom.open_slaves(slaves_at):
+                raise KeyError("mine")
