@@ -32,7 +32,7 @@ from gloomwire.logformat import event
 
 from .broker import BrokerLimits
 from .cluster.keys import prefix
-from .cluster.settings import ClusterSettings, read_password
+from .cluster.settings import ClusterSettings, masked, read_password
 from .config import Config
 from .fdlimit import (
     DescriptorBudgetError,
@@ -460,7 +460,15 @@ def cluster_settings(args: argparse.Namespace) -> ClusterSettings | None:
 def probe_cluster(settings: ClusterSettings) -> None:
     """Reach the cluster's Redis once before anything listens: a daemon does
     not start on a queue it cannot reach (`ConfigError`, password masked)."""
-    from .cluster.engine import probe  # coredis: loaded in cluster mode only
+    try:
+        from .cluster.engine import probe  # coredis: loaded in cluster mode only
+    except ModuleNotFoundError as exc:
+        if exc.name != "coredis":
+            raise
+        raise ConfigError(
+            f"--cluster {masked(settings.url)}: needs the cluster extra"
+            " (pip install 'gloomd[cluster]': coredis)"
+        ) from None
     from .cluster.errors import BackendUnavailable
 
     try:

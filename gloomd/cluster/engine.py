@@ -28,7 +28,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import re
 import secrets
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -47,7 +46,7 @@ from gloomwire.logformat import event
 from . import steps
 from .errors import BackendUnavailable, BackendUncertain, Fenced
 from .keys import id_key, id_of_key, prefix, type_key, type_key_of
-from .settings import ClusterLimits, ClusterSettings
+from .settings import ClusterLimits, ClusterSettings, masked
 from .steps import Delivery, JobSpec, Reply, Step
 
 __all__ = ["KICK_STEP", "LIBRARY_SOURCE", "STEP_LIMIT", "ClusterEngine", "probe"]
@@ -167,7 +166,7 @@ class ClusterEngine:
                     nursery.start_soon(self._recover_loop)
                     task_status.started(self)
         if failure is not None:
-            raise BackendUnavailable(f"{_safe(self.settings.url)}: {failure}") from failure
+            raise BackendUnavailable(f"{masked(self.settings.url)}: {failure}") from failure
 
     async def _connect(self, *, first: bool = False) -> None:
         ops = self._ops
@@ -555,18 +554,13 @@ async def probe(settings: ClusterSettings) -> None:
         failure = exc
     if failure is not None:
         # Raised outside the client, whose task group would wrap it.
-        raise BackendUnavailable(f"{_safe(settings.url)}: {failure}") from failure
+        raise BackendUnavailable(f"{masked(settings.url)}: {failure}") from failure
 
 
 def _describe(exc: BaseException) -> str:
     """An error for a log line: its type and message, never a password (a
     connection error may quote the URL)."""
-    return _safe(f"{type(exc).__name__}: {exc}")
-
-
-def _safe(url: str) -> str:
-    """The URL without its password (for messages and logs)."""
-    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+    return masked(f"{type(exc).__name__}: {exc}")
 
 
 def _code(raw: Any) -> str:

@@ -10,12 +10,13 @@ Redis without seeing each other.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["ClusterLimits", "ClusterSettings", "read_password"]
+__all__ = ["ClusterLimits", "ClusterSettings", "masked", "read_password"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +84,9 @@ def read_password(path: str) -> str:
     """The first line of a password file, without its line end."""
     text = Path(path).read_text()
     return text.splitlines()[0] if text else ""
+
+
+def masked(text: str) -> str:
+    """A URL (or a message quoting one) without its password, for messages
+    and logs."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", text)

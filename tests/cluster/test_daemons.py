@@ -8,6 +8,8 @@ processes would have); one runs real `gloomd` processes and the Gloom client.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -230,6 +232,24 @@ def test_unreachable_redis_exits_2_with_the_password_masked(
     err = capsys.readouterr().err
     assert err.startswith("gloomd: --cluster redis://user:***@127.0.0.1:"), err
     assert "s3cret" not in err
+
+
+def test_without_coredis_the_cluster_flag_says_which_extra() -> None:
+    """`make serve` installs gloomd without the cluster extra: `--cluster`
+    then names it in one line (exit 2), not a traceback."""
+    blocked = (
+        "import sys; sys.modules['coredis'] = None\n"  # as if not installed
+        "from gloomd.cli import main\n"
+        "sys.exit(main(['--cluster', 'redis://u:s3cret@127.0.0.1:1/0', '--no-http']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "gloomd: --cluster redis://u:***@127.0.0.1:1/0: needs the cluster extra"
+        " (pip install 'gloomd[cluster]': coredis)"
+    ]
 
 
 async def test_in_process_master_in_cluster_mode(make_cluster_server: MakeServer) -> None:
