@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 import trio
 
@@ -117,35 +118,10 @@ async def _serve_link(run: RunState, slot: Slot, link: SlaveLink) -> str:
     while True:
         if run.stopping or slot.retire:
             return "leave"
-        slot.state = "idle"
-        slot.idle_since = trio.current_time()
-        run.emit("idle", slot)
-        proc = slot.proc
-        frame: dict[str, Any] | None = None
-        lost = False
-        with trio.CancelScope() as scope:
-            slot.idle_scope = scope
-            try:
-                async with trio.open_nursery() as nursery:
-                    if proc is not None:
-                        nursery.start_soon(_cancel_when_dead, proc, scope)
-                    try:
-                        frame = await link.next_job()
-                    except LinkLost:
-                        lost = True
-                    nursery.cancel_scope.cancel()
-            finally:
-                slot.idle_scope = None
-        if lost:
+        frame = await _wait_for_job(run, slot, link.next_job)
+        if frame is LOST:
             return "lost"
         if frame is None:
-            if proc is None or not proc.alive:
-                # Died while idle (OOM killer, kill -9): no job to report,
-                # but the slot must not stay joined without a process.
-                slot.crashes += 1
-                run.emit("died_idle", slot, pid=None if proc is None else proc.pid)
-                if not run.stopping:
-                    await ready_process(run, slot)
             continue
         answer = await run_job(run, slot, link, frame)
         if answer is None:
@@ -201,27 +177,8 @@ async def _serve_links(run: RunState, slot: Slot, links: MultiLink) -> None:
     daemon was lost is abandoned (that daemon requeued it) and the slot goes
     on serving the others."""
     while not (run.stopping or slot.retire):
-        slot.state = "idle"
-        slot.idle_since = trio.current_time()
-        run.emit("idle", slot)
-        proc = slot.proc
-        frame: dict[str, Any] | None = None
-        with trio.CancelScope() as scope:
-            slot.idle_scope = scope
-            try:
-                async with trio.open_nursery() as nursery:
-                    if proc is not None:
-                        nursery.start_soon(_cancel_when_dead, proc, scope)
-                    frame = await links.next_job()
-                    nursery.cancel_scope.cancel()
-            finally:
-                slot.idle_scope = None
-        if frame is None:
-            if proc is None or not proc.alive:
-                slot.crashes += 1
-                run.emit("died_idle", slot, pid=None if proc is None else proc.pid)
-                if not run.stopping:
-                    await ready_process(run, slot)
+        frame = await _wait_for_job(run, slot, links.next_job)
+        if frame is None or frame is LOST:  # LOST: a MultiLink reconnects, never raises it
             continue
         answer = await run_job(run, slot, links, frame)
         if not run.stopping:
@@ -234,6 +191,44 @@ async def _serve_links(run: RunState, slot: Slot, links: MultiLink) -> None:
         except LinkLost:
             continue
         run.stats.answers += 1
+
+
+#: What `_wait_for_job` returns when the link was lost while idle.
+LOST: Final[dict[str, Any]] = {}
+
+
+async def _wait_for_job(
+    run: RunState, slot: Slot, next_job: Callable[[], Awaitable[dict[str, Any]]]
+) -> dict[str, Any] | None:
+    """Idle until `next_job` gives a job frame.  None when the slot's process
+    died meanwhile (OOM killer, kill -9): no job to report, but the slot must
+    not stay joined without a process, so a new one is readied.  `LOST` when
+    the link was lost (`LinkLost`, caught inside the nursery so that it is
+    not wrapped in an ExceptionGroup)."""
+    slot.state = "idle"
+    slot.idle_since = trio.current_time()
+    run.emit("idle", slot)
+    proc = slot.proc
+    frame: dict[str, Any] | None = None
+    with trio.CancelScope() as scope:
+        slot.idle_scope = scope
+        try:
+            async with trio.open_nursery() as nursery:
+                if proc is not None:
+                    nursery.start_soon(_cancel_when_dead, proc, scope)
+                try:
+                    frame = await next_job()
+                except LinkLost:
+                    frame = LOST
+                nursery.cancel_scope.cancel()
+        finally:
+            slot.idle_scope = None
+    if frame is None and (proc is None or not proc.alive):
+        slot.crashes += 1
+        run.emit("died_idle", slot, pid=None if proc is None else proc.pid)
+        if not run.stopping:
+            await ready_process(run, slot)
+    return frame
 
 
 async def _cancel_when_dead(proc: PoolProcess, scope: trio.CancelScope) -> None:
