@@ -35,6 +35,7 @@ import pytest
 
 import gloom
 from tests.cluster.redis_server import RedisServer
+from tests.support.across import square_across
 from tests.support.daemon import spawn_gloomd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,16 +180,7 @@ async def test_a_compiled_cluster(compiled: Path, redis_server: RedisServer) -> 
         spawn_gloomd(*cluster, cwd=compiled, env=env) as one,
         spawn_gloomd(*cluster, cwd=compiled, env=env) as two,
     ):
-        async with (
-            gloom.open_master("127.0.0.1", one.master_port) as master,
-            gloom.open_slave("127.0.0.1", two.slave_port) as slave,
-        ):
-            await slave.join("square")
-            job = await master.submit("square", 7, id="sq")
-            work = await slave.next_job()
-            assert (work.id, work.body) == ("sq", 7)
-            await work.respond(49)
-            assert await job.wait(timeout=10) == 49
+        await square_across(one.master_port, two.slave_port)
         assert one.stop() == 0 and two.stop() == 0
 
 

@@ -19,6 +19,7 @@ import trio
 import gloom
 from gloomd.cluster.broker import ClusterBroker
 from tests.cluster.redis_server import RedisServer
+from tests.support.across import square_across
 from tests.support.wire import Peer, join
 
 MakeServer = Callable[..., Awaitable[Any]]
@@ -184,16 +185,7 @@ async def test_gloomd_processes_and_the_gloom_client(
     """Real daemons: a job submitted with the Gloom client on daemon 1 runs
     on a Gloom slave of daemon 2, and its result comes back to the client."""
     one, two = gloomd_cluster(2)
-    async with (
-        gloom.open_master("127.0.0.1", one.master_port) as master,
-        gloom.open_slave("127.0.0.1", two.slave_port) as slave,
-    ):
-        await slave.join("square")
-        job = await master.submit("square", 7, id="sq")
-        work = await slave.next_job()
-        assert (work.id, work.body) == ("sq", 7)
-        await work.respond(49)
-        assert await job.wait(timeout=10) == 49
+    await square_across(one.master_port, two.slave_port)
 
 
 @pytest.mark.parametrize(
