@@ -1172,11 +1172,17 @@ def attached(job_id: Any) -> dict[str, Any]:
     return {"ok": True, "id": job_id, "attached": True}
 
 
-BrokerMachine.TestCase.settings = settings(
-    max_examples=EXAMPLES,
-    stateful_step_count=STEPS,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    derandomize=os.environ.get("GLOOMD_FUZZ_RANDOM") is None,
-)
+def fuzz_settings(examples: int) -> settings:
+    """The machines' settings: `examples` runs of `STEPS` steps, derandomized
+    (the same examples in every run) unless GLOOMD_FUZZ_RANDOM is set."""
+    return settings(
+        max_examples=examples,
+        stateful_step_count=STEPS,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        derandomize=os.environ.get("GLOOMD_FUZZ_RANDOM") is None,
+    )
+
+
+BrokerMachine.TestCase.settings = fuzz_settings(EXAMPLES)
 TestBrokerMachine = BrokerMachine.TestCase

@@ -29,7 +29,7 @@ import tempfile
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, event, settings
+from hypothesis import event
 from hypothesis.stateful import rule
 
 from gloomd.broker import Broker
@@ -41,11 +41,11 @@ from gloomwire import codec
 from tests.daemon.test_broker_fuzz import (
     IDS,
     MAX_RETRIES,
-    STEPS,
     TYPES,
     BrokerMachine,
     MJob,
     failed,
+    fuzz_settings,
     key,
 )
 
@@ -167,11 +167,5 @@ class RestartMachine(BrokerMachine):
         self.stats(0)
 
 
-RestartMachine.TestCase.settings = settings(
-    max_examples=EXAMPLES,
-    stateful_step_count=STEPS,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    derandomize=os.environ.get("GLOOMD_FUZZ_RANDOM") is None,
-)
+RestartMachine.TestCase.settings = fuzz_settings(EXAMPLES)
 TestRestartMachine = RestartMachine.TestCase
